@@ -1,0 +1,1 @@
+"""Device profiles (one TOML per target), shipped as package data of ``hwprune.devices``."""

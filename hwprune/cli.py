@@ -1,0 +1,123 @@
+"""The ``hwprune`` command. Subcommands parse arguments and call the library; nothing more.
+
+Errors caused by the input (HwpruneError) print one line and exit 2; ``--debug`` shows the
+traceback. Heavy imports (torch, torchvision) happen inside subcommands so ``--help`` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from hwprune import __version__
+from hwprune.errors import HwpruneError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except HwpruneError as exc:
+        if args.debug:
+            raise
+        print(f"hwprune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("hwprune: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hwprune", description="Hardware-aware structured pruning and export compiler for PyTorch models.")
+    parser.add_argument("--version", action="version", version=f"hwprune {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    analyze = sub.add_parser("analyze", help="show the coupled channel groups of a model")
+    _add_model_arguments(analyze)
+    analyze.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                         help="glob of layer names whose channels must stay (repeatable)")
+    analyze.add_argument("--skip-unsupported", action="store_true",
+                         help="report groups behind unsupported ops as not prunable instead of failing")
+    analyze.add_argument("--json", action="store_true", help="print the analysis as JSON")
+    analyze.add_argument("--out", metavar="FILE", help="also write the JSON analysis to FILE")
+    analyze.set_defaults(run=_run_analyze)
+
+    devices = sub.add_parser("devices", help="list the device profiles (targets)")
+    devices.add_argument("--json", action="store_true", help="print the profiles as JSON")
+    devices.set_defaults(run=_run_devices)
+    parser.set_defaults(debug=False)
+    return parser
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL",
+                        help="torchvision:NAME, timm:NAME, path/to/file.py:factory or path/to/program.pt2")
+    parser.add_argument("--input-shape", metavar="SHAPE", help="example input shape, e.g. 1,3,224,224")
+    parser.add_argument("--weights", metavar="NAME",
+                        help="load pretrained weights (DEFAULT) from the local torch hub cache; never downloads")
+    parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from hwprune.graph.analyze import analyze
+    from hwprune.io import write_text_atomic
+    from hwprune.models import load_model, parse_input_shape
+
+    shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    loaded = load_model(args.model, shape, args.weights)
+    analysis = analyze(loaded.module, loaded.example_input, loaded.name, exclude=args.exclude,
+                       strict=not args.skip_unsupported)
+    document = json.dumps(analysis.to_json(), indent=2)
+    if args.out:
+        write_text_atomic(args.out, document + "\n")
+    if args.json:
+        print(document)
+    else:
+        _print_groups(analysis)
+    return 0
+
+
+def _print_groups(analysis: object) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    data = analysis.to_json()
+    table = Table(title=f"{data['model']}  input {data['input_shape']}  "
+                        f"{data['flops'] / 1e9:.2f} GFLOPs  {data['params'] / 1e6:.2f} M params")
+    for column in ("id", "channels", "kind", "layers", "FLOPs %", "prunable"):
+        table.add_column(column, justify="right" if column in ("channels", "layers", "FLOPs %") else "left",
+                         no_wrap=column == "id")
+    for group in data["groups"]:
+        prunable = "yes" if group["prunable"] else f"no: {group['reason']}"
+        table.add_row(group["id"], str(group["channels"]), group["kind"], str(len(group["layers"])),
+                      f"{100 * group['flops_share']:.1f}", prunable)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    prunable = sum(g["prunable"] for g in data["groups"])
+    console.print(f"{len(data['groups'])} groups, {prunable} prunable")
+
+
+def _run_devices(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from hwprune.targets import available_targets, load_target
+
+    targets = [load_target(name) for name in available_targets()]
+    if args.json:
+        print(json.dumps([asdict(t) for t in targets], indent=2))
+        return 0
+    for target in targets:
+        print(f"{target.name:<20} {target.runtime:<12} {target.description}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

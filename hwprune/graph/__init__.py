@@ -1,0 +1,1 @@
+"""Capture a model and find the channels that must be pruned together."""

@@ -1,0 +1,111 @@
+"""Capture a model once: dependency graph, op graph with shapes, and per-layer FLOPs.
+
+The channel dependencies come from torch-pruning's DependencyGraph, which traces the autograd
+graph of one forward and already models residual adds, concat/split offsets, flatten and
+reshape index mappings; re-deriving that would only add bugs. hwprune adds what the pruning
+search needs on top: a networkx view of the ops with output shapes, and FLOPs per layer from
+``torch.utils.flop_counter``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import networkx as nx
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from hwprune.errors import CaptureError
+from hwprune.graph.attention import convert_multihead_attention
+
+
+@dataclass
+class Capture:
+    """A traced model: the dependency graph hwprune prunes with and the op graph it reasons on."""
+
+    model: nn.Module
+    example_input: torch.Tensor
+    dependency_graph: tp.DependencyGraph
+    ops: nx.DiGraph
+    layer_flops: dict[str, int] = field(default_factory=dict)
+    flops: int = 0
+    params: int = 0
+
+    def module_name(self, module: nn.Module) -> str:
+        return self.dependency_graph._module2name.get(module, type(module).__name__)
+
+
+def capture(model: nn.Module, example_input: torch.Tensor) -> Capture:
+    """Trace ``model`` on ``example_input``; raises CaptureError naming the failing module."""
+    model.eval()
+    convert_multihead_attention(model)
+    shapes = _run_recording_shapes(model, example_input)
+    flops, layer_flops = _count_flops(model, example_input)
+    try:
+        graph = tp.DependencyGraph().build_dependency(model, example_input, verbose=False)
+    except Exception as exc:  # torch-pruning raises many kinds; each means "cannot trace this model"
+        raise CaptureError(f"tracing channel dependencies failed: {type(exc).__name__}: {exc}") from exc
+    params = sum(p.numel() for p in model.parameters())
+    return Capture(model, example_input, graph, _op_graph(graph, shapes, layer_flops), layer_flops, flops, params)
+
+
+def _run_recording_shapes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """One forward that records every module's output shape and names the module that fails."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    stack: list[str] = []
+    names = {module: name for name, module in model.named_modules()}
+
+    def enter(module: nn.Module, _inputs: object) -> None:
+        stack.append(names.get(module, type(module).__name__))
+
+    def leave(module: nn.Module, _inputs: object, output: object) -> None:
+        name = stack.pop()
+        if isinstance(output, torch.Tensor):
+            shapes[name] = tuple(output.shape)
+
+    handles = [m.register_forward_pre_hook(enter) for m in model.modules()]
+    handles += [m.register_forward_hook(leave) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(example_input)
+    except Exception as exc:
+        where = stack[-1] if stack and stack[-1] else type(model).__name__
+        module = dict(model.named_modules()).get(where, model)
+        shape = list(example_input.shape)
+        raise CaptureError(
+            f"forward on input shape {shape} failed in module '{where or '<root>'}' ({type(module).__name__}): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def _count_flops(model: nn.Module, example_input: torch.Tensor) -> tuple[int, dict[str, int]]:
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter, contextlib.suppress(NotImplementedError):
+        model(example_input)
+    per_module: dict[str, int] = {}
+    for key, by_op in counter.get_flop_counts().items():
+        if key == "Global":
+            continue
+        name = key.split(".", 1)[1] if "." in key else ""
+        per_module[name] = int(sum(by_op.values()))
+    return int(counter.get_total_flops()), per_module
+
+
+def _op_graph(graph: tp.DependencyGraph, shapes: dict[str, tuple[int, ...]],
+              layer_flops: dict[str, int]) -> nx.DiGraph:
+    """A DiGraph with one node per traced op (layers and functional ops), edges along tensors."""
+    ops = nx.DiGraph()
+    for module, node in graph.module2node.items():
+        name = graph._module2name.get(module, node.name)
+        op = node.grad_fn.name() if type(module).__name__ == "_ElementWiseOp" else type(module).__name__
+        ops.add_node(node.name, module=name, op=op, shape=shapes.get(name), flops=layer_flops.get(name, 0))
+    for node in graph.module2node.values():
+        for out in node.outputs:
+            ops.add_edge(node.name, out.name)
+    return ops

@@ -1,0 +1,213 @@
+"""Coupled channel groups: the sets of channels that must be removed together.
+
+A group is built from one torch-pruning group (a root layer's output channels and every
+dependent slice: BN, residual partners, concat offsets, flatten expansion, consumer inputs)
+or, for attention, from one :class:`HeadAttention` (its heads). hwprune adds what the search
+and the user need: why the channels are coupled, whether they may be pruned and why not,
+how much of the model's FLOPs and parameters they touch, and the constraints a keep-set must
+meet (``repeat`` for grouped convolutions).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch_pruning as tp
+from torch import nn
+from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
+from torch_pruning.ops import OPTYPE
+
+from hwprune.errors import UnsupportedOpError
+from hwprune.graph.attention import HeadAttention
+from hwprune.graph.capture import Capture
+
+# Autograd ops that mix channels, so a channel cannot be removed in front of them without changing
+# every output. Reductions are listed separately: they are fine unless they reduce the channel dim.
+CHANNEL_MIXING_OPS = {
+    "SoftmaxBackward0", "LogSoftmaxBackward0", "SortBackward0", "FlipBackward0", "CumsumBackward0",
+    "GatherBackward0", "IndexSelectBackward0", "BmmBackward0", "MmBackward0", "TopkBackward0",
+    "LinalgVectorNormBackward0", "NormBackward1", "ChannelShuffleBackward0", "PixelShuffleBackward0",
+}
+REDUCTION_OPS = {"MeanBackward1", "SumBackward1", "StdBackward0", "VarBackward0", "AmaxBackward0",
+                 "MaxBackward1", "MinBackward1", "LogsumexpBackward0"}
+KIND_PRIORITY = ("heads", "concat", "residual", "depthwise", "grouped", "flatten", "norm", "embedding", "plain")
+
+
+@dataclass
+class ChannelGroup:
+    """One set of coupled channels; ``id`` is the root layer's name (``:heads`` for attention)."""
+
+    id: str
+    channels: int
+    kind: str
+    couplings: list[str]
+    layers: list[str]
+    prunable: bool
+    reason: str | None = None
+    repeat: int = 1
+    exact_removal: bool = True
+    flops_share: float = 0.0
+    params_share: float = 0.0
+    producers: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "channels": self.channels, "kind": self.kind, "couplings": self.couplings,
+                "layers": self.layers, "producers": self.producers, "prunable": self.prunable,
+                "reason": self.reason, "repeat": self.repeat, "exact_removal": self.exact_removal,
+                "flops_share": round(self.flops_share, 6), "params_share": round(self.params_share, 6)}
+
+
+def channel_groups(cap: Capture, exclude: Iterable[str] = (), strict: bool = True) -> list[ChannelGroup]:
+    """All coupled channel groups of a captured model.
+
+    ``exclude`` holds glob patterns of layer names whose channels must stay. With ``strict``, a
+    channel-mixing op on a prunable path raises :class:`UnsupportedOpError`; otherwise that group
+    is reported as not prunable, with the op as the reason.
+    """
+    patterns = list(exclude)
+    graph = cap.dependency_graph
+    roots = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+    groups = []
+    for dg_group in graph.get_all_groups(root_module_types=roots):
+        groups.append(_from_dependency_group(cap, dg_group, patterns, strict))
+    groups.extend(_head_groups(cap, patterns))
+    return groups
+
+
+def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns: list[str],
+                           strict: bool) -> ChannelGroup:
+    graph = cap.dependency_graph
+    root = dg_group[0].dep.target.module
+    root_name = cap.module_name(root)
+    couplings: set[str] = set()
+    layers: list[str] = []
+    producers: list[str] = []
+    reasons: list[str] = []
+    repeat = 1
+    exact = True
+    for dep, _idxs in dg_group:
+        target = dep.target
+        module = target.module
+        out_pruning = graph.is_out_channel_pruning_fn(dep.handler)
+        if target.type == OPTYPE.OUTPUT or (out_pruning and not target.outputs):
+            reasons.append("feeds a model output")
+        elif target.type == OPTYPE.ELEMENTWISE:
+            op = target.grad_fn.name()
+            if op.startswith(("AddBackward", "SubBackward")):
+                couplings.add("residual")
+            mixing = _mixing_reason(op, target.grad_fn)
+            if mixing:
+                reasons.append(f"unsupported op {op} ({mixing}) after {cap.module_name(dep.source.module)}")
+        elif target.type == OPTYPE.CONCAT:
+            couplings.add("concat")
+        elif target.type == OPTYPE.SPLIT:
+            couplings.add("split")
+        elif target.type in (OPTYPE.LN, OPTYPE.GN):
+            couplings.add("norm")
+            exact = False  # the norm's statistics run over these channels: removal is never exact
+        elif target.type == OPTYPE.EMBED:
+            couplings.add("embedding")
+        if isinstance(module, nn.Module) and target.type not in (OPTYPE.ELEMENTWISE, OPTYPE.CONCAT,
+                                                                 OPTYPE.SPLIT, OPTYPE.RESHAPE, OPTYPE.OUTPUT,
+                                                                 OPTYPE.SLICE, OPTYPE.UNBIND, OPTYPE.EXPAND):
+            name = cap.module_name(module)
+            if name not in layers:
+                layers.append(name)
+            if out_pruning and _has_weight(module) and name not in producers:
+                producers.append(name)
+        if isinstance(module, nn.Conv2d | nn.Conv1d | nn.Conv3d) and module.groups > 1:
+            if module.groups == module.in_channels == module.out_channels:
+                couplings.add("depthwise")
+            else:
+                couplings.add("grouped")
+                repeat = max(repeat, module.groups)
+        if any(isinstance(m, _FlattenIndexMapping) for m in dep.index_mapping):
+            couplings.add("flatten")
+    if len([p for p in producers if not _is_norm(cap, p)]) > 1:
+        couplings.add("residual")
+    excluded = [p for p in producers if any(fnmatch.fnmatchcase(p, pat) for pat in patterns)]
+    if excluded:
+        reasons.append(f"excluded by the user ({', '.join(excluded)})")
+    attention = _enclosing_attention(cap, producers)
+    if attention is not None:
+        reasons = [f"inner width of attention {attention}: pruned in whole heads ({attention}:heads)"]
+    unsupported = [r for r in reasons if r.startswith("unsupported op")]
+    if strict and unsupported and not any(r.startswith(("feeds", "excluded")) for r in reasons):
+        raise UnsupportedOpError(
+            f"group {root_name}: {unsupported[0]}; exclude it with --exclude '{root_name}' "
+            "or pass --skip-unsupported to keep such groups unpruned")
+    channels = graph.get_out_channels(root)
+    if channels is not None and channels < 2:
+        reasons.append("fewer than 2 channels")
+    return ChannelGroup(
+        id=root_name, channels=int(channels or 0), kind=_primary_kind(couplings), couplings=sorted(couplings),
+        layers=layers, producers=producers, prunable=not reasons, reason="; ".join(dict.fromkeys(reasons)) or None,
+        repeat=repeat, exact_removal=exact, flops_share=_share(layers, cap.layer_flops, cap.flops),
+        params_share=_params_share(cap, layers))
+
+
+def _head_groups(cap: Capture, patterns: list[str]) -> list[ChannelGroup]:
+    groups = []
+    for name, module in cap.model.named_modules():
+        if not isinstance(module, HeadAttention):
+            continue
+        layers = [f"{name}.{proj}" for proj in ("q_proj", "k_proj", "v_proj", "out_proj")]
+        excluded = any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
+        reason = "excluded by the user" if excluded else ("fewer than 2 heads" if module.num_heads < 2 else None)
+        groups.append(ChannelGroup(
+            id=f"{name}:heads", channels=module.num_heads, kind="heads", couplings=["heads"], layers=layers,
+            producers=layers[:3], prunable=reason is None, reason=reason,
+            flops_share=_share([name], cap.layer_flops, cap.flops), params_share=_params_share(cap, [name])))
+    return groups
+
+
+def _enclosing_attention(cap: Capture, producers: list[str]) -> str | None:
+    """The HeadAttention whose q/k/v projections are this group's only producers, if any."""
+    parents = {name.rsplit(".", 1)[0] for name in producers if "." in name}
+    if len(parents) != 1 or len(producers) < 2:
+        return None
+    parent = parents.pop()
+    return parent if isinstance(cap.model.get_submodule(parent), HeadAttention) else None
+
+
+def _mixing_reason(op: str, grad_fn: object) -> str | None:
+    if op in CHANNEL_MIXING_OPS:
+        return "mixes channels"
+    if op in REDUCTION_OPS:
+        sizes = getattr(grad_fn, "_saved_self_sym_sizes", None)
+        dims = getattr(grad_fn, "_saved_dim", None)
+        if sizes is None or dims is None:
+            return "reduces over all dims"
+        rank = len(sizes)
+        dims = [d % rank for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
+        channel_dim = 1 if rank == 4 else rank - 1
+        if channel_dim in dims:
+            return "reduces over the channel dim"
+    return None
+
+
+def _has_weight(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "weight", None), nn.Parameter)
+
+
+def _is_norm(cap: Capture, name: str) -> bool:
+    module = dict(cap.model.named_modules()).get(name)
+    return isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm))
+
+
+def _primary_kind(couplings: set[str]) -> str:
+    if "split" in couplings:
+        couplings = couplings | {"concat"}
+    return next(kind for kind in KIND_PRIORITY if kind in couplings or kind == "plain")
+
+
+def _share(layers: list[str], layer_flops: dict[str, int], total: int) -> float:
+    return sum(layer_flops.get(name, 0) for name in layers) / total if total else 0.0
+
+
+def _params_share(cap: Capture, layers: list[str]) -> float:
+    modules = dict(cap.model.named_modules())
+    total = cap.params or 1
+    return sum(p.numel() for name in layers if name in modules for p in modules[name].parameters()) / total

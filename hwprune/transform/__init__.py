@@ -1,0 +1,1 @@
+"""Apply decisions to an nn.Module: physical channel and head removal."""

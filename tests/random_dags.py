@@ -1,0 +1,260 @@
+"""Hypothesis strategy drawing small random DAG CNNs for pruning property tests.
+
+The hand-written zoo (``zoo.py``) covers the coupling kinds we know about; this
+module hunts for the ones we did not think of. ``random_dag_models()`` draws
+networks whose tensors fan out to several consumers and fan back in through
+residual adds and channel concatenations in arbitrary combinations (add of a
+cat, cat of an add, BN / depthwise conv applied to a cat, the same tensor used
+in several adds, ...), which is where dependency-graph / channel-index
+bookkeeping bugs in structured pruning hide. Hypothesis shrinks any failing
+network to a minimal op list.
+
+Design: ``RandomDAGNet`` is one generic ``nn.Module`` holding a static list of
+op specs plus an ``nn.ModuleList`` of layers and evaluating the specs in order.
+The only Python control flow in ``forward`` depends on the (fixed) specs, never
+on tensor values, so the graph recorded by autograd / ``torch.fx`` /
+``torch.jit.trace`` is the same for every input, and pruning tools that trace
+the model through ``grad_fn`` see every op.
+
+Building blocks (all at stride 1 with "same" padding, so every tensor keeps
+the input's spatial size and any two tensors can be added / concatenated):
+
+* ``conv``: Conv2d 3x3 or 1x1 with 2..12 output channels, or a depthwise 3x3
+  (groups = out = in channels); optional bias; optionally followed by
+  BatchNorm2d and/or ReLU;
+* ``bn``: standalone BatchNorm2d on any earlier tensor (e.g. on a cat / add);
+* ``relu``: standalone ReLU on any earlier tensor;
+* ``add``: residual add of two earlier tensors; if their channel counts differ
+  a 1x1 projection conv (+ optional BN) maps the second one to the first's;
+* ``cat``: torch.cat of 2..3 earlier tensors along channels.
+
+The raw input can only feed ``conv`` ops (its 3 channels are not prunable).
+Every tensor that nobody consumes is concatenated (in production order) into
+the head, so no layer is dead. Head: global average pool -> flatten -> Linear,
+or flatten(C*H*W) -> Linear.
+
+The strategy returns ``(model.eval(), example_input)`` with input ``1x3x8x8``;
+BatchNorm running stats and affine params are randomised. Weights are seeded
+from a drawn integer so a failing example reproduces exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import strategies as st
+
+__all__ = ["RandomDAGNet", "OpSpec", "random_dag_models", "random_dag_specs", "build_dag_model"]
+
+INPUT_SHAPE = (1, 3, 8, 8)
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One node of the DAG.
+
+    kind:    "conv" | "bn" | "relu" | "add" | "cat"
+    inputs:  indices into the tensor list (0 = network input, i+1 = output of op i)
+    out_channels: channel count of the produced tensor (bookkeeping only)
+    kernel, depthwise, bias, with_bn, with_relu: conv options
+    proj:    for "add": a projection 1x1 conv is applied to inputs[1]
+    """
+
+    kind: str
+    inputs: tuple[int, ...]
+    out_channels: int
+    kernel: int = 1
+    depthwise: bool = False
+    bias: bool = False
+    with_bn: bool = False
+    with_relu: bool = False
+    proj: bool = False
+
+    def __str__(self):
+        ins = ",".join(f"t{i}" for i in self.inputs)
+        if self.kind == "conv":
+            extra = f"{'dw' if self.depthwise else ''}{self.kernel}x{self.kernel}"
+            extra += "+b" if self.bias else ""
+            extra += "+bn" if self.with_bn else ""
+            extra += "+relu" if self.with_relu else ""
+            return f"conv[{extra}]({ins})->{self.out_channels}"
+        if self.kind == "add" and self.proj:
+            return f"add_proj({ins})->{self.out_channels}"
+        return f"{self.kind}({ins})->{self.out_channels}"
+
+
+def _randomize_bn(bn: nn.BatchNorm2d):
+    with torch.no_grad():
+        bn.running_mean.normal_(0.0, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_(0.0, 0.3)
+
+
+class RandomDAGNet(nn.Module):
+    """Generic DAG network evaluated from a static list of ``OpSpec``.
+
+    ``self.layers[i]`` is the module for ``specs[i]`` (``nn.Identity`` for
+    cat / plain add); ``self.projs`` holds projection convs for adds, keyed by
+    op index.
+    """
+
+    def __init__(self, specs, in_channels=3, spatial=(8, 8), head="gap", num_classes=5):
+        super().__init__()
+        self.specs = list(specs)
+        self.head_kind = head
+        chans = [in_channels]
+        layers = []
+        projs = {}
+        for i, s in enumerate(self.specs):
+            if s.kind == "conv":
+                cin = chans[s.inputs[0]]
+                groups = cin if s.depthwise else 1
+                mods = [
+                    nn.Conv2d(cin, s.out_channels, s.kernel, padding=s.kernel // 2,
+                              groups=groups, bias=s.bias)
+                ]
+                if s.with_bn:
+                    mods.append(nn.BatchNorm2d(s.out_channels))
+                if s.with_relu:
+                    mods.append(nn.ReLU())
+                layers.append(nn.Sequential(*mods))
+            elif s.kind == "bn":
+                layers.append(nn.BatchNorm2d(chans[s.inputs[0]]))
+            elif s.kind == "relu":
+                layers.append(nn.ReLU())
+            elif s.kind == "add":
+                a, b = s.inputs
+                if chans[a] != chans[b]:
+                    assert s.proj, 'add of unequal channel counts needs a projection'
+                if s.proj:
+                    mods = [nn.Conv2d(chans[b], chans[a], 1, bias=s.bias)]
+                    if s.with_bn:
+                        mods.append(nn.BatchNorm2d(chans[a]))
+                    projs[str(i)] = nn.Sequential(*mods)
+                layers.append(nn.Identity())
+            elif s.kind == "cat":
+                layers.append(nn.Identity())
+            else:  # pragma: no cover
+                raise ValueError(s.kind)
+            chans.append(s.out_channels)
+        self.layers = nn.ModuleList(layers)
+        self.projs = nn.ModuleDict(projs)
+
+        consumed = {j for s in self.specs for j in s.inputs}
+        # every unconsumed op output feeds the head (input excluded)
+        self.sinks = [t for t in range(1, len(chans)) if t not in consumed]
+        if not self.sinks:  # only possible with zero ops
+            self.sinks = [len(chans) - 1]
+        c_head = sum(chans[t] for t in self.sinks)
+        self.head_in_channels = c_head
+        if head == "gap":
+            self.fc = nn.Linear(c_head, num_classes)
+        elif head == "flatten":
+            self.fc = nn.Linear(c_head * spatial[0] * spatial[1], num_classes)
+        else:
+            raise ValueError(head)
+
+    def forward(self, x):
+        ts = [x]
+        for i, s in enumerate(self.specs):
+            layer = self.layers[i]
+            if s.kind in ("conv", "bn", "relu"):
+                y = layer(ts[s.inputs[0]])
+            elif s.kind == "add":
+                a, b = s.inputs
+                tb = ts[b]
+                if s.proj:
+                    tb = self.projs[str(i)](tb)
+                y = ts[a] + tb
+            else:  # cat
+                y = torch.cat([ts[j] for j in s.inputs], dim=1)
+            ts.append(y)
+        outs = [ts[t] for t in self.sinks]
+        h = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        if self.head_kind == "gap":
+            h = F.adaptive_avg_pool2d(h, 1)
+        return self.fc(torch.flatten(h, 1))
+
+    def extra_repr(self):
+        return "specs=[" + "; ".join(f"t{i + 1}={s}" for i, s in enumerate(self.specs)) + \
+            f"], sinks={self.sinks}, head={self.head_kind}"
+
+
+def build_dag_model(specs, head="gap", seed=0, input_shape=INPUT_SHAPE):
+    """Deterministically build ``(model.eval(), example_input)`` from specs."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = RandomDAGNet(specs, in_channels=input_shape[1], spatial=input_shape[2:], head=head)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                _randomize_bn(m)
+            elif isinstance(m, nn.Conv2d) and m.bias is not None:
+                with torch.no_grad():
+                    m.bias.normal_(0.0, 0.2)
+        x = torch.randn(*input_shape)
+    return model.eval(), x
+
+
+@st.composite
+def random_dag_specs(draw, min_ops=2, max_ops=7, max_channels=12, allow_depthwise=True):
+    """Draw a list of ``OpSpec`` forming a valid DAG (see module docstring)."""
+    n_ops = draw(st.integers(min_ops, max_ops))
+    chans = [3]  # tensor 0 = input
+    specs = []
+    for i in range(n_ops):
+        # the first op is always a conv on the input so that there is at least
+        # one prunable tensor for bn/relu/add/cat to work on
+        if i == 0:
+            kind = "conv"
+        else:
+            kind = draw(st.sampled_from(["conv", "conv", "conv", "bn", "relu", "add", "cat"]))
+        produced = list(range(1, len(chans)))  # tensors other than the input
+        if kind == "conv":
+            src = draw(st.sampled_from(list(range(len(chans)))))
+            cin = chans[src]
+            depthwise = allow_depthwise and src != 0 and draw(st.booleans())
+            if depthwise:
+                k, cout = 3, cin
+            else:
+                k = draw(st.sampled_from([1, 3]))
+                cout = draw(st.integers(2, max_channels))
+            spec = OpSpec(
+                "conv", (src,), cout, kernel=k, depthwise=depthwise,
+                bias=draw(st.booleans()), with_bn=draw(st.booleans()),
+                with_relu=draw(st.booleans()),
+            )
+        elif kind in ("bn", "relu"):
+            src = draw(st.sampled_from(produced))
+            spec = OpSpec(kind, (src,), chans[src])
+        elif kind == "add":
+            a = draw(st.sampled_from(produced))
+            b = draw(st.sampled_from(produced))
+            proj = chans[a] != chans[b]
+            spec = OpSpec(
+                "add", (a, b), chans[a], proj=proj,
+                bias=proj and draw(st.booleans()), with_bn=proj and draw(st.booleans()),
+            )
+        else:  # cat
+            k = draw(st.integers(2, 3))
+            srcs = tuple(draw(st.lists(st.sampled_from(produced), min_size=k, max_size=k)))
+            spec = OpSpec("cat", srcs, sum(chans[j] for j in srcs))
+        specs.append(spec)
+        chans.append(spec.out_channels)
+    return specs
+
+
+@st.composite
+def random_dag_models(draw, min_ops=2, max_ops=7, heads=("gap", "flatten"), input_shape=INPUT_SHAPE):
+    """Hypothesis strategy: ``(model.eval(), example_input)`` of a random DAG CNN.
+
+    ``heads`` restricts the head kinds drawn ("gap": avgpool+flatten+Linear,
+    "flatten": flatten(C*H*W)+Linear).
+    """
+    specs = draw(random_dag_specs(min_ops=min_ops, max_ops=max_ops))
+    head = draw(st.sampled_from(list(heads)))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return build_dag_model(specs, head=head, seed=seed, input_shape=input_shape)
