@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from hwprune import __version__
 from hwprune.errors import HwpruneError
@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except HwpruneError as exc:
-        if args.debug:
+        if args.debug or getattr(args, "sub_debug", False):
             raise
         print(f"hwprune: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -53,7 +53,6 @@ def _parser() -> argparse.ArgumentParser:
     devices = sub.add_parser("devices", help="list the device profiles (targets)")
     devices.add_argument("--json", action="store_true", help="print the profiles as JSON")
     devices.set_defaults(run=_run_devices)
-    parser.set_defaults(debug=False)
     return parser
 
 
@@ -63,7 +62,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-shape", metavar="SHAPE", help="example input shape, e.g. 1,3,224,224")
     parser.add_argument("--weights", metavar="NAME",
                         help="load pretrained weights (DEFAULT) from the local torch hub cache; never downloads")
-    parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--debug", action="store_true", dest="sub_debug", help=argparse.SUPPRESS)
 
 
 def _run_analyze(args: argparse.Namespace) -> int:

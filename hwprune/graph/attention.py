@@ -12,7 +12,7 @@ layer; the inner width is only ever pruned in whole heads.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,7 @@ class HeadAttention(nn.Module):
         self.out_proj = nn.Linear(inner, out_dim or embed_dim, bias=bias)
 
     @classmethod
-    def from_multihead(cls, mha: nn.MultiheadAttention) -> "HeadAttention":
+    def from_multihead(cls, mha: nn.MultiheadAttention) -> HeadAttention:
         """Copy an ``nn.MultiheadAttention`` (same embed dim for q, k, v) into a HeadAttention."""
         dim = mha.embed_dim
         has_bias = mha.in_proj_bias is not None

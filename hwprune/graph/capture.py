@@ -9,7 +9,6 @@ search needs on top: a networkx view of the ops with output shapes, and FLOPs pe
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -42,8 +41,10 @@ def capture(model: nn.Module, example_input: torch.Tensor) -> Capture:
     """Trace ``model`` on ``example_input``; raises CaptureError naming the failing module."""
     model.eval()
     convert_multihead_attention(model)
-    shapes = _run_recording_shapes(model, example_input)
-    flops, layer_flops = _count_flops(model, example_input)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        shapes = _run_recording_shapes(model, example_input)
+    flops, layer_flops = _flops_by_module(counter)
     try:
         graph = tp.DependencyGraph().build_dependency(model, example_input, verbose=False)
     except Exception as exc:  # torch-pruning raises many kinds; each means "cannot trace this model"
@@ -84,10 +85,7 @@ def _run_recording_shapes(model: nn.Module, example_input: torch.Tensor) -> dict
     return shapes
 
 
-def _count_flops(model: nn.Module, example_input: torch.Tensor) -> tuple[int, dict[str, int]]:
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter, contextlib.suppress(NotImplementedError):
-        model(example_input)
+def _flops_by_module(counter: FlopCounterMode) -> tuple[int, dict[str, int]]:
     per_module: dict[str, int] = {}
     for key, by_op in counter.get_flop_counts().items():
         if key == "Global":

@@ -11,8 +11,8 @@ meet (``repeat`` for grouped convolutions).
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import torch_pruning as tp
 from torch import nn
@@ -102,8 +102,9 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
                 reasons.append(f"unsupported op {op} ({mixing}) after {cap.module_name(dep.source.module)}")
         elif target.type == OPTYPE.CONCAT:
             couplings.add("concat")
-        elif target.type == OPTYPE.SPLIT:
+        elif target.type in (OPTYPE.SPLIT, OPTYPE.UNBIND):
             couplings.add("split")
+            reasons.append("passes a torch.split/chunk whose sizes are fixed in the model's code")
         elif target.type in (OPTYPE.LN, OPTYPE.GN):
             couplings.add("norm")
             exact = False  # the norm's statistics run over these channels: removal is never exact
@@ -125,8 +126,6 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
                 repeat = max(repeat, module.groups)
         if any(isinstance(m, _FlattenIndexMapping) for m in dep.index_mapping):
             couplings.add("flatten")
-    if len([p for p in producers if not _is_norm(cap, p)]) > 1:
-        couplings.add("residual")
     excluded = [p for p in producers if any(fnmatch.fnmatchcase(p, pat) for pat in patterns)]
     if excluded:
         reasons.append(f"excluded by the user ({', '.join(excluded)})")
@@ -190,11 +189,6 @@ def _mixing_reason(op: str, grad_fn: object) -> str | None:
 
 def _has_weight(module: nn.Module) -> bool:
     return isinstance(getattr(module, "weight", None), nn.Parameter)
-
-
-def _is_norm(cap: Capture, name: str) -> bool:
-    module = dict(cap.model.named_modules()).get(name)
-    return isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm))
 
 
 def _primary_kind(couplings: set[str]) -> str:

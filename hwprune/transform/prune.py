@@ -7,7 +7,7 @@ keep-set fails before any layer is touched, and removes attention heads itself.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from torch import nn
 

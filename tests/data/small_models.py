@@ -1,0 +1,40 @@
+"""Model factories used by the CLI tests through the ``file.py:factory`` spec."""
+
+import torch
+from torch import nn
+
+
+def tiny_cnn():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, 4))
+    return model, torch.randn(1, 3, 16, 16)
+
+
+def module_only():
+    return nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU())
+
+
+class ChannelFlip(nn.Module):
+    """Reverses the channel order: a channel-mixing op hwprune cannot prune through."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.flip(self.conv(x), dims=[1]))
+
+
+def channel_flip():
+    return ChannelFlip(), torch.randn(1, 3, 8, 8)
+
+
+def broken():
+    raise RuntimeError("factory exploded")
+
+
+def not_a_model():
+    return 42
