@@ -60,9 +60,11 @@ def load_model(spec: str, input_shape: tuple[int, ...] | None = None, weights: s
             f"model spec {spec!r} not understood: use torchvision:NAME, timm:NAME, path/to/file.py:factory "
             "or path/to/program.pt2"
         )
-    if input_shape is not None:
-        example = torch.randn(input_shape) if example is None or example.is_floating_point() else \
-            torch.randint(0, 2, input_shape, dtype=example.dtype)
+    if input_shape is not None:  # same kind of input as the model's own example, new shape
+        if example is None or example.is_floating_point():
+            example = torch.randn(input_shape)
+        else:
+            example = torch.randint(0, int(example.max()) + 1, input_shape, dtype=example.dtype)
     elif example is None:
         example = torch.randn(shape or DEFAULT_IMAGE_SHAPE)
     return LoadedModel(name=spec, module=module.eval(), example_input=example)

@@ -43,11 +43,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import strategies as st
+from torch import nn
 
-__all__ = ["RandomDAGNet", "OpSpec", "random_dag_models", "random_dag_specs", "build_dag_model"]
+__all__ = ["OpSpec", "RandomDAGNet", "build_dag_model", "random_dag_models", "random_dag_specs"]
 
 INPUT_SHAPE = (1, 3, 8, 8)
 
@@ -200,19 +200,29 @@ def build_dag_model(specs, head="gap", seed=0, input_shape=INPUT_SHAPE):
 
 
 @st.composite
-def random_dag_specs(draw, min_ops=2, max_ops=7, max_channels=12, allow_depthwise=True):
-    """Draw a list of ``OpSpec`` forming a valid DAG (see module docstring)."""
+def random_dag_specs(draw, min_ops=2, max_ops=7, max_channels=12, allow_depthwise=True,
+                     allow_duplicate_inputs=True):
+    """Draw a list of ``OpSpec`` forming a valid DAG (see module docstring).
+
+    ``allow_duplicate_inputs=False`` forbids ``x + x`` and ``cat([x, x, ...])``
+    (the same tensor twice in one op). Those are legal and worth testing, but
+    torch_pruning 1.6.1 cannot map channel indices through them and may loop
+    forever in ``DependencyGraph.get_pruning_group`` -- turn them off when
+    torch_pruning is used as a reference oracle.
+    """
     n_ops = draw(st.integers(min_ops, max_ops))
     chans = [3]  # tensor 0 = input
     specs = []
     for i in range(n_ops):
         # the first op is always a conv on the input so that there is at least
         # one prunable tensor for bn/relu/add/cat to work on
+        produced = list(range(1, len(chans)))  # tensors other than the input
         if i == 0:
             kind = "conv"
-        else:
+        elif allow_duplicate_inputs or len(produced) >= 2:
             kind = draw(st.sampled_from(["conv", "conv", "conv", "bn", "relu", "add", "cat"]))
-        produced = list(range(1, len(chans)))  # tensors other than the input
+        else:  # add / cat would need two distinct tensors
+            kind = draw(st.sampled_from(["conv", "conv", "conv", "bn", "relu"]))
         if kind == "conv":
             src = draw(st.sampled_from(list(range(len(chans)))))
             cin = chans[src]
@@ -232,7 +242,7 @@ def random_dag_specs(draw, min_ops=2, max_ops=7, max_channels=12, allow_depthwis
             spec = OpSpec(kind, (src,), chans[src])
         elif kind == "add":
             a = draw(st.sampled_from(produced))
-            b = draw(st.sampled_from(produced))
+            b = draw(st.sampled_from([t for t in produced if allow_duplicate_inputs or t != a]))
             proj = chans[a] != chans[b]
             spec = OpSpec(
                 "add", (a, b), chans[a], proj=proj,
@@ -240,7 +250,12 @@ def random_dag_specs(draw, min_ops=2, max_ops=7, max_channels=12, allow_depthwis
             )
         else:  # cat
             k = draw(st.integers(2, 3))
-            srcs = tuple(draw(st.lists(st.sampled_from(produced), min_size=k, max_size=k)))
+            if allow_duplicate_inputs:
+                srcs = tuple(draw(st.lists(st.sampled_from(produced), min_size=k, max_size=k)))
+            else:
+                k = min(k, len(produced))
+                srcs = tuple(draw(st.lists(st.sampled_from(produced), min_size=k, max_size=k,
+                                           unique=True)))
             spec = OpSpec("cat", srcs, sum(chans[j] for j in srcs))
         specs.append(spec)
         chans.append(spec.out_channels)
@@ -248,13 +263,16 @@ def random_dag_specs(draw, min_ops=2, max_ops=7, max_channels=12, allow_depthwis
 
 
 @st.composite
-def random_dag_models(draw, min_ops=2, max_ops=7, heads=("gap", "flatten"), input_shape=INPUT_SHAPE):
+def random_dag_models(draw, min_ops=2, max_ops=7, heads=("gap", "flatten"),
+                      input_shape=INPUT_SHAPE, allow_duplicate_inputs=True):
     """Hypothesis strategy: ``(model.eval(), example_input)`` of a random DAG CNN.
 
     ``heads`` restricts the head kinds drawn ("gap": avgpool+flatten+Linear,
-    "flatten": flatten(C*H*W)+Linear).
+    "flatten": flatten(C*H*W)+Linear). ``allow_duplicate_inputs``: see
+    ``random_dag_specs``.
     """
-    specs = draw(random_dag_specs(min_ops=min_ops, max_ops=max_ops))
+    specs = draw(random_dag_specs(min_ops=min_ops, max_ops=max_ops,
+                                  allow_duplicate_inputs=allow_duplicate_inputs))
     head = draw(st.sampled_from(list(heads)))
     seed = draw(st.integers(0, 2**31 - 1))
     return build_dag_model(specs, head=head, seed=seed, input_shape=input_shape)

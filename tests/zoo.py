@@ -40,14 +40,14 @@ Exposed names:
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from torch import nn
 
-__all__ = ["ZOO", "CONV_ZOO", "DESCRIPTIONS", "randomize_model"]
+__all__ = ["CONV_ZOO", "DESCRIPTIONS", "ZOO", "randomize_model"]
 
 Factory = Callable[[], "tuple[nn.Module, torch.Tensor]"]
 

@@ -102,6 +102,8 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
                 reasons.append(f"unsupported op {op} ({mixing}) after {cap.module_name(dep.source.module)}")
         elif target.type == OPTYPE.CONCAT:
             couplings.add("concat")
+            if module.offsets is None:  # e.g. a concat that feeds a flatten: channel offsets unknown
+                reasons.append("passes a concat whose channel offsets torch-pruning could not infer")
         elif target.type in (OPTYPE.SPLIT, OPTYPE.UNBIND):
             couplings.add("split")
             reasons.append("passes a torch.split/chunk whose sizes are fixed in the model's code")

@@ -38,7 +38,12 @@ def lift_exported_program(program: torch.export.ExportedProgram) -> fx.GraphModu
         raise ModelSpecError("the exported program has no conv/linear/norm layers with attribute weights to prune")
     gm.graph.eliminate_dead_code()
     gm.recompile()
-    return gm
+    # program.module() refuses .eval()/.train(); a plain GraphModule over the same graph does not.
+    plain = fx.GraphModule(gm, gm.graph)
+    for name in ("_in_spec", "_out_spec"):
+        if hasattr(gm, name):
+            setattr(plain, name, getattr(gm, name))
+    return plain.eval()
 
 
 def _attr(gm: fx.GraphModule, node: object) -> torch.Tensor | None:
