@@ -50,6 +50,20 @@ def _parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", metavar="FILE", help="also write the JSON analysis to FILE")
     analyze.set_defaults(run=_run_analyze)
 
+    profile = sub.add_parser("profile", help="measure the layer latencies a model's pruning search needs")
+    _add_model_arguments(profile)
+    profile.add_argument("--target", default="cpu", help="device profile (default: cpu)")
+    profile.add_argument("--lut", metavar="FILE", help="latency table to extend (default: the cache)")
+    profile.set_defaults(run=_run_profile)
+
+    latency = sub.add_parser("latency", help="predict (and with --measure, measure) a model's latency")
+    _add_model_arguments(latency)
+    latency.add_argument("--target", default="cpu", help="device profile (default: cpu)")
+    latency.add_argument("--lut", metavar="FILE", help="latency table (default: the cache)")
+    latency.add_argument("--measure", action="store_true", help="also measure on this host and print the error")
+    latency.add_argument("--json", action="store_true", help="print the result as JSON")
+    latency.set_defaults(run=_run_latency)
+
     devices = sub.add_parser("devices", help="list the device profiles (targets)")
     devices.add_argument("--json", action="store_true", help="print the profiles as JSON")
     devices.set_defaults(run=_run_devices)
@@ -102,6 +116,71 @@ def _print_groups(analysis: object) -> None:
     console.print(table)
     prunable = sum(g["prunable"] for g in data["groups"])
     console.print(f"{len(data['groups'])} groups, {prunable} prunable")
+
+
+def _load_and_analyze(args: argparse.Namespace):
+    from hwprune.graph.analyze import analyze
+    from hwprune.models import load_model, parse_input_shape
+
+    shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    loaded = load_model(args.model, shape, args.weights)
+    return analyze(loaded.module, loaded.example_input, loaded.name, strict=False)
+
+
+def _run_profile(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from rich.progress import Progress
+
+    from hwprune.latency.model_latency import open_table, profile_model
+    from hwprune.targets import load_target
+
+    target = load_target(args.target)
+    table, path = open_table(target, Path(args.lut) if args.lut else None, create=True)
+    analysis = _load_and_analyze(args)
+    started = time.perf_counter()
+    with Progress(transient=True) as progress:
+        measured = profile_model(analysis, target, table, progress)
+    table.save(path)
+    print(f"{analysis.name} on {target.name}: measured {measured} new configurations in "
+          f"{time.perf_counter() - started:.1f} s; table {path} holds {len(table.entries)}")
+    return 0
+
+
+def _run_latency(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hwprune.latency.model_latency import open_table, predictor_for
+    from hwprune.targets import load_target
+
+    target = load_target(args.target)
+    analysis = _load_and_analyze(args)
+    if target.runtime != "onnxruntime":
+        from hwprune.latency.analytic import predict_model
+
+        prediction = predict_model(analysis, target)
+    else:
+        table, _path = open_table(target, Path(args.lut) if args.lut else None)
+        prediction = predictor_for(analysis, table).predict({})
+    measured = None
+    if args.measure:
+        from hwprune.latency.model_latency import measure_model
+
+        if target.runtime != "onnxruntime":
+            raise HwpruneError(f"target {target.name} runs on {target.runtime}, which this host cannot measure")
+        measured = measure_model(analysis.model, analysis.capture.example_input, target).median_ms
+    result = {"model": analysis.name, "target": target.name, "predicted_ms": prediction.total_ms,
+              "source": prediction.source, "measured_ms": measured,
+              "layers": [{"name": n, "predicted_ms": ms} for n, ms in prediction.layers_ms.items()]}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{analysis.name} on {target.name}: predicted {prediction.total_ms:.3f} ms ({prediction.source})")
+    if measured is not None:
+        error = 100 * (prediction.total_ms - measured) / measured
+        print(f"measured {measured:.3f} ms (onnxruntime, this host); prediction error {error:+.1f}%")
+    return 0
 
 
 def _run_devices(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(p) for p in parts if p.strip())
     except ValueError:
-        raise ModelSpecError(f"--input-shape {text!r}: expected comma-separated integers like 1,3,224,224")
+        raise ModelSpecError(f"--input-shape {text!r}: expected comma-separated integers like 1,3,224,224") from None
     if not shape or any(d <= 0 for d in shape):
         raise ModelSpecError(f"--input-shape {text!r}: every dimension must be a positive integer")
     return shape
@@ -100,7 +100,7 @@ def _load_timm(name: str, weights: str | None) -> tuple[nn.Module, tuple[int, ..
     try:
         import timm
     except ImportError:
-        raise ModelSpecError(f"timm:{name}: timm is not installed (pip install 'hwprune[timm]')")
+        raise ModelSpecError(f"timm:{name}: timm is not installed (pip install 'hwprune[timm]')") from None
     if name not in timm.list_models():
         raise ModelSpecError(f"timm:{name}: no such timm model")
     if weights is not None:

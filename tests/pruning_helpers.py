@@ -49,7 +49,7 @@ def zero_dropped_channels(analysis: Analysis, group: ChannelGroup, kept: list[in
 
 def max_abs_diff(a: object, b: object) -> float:
     if isinstance(a, (tuple, list)):
-        return max(max_abs_diff(x, y) for x, y in zip(a, b))
+        return max(max_abs_diff(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict):
         return max(max_abs_diff(a[k], b[k]) for k in a)
     if hasattr(a, "logits"):

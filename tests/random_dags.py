@@ -36,6 +36,13 @@ or flatten(C*H*W) -> Linear.
 The strategy returns ``(model.eval(), example_input)`` with input ``1x3x8x8``;
 BatchNorm running stats and affine params are randomised. Weights are seeded
 from a drawn integer so a failing example reproduces exactly.
+
+Note for tests that use torch_pruning (1.6.1) as a reference: it mishandles a
+``torch.cat`` whose output reaches ``flatten -> Linear`` (the flatten head with
+more than one sink, or a cat as the only sink): it cannot infer the cat's
+offsets, couples the channels of the different cat inputs, and pruning then
+breaks the model -- or ``get_all_groups`` loops forever when the cat closes a
+cycle. Draw with ``heads=("gap",)`` when torch_pruning is the oracle.
 """
 
 from __future__ import annotations
@@ -205,10 +212,8 @@ def random_dag_specs(draw, min_ops=2, max_ops=7, max_channels=12, allow_depthwis
     """Draw a list of ``OpSpec`` forming a valid DAG (see module docstring).
 
     ``allow_duplicate_inputs=False`` forbids ``x + x`` and ``cat([x, x, ...])``
-    (the same tensor twice in one op). Those are legal and worth testing, but
-    torch_pruning 1.6.1 cannot map channel indices through them and may loop
-    forever in ``DependencyGraph.get_pruning_group`` -- turn them off when
-    torch_pruning is used as a reference oracle.
+    (the same tensor twice in one op), e.g. to separate that edge case from
+    others when a test fails.
     """
     n_ops = draw(st.integers(min_ops, max_ops))
     chans = [3]  # tensor 0 = input

@@ -1,0 +1,1 @@
+"""Latency per device: op signatures, measured lookup tables, profilers and analytic models."""

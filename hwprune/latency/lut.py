@@ -1,0 +1,123 @@
+"""Measured latency lookup tables: JSON files keyed by OpSignature, with their provenance.
+
+A table is valid only for the settings it was measured with (device, runtime and its version,
+threads, graph optimisation level, host). Loading checks all of them against what the caller
+expects, and a corrupt or mismatched file is an error, never a silent wrong prediction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from hwprune.errors import HwpruneError
+from hwprune.io import write_text_atomic
+from hwprune.latency.measure import Timing
+from hwprune.latency.signature import OpSignature
+
+FORMAT = "hwprune-lut/1"
+# Provenance fields that must match for a table to apply; the rest (date, method) is information.
+BINDING_FIELDS = ("target", "runtime", "runtime_version", "threads", "graph_optimization_level", "host")
+
+
+class LutError(HwpruneError):
+    """A lookup table that is corrupt or was measured under other settings."""
+
+
+@dataclass
+class Entry:
+    median_ms: float
+    p90_ms: float
+    samples: int
+
+
+@dataclass
+class LatencyTable:
+    """Measured op latencies for one device + runtime configuration."""
+
+    provenance: dict
+    entries: dict[str, Entry] = field(default_factory=dict)
+    # Whole unpruned models measured at profile time: key "spec|input shape" -> median ms.
+    models: dict[str, float] = field(default_factory=dict)
+
+    def get(self, signature: OpSignature) -> Entry | None:
+        return self.entries.get(signature.key())
+
+    def put(self, signature: OpSignature, timing: Timing) -> None:
+        self.entries[signature.key()] = Entry(timing.median_ms, timing.p90_ms, timing.samples)
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "provenance": self.provenance, "models": self.models,
+                "entries": {key: vars(entry) for key, entry in sorted(self.entries.items())}}
+
+    def save(self, path: str | Path) -> None:
+        write_text_atomic(path, json.dumps(self.to_json(), indent=1) + "\n")
+
+
+def host_fingerprint() -> dict:
+    """What identifies this host's CPU for timing purposes."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": model, "cores": os.cpu_count(), "machine": platform.machine()}
+
+
+def onnxruntime_provenance(target: str, threads: int, optimization_level: str) -> dict:
+    import onnxruntime as ort
+
+    return {"target": target, "runtime": "onnxruntime", "runtime_version": ort.__version__,
+            "threads": threads, "graph_optimization_level": optimization_level, "host": host_fingerprint()}
+
+
+def fingerprint(provenance: dict) -> str:
+    binding = {key: provenance.get(key) for key in BINDING_FIELDS}
+    return hashlib.sha1(json.dumps(binding, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def new_table(provenance: dict, method: dict) -> LatencyTable:
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return LatencyTable({**provenance, "fingerprint": fingerprint(provenance), "created": created, "method": method})
+
+
+def load_table(path: str | Path, expected: dict | None = None) -> LatencyTable:
+    """Read a table; with ``expected`` provenance, refuse one measured under other settings."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LutError(f"{path}: latency table not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LutError(f"{path}: corrupt latency table ({exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("entries"), dict):
+        raise LutError(f"{path}: not a {FORMAT} latency table")
+    provenance = data.get("provenance")
+    if not isinstance(provenance, dict) or any(key not in provenance for key in BINDING_FIELDS):
+        raise LutError(f"{path}: latency table lacks its provenance ({', '.join(BINDING_FIELDS)})")
+    if expected is not None:
+        wrong = [f"{key}: table {provenance.get(key)!r}, now {expected.get(key)!r}"
+                 for key in BINDING_FIELDS if provenance.get(key) != expected.get(key)]
+        if wrong:
+            raise LutError(f"{path}: measured under other settings ({'; '.join(wrong)}); re-run hwprune profile")
+    entries = {}
+    for key, value in data["entries"].items():
+        try:
+            OpSignature.from_key(key)
+            entry = Entry(float(value["median_ms"]), float(value["p90_ms"]), int(value["samples"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LutError(f"{path}: corrupt entry {key!r} ({type(exc).__name__}: {exc})") from exc
+        if not entry.median_ms > 0 or entry.samples < 1:
+            raise LutError(f"{path}: entry {key!r} has no valid measurement")
+        entries[key] = entry
+    models = data.get("models", {})
+    if not isinstance(models, dict) or not all(isinstance(v, int | float) and v > 0 for v in models.values()):
+        raise LutError(f"{path}: corrupt whole-model measurements")
+    return LatencyTable(provenance, entries, {k: float(v) for k, v in models.items()})

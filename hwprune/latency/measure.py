@@ -1,0 +1,91 @@
+"""Timing with onnxruntime: fixed threads and optimisation level, warm-up, medians, interleaving.
+
+On a shared machine one absolute time is not a fact; medians of many runs are, and A/B
+comparisons are made in one interleaved run (A B A B ...) so both see the same noise.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from hwprune.errors import HwpruneError
+
+OPT_LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Summary of repeated runs, in milliseconds; ``spread`` is (p90 - p10) / median."""
+
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    spread: float
+    samples: int
+
+    @classmethod
+    def of(cls, times_ms: list[float]) -> Timing:
+        data = np.asarray(times_ms, dtype=float)
+        median = float(np.median(data))
+        p10, p90, p99 = (float(v) for v in np.percentile(data, [10, 90, 99]))
+        return cls(median, p90, p99, (p90 - p10) / median if median > 0 else 0.0, len(data))
+
+
+def make_session(model: bytes | str, threads: int, optimization_level: str):
+    """An onnxruntime CPU session with the given intra-op threads and graph optimisation level."""
+    import onnxruntime as ort
+
+    if optimization_level not in OPT_LEVELS:
+        raise HwpruneError(f"graph_optimization_level {optimization_level!r}: use one of {', '.join(OPT_LEVELS)}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, optimization_level)
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def random_feeds(session) -> dict[str, np.ndarray]:
+    """Random inputs matching the session's (static) input shapes and types."""
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for item in session.get_inputs():
+        shape = [d if isinstance(d, int) else 1 for d in item.shape]
+        if "int" in item.type:
+            feeds[item.name] = rng.integers(0, 2, size=shape, dtype=np.int64)
+        else:
+            feeds[item.name] = rng.standard_normal(shape, dtype=np.float32)
+    return feeds
+
+
+def time_session(session, feeds: dict[str, np.ndarray], warmup: int = 3, min_runs: int = 10,
+                 min_seconds: float = 0.1) -> Timing:
+    """Run ``warmup`` times, then at least ``min_runs`` runs and ``min_seconds`` of timed runs."""
+    for _ in range(warmup):
+        session.run(None, feeds)
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - started < min_seconds:
+        begin = time.perf_counter()
+        session.run(None, feeds)
+        times.append((time.perf_counter() - begin) * 1e3)
+    return Timing.of(times)
+
+
+def time_interleaved(sessions: list, feeds: list[dict[str, np.ndarray]], rounds: int = 30,
+                     warmup: int = 3) -> list[Timing]:
+    """Time several sessions in alternation (A B A B ...) so they share the machine's noise."""
+    for session, feed in zip(sessions, feeds, strict=True):
+        for _ in range(warmup):
+            session.run(None, feed)
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(rounds):
+        for index, (session, feed) in enumerate(zip(sessions, feeds, strict=True)):
+            begin = time.perf_counter()
+            session.run(None, feed)
+            times[index].append((time.perf_counter() - begin) * 1e3)
+    return [Timing.of(t) for t in times]

@@ -1,0 +1,89 @@
+"""Latency of whole models on a target: profile their layers, measure them, predict them.
+
+This is the library behind ``hwprune profile`` and ``hwprune latency``; the CLI only parses.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hwprune.errors import HwpruneError
+from hwprune.export.onnx_export import export_onnx
+from hwprune.graph.analyze import Analysis
+from hwprune.latency.layers import model_layers
+from hwprune.latency.lut import LatencyTable, LutError, load_table, new_table, onnxruntime_provenance
+from hwprune.latency.measure import Timing, make_session, random_feeds, time_session
+from hwprune.latency.predictor import TablePredictor
+from hwprune.latency.profiler import METHOD, profile, require_local_runtime
+from hwprune.latency.space import profile_signatures
+from hwprune.targets import Target
+
+
+def runtime_settings(target: Target) -> tuple[int, str]:
+    """The onnxruntime threads and graph optimisation level a target is measured with."""
+    extra = getattr(target, "extra", None)
+    if extra is not None:
+        return int(extra.get("threads", 1)), str(extra.get("graph_optimization_level", "ORT_ENABLE_ALL"))
+    return target.threads, target.graph_optimization_level
+
+
+def expected_provenance(target: Target) -> dict:
+    threads, level = runtime_settings(target)
+    return onnxruntime_provenance(target.name, threads, level)
+
+
+def default_table_path(target: Target) -> Path:
+    """Where measured tables live: $HWPRUNE_CACHE, else ~/.cache/hwprune (one file per target)."""
+    root = Path(os.environ.get("HWPRUNE_CACHE", Path.home() / ".cache" / "hwprune"))
+    return root / "latency" / f"{target.name}-{target.runtime}.json"
+
+
+def open_table(target: Target, path: Path | None = None, create: bool = False) -> tuple[LatencyTable, Path]:
+    """The target's table, checked against this host's settings; a fresh one with ``create``."""
+    require_local_runtime(target)
+    path = path or default_table_path(target)
+    expected = expected_provenance(target)
+    if path.exists():
+        return load_table(path, expected), path
+    if not create:
+        raise LutError(f"{path}: no latency table for target {target.name}; run hwprune profile first")
+    return new_table(expected, METHOD), path
+
+
+def model_key(spec: str, example_input: torch.Tensor) -> str:
+    return f"{spec}|{'x'.join(str(d) for d in example_input.shape)}"
+
+
+def measure_model(model: nn.Module, example_input: torch.Tensor, target: Target, runs: int = 30) -> Timing:
+    """Export to a temporary ONNX file and time it on this host with the target's settings."""
+    threads, level = runtime_settings(target)
+    with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
+        path = export_onnx(model, example_input, Path(tmp) / "model.onnx")
+        session = make_session(str(path), threads, level)
+        return time_session(session, random_feeds(session), warmup=5, min_runs=runs, min_seconds=0.5)
+
+
+def profile_model(analysis: Analysis, target: Target, table: LatencyTable, progress: object | None = None) -> int:
+    """Measure every signature the search may need for this model, and the whole unpruned model."""
+    alignment = target.channel_alignment
+    groups = {g.id: g for g in analysis.groups}
+    signatures = profile_signatures(model_layers(analysis), groups, alignment)
+    measured = profile(signatures, table, target, progress)
+    key = model_key(analysis.name, analysis.capture.example_input)
+    if key not in table.models:
+        table.models[key] = measure_model(analysis.model, analysis.capture.example_input, target).median_ms
+        measured += 1
+    return measured
+
+
+def predictor_for(analysis: Analysis, table: LatencyTable) -> TablePredictor:
+    """A predictor for ``analysis``'s model; needs the model profiled into ``table`` first."""
+    key = model_key(analysis.name, analysis.capture.example_input)
+    if key not in table.models:
+        raise HwpruneError(f"{analysis.name} has not been profiled on this target; run hwprune profile first")
+    return TablePredictor(model_layers(analysis), table, {g.id: g for g in analysis.groups}, table.models[key])

@@ -1,0 +1,42 @@
+"""Single-op ONNX graphs for OpSignatures, the unit the onnxruntime profiler times."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from hwprune.errors import HwpruneError
+from hwprune.latency.signature import OpSignature
+
+OPSET = 17
+
+
+def single_op_model(sig: OpSignature) -> bytes:
+    """A serialized ONNX model computing just ``sig`` (conv2d: Conv; linear: MatMul + Add)."""
+    if sig.dtype != "fp32":
+        raise HwpruneError(f"onnxruntime CPU profiling supports fp32 only, not {sig.dtype}")
+    rng = np.random.default_rng(0)
+    if sig.op == "conv2d":
+        weight = rng.standard_normal((sig.c_out, sig.c_in // sig.groups, sig.kernel, sig.kernel), dtype=np.float32)
+        oh, ow = sig.out_hw
+        node = helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[sig.kernel, sig.kernel],
+                                strides=[sig.stride] * 2, pads=[sig.padding] * 4, dilations=[sig.dilation] * 2,
+                                group=sig.groups)
+        nodes = [node]
+        x_shape, y_shape = [sig.batch, sig.c_in, sig.h, sig.w], [sig.batch, sig.c_out, oh, ow]
+    elif sig.op == "linear":
+        weight = rng.standard_normal((sig.c_in, sig.c_out), dtype=np.float32)
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])]
+        x_shape, y_shape = [sig.batch, sig.h, sig.c_in], [sig.batch, sig.h, sig.c_out]
+    else:
+        raise HwpruneError(f"no single-op ONNX graph for op {sig.op!r}")
+    bias = rng.standard_normal((sig.c_out,), dtype=np.float32)
+    graph = helper.make_graph(
+        nodes, "op", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()

@@ -1,0 +1,70 @@
+"""The key a latency is measured and looked up under: one op's full configuration.
+
+Two layers with the same signature cost the same on a device, so a lookup table measures each
+signature once (HALP keys its table the same way: batch, c_in, c_out, feature map, kernel,
+stride, groups).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
+
+
+@dataclass(frozen=True)
+class OpSignature:
+    """One op: ``conv2d`` (h, w = input map) or ``linear`` (h = rows per batch item, w = 1)."""
+
+    op: str
+    batch: int
+    c_in: int
+    c_out: int
+    h: int
+    w: int
+    kernel: int = 1
+    stride: int = 1
+    padding: int = 0
+    dilation: int = 1
+    groups: int = 1
+    dtype: str = "fp32"
+    sparsity: str = "dense"
+
+    def key(self) -> str:
+        return "|".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+
+    @classmethod
+    def from_key(cls, key: str) -> OpSignature:
+        values = dict(part.split("=", 1) for part in key.split("|"))
+        kinds = {f.name: f.type for f in fields(cls)}
+        return cls(**{name: (value if kinds[name] == "str" else int(value)) for name, value in values.items()})
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        if self.op != "conv2d":
+            return self.h, self.w
+        span = self.dilation * (self.kernel - 1) + 1
+        return ((self.h + 2 * self.padding - span) // self.stride + 1,
+                (self.w + 2 * self.padding - span) // self.stride + 1)
+
+    def flops(self) -> int:
+        """Multiply-adds counted as two FLOPs, as torch.utils.flop_counter does."""
+        oh, ow = self.out_hw
+        per_output = (self.c_in // self.groups) * self.kernel * self.kernel
+        return 2 * self.batch * self.c_out * oh * ow * per_output
+
+    def bytes_moved(self) -> int:
+        """Input + weights + output, each touched once: the roofline's memory traffic."""
+        oh, ow = self.out_hw
+        weights = self.c_out * (self.c_in // self.groups) * self.kernel * self.kernel
+        elements = self.batch * self.c_in * self.h * self.w + weights + self.batch * self.c_out * oh * ow
+        return elements * BYTES_PER_ELEMENT[self.dtype]
+
+    def with_channels(self, c_in: int, c_out: int) -> OpSignature:
+        """The same op with other channel counts (a depthwise conv keeps groups == channels)."""
+        groups = c_out if self.groups == self.c_in == self.c_out and self.groups > 1 else self.groups
+        values = asdict(self) | {"c_in": c_in, "c_out": c_out, "groups": groups}
+        return OpSignature(**values)
