@@ -78,6 +78,7 @@ def test_input_shape_override(capsys):
     (["analyze", f"{DATA}:tiny_cnn", "--input-shape", "1,5,16,16"], "failed in module '0' (Conv2d)"),
     (["analyze", f"{DATA}:tiny_cnn", "--input-shape", "1,a"], "expected comma-separated integers"),
     (["analyze", f"{DATA}:channel_flip"], "FlipBackward0"),
+    (["analyze", f"{DATA}:untraceable"], "trace lost layers conv"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, tmp_path, argv, message):
     out_file = tmp_path / "analysis.json"

@@ -49,8 +49,20 @@ def capture(model: nn.Module, example_input: torch.Tensor) -> Capture:
         graph = tp.DependencyGraph().build_dependency(model, example_input, verbose=False)
     except Exception as exc:  # torch-pruning raises many kinds; each means "cannot trace this model"
         raise CaptureError(f"tracing channel dependencies failed: {type(exc).__name__}: {exc}") from exc
+    _check_every_layer_traced(model, graph, shapes)
     params = sum(p.numel() for p in model.parameters())
     return Capture(model, example_input, graph, _op_graph(graph, shapes, layer_flops), layer_flops, flops, params)
+
+
+def _check_every_layer_traced(model: nn.Module, graph: tp.DependencyGraph, shapes: dict) -> None:
+    """A conv/linear that ran but is missing from the trace means the forward left autograd."""
+    traced = {graph._module2name.get(m) for m in graph.module2node}
+    lost = [name for name, m in model.named_modules()
+            if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear) and name in shapes and name not in traced]
+    if lost:
+        raise CaptureError(
+            f"the trace lost layers {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}: the forward leaves "
+            "autograd between them and the output (.item(), .numpy(), Python numbers or torch.no_grad)")
 
 
 def _run_recording_shapes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[int, ...]]:

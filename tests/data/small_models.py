@@ -38,3 +38,18 @@ def broken():
 
 def not_a_model():
     return 42
+
+
+class UntraceableHead(nn.Module):
+    """Its forward converts a tensor to a Python number, which no tracer can follow."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        return torch.tensor([[self.conv(x).sum().item()]])
+
+
+def untraceable():
+    return UntraceableHead(), torch.randn(1, 3, 4, 4)
