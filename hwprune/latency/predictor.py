@@ -40,6 +40,7 @@ class TablePredictor:
         self.layers = layers
         self.table = table
         self.groups = groups
+        self._by_shape = _index_by_shape(table)
         self._axes = {layer.name: self._measured_axes(layer) for layer in layers}
         self._full_activations = sum(self._activations(layer, {}) for layer in layers)
         self.rest_ms = 0.0
@@ -50,14 +51,13 @@ class TablePredictor:
     def _measured_axes(self, layer: Layer) -> tuple[dict[int, float], dict[int, float]]:
         sig = layer.signature
         outs, ins = {}, {}
-        for key, entry in self.table.entries.items():
-            other = OpSignature.from_key(key)
+        for other, median_ms in self._by_shape.get(_shape_key(sig), []):
             if other.with_channels(sig.c_in, sig.c_out) != sig:
                 continue
             if other.c_in == sig.c_in or layer.depthwise:
-                outs[other.c_out] = entry.median_ms
+                outs[other.c_out] = median_ms
             if other.c_out == sig.c_out and not layer.depthwise:
-                ins[other.c_in] = entry.median_ms
+                ins[other.c_in] = median_ms
         if sig.c_out not in outs:
             raise HwpruneError(f"layer {layer.name} ({sig.key()}) is not in the latency table; run hwprune profile")
         return outs, ins
@@ -98,6 +98,20 @@ class TablePredictor:
             all_exact &= exact
         rest = self.rest_ms * sum(self._activations(layer, keep) for layer in self.layers) / self._full_activations
         return Prediction(sum(layers_ms.values()) + rest, layers_ms, rest, "lut" if all_exact else "interpolated")
+
+
+def _shape_key(sig: OpSignature) -> tuple:
+    """The signature without its channel counts: what all points of a layer's sweeps share."""
+    return (sig.op, sig.batch, sig.h, sig.w, sig.kernel, sig.stride, sig.padding, sig.dilation, sig.dtype,
+            sig.sparsity)
+
+
+def _index_by_shape(table: LatencyTable) -> dict[tuple, list[tuple[OpSignature, float]]]:
+    index: dict[tuple, list[tuple[OpSignature, float]]] = {}
+    for key, entry in table.entries.items():
+        sig = OpSignature.from_key(key)
+        index.setdefault(_shape_key(sig), []).append((sig, entry.median_ms))
+    return index
 
 
 def _at_or_above(axis: dict[int, float], count: int, name: str) -> float:
