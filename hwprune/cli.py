@@ -151,15 +151,13 @@ def _run_profile(args: argparse.Namespace) -> int:
 def _run_latency(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hwprune.latency.model_latency import open_table, predictor_for
+    from hwprune.latency.model_latency import open_table, predict_analytic, predictor_for
     from hwprune.targets import load_target
 
     target = load_target(args.target)
     analysis = _load_and_analyze(args)
     if target.runtime != "onnxruntime":
-        from hwprune.latency.analytic import predict_model
-
-        prediction = predict_model(analysis, target)
+        prediction = predict_analytic(analysis, target)
     else:
         table, _path = open_table(target, Path(args.lut) if args.lut else None)
         prediction = predictor_for(analysis, table).predict({})
@@ -192,8 +190,13 @@ def _run_devices(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(t) for t in targets], indent=2))
         return 0
+    print(f"{'name':<18} {'runtime':<12} {'fp32 TF':>8} {'fp16 TF':>8} {'int8 TOPS':>9} {'GB/s':>7} "
+          f"{'align':>5} {'2:4':>3}  description")
     for target in targets:
-        print(f"{target.name:<20} {target.runtime:<12} {target.description}")
+        peak = target.peak_tflops
+        print(f"{target.name:<18} {target.runtime:<12} {peak['fp32']:>8.4g} {peak['fp16']:>8.4g} {peak['int8']:>9.4g} "
+              f"{target.bandwidth_gbps:>7.4g} {target.channel_alignment:>5} {'yes' if target.sparse_24 else 'no':>3}  "
+              f"{target.description}")
     return 0
 
 

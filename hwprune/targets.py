@@ -1,10 +1,29 @@
-"""Device profiles: ``devices/<name>.toml`` read into a :class:`Target`."""
+"""Device profiles: ``devices/<name>.toml`` read into a typed :class:`Target`.
+
+A profile holds what a latency model needs to know about a device and where each number comes
+from (every numeric line of a profile carries a ``# source:``, ``# fitted:`` or ``# assumed:``
+comment; tests/test_targets.py checks it). Layout of a profile::
+
+    name, description, runtime ("onnxruntime" | "tensorrt"), default_dtype, default_batch,
+    channel_alignment, [threads, graph_optimization_level: onnxruntime targets only]
+    [peak_tflops]         fp32, fp16, int8 (dense; int8 in TOPS)
+    [peak_tflops_sparse]  2:4 structured-sparsity rates; only where tensor cores accelerate it
+    [memory]              bandwidth_gbps
+    [analytic]            launch_overhead_us, memory_efficiency
+    [analytic.efficiency] conv, pointwise, depthwise, linear (fractions of peak compute)
+
+Anything missing, of the wrong type, out of range or unknown is a :class:`DeviceError` naming
+the file and the key, so a typo in a profile never silently falls back to a default.
+"""
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 
 from hwprune.errors import DeviceError
 
@@ -13,7 +32,26 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-REQUIRED_FIELDS = ("name", "description", "runtime", "default_dtype", "default_batch", "channel_alignment")
+RUNTIMES = ("onnxruntime", "tensorrt")
+DTYPES = ("fp32", "fp16", "int8")
+OP_KINDS = ("conv", "pointwise", "depthwise", "linear")
+ORT_LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
+REQUIRED_FIELDS = ("name", "description", "runtime", "default_dtype", "default_batch", "channel_alignment",
+                   "peak_tflops", "memory", "analytic")
+_OPTIONAL_FIELDS = ("peak_tflops_sparse", "threads", "graph_optimization_level")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class AnalyticParams:
+    """Parameters of the roofline model in :mod:`hwprune.latency.analytic`."""
+
+    efficiency: dict[str, float]
+    """Fraction of the peak compute rate reached, per op kind (conv, pointwise, depthwise, linear)."""
+    memory_efficiency: float
+    """Fraction of the peak DRAM bandwidth reached by streaming kernels."""
+    launch_overhead_us: float
+    """Fixed cost added to every op (kernel launch, scheduling), microseconds."""
 
 
 @dataclass(frozen=True)
@@ -26,25 +64,177 @@ class Target:
     default_dtype: str
     default_batch: int
     channel_alignment: int
-    extra: dict = field(default_factory=dict)
+    peak_tflops: dict[str, float]
+    """Dense peak rate per dtype in TFLOPS (TOPS for int8)."""
+    peak_tflops_sparse: dict[str, float]
+    """2:4 structured-sparsity peak rates; empty where the hardware does not accelerate 2:4."""
+    bandwidth_gbps: float
+    analytic: AnalyticParams
+    threads: int | None = None
+    """onnxruntime intra-op threads (onnxruntime targets only)."""
+    graph_optimization_level: str | None = None
+    """onnxruntime graph optimisation level (onnxruntime targets only)."""
+    path: str = field(default="", compare=False)
+    """The file the profile was read from."""
+
+    @property
+    def sparse_24(self) -> bool:
+        """Whether the device has 2:4 structured-sparsity tensor cores."""
+        return bool(self.peak_tflops_sparse)
 
 
-def available_targets() -> list[str]:
-    return sorted(p.name.removesuffix(".toml") for p in resources.files("hwprune.devices").iterdir()
-                  if p.name.endswith(".toml"))
+def _builtin_dir():
+    return resources.files("hwprune.devices")
 
 
-def load_target(name: str) -> Target:
-    """Load a device profile by name; a DeviceError lists the known names when it is missing."""
-    path = resources.files("hwprune.devices") / f"{name}.toml"
-    if not path.is_file():
-        raise DeviceError(f"unknown target {name!r}; known targets: {', '.join(available_targets())}")
+def available_targets(directory: str | Path | None = None) -> list[str]:
+    """Names of the profiles shipped with hwprune (or found in ``directory``)."""
+    root = Path(directory) if directory is not None else _builtin_dir()
+    if not root.is_dir():
+        raise DeviceError(f"device profile directory {root} does not exist")
+    return sorted(p.name.removesuffix(".toml") for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def load_target(name: str, directory: str | Path | None = None) -> Target:
+    """Load a device profile by name; a DeviceError lists the known names when it is missing.
+
+    ``directory`` reads ``<directory>/<name>.toml`` instead of the profiles shipped with hwprune.
+    """
+    root = Path(directory) if directory is not None else _builtin_dir()
+    path = root / f"{name}.toml"
+    if not _NAME.match(name) or not path.is_file():
+        known = ", ".join(available_targets(directory)) or "none"
+        raise DeviceError(f"unknown target {name!r}; known targets: {known}")
+    where = f"device profile {name}.toml"
     try:
         data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise DeviceError(f"device profile {name}.toml is malformed: {exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise DeviceError(f"{where} is malformed: {exc}") from exc
+    return _parse(data, name, where, str(path))
+
+
+def _parse(data: dict, stem: str, where: str, path: str) -> Target:
     missing = [key for key in REQUIRED_FIELDS if key not in data]
     if missing:
-        raise DeviceError(f"device profile {name}.toml lacks {', '.join(missing)}")
-    known = {key: data.pop(key) for key in REQUIRED_FIELDS}
-    return Target(**known, extra=data)
+        raise DeviceError(f"{where} lacks {', '.join(missing)}")
+    unknown = sorted(set(data) - set(REQUIRED_FIELDS) - set(_OPTIONAL_FIELDS))
+    if unknown:
+        raise DeviceError(f"{where} has unknown keys {', '.join(unknown)}")
+
+    name = _string(data, "name", where)
+    if name != stem:
+        raise DeviceError(f"{where}: name = {name!r} does not match the file name {stem!r}")
+    description = _string(data, "description", where)
+    runtime = _choice(data, "runtime", RUNTIMES, where)
+    default_dtype = _choice(data, "default_dtype", DTYPES, where)
+    default_batch = _positive_int(data, "default_batch", where)
+    channel_alignment = _positive_int(data, "channel_alignment", where)
+
+    peak = _rates(data, "peak_tflops", where, required=DTYPES)
+    sparse = _rates(data, "peak_tflops_sparse", where, required=()) if "peak_tflops_sparse" in data else {}
+    for dtype, rate in sparse.items():
+        if rate < peak[dtype]:
+            raise DeviceError(f"{where}: peak_tflops_sparse.{dtype} = {rate} is below the dense rate {peak[dtype]}")
+
+    memory = _table(data, "memory", where)
+    _only(memory, ("bandwidth_gbps",), f"{where} [memory]")
+    bandwidth = _positive_number(memory, "bandwidth_gbps", f"{where} [memory]")
+
+    analytic = _analytic(_table(data, "analytic", where), where)
+
+    threads = level = None
+    if runtime == "onnxruntime":
+        threads = _positive_int(data, "threads", where)
+        level = _choice(data, "graph_optimization_level", ORT_LEVELS, where)
+    else:
+        extra = [key for key in ("threads", "graph_optimization_level") if key in data]
+        if extra:
+            raise DeviceError(f"{where}: {', '.join(extra)} only apply to onnxruntime targets")
+    return Target(name=name, description=description, runtime=runtime, default_dtype=default_dtype,
+                  default_batch=default_batch, channel_alignment=channel_alignment, peak_tflops=peak,
+                  peak_tflops_sparse=sparse, bandwidth_gbps=bandwidth, analytic=analytic, threads=threads,
+                  graph_optimization_level=level, path=path)
+
+
+def _analytic(table: dict, where: str) -> AnalyticParams:
+    where = f"{where} [analytic]"
+    _only(table, ("launch_overhead_us", "memory_efficiency", "efficiency"), where)
+    if "launch_overhead_us" not in table:
+        raise DeviceError(f"{where} lacks launch_overhead_us")
+    overhead = table["launch_overhead_us"]
+    if not _is_number(overhead) or overhead < 0:
+        raise DeviceError(f"{where}: launch_overhead_us must be a number >= 0, got {overhead!r}")
+    memory_efficiency = _fraction(table, "memory_efficiency", where)
+    kinds = _table(table, "efficiency", where)
+    _only(kinds, OP_KINDS, f"{where}.efficiency")
+    efficiency = {kind: _fraction(kinds, kind, f"{where}.efficiency") for kind in OP_KINDS}
+    return AnalyticParams(efficiency=efficiency, memory_efficiency=memory_efficiency,
+                          launch_overhead_us=float(overhead))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _table(data: dict, key: str, where: str) -> dict:
+    if key not in data:
+        raise DeviceError(f"{where} lacks [{key}]")
+    if not isinstance(data[key], dict):
+        raise DeviceError(f"{where}: {key} must be a table")
+    return data[key]
+
+
+def _only(table: dict, allowed: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise DeviceError(f"{where} has unknown keys {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+
+
+def _string(data: dict, key: str, where: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise DeviceError(f"{where}: {key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _choice(data: dict, key: str, choices: tuple[str, ...], where: str) -> str:
+    if key not in data:
+        raise DeviceError(f"{where} lacks {key}")
+    value = data[key]
+    if value not in choices:
+        raise DeviceError(f"{where}: {key} = {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _positive_int(data: dict, key: str, where: str) -> int:
+    if key not in data:
+        raise DeviceError(f"{where} lacks {key}")
+    value = data[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise DeviceError(f"{where}: {key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _positive_number(data: dict, key: str, where: str) -> float:
+    if key not in data:
+        raise DeviceError(f"{where} lacks {key}")
+    value = data[key]
+    if not _is_number(value) or value <= 0:
+        raise DeviceError(f"{where}: {key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _fraction(data: dict, key: str, where: str) -> float:
+    value = _positive_number(data, key, where)
+    if value > 1:
+        raise DeviceError(f"{where}: {key} = {value} is a fraction of peak and must be in (0, 1]")
+    return value
+
+
+def _rates(data: dict, key: str, where: str, required: tuple[str, ...]) -> dict[str, float]:
+    table = _table(data, key, where)
+    _only(table, DTYPES, f"{where} [{key}]")
+    missing = [dtype for dtype in required if dtype not in table]
+    if missing:
+        raise DeviceError(f"{where} [{key}] lacks {', '.join(missing)}")
+    return {dtype: _positive_number(table, dtype, f"{where} [{key}]") for dtype in DTYPES if dtype in table}

@@ -47,3 +47,16 @@ def test_corrupt_table_is_a_clear_error(cache, capsys):
 def test_unknown_target(cache, capsys):
     assert main(["profile", f"{DATA}:tiny_cnn", "--target", "nope"]) == 2
     assert "unknown target 'nope'" in capsys.readouterr().err
+
+
+def test_unreachable_target_is_predicted_analytically_and_labelled(cache, capsys):
+    assert main(["latency", f"{DATA}:tiny_cnn", "--target", "jetson-orin-nano", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["source"] == "analytic" and result["measured_ms"] is None and result["predicted_ms"] > 0
+    assert main(["latency", f"{DATA}:tiny_cnn", "--target", "jetson-orin-nano", "--measure"]) == 2
+    assert "cannot measure" in capsys.readouterr().err
+
+
+def test_profiling_a_tensorrt_target_without_tensorrt_exits_2(cache, capsys):
+    assert main(["profile", f"{DATA}:tiny_cnn", "--target", "t4"]) == 2
+    assert "TensorRT, which is not installed here" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from hwprune.graph.analyze import Analysis
 from hwprune.latency.layers import model_layers
 from hwprune.latency.lut import LatencyTable, LutError, load_table, new_table, onnxruntime_provenance
 from hwprune.latency.measure import Timing, make_session, random_feeds, time_session
-from hwprune.latency.predictor import TablePredictor
+from hwprune.latency.predictor import Prediction, TablePredictor
 from hwprune.latency.profiler import METHOD, profile, require_local_runtime
 from hwprune.latency.space import profile_signatures
 from hwprune.targets import Target
@@ -26,10 +26,7 @@ from hwprune.targets import Target
 
 def runtime_settings(target: Target) -> tuple[int, str]:
     """The onnxruntime threads and graph optimisation level a target is measured with."""
-    extra = getattr(target, "extra", None)
-    if extra is not None:
-        return int(extra.get("threads", 1)), str(extra.get("graph_optimization_level", "ORT_ENABLE_ALL"))
-    return target.threads, target.graph_optimization_level
+    return target.threads or 1, target.graph_optimization_level or "ORT_ENABLE_ALL"
 
 
 def expected_provenance(target: Target) -> dict:
@@ -79,6 +76,18 @@ def profile_model(analysis: Analysis, target: Target, table: LatencyTable, progr
         table.models[key] = measure_model(analysis.model, analysis.capture.example_input, target).median_ms
         measured += 1
     return measured
+
+
+def predict_analytic(analysis: Analysis, target: Target) -> Prediction:
+    """Sum of the analytic model's per-layer predictions at the target's default dtype.
+
+    Ops other than conv/linear are not modelled, so this is a lower bound on the layers' part.
+    """
+    from hwprune.latency.analytic import predict_ms
+
+    layers_ms = {layer.name: predict_ms(layer.signature, target)
+                 for layer in model_layers(analysis, target.default_dtype)}
+    return Prediction(sum(layers_ms.values()), layers_ms, 0.0, "analytic")
 
 
 def predictor_for(analysis: Analysis, table: LatencyTable) -> TablePredictor:

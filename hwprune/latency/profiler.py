@@ -39,9 +39,7 @@ def profile(signatures: Iterable[OpSignature], table: LatencyTable, target: Targ
     """Measure every signature missing from ``table``; returns how many were measured."""
     require_local_runtime(target)
     missing = [s for s in signatures if table.get(s) is None]
-    threads = int(target.extra.get("threads", 1)) if hasattr(target, "extra") else target.threads
-    level = target.extra.get("graph_optimization_level", "ORT_ENABLE_ALL") if hasattr(target, "extra") else \
-        target.graph_optimization_level
+    threads, level = target.threads or 1, target.graph_optimization_level or "ORT_ENABLE_ALL"
     task = progress.add_task("profiling", total=len(missing)) if progress is not None and missing else None
     for sig in missing:
         session = make_session(single_op_model(sig), threads, level)
