@@ -130,7 +130,7 @@ def randomize_model(model: nn.Module, calib_input: torch.Tensor | None = None) -
             m.momentum = None  # cumulative moving average == exact batch stats
             m.train()
         model(calib_input)
-        for m, mom in zip(bns, saved):
+        for m, mom in zip(bns, saved, strict=True):
             m.momentum = mom
             m.eval()
         for m in bns:
