@@ -9,6 +9,7 @@ from torch import nn
 
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.attention import HeadAttention
+from hwprune.graph.capture import tolerant_index_mapping
 from hwprune.graph.groups import ChannelGroup
 
 
@@ -36,7 +37,8 @@ def zero_dropped_channels(analysis: Analysis, group: ChannelGroup, kept: list[in
         return
     graph = analysis.capture.dependency_graph
     root = analysis.model.get_submodule(group.id)
-    pruning_group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, dropped)
+    with tolerant_index_mapping(graph.hwprune_unmapped):
+        pruning_group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, dropped)
     for dep, idxs in pruning_group:
         module = dep.target.module
         if not graph.is_out_channel_pruning_fn(dep.handler) or not isinstance(module, nn.Module):

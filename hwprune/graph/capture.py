@@ -9,6 +9,8 @@ search needs on top: a networkx view of the ops with output shapes, and FLOPs pe
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -16,9 +18,12 @@ import torch
 import torch_pruning as tp
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+from torch_pruning.dependency import index_mapping
+from torch_pruning.ops import OPTYPE
 
 from hwprune.errors import CaptureError
 from hwprune.graph.attention import convert_multihead_attention
+from hwprune.graph.opaque import opaque_types, traced_whole
 
 
 @dataclass
@@ -43,36 +48,102 @@ def capture(model: nn.Module, example_input: torch.Tensor) -> Capture:
     convert_multihead_attention(model)
     counter = FlopCounterMode(display=False)
     with counter:
-        shapes = _run_recording_shapes(model, example_input)
+        shapes_in, shapes = _run_recording_shapes(model, example_input)
     flops, layer_flops = _flops_by_module(counter)
     try:
-        graph = tp.DependencyGraph().build_dependency(model, example_input, verbose=False)
+        unmapped: dict[str, str] = {}
+        with traced_whole(model, shapes_in, shapes) as pruners, tolerant_index_mapping(unmapped):
+            graph = tp.DependencyGraph().build_dependency(model, example_input, customized_pruners=pruners,
+                                                          verbose=False)
     except Exception as exc:  # torch-pruning raises many kinds; each means "cannot trace this model"
         raise CaptureError(f"tracing channel dependencies failed: {type(exc).__name__}: {exc}") from exc
+    _isolate_unmappable_concats(graph, unmapped)
+    graph.hwprune_unmapped = unmapped
     _check_every_layer_traced(model, graph, shapes)
     params = sum(p.numel() for p in model.parameters())
     return Capture(model, example_input, graph, _op_graph(graph, shapes, layer_flops), layer_flops, flops, params)
 
 
+@contextlib.contextmanager
+def tolerant_index_mapping(unmapped: dict[str, str]) -> Iterator[None]:
+    """Let torch-pruning skip ops whose channel index mapping it cannot work out.
+
+    torch-pruning derives index mappings op by op (when the graph is built and again for every
+    group it forms) and raises on some it cannot follow (a channel shuffle's 5-D view divides by
+    zero). Such an op is recorded in ``unmapped`` with the error, so the groups through it are
+    reported as not prunable, instead of failing the whole model. Only hwprune's own calls into
+    torch-pruning run under this; the library is restored afterwards.
+    """
+    originals = {name: getattr(index_mapping, name) for name in dir(index_mapping)
+                 if name.startswith("update_") and name.endswith("_index_mapping") and name != "update_index_mapping"}
+
+    def tolerant(name: str, update):
+        def run(graph, node):
+            try:
+                update(graph, node)
+            except Exception as exc:  # recorded per op, reported on its groups
+                unmapped[node.name] = f"{type(exc).__name__}: {exc}"
+        return run
+
+    for name, update in originals.items():
+        setattr(index_mapping, name, tolerant(name, update))
+    try:
+        yield
+    finally:
+        for name, update in originals.items():
+            setattr(index_mapping, name, update)
+
+
+def _isolate_unmappable_concats(graph: tp.DependencyGraph, unmapped: dict[str, str]) -> None:
+    """Cut the dependencies through a concat whose channel offsets torch-pruning cannot map.
+
+    Without offsets (e.g. a concat feeding flatten -> linear) torch-pruning passes indices
+    through the concat unchanged, and with one tensor concatenated twice it maps both copies to
+    one offset: groups come out wrong, and where the concat closes a cycle the index walk never
+    ends. Cutting the concat out keeps the walk finite; its neighbours are recorded as unmapped,
+    so every group that touches them is reported as not prunable.
+    """
+    for node in list(graph.module2node.values()):
+        if node.type != OPTYPE.CONCAT:
+            continue
+        if node.module.offsets is None:
+            reason = "a concat whose channel offsets torch-pruning could not infer"
+        elif len(node.grad_fn.next_functions) != len(set(node.inputs)):
+            reason = "a concat of the same tensor more than once"
+        else:
+            continue
+        for other in {*node.inputs, *node.outputs}:
+            other.dependencies = [d for d in other.dependencies if d.target is not node]
+            unmapped[other.name] = reason
+        node.dependencies = []
+        unmapped[node.name] = reason
+
+
 def _check_every_layer_traced(model: nn.Module, graph: tp.DependencyGraph, shapes: dict) -> None:
     """A conv/linear that ran but is missing from the trace means the forward left autograd."""
     traced = {graph._module2name.get(m) for m in graph.module2node}
+    whole = tuple(f"{name}." for name, m in model.named_modules() if isinstance(m, opaque_types() or ()))
     lost = [name for name, m in model.named_modules()
-            if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear) and name in shapes and name not in traced]
+            if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear) and name in shapes and name not in traced
+            and not name.startswith(whole)]
     if lost:
         raise CaptureError(
             f"the trace lost layers {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}: the forward leaves "
             "autograd between them and the output (.item(), .numpy(), Python numbers or torch.no_grad)")
 
 
-def _run_recording_shapes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    """One forward that records every module's output shape and names the module that fails."""
+def _run_recording_shapes(model: nn.Module, example_input: torch.Tensor
+                          ) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """One forward recording each module's input and output shapes; names the module that fails."""
     shapes: dict[str, tuple[int, ...]] = {}
+    shapes_in: dict[str, tuple[int, ...]] = {}
     stack: list[str] = []
     names = {module: name for name, module in model.named_modules()}
 
-    def enter(module: nn.Module, _inputs: object) -> None:
+    def enter(module: nn.Module, inputs: tuple) -> None:
         stack.append(names.get(module, type(module).__name__))
+        if inputs and isinstance(inputs[0], torch.Tensor):
+            shapes_in[stack[-1]] = tuple(inputs[0].shape)
 
     def leave(module: nn.Module, _inputs: object, output: object) -> None:
         name = stack.pop()
@@ -94,7 +165,7 @@ def _run_recording_shapes(model: nn.Module, example_input: torch.Tensor) -> dict
     finally:
         for handle in handles:
             handle.remove()
-    return shapes
+    return shapes_in, shapes
 
 
 def _flops_by_module(counter: FlopCounterMode) -> tuple[int, dict[str, int]]:

@@ -21,7 +21,8 @@ from torch_pruning.ops import OPTYPE
 
 from hwprune.errors import UnsupportedOpError
 from hwprune.graph.attention import HeadAttention
-from hwprune.graph.capture import Capture
+from hwprune.graph.capture import Capture, tolerant_index_mapping
+from hwprune.graph.opaque import opaque_types
 
 # Autograd ops that mix channels, so a channel cannot be removed in front of them without changing
 # every output. Reductions are listed separately: they are fine unless they reduce the channel dim.
@@ -70,8 +71,23 @@ def channel_groups(cap: Capture, exclude: Iterable[str] = (), strict: bool = Tru
     graph = cap.dependency_graph
     roots = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
     groups = []
-    for dg_group in graph.get_all_groups(root_module_types=roots):
-        groups.append(_from_dependency_group(cap, dg_group, patterns, strict))
+    visited: set[nn.Module] = set()
+    with tolerant_index_mapping(graph.hwprune_unmapped):
+        for module in list(graph.module2node):
+            if not isinstance(module, roots) or module in visited:
+                continue
+            pruner = graph.get_pruner_of_module(module)
+            channels = pruner.get_out_channels(module) if pruner is not None else None
+            if channels is None:
+                continue
+            try:
+                dg_group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
+            except Exception as exc:  # torch-pruning cannot follow this layer's channels
+                visited.add(module)
+                groups.append(_unformed_group(cap, module, channels, exc))
+                continue
+            visited.update(dep.target.module for dep, _ in dg_group if graph.is_out_channel_pruning_fn(dep.handler))
+            groups.append(_from_dependency_group(cap, dg_group, patterns, strict))
     groups.extend(_head_groups(cap, patterns))
     return groups
 
@@ -87,10 +103,20 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
     reasons: list[str] = []
     repeat = 1
     exact = True
+    opaque = opaque_types()
     for dep, _idxs in dg_group:
         target = dep.target
         module = target.module
         out_pruning = graph.is_out_channel_pruning_fn(dep.handler)
+        if target.name in graph.hwprune_unmapped:
+            reasons.append(f"torch-pruning could not map channels at {target.name} "
+                           f"({graph.hwprune_unmapped[target.name]})")
+        if opaque and isinstance(module, opaque):
+            reasons.append(f"passes {cap.module_name(module)} ({type(module).__name__}), kept at its width")
+        if target.type == OPTYPE.RESHAPE and not any(isinstance(m, _FlattenIndexMapping) for m in dep.index_mapping):
+            moved = _reshape_moves_channels(target.grad_fn)
+            if moved:
+                reasons.append(f"passes a reshape {moved} that splits or reorders channels")
         if target.type == OPTYPE.OUTPUT or (out_pruning and not target.outputs):
             reasons.append("feeds a model output")
         elif target.type == OPTYPE.ELEMENTWISE:
@@ -102,8 +128,6 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
                 reasons.append(f"unsupported op {op} ({mixing}) after {cap.module_name(dep.source.module)}")
         elif target.type == OPTYPE.CONCAT:
             couplings.add("concat")
-            if module.offsets is None:  # e.g. a concat that feeds a flatten: channel offsets unknown
-                reasons.append("passes a concat whose channel offsets torch-pruning could not infer")
         elif target.type in (OPTYPE.SPLIT, OPTYPE.UNBIND):
             couplings.add("split")
             reasons.append("passes a torch.split/chunk whose sizes are fixed in the model's code")
@@ -149,6 +173,14 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
         params_share=_params_share(cap, layers))
 
 
+def _unformed_group(cap: Capture, module: nn.Module, channels: int, exc: Exception) -> ChannelGroup:
+    name = cap.module_name(module)
+    return ChannelGroup(id=name, channels=int(channels), kind="plain", couplings=[], layers=[name],
+                        producers=[name], prunable=False,
+                        reason=f"torch-pruning could not follow its channels ({type(exc).__name__}: {exc})",
+                        flops_share=_share([name], cap.layer_flops, cap.flops), params_share=_params_share(cap, [name]))
+
+
 def _head_groups(cap: Capture, patterns: list[str]) -> list[ChannelGroup]:
     groups = []
     for name, module in cap.model.named_modules():
@@ -173,7 +205,39 @@ def _enclosing_attention(cap: Capture, producers: list[str]) -> str | None:
     return parent if isinstance(cap.model.get_submodule(parent), HeadAttention) else None
 
 
+def _reshape_moves_channels(grad_fn: object) -> str | None:
+    """``"in -> out"`` when a view/reshape does not keep the channel dim whole, else None.
+
+    The channel dim is dim 1 (channels first) or the last dim (channels last, as in window
+    transformers and in linear layers applied to 3-D/4-D inputs); merging or splitting only the
+    other dims keeps every channel intact.
+    """
+    sizes = getattr(grad_fn, "_saved_self_sym_sizes", None)
+    metadata = getattr(grad_fn, "_input_metadata", None)
+    if sizes is None or not metadata:
+        return None
+    before, after = [int(d) for d in sizes], [int(d) for d in metadata[0].shape]
+    channels_first = len(before) == 4 and len(after) >= 2 and after[1] == before[1]
+    channels_last = bool(after) and after[-1] == before[-1]
+    return None if channels_first or channels_last else f"{before} -> {after}"
+
+
+def _multiplies_a_weight(grad_fn: object) -> bool:
+    """A matmul with a parameter (a linear layer on a >2-D input), not between two activations."""
+    for parent, _ in getattr(grad_fn, "next_functions", ()):
+        if parent is None:
+            continue
+        if parent.name() == "torch::autograd::AccumulateGrad":
+            return True
+        if parent.name() in ("TBackward0", "TransposeBackward0", "PermuteBackward0") and any(
+                p is not None and p.name() == "torch::autograd::AccumulateGrad" for p, _ in parent.next_functions):
+            return True
+    return False
+
+
 def _mixing_reason(op: str, grad_fn: object) -> str | None:
+    if op in ("MmBackward0", "BmmBackward0") and _multiplies_a_weight(grad_fn):
+        return None
     if op in CHANNEL_MIXING_OPS:
         return "mixes channels"
     if op in REDUCTION_OPS:

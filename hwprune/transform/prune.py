@@ -14,6 +14,7 @@ from torch import nn
 from hwprune.errors import PlanError
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.attention import HeadAttention
+from hwprune.graph.capture import tolerant_index_mapping
 from hwprune.graph.groups import ChannelGroup
 
 
@@ -37,7 +38,8 @@ def prune(analysis: Analysis, keep: Mapping[str, Sequence[int]]) -> nn.Module:
         root = analysis.model.get_submodule(group_id)
         dropped = sorted(set(range(group.channels)) - set(kept))
         pruner = graph.get_pruner_of_module(root)
-        graph.get_pruning_group(root, pruner.prune_out_channels, dropped).prune()
+        with tolerant_index_mapping(graph.hwprune_unmapped):
+            graph.get_pruning_group(root, pruner.prune_out_channels, dropped).prune()
     return analysis.model
 
 
