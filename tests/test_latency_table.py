@@ -130,3 +130,20 @@ def test_unprofiled_layer_is_an_error():
     table = new_table(provenance(), {})
     with pytest.raises(HwpruneError, match="not in the latency table"):
         TablePredictor([Layer("conv", CONV, None, None)], table, {})
+
+
+def test_session_call_overhead_is_taken_off_each_layer_but_not_below_5_percent():
+    predictor, layer = staircase_predictor()
+    predictor.table.call_overhead_ms = 0.5
+    fresh = TablePredictor([layer], predictor.table, predictor.groups, measured_total_ms=5.0)
+    assert fresh.layer_ms(layer, 64, 48) == (2.5, True)
+    predictor.table.call_overhead_ms = 10.0
+    assert TablePredictor([layer], predictor.table, predictor.groups).layer_ms(layer, 64, 16)[0] == \
+        pytest.approx(0.05)
+
+
+def test_profiling_measures_the_call_overhead_once():
+    table = new_table(provenance(), {})
+    profile([OpSignature("linear", 1, 16, 16, 4, 1)], table, load_target("cpu"))
+    assert table.call_overhead_ms is not None and 0 < table.call_overhead_ms < table.entries[
+        OpSignature("linear", 1, 16, 16, 4, 1).key()].median_ms * 10

@@ -44,6 +44,9 @@ class LatencyTable:
     entries: dict[str, Entry] = field(default_factory=dict)
     # Whole unpruned models measured at profile time: key "spec|input shape" -> median ms.
     models: dict[str, float] = field(default_factory=dict)
+    # Median time of running a one-op session on a 1-element tensor: the per-call cost that every
+    # single-op measurement includes once but a whole model pays only once in total.
+    call_overhead_ms: float | None = None
 
     def get(self, signature: OpSignature) -> Entry | None:
         return self.entries.get(signature.key())
@@ -52,7 +55,8 @@ class LatencyTable:
         self.entries[signature.key()] = Entry(timing.median_ms, timing.p90_ms, timing.samples)
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "provenance": self.provenance, "models": self.models,
+        return {"format": FORMAT, "provenance": self.provenance, "call_overhead_ms": self.call_overhead_ms,
+                "models": self.models,
                 "entries": {key: vars(entry) for key, entry in sorted(self.entries.items())}}
 
     def save(self, path: str | Path) -> None:
@@ -120,4 +124,7 @@ def load_table(path: str | Path, expected: dict | None = None) -> LatencyTable:
     models = data.get("models", {})
     if not isinstance(models, dict) or not all(isinstance(v, int | float) and v > 0 for v in models.values()):
         raise LutError(f"{path}: corrupt whole-model measurements")
-    return LatencyTable(provenance, entries, {k: float(v) for k, v in models.items()})
+    overhead = data.get("call_overhead_ms")
+    if overhead is not None and not (isinstance(overhead, int | float) and overhead >= 0):
+        raise LutError(f"{path}: corrupt call_overhead_ms")
+    return LatencyTable(provenance, entries, {k: float(v) for k, v in models.items()}, overhead)

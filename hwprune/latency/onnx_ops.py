@@ -12,6 +12,16 @@ from hwprune.latency.signature import OpSignature
 OPSET = 17
 
 
+def identity_model() -> bytes:
+    """One Identity op on one element: timing it gives the cost of a session call itself."""
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
 def single_op_model(sig: OpSignature) -> bytes:
     """A serialized ONNX model computing just ``sig`` (conv2d: Conv; linear: MatMul + Add)."""
     if sig.dtype != "fp32":

@@ -1,5 +1,8 @@
 """Predict a (pruned) model's latency from its layers' measured signatures.
 
+Each single-op measurement includes one session call's own cost, which a whole model pays once,
+not once per layer; the table's measured call overhead is taken off every layer's time.
+
 End-to-end latency = sum over conv/linear layers of their table latency + the rest (pooling,
 elementwise ops, attention matmuls, session overhead), which is measured once on the unpruned
 model as measured total minus the layer sum, and scaled for a pruned model by the ratio of its
@@ -76,7 +79,7 @@ class TablePredictor:
         outs, ins = self._axes[layer.name]
         exact = self.table.get(sig.with_channels(c_in, c_out))
         if exact is not None:
-            return exact.median_ms, True
+            return op_ms(self.table, exact.median_ms), True
         along_out = _at_or_above(outs, c_out, layer.name)
         if layer.depthwise or c_in == sig.c_in:
             return along_out, False
@@ -110,8 +113,13 @@ def _index_by_shape(table: LatencyTable) -> dict[tuple, list[tuple[OpSignature, 
     index: dict[tuple, list[tuple[OpSignature, float]]] = {}
     for key, entry in table.entries.items():
         sig = OpSignature.from_key(key)
-        index.setdefault(_shape_key(sig), []).append((sig, entry.median_ms))
+        index.setdefault(_shape_key(sig), []).append((sig, op_ms(table, entry.median_ms)))
     return index
+
+
+def op_ms(table: LatencyTable, measured_ms: float) -> float:
+    """A single-op measurement without the session call's own cost (never below 5% of it)."""
+    return max(measured_ms - (table.call_overhead_ms or 0.0), 0.05 * measured_ms)
 
 
 def _at_or_above(axis: dict[int, float], count: int, name: str) -> float:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from hwprune.errors import HwpruneError
 from hwprune.latency.lut import LatencyTable
 from hwprune.latency.measure import make_session, random_feeds, time_session
-from hwprune.latency.onnx_ops import single_op_model
+from hwprune.latency.onnx_ops import identity_model, single_op_model
 from hwprune.latency.signature import OpSignature
 from hwprune.targets import Target
 
@@ -40,6 +40,9 @@ def profile(signatures: Iterable[OpSignature], table: LatencyTable, target: Targ
     require_local_runtime(target)
     missing = [s for s in signatures if table.get(s) is None]
     threads, level = target.threads or 1, target.graph_optimization_level or "ORT_ENABLE_ALL"
+    if table.call_overhead_ms is None:
+        session = make_session(identity_model(), threads, level)
+        table.call_overhead_ms = time_session(session, random_feeds(session), 10, 200, 0.2).median_ms
     task = progress.add_task("profiling", total=len(missing)) if progress is not None and missing else None
     for sig in missing:
         session = make_session(single_op_model(sig), threads, level)
