@@ -15,8 +15,9 @@ For every model in ``torchvision.models.list_models(module=torchvision.models)``
 Beside that, torch-pruning alone builds its ``DependencyGraph`` on a fresh copy of the model and
 counts ``get_all_groups()`` (conv and linear roots), so its coverage can be compared with ours.
 
-Each model's hwprune run and torch-pruning run happen in their own subprocess with a timeout; a
-hang counts as an error "timeout" and a crash as "crashed (exit code N)".
+Each model's hwprune run and torch-pruning run happen in their own subprocess with a timeout and a
+12 GiB address-space limit; a hang counts as the error "timeout (in STAGE)", running out of that
+memory as "MemoryError" and a crash as "crashed (exit code N)".
 
 Run it from the repository root::
 
@@ -269,15 +270,15 @@ def progress_line(index: int, total: int, row: Row) -> str:
 
 def results_table(rows: list[Row]) -> Table:
     table = Table(title="hwprune coverage of the torchvision classification zoo (random 30% prune)")
+    text_columns = ("model", "hwprune", "torch-pruning groups")
     for column in ("model", "params M", "groups", "prunable", "params kept %", "max |out|", "onnx max err",
-                   "hwprune", "torch-pruning groups"):
-        table.add_column(column, justify="left" if column in ("model", "hwprune", "torch-pruning groups") else "right")
+                   *text_columns[1:]):
+        table.add_column(column, justify="left" if column in text_columns else "right")
     for row in rows:
         tp = fmt(row.tp_groups) if row.tp_error is None else f"[red]error[/] ({escape(row.tp_error)})"
         table.add_row(row.model, f"{row.params_m:.1f}", fmt(row.groups), fmt(row.prunable_groups),
-                      fmt(row.params_kept_pct, ".1f"), fmt(row.output_max, ".2g"), fmt(row.onnx_max_err, ".1e"),
-                      status_text(row),
-                      tp if row.status != "skipped" else "-")
+                      fmt(row.params_kept_pct, ".1f"), fmt(row.output_max, ".2g"),
+                      fmt(row.onnx_max_err, ".1e"), status_text(row), tp if row.status != "skipped" else "-")
     return table
 
 
@@ -297,8 +298,8 @@ def totals(rows: list[Row], seconds: float) -> dict[str, Any]:
 def totals_text(summary: dict[str, Any]) -> str:
     return (f"tried {summary['tried']}, skipped {summary['skipped']}, ok {summary['ok']}, "
             f"errors {summary['errors']}, success {summary['success_pct']:.1f}% of the models not skipped\n"
-            f"torch-pruning alone: ok {summary['torch_pruning_ok']}, errors {summary['torch_pruning_errors']}, "
-            f"success {summary['torch_pruning_success_pct']:.1f}%\n"
+            f"torch-pruning alone: ok {summary['torch_pruning_ok']}, "
+            f"errors {summary['torch_pruning_errors']}, success {summary['torch_pruning_success_pct']:.1f}%\n"
             f"total runtime {summary['seconds'] / 60:.1f} min")
 
 
