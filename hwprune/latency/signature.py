@@ -7,7 +7,7 @@ stride, groups).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 
@@ -66,5 +66,4 @@ class OpSignature:
     def with_channels(self, c_in: int, c_out: int) -> OpSignature:
         """The same op with other channel counts (a depthwise conv keeps groups == channels)."""
         groups = c_out if self.groups == self.c_in == self.c_out and self.groups > 1 else self.groups
-        values = asdict(self) | {"c_in": c_in, "c_out": c_out, "groups": groups}
-        return OpSignature(**values)
+        return replace(self, c_in=c_in, c_out=c_out, groups=groups)
