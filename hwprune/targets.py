@@ -197,28 +197,28 @@ def _string(data: dict, key: str, where: str) -> str:
     return value
 
 
-def _choice(data: dict, key: str, choices: tuple[str, ...], where: str) -> str:
+def _required(data: dict, key: str, where: str) -> object:
     if key not in data:
         raise DeviceError(f"{where} lacks {key}")
-    value = data[key]
+    return data[key]
+
+
+def _choice(data: dict, key: str, choices: tuple[str, ...], where: str) -> str:
+    value = _required(data, key, where)
     if value not in choices:
         raise DeviceError(f"{where}: {key} = {value!r} is not one of {', '.join(choices)}")
     return value
 
 
 def _positive_int(data: dict, key: str, where: str) -> int:
-    if key not in data:
-        raise DeviceError(f"{where} lacks {key}")
-    value = data[key]
+    value = _required(data, key, where)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise DeviceError(f"{where}: {key} must be a positive integer, got {value!r}")
     return value
 
 
 def _positive_number(data: dict, key: str, where: str) -> float:
-    if key not in data:
-        raise DeviceError(f"{where} lacks {key}")
-    value = data[key]
+    value = _required(data, key, where)
     if not _is_number(value) or value <= 0:
         raise DeviceError(f"{where}: {key} must be a positive number, got {value!r}")
     return float(value)
