@@ -80,14 +80,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
-    from hwprune.graph.analyze import analyze
     from hwprune.io import write_text_atomic
-    from hwprune.models import load_model, parse_input_shape
 
-    shape = parse_input_shape(args.input_shape) if args.input_shape else None
-    loaded = load_model(args.model, shape, args.weights)
-    analysis = analyze(loaded.module, loaded.example_input, loaded.name, exclude=args.exclude,
-                       strict=not args.skip_unsupported)
+    analysis = _load_and_analyze(args, exclude=args.exclude, strict=not args.skip_unsupported)
     document = json.dumps(analysis.to_json(), indent=2)
     if args.out:
         write_text_atomic(args.out, document + "\n")
@@ -118,13 +113,14 @@ def _print_groups(analysis: object) -> None:
     console.print(f"{len(data['groups'])} groups, {prunable} prunable")
 
 
-def _load_and_analyze(args: argparse.Namespace):
+def _load_and_analyze(args: argparse.Namespace, exclude: Sequence[str] = (), strict: bool = False):
+    """The model named by the common model arguments, loaded and analysed."""
     from hwprune.graph.analyze import analyze
     from hwprune.models import load_model, parse_input_shape
 
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     loaded = load_model(args.model, shape, args.weights)
-    return analyze(loaded.module, loaded.example_input, loaded.name, strict=False)
+    return analyze(loaded.module, loaded.example_input, loaded.name, exclude=exclude, strict=strict)
 
 
 def _run_profile(args: argparse.Namespace) -> int:

@@ -99,8 +99,7 @@ def staircase_predictor():
         table.put(CONV.with_channels(64, c), timing(c / 16))   # output sweep: 1, 2, 3, 4 ms
         table.put(CONV.with_channels(c, 64), timing(2 + c / 32))  # input sweep: 2.5, 3, 3.5, 4 ms
     layer = Layer("conv", CONV, in_group="a", out_group="b")
-    groups = {"a": group(64), "b": group(64)}
-    return TablePredictor([layer], table, groups, measured_total_ms=5.0), layer
+    return TablePredictor([layer], table, measured_total_ms=5.0), layer
 
 
 def test_prediction_rounds_up_to_the_next_measured_step():
@@ -129,16 +128,16 @@ def test_model_prediction_adds_the_scaled_rest():
 def test_unprofiled_layer_is_an_error():
     table = new_table(provenance(), {})
     with pytest.raises(HwpruneError, match="not in the latency table"):
-        TablePredictor([Layer("conv", CONV, None, None)], table, {})
+        TablePredictor([Layer("conv", CONV, None, None)], table)
 
 
 def test_session_call_overhead_is_taken_off_each_layer_but_not_below_5_percent():
     predictor, layer = staircase_predictor()
     predictor.table.call_overhead_ms = 0.5
-    fresh = TablePredictor([layer], predictor.table, predictor.groups, measured_total_ms=5.0)
+    fresh = TablePredictor([layer], predictor.table, measured_total_ms=5.0)
     assert fresh.layer_ms(layer, 64, 48) == (2.5, True)
     predictor.table.call_overhead_ms = 10.0
-    assert TablePredictor([layer], predictor.table, predictor.groups).layer_ms(layer, 64, 16)[0] == \
+    assert TablePredictor([layer], predictor.table).layer_ms(layer, 64, 16)[0] == \
         pytest.approx(0.05)
 
 

@@ -1,7 +1,6 @@
-"""Timing with onnxruntime: fixed threads and optimisation level, warm-up, medians, interleaving.
+"""Timing with onnxruntime: fixed threads and optimisation level, warm-up, medians.
 
-On a shared machine one absolute time is not a fact; medians of many runs are, and A/B
-comparisons are made in one interleaved run (A B A B ...) so both see the same noise.
+On a shared machine one absolute time is not a fact; medians of many runs are.
 """
 
 from __future__ import annotations
@@ -74,18 +73,3 @@ def time_session(session, feeds: dict[str, np.ndarray], warmup: int = 3, min_run
         session.run(None, feeds)
         times.append((time.perf_counter() - begin) * 1e3)
     return Timing.of(times)
-
-
-def time_interleaved(sessions: list, feeds: list[dict[str, np.ndarray]], rounds: int = 30,
-                     warmup: int = 3) -> list[Timing]:
-    """Time several sessions in alternation (A B A B ...) so they share the machine's noise."""
-    for session, feed in zip(sessions, feeds, strict=True):
-        for _ in range(warmup):
-            session.run(None, feed)
-    times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(rounds):
-        for index, (session, feed) in enumerate(zip(sessions, feeds, strict=True)):
-            begin = time.perf_counter()
-            session.run(None, feed)
-            times[index].append((time.perf_counter() - begin) * 1e3)
-    return [Timing.of(t) for t in times]

@@ -19,14 +19,9 @@ from hwprune.latency.layers import model_layers
 from hwprune.latency.lut import LatencyTable, LutError, load_table, new_table, onnxruntime_provenance
 from hwprune.latency.measure import Timing, make_session, random_feeds, time_session
 from hwprune.latency.predictor import Prediction, TablePredictor
-from hwprune.latency.profiler import METHOD, profile, require_local_runtime
+from hwprune.latency.profiler import METHOD, profile, require_local_runtime, runtime_settings
 from hwprune.latency.space import profile_signatures
 from hwprune.targets import Target
-
-
-def runtime_settings(target: Target) -> tuple[int, str]:
-    """The onnxruntime threads and graph optimisation level a target is measured with."""
-    return target.threads or 1, target.graph_optimization_level or "ORT_ENABLE_ALL"
 
 
 def expected_provenance(target: Target) -> dict:
@@ -95,4 +90,4 @@ def predictor_for(analysis: Analysis, table: LatencyTable) -> TablePredictor:
     key = model_key(analysis.name, analysis.capture.example_input)
     if key not in table.models:
         raise HwpruneError(f"{analysis.name} has not been profiled on this target; run hwprune profile first")
-    return TablePredictor(model_layers(analysis), table, {g.id: g for g in analysis.groups}, table.models[key])
+    return TablePredictor(model_layers(analysis), table, table.models[key])

@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hwprune.errors import HwpruneError
-from hwprune.graph.groups import ChannelGroup
 from hwprune.latency.layers import Layer
 from hwprune.latency.lut import LatencyTable
 from hwprune.latency.signature import OpSignature
@@ -38,11 +37,9 @@ class Prediction:
 class TablePredictor:
     """Predictions for one model's layers from one measured table."""
 
-    def __init__(self, layers: list[Layer], table: LatencyTable, groups: dict[str, ChannelGroup],
-                 measured_total_ms: float | None = None):
+    def __init__(self, layers: list[Layer], table: LatencyTable, measured_total_ms: float | None = None):
         self.layers = layers
         self.table = table
-        self.groups = groups
         self._by_shape = _index_by_shape(table)
         self._axes = {layer.name: self._measured_axes(layer) for layer in layers}
         self._full_activations = sum(self._activations(layer, {}) for layer in layers)

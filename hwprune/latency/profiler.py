@@ -34,12 +34,17 @@ def require_local_runtime(target: Target) -> None:
         raise HwpruneError(f"target {target.name}: unknown runtime {target.runtime!r}")
 
 
+def runtime_settings(target: Target) -> tuple[int, str]:
+    """The onnxruntime threads and graph optimisation level a target is measured with."""
+    return target.threads or 1, target.graph_optimization_level or "ORT_ENABLE_ALL"
+
+
 def profile(signatures: Iterable[OpSignature], table: LatencyTable, target: Target,
             progress: object | None = None) -> int:
     """Measure every signature missing from ``table``; returns how many were measured."""
     require_local_runtime(target)
     missing = [s for s in signatures if table.get(s) is None]
-    threads, level = target.threads or 1, target.graph_optimization_level or "ORT_ENABLE_ALL"
+    threads, level = runtime_settings(target)
     if table.call_overhead_ms is None:
         session = make_session(identity_model(), threads, level)
         table.call_overhead_ms = time_session(session, random_feeds(session), 10, 200, 0.2).median_ms
