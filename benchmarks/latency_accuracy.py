@@ -6,8 +6,9 @@ channel count around 70% and 40%), predict the latency from the table and measur
 ONNX model with onnxruntime (the cpu profile's threads and optimisation level, median of timed
 runs). Prints a table, the mean absolute percentage error (MAPE) and the worst error.
 
-The unpruned rows' prediction includes the rest-of-model time measured on that same unpruned
-model at profile time, so their error is run-to-run noise; the pruned rows test the predictor.
+The predictor is calibrated at profile time on two whole-model measurements (the unpruned model
+and every group at about half width), so the unpruned rows' error is run-to-run noise; the
+pruned rows (random widths per group, not the anchor's) test the predictor.
 The run-to-run spread is printed too (each unpruned model is measured again at the end), so a
 reader can tell noise from error.
 
@@ -31,7 +32,7 @@ from hwprune.latency.model_latency import measure_model, open_table, predictor_f
 from hwprune.latency.space import channel_choices
 from hwprune.models import load_model
 from hwprune.targets import load_target
-from hwprune.transform.prune import prune
+from hwprune.transform.prune import leading_channels, prune
 
 MODELS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0",
           "regnet_y_400mf", "mnasnet1_0", "squeezenet1_1", "googlenet")
@@ -48,24 +49,13 @@ def random_counts(analysis, alignment: int, level: float, rng: random.Random) ->
     return counts
 
 
-def keep_indices(analysis, counts: dict[str, int]) -> dict[str, list[int]]:
-    """The first channels of each group (random weights: which ones does not change latency)."""
-    keep = {}
-    for group_id, count in counts.items():
-        group = analysis.group(group_id)
-        block = group.channels // group.repeat
-        per_block = count // group.repeat
-        keep[group_id] = [b * block + i for b in range(group.repeat) for i in range(per_block)]
-    return keep
-
-
 def evaluate(name: str, level: float, target, table, rng: random.Random) -> dict:
     loaded = load_model(f"torchvision:{name}")
     analysis = analyze(loaded.module, loaded.example_input, loaded.name, strict=False)
-    predictor = predictor_for(analysis, table)
+    predictor = predictor_for(analysis, table, target)
     counts = {} if level == 1.0 else random_counts(analysis, target.channel_alignment, level, rng)
     prediction = predictor.predict(counts)
-    model = prune(analysis, keep_indices(analysis, counts)) if counts else analysis.model
+    model = prune(analysis, {g: leading_channels(analysis.group(g), n) for g, n in counts.items()})
     measured = measure_model(model, loaded.example_input, target)
     params = sum(p.numel() for p in model.parameters()) / analysis.capture.params
     return {"model": name, "level": level, "params": params, "predicted": prediction.total_ms,

@@ -156,7 +156,7 @@ def _run_latency(args: argparse.Namespace) -> int:
         prediction = predict_analytic(analysis, target)
     else:
         table, _path = open_table(target, Path(args.lut) if args.lut else None)
-        prediction = predictor_for(analysis, table).predict({})
+        prediction = predictor_for(analysis, table, target).predict({})
     measured = None
     if args.measure:
         from hwprune.latency.model_latency import measure_model

@@ -9,7 +9,7 @@ from hwprune.graph.groups import ChannelGroup
 from hwprune.latency.layers import Layer
 from hwprune.latency.lut import LutError, load_table, new_table, onnxruntime_provenance
 from hwprune.latency.measure import Timing
-from hwprune.latency.predictor import TablePredictor
+from hwprune.latency.predictor import Anchor, TablePredictor
 from hwprune.latency.profiler import profile
 from hwprune.latency.signature import OpSignature
 from hwprune.latency.space import channel_choices
@@ -99,7 +99,7 @@ def staircase_predictor():
         table.put(CONV.with_channels(64, c), timing(c / 16))   # output sweep: 1, 2, 3, 4 ms
         table.put(CONV.with_channels(c, 64), timing(2 + c / 32))  # input sweep: 2.5, 3, 3.5, 4 ms
     layer = Layer("conv", CONV, in_group="a", out_group="b")
-    return TablePredictor([layer], table, measured_total_ms=5.0), layer
+    return TablePredictor([layer], table, [Anchor({}, 5.0)]), layer
 
 
 def test_prediction_rounds_up_to_the_next_measured_step():
@@ -125,6 +125,23 @@ def test_model_prediction_adds_the_scaled_rest():
     assert half.total_ms == pytest.approx(2.5)
 
 
+def test_two_anchors_recover_the_in_model_layer_scale_and_the_rest():
+    predictor, layer = staircase_predictor()
+    # A model whose layers run at half their single-op time, with 1 ms of rest at full activations:
+    # full: 0.5 * 4 + 1 = 3 ms; both groups at 32: 0.5 * T(32, 32) + 0.5 = 0.5 * 1.5 + 0.5 = 1.25 ms.
+    fitted = TablePredictor([layer], predictor.table, [Anchor({}, 3.0), Anchor({"a": 32, "b": 32}, 1.25)])
+    assert fitted.layer_scale == pytest.approx(0.5) and fitted.rest_ms == pytest.approx(1.0)
+    assert fitted.predict({"b": 48}).total_ms == pytest.approx(0.5 * 3 + 0.75)
+
+
+def test_anchor_fit_never_gives_a_negative_rest():
+    predictor, layer = staircase_predictor()
+    # Exact solution would be k = 2, r = -4: clamped to r = 0 and k by least squares.
+    fitted = TablePredictor([layer], predictor.table, [Anchor({}, 4.0), Anchor({"a": 32, "b": 32}, 1.0)])
+    assert fitted.rest_ms == 0.0 and fitted.layer_scale == pytest.approx(17.5 / 18.25)
+    assert all(fitted.predict({"b": c}).total_ms > 0 for c in (16, 32, 48, 64))
+
+
 def test_unprofiled_layer_is_an_error():
     table = new_table(provenance(), {})
     with pytest.raises(HwpruneError, match="not in the latency table"):
@@ -134,7 +151,7 @@ def test_unprofiled_layer_is_an_error():
 def test_session_call_overhead_is_taken_off_each_layer_but_not_below_5_percent():
     predictor, layer = staircase_predictor()
     predictor.table.call_overhead_ms = 0.5
-    fresh = TablePredictor([layer], predictor.table, measured_total_ms=5.0)
+    fresh = TablePredictor([layer], predictor.table, [Anchor({}, 5.0)])
     assert fresh.layer_ms(layer, 64, 48) == (2.5, True)
     predictor.table.call_overhead_ms = 10.0
     assert TablePredictor([layer], predictor.table).layer_ms(layer, 64, 16)[0] == \

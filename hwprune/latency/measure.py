@@ -73,3 +73,44 @@ def time_session(session, feeds: dict[str, np.ndarray], warmup: int = 3, min_run
         session.run(None, feeds)
         times.append((time.perf_counter() - begin) * 1e3)
     return Timing.of(times)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Sessions timed in one interleaved run; ``ratios[i]`` is the median over rounds of
+    (session i's round median / session 0's round median), robust to the machine's drift."""
+
+    timings: list[Timing]
+    ratios: list[float]
+    ratio_spread: list[float]
+
+
+def time_interleaved(sessions: list, feeds: list[dict[str, np.ndarray]], rounds: int = 15, runs_per_round: int = 5,
+                     warmup: int = 5, min_seconds: float = 0.0) -> Comparison:
+    """A B A B ...: every round runs each session ``runs_per_round`` times, alternating which goes
+    first, so slow phases of a shared machine hit both alike."""
+    for session, feed in zip(sessions, feeds, strict=True):
+        for _ in range(warmup):
+            session.run(None, feed)
+    times: list[list[float]] = [[] for _ in sessions]
+    round_medians: list[list[float]] = [[] for _ in sessions]
+    started = time.perf_counter()
+    done = 0
+    while done < rounds or time.perf_counter() - started < min_seconds:
+        order = range(len(sessions)) if done % 2 == 0 else reversed(range(len(sessions)))
+        for i in order:
+            this_round = []
+            for _ in range(runs_per_round):
+                begin = time.perf_counter()
+                sessions[i].run(None, feeds[i])
+                this_round.append((time.perf_counter() - begin) * 1e3)
+            times[i].extend(this_round)
+            round_medians[i].append(float(np.median(this_round)))
+        done += 1
+    ratios, spreads = [], []
+    for medians in round_medians:
+        per_round = np.asarray(medians) / np.asarray(round_medians[0])
+        p10, p50, p90 = np.percentile(per_round, [10, 50, 90])
+        ratios.append(float(p50))
+        spreads.append(float((p90 - p10) / p50) if p50 > 0 else 0.0)
+    return Comparison([Timing.of(t) for t in times], ratios, spreads)

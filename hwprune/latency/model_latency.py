@@ -5,6 +5,7 @@ This is the library behind ``hwprune profile`` and ``hwprune latency``; the CLI 
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from pathlib import Path
@@ -14,14 +15,18 @@ from torch import nn
 
 from hwprune.errors import HwpruneError
 from hwprune.export.onnx_export import export_onnx
-from hwprune.graph.analyze import Analysis
+from hwprune.graph.analyze import Analysis, analyze
 from hwprune.latency.layers import model_layers
 from hwprune.latency.lut import LatencyTable, LutError, load_table, new_table, onnxruntime_provenance
 from hwprune.latency.measure import Timing, make_session, random_feeds, time_session
-from hwprune.latency.predictor import Prediction, TablePredictor
+from hwprune.latency.predictor import Anchor, Prediction, TablePredictor
 from hwprune.latency.profiler import METHOD, profile, require_local_runtime, runtime_settings
-from hwprune.latency.space import profile_signatures
+from hwprune.latency.space import channel_choices, profile_signatures
 from hwprune.targets import Target
+from hwprune.transform.prune import leading_channels, prune
+
+# The uniformly pruned anchor keeps about this fraction of every prunable group.
+ANCHOR_FRACTION = 0.5
 
 
 def expected_provenance(target: Target) -> dict:
@@ -60,17 +65,39 @@ def measure_model(model: nn.Module, example_input: torch.Tensor, target: Target,
         return time_session(session, random_feeds(session), warmup=5, min_runs=runs, min_seconds=0.5)
 
 
+def anchor_counts(analysis: Analysis, alignment: int) -> dict[str, int]:
+    """Per prunable group, the allowed keep count nearest ``ANCHOR_FRACTION`` of its channels."""
+    return {g.id: min(channel_choices(g, alignment), key=lambda c: abs(c - ANCHOR_FRACTION * g.channels))
+            for g in analysis.prunable()}
+
+
+def pruned_copy(analysis: Analysis, counts: dict[str, int]) -> nn.Module:
+    """A copy of the analysed model with the leading ``counts[group]`` channels of each group kept."""
+    fresh = analyze(copy.deepcopy(analysis.model), analysis.capture.example_input, analysis.name, strict=False)
+    return prune(fresh, {gid: leading_channels(fresh.group(gid), n) for gid, n in counts.items()})
+
+
 def profile_model(analysis: Analysis, target: Target, table: LatencyTable, progress: object | None = None) -> int:
-    """Measure every signature the search may need for this model, and the whole unpruned model."""
+    """Measure every signature the search may need for this model, and the whole model unpruned and
+    uniformly pruned (the predictor's anchors); returns how many measurements were new."""
     alignment = target.channel_alignment
     groups = {g.id: g for g in analysis.groups}
     signatures = profile_signatures(model_layers(analysis), groups, alignment)
     measured = profile(signatures, table, target, progress)
     key = model_key(analysis.name, analysis.capture.example_input)
+    x = analysis.capture.example_input
     if key not in table.models:
-        table.models[key] = measure_model(analysis.model, analysis.capture.example_input, target).median_ms
+        table.models[key] = measure_model(analysis.model, x, target).median_ms
+        measured += 1
+    counts = anchor_counts(analysis, alignment)
+    if counts and _anchor_key(key) not in table.models:
+        table.models[_anchor_key(key)] = measure_model(pruned_copy(analysis, counts), x, target).median_ms
         measured += 1
     return measured
+
+
+def _anchor_key(key: str) -> str:
+    return f"{key}|keep={ANCHOR_FRACTION}"
 
 
 def predict_analytic(analysis: Analysis, target: Target) -> Prediction:
@@ -85,9 +112,12 @@ def predict_analytic(analysis: Analysis, target: Target) -> Prediction:
     return Prediction(sum(layers_ms.values()), layers_ms, 0.0, "analytic")
 
 
-def predictor_for(analysis: Analysis, table: LatencyTable) -> TablePredictor:
+def predictor_for(analysis: Analysis, table: LatencyTable, target: Target) -> TablePredictor:
     """A predictor for ``analysis``'s model; needs the model profiled into ``table`` first."""
     key = model_key(analysis.name, analysis.capture.example_input)
     if key not in table.models:
         raise HwpruneError(f"{analysis.name} has not been profiled on this target; run hwprune profile first")
-    return TablePredictor(model_layers(analysis), table, table.models[key])
+    anchors = [Anchor({}, table.models[key])]
+    if _anchor_key(key) in table.models:
+        anchors.append(Anchor(anchor_counts(analysis, target.channel_alignment), table.models[_anchor_key(key)]))
+    return TablePredictor(model_layers(analysis), table, anchors)

@@ -3,11 +3,15 @@
 Each single-op measurement includes one session call's own cost, which a whole model pays once,
 not once per layer; the table's measured call overhead is taken off every layer's time.
 
-End-to-end latency = sum over conv/linear layers of their table latency + the rest (pooling,
-elementwise ops, attention matmuls, session overhead), which is measured once on the unpruned
-model as measured total minus the layer sum, and scaled for a pruned model by the ratio of its
-layers' output activations to the unpruned ones (the rest is dominated by memory traffic over
-those activations).
+End-to-end latency = call overhead + k * (sum over conv/linear layers of their table latency)
++ r * (the layers' output activations relative to the unpruned model's). The second term is
+the layers as timed alone, scaled by k because a layer inside a model runs faster than alone (its
+input is warm in cache, the runtime fuses it with its BN and activation, and small layers'
+fixed costs shrink); the third term is the rest of the model (pooling, elementwise ops,
+attention matmuls, layout reorders), dominated by memory traffic over those activations.
+k and r are fitted per model to whole-model measurements at profile time ("anchors": the
+unpruned model and a uniformly pruned one, measured on the target): least squares with k, r >= 0.
+With one anchor k = 1 and r takes the difference; with none the prediction is the layer sum.
 
 A layer point that was measured is a ``lut`` prediction. Any other point combines the output
 sweep (inputs full) and the input sweep (outputs full) of that layer multiplicatively,
@@ -18,12 +22,23 @@ staircase): an ``interpolated`` prediction.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from hwprune.errors import HwpruneError
 from hwprune.latency.layers import Layer
 from hwprune.latency.lut import LatencyTable
 from hwprune.latency.signature import OpSignature
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """The whole model measured at known keep counts (absent groups whole)."""
+
+    keep: dict[str, int]
+    measured_ms: float
 
 
 @dataclass
@@ -37,16 +52,34 @@ class Prediction:
 class TablePredictor:
     """Predictions for one model's layers from one measured table."""
 
-    def __init__(self, layers: list[Layer], table: LatencyTable, measured_total_ms: float | None = None):
+    def __init__(self, layers: list[Layer], table: LatencyTable, anchors: Sequence[Anchor] = ()):
         self.layers = layers
         self.table = table
         self._by_shape = _index_by_shape(table)
         self._axes = {layer.name: self._measured_axes(layer) for layer in layers}
         self._full_activations = sum(self._activations(layer, {}) for layer in layers)
-        self.rest_ms = 0.0
-        self.full_layers_ms = sum(self.predict({}).layers_ms.values())
-        if measured_total_ms is not None:
-            self.rest_ms = max(0.0, measured_total_ms - self.full_layers_ms)
+        self._touching: dict[str, list[Layer]] = {}
+        for layer in layers:
+            for group_id in {layer.in_group, layer.out_group} - {None}:
+                self._touching.setdefault(group_id, []).append(layer)
+        self.overhead_ms = (table.call_overhead_ms or 0.0) if anchors else 0.0
+        self.layer_scale, self.rest_ms = self._fit(anchors)
+
+    def _fit(self, anchors: Sequence[Anchor]) -> tuple[float, float]:
+        """(k, r) from the anchors, each >= 0; see the module docstring."""
+        if not anchors:
+            return 1.0, 0.0
+        sums = np.array([sum(self._layers_ms(a.keep)[0].values()) for a in anchors])
+        activations = np.array([self._activation_ratio(a.keep) for a in anchors])
+        targets = np.array([a.measured_ms for a in anchors]) - self.overhead_ms
+        if len(anchors) == 1:
+            return 1.0, max(0.0, float(targets[0] - sums[0]) / activations[0])
+        (k, r), *_ = np.linalg.lstsq(np.stack([sums, activations], axis=1), targets, rcond=None)
+        if r < 0:
+            k, r = float(sums @ targets / (sums @ sums)), 0.0
+        elif k < 0:
+            k, r = 0.0, float(activations @ targets / (activations @ activations))
+        return float(k), float(r)
 
     def _measured_axes(self, layer: Layer) -> tuple[dict[int, float], dict[int, float]]:
         sig = layer.signature
@@ -88,15 +121,36 @@ class TablePredictor:
         oh, ow = layer.signature.out_hw
         return c_out * oh * ow
 
-    def predict(self, keep: dict[str, int]) -> Prediction:
-        """Latency with ``keep[group_id]`` units kept per group (absent groups stay whole)."""
+    def _activation_ratio(self, keep: dict[str, int]) -> float:
+        return sum(self._activations(layer, keep) for layer in self.layers) / self._full_activations
+
+    def _layers_ms(self, keep: dict[str, int]) -> tuple[dict[str, float], bool]:
+        """Each layer's single-op table time at ``keep``, and whether all were measured points."""
         layers_ms = {}
         all_exact = True
         for layer in self.layers:
             ms, exact = self.layer_ms(layer, *self.channels(layer, keep))
             layers_ms[layer.name] = ms
             all_exact &= exact
-        rest = self.rest_ms * sum(self._activations(layer, keep) for layer in self.layers) / self._full_activations
+        return layers_ms, all_exact
+
+    def group_costs(self, keep: dict[str, int], group_id: str, counts: Sequence[int]) -> list[float]:
+        """The predicted time of the layers ``group_id`` sizes (and its share of the rest) at each of
+        ``counts``, every other group as in ``keep``: the group's latency contribution (HALP)."""
+        touched = self._touching.get(group_id, [])
+        costs = []
+        for count in counts:
+            trial = {**keep, group_id: count}
+            layers_ms = sum(self.layer_ms(layer, *self.channels(layer, trial))[0] for layer in touched)
+            activations = sum(self._activations(layer, trial) for layer in touched if layer.out_group == group_id)
+            costs.append(self.layer_scale * layers_ms + self.rest_ms * activations / self._full_activations)
+        return costs
+
+    def predict(self, keep: dict[str, int]) -> Prediction:
+        """Latency with ``keep[group_id]`` units kept per group (absent groups stay whole)."""
+        alone, all_exact = self._layers_ms(keep)
+        layers_ms = {name: self.layer_scale * ms for name, ms in alone.items()}
+        rest = self.overhead_ms + self.rest_ms * self._activation_ratio(keep)
         return Prediction(sum(layers_ms.values()) + rest, layers_ms, rest, "lut" if all_exact else "interpolated")
 
 

@@ -43,6 +43,15 @@ def prune(analysis: Analysis, keep: Mapping[str, Sequence[int]]) -> nn.Module:
     return analysis.model
 
 
+def leading_channels(group: ChannelGroup, count: int) -> list[int]:
+    """The first ``count`` channels of ``group`` (the same positions in every grouped-conv block).
+
+    Which channels go does not change latency, so this is the keep-set for timing a width.
+    """
+    block = group.channels // group.repeat
+    return [b * block + i for b in range(group.repeat) for i in range(count // group.repeat)]
+
+
 def validate_keep(group: ChannelGroup, indices: Sequence[int]) -> list[int]:
     """Sorted keep-indices for ``group``, or a PlanError saying what is wrong with them."""
     if not group.prunable and len(indices) != group.channels:
