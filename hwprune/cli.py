@@ -64,6 +64,33 @@ def _parser() -> argparse.ArgumentParser:
     latency.add_argument("--json", action="store_true", help="print the result as JSON")
     latency.set_defaults(run=_run_latency)
 
+    compile_ = sub.add_parser("compile", help="prune a model to a latency budget on a target, export and measure it")
+    _add_model_arguments(compile_)
+    compile_.add_argument("--target", default="cpu", help="device profile (default: cpu)")
+    budget = compile_.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--latency", type=float, metavar="F", help="latency budget as a fraction of the baseline")
+    budget.add_argument("--speedup", type=float, metavar="S", help="required speedup over the baseline")
+    budget.add_argument("--budget-ms", type=float, metavar="MS", help="latency budget in milliseconds")
+    compile_.add_argument("--importance", default="l1", choices=("l1", "l2", "bn", "taylor"),
+                          help="channel importance (default: l1)")
+    compile_.add_argument("--calib-data", metavar="SPEC",
+                          help="module:fn or file.py:fn returning input batches (default: random inputs, warned)")
+    compile_.add_argument("--min-keep", type=float, default=0.1, metavar="F",
+                          help="smallest fraction of any group's channels to keep (default: 0.1)")
+    compile_.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                          help="glob of layer names whose channels must stay (repeatable)")
+    compile_.add_argument("--refine", type=int, default=2, metavar="N",
+                          help="re-searches when the measured latency misses the budget (default: 2)")
+    compile_.add_argument("--lut", metavar="FILE", help="latency table (default: the cache)")
+    compile_.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    compile_.set_defaults(run=_run_compile)
+
+    apply = sub.add_parser("apply", help="re-apply a plan.json to a model without searching")
+    apply.add_argument("plan", metavar="PLAN", help="plan.json written by hwprune compile")
+    _add_model_arguments(apply)
+    apply.add_argument("--out", required=True, metavar="DIR", help="output folder (pruned.onnx)")
+    apply.set_defaults(run=_run_apply)
+
     devices = sub.add_parser("devices", help="list the device profiles (targets)")
     devices.add_argument("--json", action="store_true", help="print the profiles as JSON")
     devices.set_defaults(run=_run_devices)
@@ -174,6 +201,66 @@ def _run_latency(args: argparse.Namespace) -> int:
     if measured is not None:
         error = 100 * (prediction.total_ms - measured) / measured
         print(f"measured {measured:.3f} ms (onnxruntime, this host); prediction error {error:+.1f}%")
+    return 0
+
+
+def _run_compile(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from hwprune.compile import Budget, Options, compile_model
+    from hwprune.models import load_model, parse_input_shape
+    from hwprune.targets import load_target
+
+    if args.latency is not None:
+        budget = Budget("latency", args.latency)
+    elif args.speedup is not None:
+        budget = Budget("speedup", args.speedup)
+    else:
+        budget = Budget("ms", args.budget_ms)
+    if not 0 < args.min_keep <= 1:
+        raise HwpruneError(f"--min-keep {args.min_keep}: must be in (0, 1]")
+    if args.refine < 0:
+        raise HwpruneError(f"--refine {args.refine}: must be >= 0")
+    target = load_target(args.target)
+    if target.runtime != "onnxruntime":
+        from hwprune.latency.profiler import require_local_runtime
+
+        require_local_runtime(target)
+    options = Options(target, budget, args.importance, args.calib_data, args.min_keep,
+                      Path(args.lut) if args.lut else None, args.refine, exclude=tuple(args.exclude))
+    shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    loaded = load_model(args.model, shape, args.weights)
+    report = compile_model(loaded, options, args.out, Console(stderr=True))
+    fid = report["fidelity"]
+    top1 = "n/a" if fid["top1_agreement"] is None else f"{100 * fid['top1_agreement']:.1f}%"
+    print(f"{report['model']} on {report['target']}: {report['baseline']['latency_ms']['median']:.3g} ms -> "
+          f"{report['pruned']['latency_ms']['median']:.3g} ms, measured speedup {report['speedup']['measured']:.2f}x "
+          f"(predicted {report['speedup']['predicted']:.2f}x); params {report['baseline']['params'] / 1e6:.2f}M -> "
+          f"{report['pruned']['params'] / 1e6:.2f}M; verify max abs err {report['verify']['max_abs_err']:.2g}; "
+          f"fidelity cosine {fid['cosine']:.4f}, top-1 agreement {top1}")
+    print(f"wrote {args.out}/report.json, plan.json, baseline.onnx, pruned.onnx")
+    return 0
+
+
+def _run_apply(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hwprune.export.onnx_export import export_onnx
+    from hwprune.plan import apply_plan, load_plan
+
+    plan = load_plan(args.plan)
+    analysis = _load_and_analyze(args)
+    if list(analysis.capture.example_input.shape) != plan.input_shape:
+        raise HwpruneError(f"{args.plan}: made for input {plan.input_shape}, the model's input is "
+                           f"{list(analysis.capture.example_input.shape)} (use --input-shape)")
+    before = sum(p.numel() for p in analysis.model.parameters())
+    model = apply_plan(plan, analysis)
+    path = export_onnx(model, analysis.capture.example_input, Path(args.out) / "pruned.onnx")
+    after = sum(p.numel() for p in model.parameters())
+    print(f"applied {args.plan} ({len(plan.groups)} groups) to {analysis.name}: params {before / 1e6:.2f}M -> "
+          f"{after / 1e6:.2f}M; wrote {path}")
     return 0
 
 

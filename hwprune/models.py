@@ -6,10 +6,13 @@ line and exit 2 instead of a traceback.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -109,22 +112,33 @@ def _load_timm(name: str, weights: str | None) -> tuple[nn.Module, tuple[int, ..
     return model, (1, *model.default_cfg.get("input_size", DEFAULT_IMAGE_SHAPE[1:]))
 
 
-def _load_factory(path: Path, factory: str) -> tuple[nn.Module, torch.Tensor | None]:
-    if not path.is_file():
-        raise ModelSpecError(f"{path}: file not found")
+def user_function(source: str, name: str) -> Callable:
+    """``name`` from a Python file path or an importable module; any failure is a ModelSpecError."""
+    if source.endswith(".py") and not Path(source).is_file():
+        raise ModelSpecError(f"{source}: file not found")
+    try:
+        user = _import_file(Path(source)) if source.endswith(".py") else importlib.import_module(source)
+    except Exception as exc:  # the user's file is arbitrary code: report any failure in one line
+        raise ModelSpecError(f"{source}: importing failed: {type(exc).__name__}: {exc}") from exc
+    fn = getattr(user, name, None)
+    if not callable(fn):
+        raise ModelSpecError(f"{source}: has no callable {name!r}")
+    return fn
+
+
+def _import_file(path: Path) -> ModuleType:
     module_name = f"_hwprune_user_{path.stem}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise ModelSpecError(f"{path}: not a Python file")
+        raise ImportError("not a Python file")
     user = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = user
-    try:
-        spec.loader.exec_module(user)
-    except Exception as exc:  # the user's file is arbitrary code: report any failure in one line
-        raise ModelSpecError(f"{path}: importing failed: {type(exc).__name__}: {exc}") from exc
-    fn = getattr(user, factory, None)
-    if not callable(fn):
-        raise ModelSpecError(f"{path}: has no callable {factory!r}")
+    spec.loader.exec_module(user)
+    return user
+
+
+def _load_factory(path: Path, factory: str) -> tuple[nn.Module, torch.Tensor | None]:
+    fn = user_function(str(path), factory)
     try:
         made = fn()
     except Exception as exc:

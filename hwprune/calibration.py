@@ -1,0 +1,93 @@
+"""Calibration inputs (for Taylor importance and fidelity) and the fidelity measures themselves.
+
+``--calib-data SPEC`` names a function (``module:fn`` or ``path/to/file.py:fn``) returning an
+iterable of input batches (tensors, or (input, label) pairs whose labels are ignored). Without
+it, seeded random batches shaped like the example input stand in (the caller warns): good enough
+for latency and exactness, a weak proxy for what real data exercises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hwprune.errors import ModelSpecError
+from hwprune.models import user_function
+
+RANDOM_BATCHES = 4
+RANDOM_BATCH_SIZE = 8
+
+
+@dataclass
+class Calibration:
+    batches: list[torch.Tensor]
+    source: str
+    random: bool = False
+
+
+def load_calibration(spec: str | None, example_input: torch.Tensor, limit: int = 16) -> Calibration:
+    """Up to ``limit`` batches from ``spec``, or seeded random batches when it is None."""
+    if spec is None:
+        generator = torch.Generator().manual_seed(0)
+        shape = (RANDOM_BATCH_SIZE, *example_input.shape[1:])
+        if example_input.is_floating_point():
+            batches = [torch.randn(shape, generator=generator) for _ in range(RANDOM_BATCHES)]
+        else:
+            high = int(example_input.max()) + 1
+            batches = [torch.randint(0, high, shape, generator=generator, dtype=example_input.dtype)
+                       for _ in range(RANDOM_BATCHES)]
+        return Calibration(batches, f"random ({RANDOM_BATCHES} batches of {RANDOM_BATCH_SIZE}, seed 0)", random=True)
+    if ":" not in spec:
+        raise ModelSpecError(f"--calib-data {spec!r}: use module:function or path/to/file.py:function")
+    source, name = spec.rsplit(":", 1)
+    fn = user_function(source, name)
+    batches = []
+    try:
+        for item in fn():
+            batch = item[0] if isinstance(item, tuple | list) else item
+            if not isinstance(batch, torch.Tensor):
+                raise ModelSpecError(f"--calib-data {spec}: yields {type(batch).__name__}, not a tensor")
+            batches.append(batch)
+            if len(batches) == limit:
+                break
+    except ModelSpecError:
+        raise
+    except Exception as exc:  # arbitrary user code
+        raise ModelSpecError(f"--calib-data {spec}: failed: {type(exc).__name__}: {exc}") from exc
+    if not batches:
+        raise ModelSpecError(f"--calib-data {spec}: yielded no batches")
+    if any(b.shape[1:] != example_input.shape[1:] for b in batches):
+        raise ModelSpecError(f"--calib-data {spec}: batches must have the example input's shape "
+                             f"(N, {', '.join(str(d) for d in example_input.shape[1:])})")
+    return Calibration(batches, spec)
+
+
+@dataclass
+class Fidelity:
+    """How closely a pruned model follows the original on the same inputs (no labels needed)."""
+
+    cosine: float
+    top1_agreement: float | None
+    samples: int
+
+
+def fidelity(original: nn.Module, pruned: nn.Module, batches: list[torch.Tensor]) -> Fidelity:
+    """Mean per-sample cosine similarity of the outputs, and (for N x classes outputs) the share
+    of samples whose top-1 class agrees."""
+    cosines, agreements = [], []
+    with torch.no_grad():
+        for batch in batches:
+            a, b = _first(original(batch)), _first(pruned(batch))
+            flat_a, flat_b = a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
+            cosines.append(nn.functional.cosine_similarity(flat_a, flat_b, dim=1))
+            if a.dim() == 2:
+                agreements.append((a.argmax(dim=1) == b.argmax(dim=1)).double())
+    cosine = torch.cat(cosines)
+    top1 = float(torch.cat(agreements).mean()) if agreements else None
+    return Fidelity(float(cosine.mean()), top1, int(cosine.numel()))
+
+
+def _first(output: object) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple | list) else output

@@ -1,0 +1,61 @@
+"""Numerical check of an exported ONNX file against the module it came from.
+
+Both run on the same inputs (onnxruntime's CPU provider for the file); an element passes when
+|onnx - torch| <= atol + rtol * |torch| (numpy.allclose, Polygraphy's convention). The worst
+element is reported either way, so a pass is a number, not a boolean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from hwprune.latency.measure import make_session
+
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
+
+
+@dataclass
+class Verification:
+    max_abs_err: float
+    max_rel_err: float
+    ok: bool
+    atol: float
+    rtol: float
+    inputs: int
+    worst: str
+
+    def to_json(self) -> dict:
+        return dict(vars(self))
+
+
+def verify_onnx(model: nn.Module, path: str | Path, inputs: list[torch.Tensor], atol: float = DEFAULT_ATOL,
+                rtol: float = DEFAULT_RTOL) -> Verification:
+    """Compare ``path`` run by onnxruntime with ``model`` on every input."""
+    session = make_session(str(path), 1, "ORT_ENABLE_ALL")
+    input_name = session.get_inputs()[0].name
+    max_abs = max_rel = 0.0
+    ok = True
+    worst = "no outputs"
+    with torch.no_grad():
+        for n, x in enumerate(inputs):
+            expected = model(x)
+            expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+            produced = session.run(None, {input_name: x.numpy()})
+            for k, (want, got) in enumerate(zip(expected, produced, strict=True)):
+                want = want.detach().numpy()
+                error = np.abs(got - want)
+                index = np.unravel_index(int(np.argmax(error)), error.shape) if error.size else ()
+                if error.size and error[index] >= max_abs:
+                    max_abs = float(error[index])
+                    worst = (f"input {n}, output {k} at {tuple(int(i) for i in index)}: onnx {float(got[index]):.6g}, "
+                             f"torch {float(want[index]):.6g}")
+                scale = float(np.abs(want).max()) if want.size else 0.0
+                max_rel = max(max_rel, float(error.max()) / scale if scale > 0 and error.size else 0.0)
+                ok &= bool(np.allclose(got, want, atol=atol, rtol=rtol))
+    return Verification(max_abs, max_rel, ok, atol, rtol, len(inputs), worst)

@@ -1,0 +1,1 @@
+"""Channel importance: which channels of a coupled group matter most."""

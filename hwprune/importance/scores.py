@@ -1,0 +1,154 @@
+"""Per-channel importance of every prunable group, aggregated over the group's coupled layers.
+
+torch-pruning's group importances do the aggregation (every layer a group's channels touch:
+producers, BN, consumers) for conv/linear groups; attention heads are scored here from their
+q/k/v rows and output-projection columns. Each group's scores are divided by their mean, so a
+score of 1 is "an average channel of this group" in every group: the search compares groups
+of different sizes and weight scales on one axis.
+
+    l1, l2   weight magnitude (p-norm)
+    bn       |BN scale|; groups without a BN fall back to l1 (reported in ``fallbacks``)
+    taylor   |weight x gradient| (first order), on calibration inputs; with no labels the loss is
+             cross-entropy against the model's own prediction (or the output's squared norm for
+             non-classifier outputs)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from hwprune.errors import HwpruneError
+from hwprune.graph.analyze import Analysis
+from hwprune.graph.attention import HeadAttention
+from hwprune.graph.capture import tolerant_index_mapping
+
+METHODS = ("l1", "l2", "bn", "taylor")
+
+
+@dataclass
+class Importance:
+    """Mean-normalised scores per prunable group, one per channel (or head)."""
+
+    method: str
+    scores: dict[str, np.ndarray]
+    fallbacks: list[str] = field(default_factory=list)
+
+
+def score_groups(analysis: Analysis, method: str, calibration: Iterable[torch.Tensor] = ()) -> Importance:
+    """Score every prunable group of ``analysis``; ``calibration`` inputs are needed for taylor."""
+    if method not in METHODS:
+        raise HwpruneError(f"unknown importance {method!r}: use one of {', '.join(METHODS)}")
+    model = analysis.model
+    if method == "taylor":
+        _accumulate_gradients(model, calibration)
+    scores: dict[str, np.ndarray] = {}
+    fallbacks = []
+    try:
+        for group in analysis.prunable():
+            if group.kind == "heads":
+                attention = model.get_submodule(group.id.removesuffix(":heads"))
+                assert isinstance(attention, HeadAttention)
+                raw = _head_scores(attention, method)
+            else:
+                raw = _channel_scores(analysis, group.id, group.channels, method)
+                if raw is None:
+                    fallbacks.append(group.id)
+                    raw = _channel_scores(analysis, group.id, group.channels, "l1")
+            if raw is None or raw.shape != (group.channels,):
+                raise HwpruneError(f"group {group.id}: no {method} importance could be computed")
+            scores[group.id] = _normalised(raw)
+    finally:
+        if method == "taylor":
+            model.zero_grad(set_to_none=True)
+    return Importance(method, scores, fallbacks)
+
+
+def _tp_importance(method: str) -> tp.importance.Importance:
+    # normalizer=None: hwprune normalises itself (mean 1 per group) after any fallback.
+    if method == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1, normalizer=None)
+    if method == "l2":
+        return tp.importance.GroupMagnitudeImportance(p=2, normalizer=None)
+    if method == "bn":
+        return tp.importance.BNScaleImportance(normalizer=None)
+    return tp.importance.GroupTaylorImportance(normalizer=None)
+
+
+def _channel_scores(analysis: Analysis, group_id: str, channels: int, method: str) -> np.ndarray | None:
+    graph = analysis.capture.dependency_graph
+    root = analysis.model.get_submodule(group_id)
+    pruner = graph.get_pruner_of_module(root)
+    with tolerant_index_mapping(graph.hwprune_unmapped), torch.no_grad():
+        group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(channels)))
+        result = _tp_importance(method)(group)
+    return None if result is None else result.detach().abs().double().numpy()
+
+
+def _head_scores(attention: HeadAttention, method: str) -> np.ndarray:
+    """Per head: the norm (or |w x grad|) of its q/k/v rows and its output-projection columns."""
+    heads, dim = attention.num_heads, attention.head_dim
+
+    def per_head(weight: torch.Tensor, rows: bool) -> torch.Tensor:
+        if method == "taylor":
+            if weight.grad is None:
+                raise HwpruneError("taylor importance: no gradient reached an attention layer")
+            values = (weight * weight.grad).abs()
+        elif method == "l2":
+            values = weight.pow(2)
+        else:  # l1, and bn (attention has no BN scale)
+            values = weight.abs()
+        values = values if rows else values.t()
+        return values.reshape(heads, dim, -1).sum(dim=(1, 2))
+
+    with torch.no_grad():
+        total = sum(per_head(p.weight, rows=True) for p in (attention.q_proj, attention.k_proj, attention.v_proj))
+        total = total + per_head(attention.out_proj.weight, rows=False)
+    return total.double().numpy()
+
+
+def _accumulate_gradients(model: nn.Module, calibration: Iterable[torch.Tensor]) -> None:
+    """Sum the label-free loss's gradients over the calibration inputs into ``.grad``."""
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    batches = 0
+    for inputs in calibration:
+        output = model(inputs)
+        output = output[0] if isinstance(output, tuple | list) else output
+        if output.dim() == 2:
+            loss = nn.functional.cross_entropy(output, output.detach().argmax(dim=1))
+        else:
+            loss = output.pow(2).mean()
+        loss.backward()
+        batches += 1
+    if batches == 0:
+        raise HwpruneError("taylor importance needs calibration inputs")
+
+
+def _normalised(raw: np.ndarray) -> np.ndarray:
+    raw = np.nan_to_num(np.abs(raw), nan=0.0, posinf=0.0)
+    mean = raw.mean()
+    return raw / mean if mean > 0 else np.ones_like(raw)
+
+
+def select(scores: np.ndarray, count: int, repeat: int = 1) -> list[int]:
+    """Indices of the ``count`` best channels; with ``repeat`` blocks (grouped convs), the same
+    positions in every block, chosen by their summed score."""
+    channels = len(scores)
+    block = channels // repeat
+    per_block = count // repeat
+    position_scores = scores.reshape(repeat, block).sum(axis=0)
+    # Stable: ties keep the lower index, so a plan is reproducible.
+    best = np.argsort(-position_scores, kind="stable")[:per_block]
+    return sorted(int(b * block + p) for b in range(repeat) for p in best)
+
+
+def retained(scores: np.ndarray, repeat: int = 1) -> np.ndarray:
+    """retained[k] = the summed score of the best k per-block positions (k = 0 .. block), x repeat units."""
+    position_scores = np.sort(scores.reshape(repeat, -1).sum(axis=0))[::-1]
+    return np.concatenate([[0.0], np.cumsum(position_scores)])

@@ -1,0 +1,83 @@
+"""A pruning decision as data: which channels of which group to keep, and why (budget, prediction).
+
+A Plan is JSON so it can be reviewed, versioned and re-applied without searching again
+(``hwprune apply``). Re-applying checks that the model still has the groups and sizes the plan
+was made for.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from hwprune.errors import PlanError
+from hwprune.graph.analyze import Analysis
+from hwprune.io import write_text_atomic
+from hwprune.transform.prune import prune
+
+FORMAT = "hwprune-plan/1"
+
+
+@dataclass
+class GroupDecision:
+    keep: int
+    of: int
+    indices: list[int]
+
+
+@dataclass
+class Plan:
+    model: str
+    input_shape: list[int]
+    target: str
+    budget: dict
+    predicted_ms: float
+    baseline_predicted_ms: float
+    latency_model: dict
+    importance: str
+    groups: dict[str, GroupDecision] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, **asdict(self)}
+
+    def save(self, path: str | Path) -> None:
+        write_text_atomic(path, json.dumps(self.to_json(), indent=1) + "\n")
+
+    def keep(self) -> dict[str, list[int]]:
+        return {gid: decision.indices for gid, decision in self.groups.items()}
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read a plan file; anything malformed is a PlanError naming the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PlanError(f"{path}: plan not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PlanError(f"{path}: not a JSON plan ({exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise PlanError(f"{path}: not a {FORMAT} plan")
+    try:
+        groups = {gid: GroupDecision(int(g["keep"]), int(g["of"]), [int(i) for i in g["indices"]])
+                  for gid, g in data["groups"].items()}
+        return Plan(str(data["model"]), [int(d) for d in data["input_shape"]], str(data["target"]),
+                    dict(data["budget"]), float(data["predicted_ms"]), float(data["baseline_predicted_ms"]),
+                    dict(data["latency_model"]), str(data["importance"]), groups)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise PlanError(f"{path}: malformed plan ({type(exc).__name__}: {exc})") from exc
+
+
+def apply_plan(plan: Plan, analysis: Analysis) -> nn.Module:
+    """Prune ``analysis``'s model as the plan says (in place), after checking it fits the model."""
+    for gid, decision in plan.groups.items():
+        group = analysis.group(gid)
+        if group.channels != decision.of:
+            raise PlanError(f"group {gid}: the plan was made for {decision.of} channels, the model has "
+                            f"{group.channels}")
+        if len(decision.indices) != decision.keep:
+            raise PlanError(f"group {gid}: keep is {decision.keep} but {len(decision.indices)} indices are listed")
+    return prune(analysis, plan.keep())

@@ -1,0 +1,1 @@
+"""Latency-constrained width search."""
