@@ -37,14 +37,14 @@ from hwprune.errors import HwpruneError, PlanError
 from hwprune.export.onnx_export import export_onnx
 from hwprune.export.verify import DEFAULT_ATOL, DEFAULT_RTOL, verify_onnx
 from hwprune.graph.analyze import Analysis, analyze
-from hwprune.importance.scores import Importance, score_groups, select
+from hwprune.importance.scores import Importance, score_groups
 from hwprune.io import write_text_atomic
 from hwprune.latency.measure import Comparison, make_session, random_feeds, time_interleaved, time_session
 from hwprune.latency.model_latency import open_table, predictor_for, profile_model
 from hwprune.latency.predictor import TablePredictor
 from hwprune.latency.profiler import runtime_settings
 from hwprune.models import LoadedModel
-from hwprune.plan import GroupDecision, Plan, apply_plan
+from hwprune.plan import Plan, apply_plan, build_plan
 from hwprune.search.width import SearchResult, search_widths
 from hwprune.targets import Target
 
@@ -138,6 +138,7 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     started = time.perf_counter()
     target, x = options.target, loaded.example_input
     step = partial(_step, console)
+    calibration = load_calibration(options.calib_data, x)  # bad --calib-data fails before any work
     with step("analyze"):
         analysis = analyze(loaded.module, x, loaded.name, exclude=options.exclude, strict=False)
     if not analysis.prunable():
@@ -149,7 +150,6 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     console.print(f"  latency table {table_path}: {new} new measurements")
     predictor = predictor_for(analysis, table, target)
     with step("score"):
-        calibration = load_calibration(options.calib_data, x)
         if calibration.random:
             console.print("  [yellow]warning:[/yellow] no --calib-data: importance and fidelity use random inputs")
         importance = score_groups(analysis, options.importance, calibration.batches)
@@ -204,7 +204,8 @@ def _attempt(analysis: Analysis, predictor: TablePredictor, importance: Importan
     target, x = options.target, analysis.capture.example_input
     result = search_widths(analysis, predictor, importance, target.channel_alignment, predicted_budget,
                            options.min_keep)
-    plan = _plan(analysis, options, result, importance, predictor)
+    plan = build_plan(analysis, options.target.name, options.budget.kind, options.budget.value, result, importance,
+                      predictor)
     fresh = analyze(copy.deepcopy(analysis.model), x, analysis.name, strict=False)
     model = apply_plan(plan, fresh).eval()
     onnx_path = export_onnx(model, x, stage / f"pruned-round{number}.onnx")
@@ -218,23 +219,6 @@ def _choose(attempts: list[Attempt], fraction: float, tolerance: float) -> Attem
     if within:
         return max(within, key=lambda a: a.measured_fraction)
     return min(attempts, key=lambda a: a.measured_fraction)
-
-
-def _plan(analysis: Analysis, options: Options, result: SearchResult, importance: Importance,
-          predictor: TablePredictor) -> Plan:
-    groups = {}
-    for gid, count in result.counts.items():
-        group = analysis.group(gid)
-        groups[gid] = GroupDecision(count, group.channels, select(importance.scores[gid], count, group.repeat))
-    provenance = predictor.table.provenance
-    latency_model = {"source": "lut", "fingerprint": provenance.get("fingerprint"),
-                     "runtime": provenance.get("runtime"), "runtime_version": provenance.get("runtime_version"),
-                     "threads": provenance.get("threads"),
-                     "graph_optimization_level": provenance.get("graph_optimization_level"),
-                     "layer_scale": predictor.layer_scale, "rest_ms": predictor.rest_ms}
-    budget = {"kind": options.budget.kind, "value": options.budget.value, "predicted_ms": result.predicted_ms}
-    return Plan(analysis.name, list(analysis.capture.example_input.shape), options.target.name, budget,
-                result.predicted_ms, result.baseline_predicted_ms, latency_model, importance.method, groups)
 
 
 def _session(path: Path, target: Target):

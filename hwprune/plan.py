@@ -15,7 +15,10 @@ from torch import nn
 
 from hwprune.errors import PlanError
 from hwprune.graph.analyze import Analysis
+from hwprune.importance.scores import Importance, select
 from hwprune.io import write_text_atomic
+from hwprune.latency.predictor import TablePredictor
+from hwprune.search.width import SearchResult
 from hwprune.transform.prune import prune
 
 FORMAT = "hwprune-plan/1"
@@ -81,3 +84,21 @@ def apply_plan(plan: Plan, analysis: Analysis) -> nn.Module:
         if len(decision.indices) != decision.keep:
             raise PlanError(f"group {gid}: keep is {decision.keep} but {len(decision.indices)} indices are listed")
     return prune(analysis, plan.keep())
+
+
+def build_plan(analysis: Analysis, target: str, budget_kind: str, budget_value: float, result: SearchResult,
+               importance: Importance, predictor: TablePredictor) -> Plan:
+    """The plan for a search result: each group's best channels by importance, and the provenance."""
+    groups = {}
+    for gid, count in result.counts.items():
+        group = analysis.group(gid)
+        groups[gid] = GroupDecision(count, group.channels, select(importance.scores[gid], count, group.repeat))
+    provenance = predictor.table.provenance
+    latency_model = {"source": "lut", "fingerprint": provenance.get("fingerprint"),
+                     "runtime": provenance.get("runtime"), "runtime_version": provenance.get("runtime_version"),
+                     "threads": provenance.get("threads"),
+                     "graph_optimization_level": provenance.get("graph_optimization_level"),
+                     "layer_scale": predictor.layer_scale, "rest_ms": predictor.rest_ms}
+    budget = {"kind": budget_kind, "value": budget_value, "predicted_ms": result.predicted_ms}
+    return Plan(analysis.name, list(analysis.capture.example_input.shape), target, budget, result.predicted_ms,
+                result.baseline_predicted_ms, latency_model, importance.method, groups)

@@ -1,0 +1,80 @@
+"""`hwprune compile` and `hwprune apply` end to end on a small residual model (real profiling and timing)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from hwprune.cli import main
+
+MODEL = f"{Path(__file__).parent / 'data' / 'small_models.py'}:small_resnet"
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    out = tmp_path_factory.mktemp("build")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HWPRUNE_CACHE", str(cache))
+        code = main(["compile", MODEL, "--target", "cpu", "--latency", "0.6", "--out", str(out)])
+    return code, out, cache
+
+
+def test_compile_writes_a_verified_measured_report(compiled):
+    code, out, _cache = compiled
+    assert code == 0
+    assert {p.name for p in out.iterdir()} == {"report.json", "plan.json", "baseline.onnx", "pruned.onnx"}
+    report = json.loads((out / "report.json").read_text())
+    for side in ("baseline", "pruned"):
+        assert set(report[side]["latency_ms"]) >= {"median", "p90"}
+        assert report[side]["flops"] > 0 and report[side]["params"] > 0
+    assert report["pruned"]["params"] < report["baseline"]["params"]
+    assert report["pruned"]["flops"] < report["baseline"]["flops"]
+    assert report["verify"]["ok"] and report["verify"]["max_abs_err"] <= 1e-4
+    assert report["speedup"]["predicted"] > 1 and report["speedup"]["measured"] > 0
+    assert 0 < report["fidelity"]["cosine"] <= 1 + 1e-9 and 0 <= report["fidelity"]["top1_agreement"] <= 1
+    assert report["budget"] == {"kind": "latency", "value": 0.6, "latency_fraction": 0.6}
+
+
+def test_apply_reproduces_the_compiled_model(compiled, tmp_path, capsys):
+    _code, out, _cache = compiled
+    assert main(["apply", str(out / "plan.json"), MODEL, "--out", str(tmp_path)]) == 0
+    assert "applied" in capsys.readouterr().out
+    x = np.random.default_rng(1).standard_normal((1, 3, 64, 64), dtype=np.float32)
+    outputs = [ort.InferenceSession(str(path)).run(None, {"input": x})[0]
+               for path in (out / "pruned.onnx", tmp_path / "pruned.onnx")]
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_infeasible_budget_is_a_clear_error(compiled, tmp_path, capsys, monkeypatch):
+    _code, _out, cache = compiled
+    monkeypatch.setenv("HWPRUNE_CACHE", str(cache))
+    assert main(["compile", MODEL, "--speedup", "1000", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be met" in err and "smallest model this search allows is predicted at" in err
+    assert not (tmp_path / "report.json").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compile", "torchvision:no_such_net", "--latency", "0.5"], "no such torchvision model"),
+    (["compile", MODEL, "--latency", "1.5"], "must be a fraction"),
+    (["compile", MODEL, "--speedup", "0.5"], "must be above 1"),
+    (["compile", MODEL, "--latency", "0.5", "--min-keep", "0"], "--min-keep"),
+    (["compile", MODEL, "--latency", "0.5", "--calib-data", "nowhere.py:fn"], "file not found"),
+    (["compile", MODEL, "--latency", "0.5", "--target", "jetson-orin-nano"], "TensorRT"),
+])
+def test_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HWPRUNE_CACHE", str(tmp_path))
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("hwprune: error:") and message in lines[-1]
+    assert sum(line.startswith("hwprune: error:") for line in lines) == 1
+
+
+def test_apply_rejects_a_plan_for_another_model(compiled, tmp_path, capsys):
+    _code, out, _cache = compiled
+    other = f"{Path(__file__).parent / 'data' / 'small_models.py'}:tiny_cnn"
+    assert main(["apply", str(out / "plan.json"), other, "--out", str(tmp_path)]) == 2
+    assert "hwprune: error:" in capsys.readouterr().err

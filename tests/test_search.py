@@ -1,0 +1,152 @@
+"""Width search: the knapsack against brute force, budgets respected, infeasible budgets, plans."""
+
+import itertools
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hwprune.errors import PlanError
+from hwprune.graph.analyze import analyze
+from hwprune.importance.scores import score_groups, select
+from hwprune.latency.layers import model_layers
+from hwprune.latency.lut import new_table
+from hwprune.latency.measure import Timing
+from hwprune.latency.predictor import TablePredictor
+from hwprune.latency.space import profile_signatures
+from hwprune.plan import apply_plan, build_plan, load_plan
+from hwprune.search import knapsack
+from hwprune.search.width import allowed_counts, search_widths
+
+sys.path.insert(0, str(Path(__file__).parent / "data"))
+from small_models import small_resnet  # noqa: E402
+
+ALIGNMENT = 16
+
+
+@st.composite
+def knapsack_instances(draw):
+    classes = draw(st.integers(1, 4))
+    values = [draw(st.lists(st.floats(-5, 5), min_size=1, max_size=4)) for _ in range(classes)]
+    costs = [draw(st.lists(st.integers(0, 10), min_size=len(v), max_size=len(v))) for v in values]
+    return values, costs, draw(st.integers(0, 30))
+
+
+@settings(max_examples=200, deadline=None)
+@given(knapsack_instances())
+def test_knapsack_matches_brute_force(instance):
+    values, costs, budget = instance
+    feasible = [combo for combo in itertools.product(*(range(len(v)) for v in values))
+                if sum(c[i] for c, i in zip(costs, combo)) <= budget]
+    picks = knapsack.solve(values, costs, budget, step=1)
+    if not feasible:
+        assert picks is None
+        return
+    best = max(sum(v[i] for v, i in zip(values, combo)) for combo in feasible)
+    assert picks is not None
+    assert sum(c[i] for c, i in zip(costs, picks)) <= budget
+    assert sum(v[i] for v, i in zip(values, picks)) == pytest.approx(best)
+
+
+@settings(max_examples=100, deadline=None)
+@given(knapsack_instances(), st.floats(0.05, 3))
+def test_knapsack_never_exceeds_the_budget_on_a_coarse_grid(instance, step):
+    values, costs, budget = instance
+    picks = knapsack.solve(values, [[c * 0.37 for c in cs] for cs in costs], budget * 0.37, step)
+    if picks is not None:
+        assert sum(c[i] * 0.37 for c, i in zip(costs, picks)) <= budget * 0.37 + 1e-9
+
+
+def synthetic_predictor(analysis):
+    """A table whose op times follow a FLOPs roofline plus a fixed cost: deterministic, no timing."""
+    layers = model_layers(analysis)
+    table = new_table({"target": "test"}, {})
+    for sig in profile_signatures(layers, {g.id: g for g in analysis.groups}, ALIGNMENT):
+        ms = 0.001 + sig.flops() / 2e9 * (1 + (-sig.c_out) % ALIGNMENT / ALIGNMENT)
+        table.put(sig, Timing(ms, ms, ms, 0.0, 10))
+    return TablePredictor(layers, table)
+
+
+@pytest.fixture
+def setup():
+    model, x = small_resnet()
+    analysis = analyze(model, x, "small_resnet")
+    return analysis, synthetic_predictor(analysis), score_groups(analysis, "l1")
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.7, 0.9])
+def test_every_solution_meets_the_budget_in_prediction(setup, fraction):
+    analysis, predictor, importance = setup
+    budget = fraction * predictor.predict({}).total_ms
+    result = search_widths(analysis, predictor, importance, ALIGNMENT, budget)
+    assert predictor.predict(result.counts).total_ms <= budget + 1e-9
+    assert result.predicted_ms == pytest.approx(predictor.predict(result.counts).total_ms)
+    options = allowed_counts(analysis, ALIGNMENT, 0.1)
+    assert all(result.counts[gid] in options[gid] for gid in options)
+
+
+def test_larger_budgets_keep_at_least_as_much(setup):
+    analysis, predictor, importance = setup
+    full = predictor.predict({}).total_ms
+    objectives = [search_widths(analysis, predictor, importance, ALIGNMENT, f * full).objective
+                  for f in (0.4, 0.6, 0.8, 1.0)]
+    assert objectives == sorted(objectives) and objectives[-1] == pytest.approx(0.0)
+
+
+def test_search_agrees_with_exhaustive_search_on_a_small_space(setup):
+    analysis, predictor, importance = setup
+    options = allowed_counts(analysis, ALIGNMENT, 0.1)
+    budget = 0.55 * predictor.predict({}).total_ms
+    result = search_widths(analysis, predictor, importance, ALIGNMENT, budget)
+    from hwprune.importance.scores import retained
+
+    def objective(counts):
+        total = 0.0
+        for gid, n in counts.items():
+            cumulative = retained(importance.scores[gid])
+            total += math.log(cumulative[n] / cumulative[-1])
+        return total
+
+    ids = list(options)
+    best = max(objective(dict(zip(ids, combo))) for combo in itertools.product(*(options[g] for g in ids))
+               if predictor.predict(dict(zip(ids, combo))).total_ms <= budget)
+    # Linearised knapsack plus greedy repair: optimal here, and never better than the true optimum.
+    assert result.objective == pytest.approx(best)
+
+
+def test_infeasible_budget_names_the_smallest_latency(setup):
+    analysis, predictor, importance = setup
+    with pytest.raises(PlanError, match=r"smallest model this search allows is predicted at [0-9.]+ ms"):
+        search_widths(analysis, predictor, importance, ALIGNMENT, 1e-6)
+
+
+def test_plan_round_trips_and_reapplies_to_the_same_model(setup, tmp_path):
+    analysis, predictor, importance = setup
+    result = search_widths(analysis, predictor, importance, ALIGNMENT, 0.5 * predictor.predict({}).total_ms)
+    plan = build_plan(analysis, "cpu", "latency", 0.5, result, importance, predictor)
+    plan.save(tmp_path / "plan.json")
+    loaded = load_plan(tmp_path / "plan.json")
+    assert loaded == plan
+    pruned = []
+    for _ in range(2):
+        model, x = small_resnet()
+        pruned.append(apply_plan(loaded, analyze(model, x, "small_resnet")))
+    first, second = (m.state_dict() for m in pruned)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert sum(p.numel() for p in pruned[0].parameters()) < sum(p.numel() for p in small_resnet()[0].parameters())
+    for gid, decision in plan.groups.items():
+        assert decision.indices == select(importance.scores[gid], decision.keep)
+
+
+def test_malformed_plan_is_a_plan_error(tmp_path):
+    path = tmp_path / "plan.json"
+    path.write_text('{"format": "hwprune-plan/1", "groups": {}}')
+    with pytest.raises(PlanError, match="malformed plan"):
+        load_plan(path)
+    path.write_text("not json")
+    with pytest.raises(PlanError, match="not a JSON plan"):
+        load_plan(path)
