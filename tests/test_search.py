@@ -41,15 +41,15 @@ def knapsack_instances(draw):
 def test_knapsack_matches_brute_force(instance):
     values, costs, budget = instance
     feasible = [combo for combo in itertools.product(*(range(len(v)) for v in values))
-                if sum(c[i] for c, i in zip(costs, combo)) <= budget]
+                if sum(c[i] for c, i in zip(costs, combo, strict=True)) <= budget]
     picks = knapsack.solve(values, costs, budget, step=1)
     if not feasible:
         assert picks is None
         return
-    best = max(sum(v[i] for v, i in zip(values, combo)) for combo in feasible)
+    best = max(sum(v[i] for v, i in zip(values, combo, strict=True)) for combo in feasible)
     assert picks is not None
-    assert sum(c[i] for c, i in zip(costs, picks)) <= budget
-    assert sum(v[i] for v, i in zip(values, picks)) == pytest.approx(best)
+    assert sum(c[i] for c, i in zip(costs, picks, strict=True)) <= budget
+    assert sum(v[i] for v, i in zip(values, picks, strict=True)) == pytest.approx(best)
 
 
 @settings(max_examples=100, deadline=None)
@@ -58,7 +58,7 @@ def test_knapsack_never_exceeds_the_budget_on_a_coarse_grid(instance, step):
     values, costs, budget = instance
     picks = knapsack.solve(values, [[c * 0.37 for c in cs] for cs in costs], budget * 0.37, step)
     if picks is not None:
-        assert sum(c[i] * 0.37 for c, i in zip(costs, picks)) <= budget * 0.37 + 1e-9
+        assert sum(c[i] * 0.37 for c, i in zip(costs, picks, strict=True)) <= budget * 0.37 + 1e-9
 
 
 def synthetic_predictor(analysis):
@@ -112,8 +112,8 @@ def test_search_agrees_with_exhaustive_search_on_a_small_space(setup):
         return total
 
     ids = list(options)
-    best = max(objective(dict(zip(ids, combo))) for combo in itertools.product(*(options[g] for g in ids))
-               if predictor.predict(dict(zip(ids, combo))).total_ms <= budget)
+    best = max(objective(dict(zip(ids, combo, strict=True))) for combo in itertools.product(*(options[g] for g in ids))
+               if predictor.predict(dict(zip(ids, combo, strict=True))).total_ms <= budget)
     # Linearised knapsack plus greedy repair: optimal here, and never better than the true optimum.
     assert result.objective == pytest.approx(best)
 
