@@ -104,11 +104,13 @@ def test_search_agrees_with_exhaustive_search_on_a_small_space(setup):
     result = search_widths(analysis, predictor, importance, ALIGNMENT, budget)
     from hwprune.importance.scores import retained
 
+    sides = predictor.layer_sides()
+
     def objective(counts):
         total = 0.0
         for gid, n in counts.items():
             cumulative = retained(importance.scores[gid])
-            total += math.log(cumulative[n] / cumulative[-1])
+            total += sides[gid] * math.log(cumulative[n] / cumulative[-1])
         return total
 
     ids = list(options)

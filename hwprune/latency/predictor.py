@@ -134,6 +134,11 @@ class TablePredictor:
             all_exact &= exact
         return layers_ms, all_exact
 
+    def layer_sides(self) -> dict[str, int]:
+        """Per group, how many layer inputs and outputs it sizes (a depthwise layer counts once)."""
+        return {gid: sum((layer.in_group == gid and not layer.depthwise) + (layer.out_group == gid)
+                         for layer in touched) for gid, touched in self._touching.items()}
+
     def group_costs(self, keep: dict[str, int], group_id: str, counts: Sequence[int]) -> list[float]:
         """The predicted time of the layers ``group_id`` sizes (and its share of the rest) at each of
         ``counts``, every other group as in ``keep``: the group's latency contribution (HALP)."""

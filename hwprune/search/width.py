@@ -1,9 +1,12 @@
 """Choose how many channels each prunable group keeps, under a predicted-latency budget.
 
-Objective: the sum over groups of log(retained importance fraction). A signal passes through
-the groups one after another, so what survives is roughly the product of what each keeps; the
-log makes that a sum (a knapsack value) and never lets one group be starved to buy width
-elsewhere, while the latency side decides where removing channels pays.
+Objective: the sum over conv/linear layers of log(retained importance fraction) of their input
+channels and of their output channels, i.e. per group its log-fraction times the number of layer
+sides it sizes. A signal passes through the layers one after another, so what survives is roughly
+the product of what each keeps; the log makes that a sum (a knapsack value) and never lets one
+group be starved to buy width elsewhere, and counting layer sides stops a residual stream that
+sizes ten layers from being cut as lightly as one that sizes two. The latency side decides
+where removing channels pays.
 
 Latency is not a sum over groups (a layer's time depends on its input and its output group),
 so the search linearises it around the current widths, HALP-style: each group's contribution
@@ -60,7 +63,9 @@ def search_widths(analysis: Analysis, predictor: TablePredictor, importance: Imp
     started = time.perf_counter()
     options = allowed_counts(analysis, alignment, min_keep)
     repeats = {g.id: g.repeat for g in analysis.prunable()}
-    values = {gid: _log_fractions(importance.scores[gid], counts, repeats[gid]) for gid, counts in options.items()}
+    sides = predictor.layer_sides()
+    values = {gid: [sides.get(gid, 1) * v for v in _log_fractions(importance.scores[gid], counts, repeats[gid])]
+              for gid, counts in options.items()}
     full = {gid: counts[-1] for gid, counts in options.items()}
     baseline = predictor.predict({}).total_ms
     smallest = predictor.predict({gid: counts[0] for gid, counts in options.items()}).total_ms
