@@ -50,7 +50,8 @@ def uniform_pruned(model: nn.Module, x: torch.Tensor, ratio: float, round_to: in
     return pruned.eval()
 
 
-def measured_fraction(model: nn.Module, x: torch.Tensor, baseline_session, threads: int, level: str, tmp: Path) -> float:
+def measured_fraction(model: nn.Module, x: torch.Tensor, baseline_session, threads: int, level: str,
+                      tmp: Path) -> float:
     path = export_onnx(model, x, tmp / "uniform.onnx")
     session = make_session(str(path), threads, level)
     feeds = random_feeds(baseline_session)
