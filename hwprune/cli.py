@@ -91,6 +91,21 @@ def _parser() -> argparse.ArgumentParser:
     apply.add_argument("--out", required=True, metavar="DIR", help="output folder (pruned.onnx)")
     apply.set_defaults(run=_run_apply)
 
+    bench = sub.add_parser("bench", help="time an ONNX model; with a baseline, exit 1 on a latency regression")
+    bench.add_argument("onnx", metavar="MODEL.onnx", help="the model to time")
+    bench.add_argument("--target", default="cpu", help="device profile (default: cpu)")
+    bench.add_argument("--save", metavar="FILE", help="write the measurement record (JSON) to FILE")
+    reference = bench.add_mutually_exclusive_group()
+    reference.add_argument("--baseline", metavar="FILE", help="compare with a saved record (same host and settings)")
+    reference.add_argument("--baseline-model", metavar="OTHER.onnx",
+                           help="compare with another model timed in the same interleaved run (robust on noisy CI)")
+    bench.add_argument("--tolerance", type=float, default=0.05,
+                       help="allowed slowdown before exit 1 (default: 0.05 = 5%%)")
+    bench.add_argument("--allow-fingerprint-mismatch", action="store_true",
+                       help="compare with a record from another host or settings anyway")
+    bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    bench.set_defaults(run=_run_bench)
+
     devices = sub.add_parser("devices", help="list the device profiles (targets)")
     devices.add_argument("--json", action="store_true", help="print the profiles as JSON")
     devices.set_defaults(run=_run_devices)
@@ -262,6 +277,43 @@ def _run_apply(args: argparse.Namespace) -> int:
     print(f"applied {args.plan} ({len(plan.groups)} groups) to {analysis.name}: params {before / 1e6:.2f}M -> "
           f"{after / 1e6:.2f}M; wrote {path}")
     return 0
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hwprune import bench
+    from hwprune.targets import load_target
+
+    if not 0 <= args.tolerance < 10:
+        raise HwpruneError(f"--tolerance {args.tolerance}: must be in [0, 10)")
+    target = load_target(args.target)
+    model = Path(args.onnx)
+    verdict = None
+    if args.baseline_model:
+        verdict = bench.compare_models(model, Path(args.baseline_model), target, args.tolerance)
+        result = {"model": str(model), "baseline_model": args.baseline_model, **verdict.to_json()}
+        if args.save:
+            bench.save_record(result, Path(args.save))
+    else:
+        baseline = bench.load_record(Path(args.baseline)) if args.baseline else None
+        current = bench.record(model, target)
+        if args.save:
+            bench.save_record(current, Path(args.save))
+        result = dict(current)
+        if baseline is not None:
+            verdict = bench.compare_to_record(current, baseline, args.tolerance, args.allow_fingerprint_mismatch)
+            result["comparison"] = verdict.to_json()
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif verdict is None:
+        print(f"{model}: median {result['median_ms']:.3f} ms, p90 {result['p90_ms']:.3f} ms, "
+              f"spread {100 * result['spread']:.1f}% ({result['samples']} runs, {target.name})")
+    if verdict is not None and not args.json:
+        status = "REGRESSION" if verdict.regressed else "ok"
+        print(f"{status}: {model} {verdict.candidate_ms:.3f} ms vs baseline {verdict.baseline_ms:.3f} ms, ratio "
+              f"{verdict.ratio:.3f} (tolerance {1 + verdict.tolerance:.2f}, {verdict.method})")
+    return 1 if verdict is not None and verdict.regressed else 0
 
 
 def _run_devices(args: argparse.Namespace) -> int:

@@ -1,0 +1,134 @@
+"""``hwprune bench``: latency records of ONNX files, and regression checks for CI.
+
+Two forms of check. Against a saved record (``--baseline FILE``): only meaningful on the same
+host and runtime settings, so the fingerprints must match (or the caller overrides). Against
+another model in the same run (``--baseline-model OTHER.onnx``): both are timed interleaved
+(A B A B ...), so a noisy CI machine slows both alike; this is the robust form.
+
+Exit codes: 0 within tolerance, 1 regression, 2 bad input or incomparable records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from hwprune.errors import HwpruneError
+from hwprune.io import write_text_atomic
+from hwprune.latency.lut import host_fingerprint
+from hwprune.latency.measure import Timing, make_session, random_feeds, time_interleaved, time_session
+from hwprune.latency.profiler import require_local_runtime, runtime_settings
+from hwprune.targets import Target
+
+FORMAT = "hwprune-bench/1"
+# What must agree for two records' absolute times to be compared.
+FINGERPRINT_FIELDS = ("host", "runtime", "runtime_version", "threads", "graph_optimization_level")
+
+
+class BenchInputError(HwpruneError):
+    """A model or record that cannot be benchmarked or compared."""
+
+
+def fingerprint(target: Target) -> dict:
+    import onnxruntime as ort
+
+    threads, level = runtime_settings(target)
+    return {"target": target.name, "host": host_fingerprint(), "runtime": "onnxruntime",
+            "runtime_version": ort.__version__, "providers": ["CPUExecutionProvider"], "threads": threads,
+            "graph_optimization_level": level}
+
+
+def _session(path: Path, target: Target):
+    if not path.is_file():
+        raise BenchInputError(f"{path}: file not found")
+    threads, level = runtime_settings(target)
+    try:
+        return make_session(str(path), threads, level)
+    except HwpruneError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BenchInputError(f"{path}: not a loadable ONNX model ({first[:200]})") from exc
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _timing_json(timing: Timing) -> dict:
+    return {"median_ms": timing.median_ms, "p90_ms": timing.p90_ms, "p99_ms": timing.p99_ms,
+            "spread": timing.spread, "samples": timing.samples}
+
+
+def record(path: Path, target: Target, seconds: float = 2.0) -> dict:
+    """Time one ONNX file on this host with the target's settings: a self-describing record."""
+    require_local_runtime(target)
+    session = _session(path, target)
+    timing = time_session(session, random_feeds(session), warmup=10, min_runs=30, min_seconds=seconds)
+    return {"format": FORMAT, "model": str(path), "model_sha256": file_hash(path),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "fingerprint": fingerprint(target),
+            **_timing_json(timing)}
+
+
+def save_record(data: dict, path: Path) -> None:
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
+
+
+def load_record(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BenchInputError(f"{path}: baseline record not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BenchInputError(f"{path}: not a JSON bench record ({exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("median_ms"), int | float):
+        raise BenchInputError(f"{path}: not a {FORMAT} record")
+    return data
+
+
+@dataclass
+class Verdict:
+    ratio: float  # candidate / baseline latency
+    tolerance: float
+    baseline_ms: float
+    candidate_ms: float
+    method: str
+
+    @property
+    def regressed(self) -> bool:
+        return self.ratio > 1 + self.tolerance
+
+    def to_json(self) -> dict:
+        return {"ratio": self.ratio, "tolerance": self.tolerance, "baseline_ms": self.baseline_ms,
+                "candidate_ms": self.candidate_ms, "method": self.method, "regressed": self.regressed}
+
+
+def compare_to_record(current: dict, baseline: dict, tolerance: float, allow_mismatch: bool = False) -> Verdict:
+    """Candidate record vs a saved one; refuses records from other hosts or settings unless allowed."""
+    mismatched = [key for key in FINGERPRINT_FIELDS
+                  if current["fingerprint"].get(key) != baseline.get("fingerprint", {}).get(key)]
+    if mismatched and not allow_mismatch:
+        raise BenchInputError(f"baseline was measured under another {', '.join(mismatched)}; absolute times are not "
+                              "comparable (use --baseline-model for an interleaved comparison, or "
+                              "--allow-fingerprint-mismatch)")
+    return Verdict(current["median_ms"] / baseline["median_ms"], tolerance, baseline["median_ms"],
+                   current["median_ms"], "saved record")
+
+
+def compare_models(candidate: Path, baseline: Path, target: Target, tolerance: float, rounds: int = 40) -> Verdict:
+    """Both models timed in one interleaved run; the ratio is the median of per-round ratios."""
+    require_local_runtime(target)
+    sessions = [_session(baseline, target), _session(candidate, target)]
+    feeds = [random_feeds(s) for s in sessions]
+    if [i.shape for i in sessions[0].get_inputs()] != [i.shape for i in sessions[1].get_inputs()]:
+        raise BenchInputError(f"{candidate} and {baseline} take different inputs; they are not the same job")
+    result = time_interleaved(sessions, feeds, rounds=rounds)
+    return Verdict(result.ratios[1], tolerance, result.timings[0].median_ms, result.timings[1].median_ms,
+                   f"interleaved, {rounds} rounds")

@@ -1,0 +1,171 @@
+"""TensorRT engines from exported ONNX: build configuration, the equivalent trtexec commands, and
+(where TensorRT and a GPU are present) the build and a CUDA-event timing.
+
+``tensorrt`` and CUDA are imported only inside :func:`build_engine` and :func:`time_engine`, so
+hwprune imports and runs without them. Where they are missing, compile still writes the ONNX
+files and ``build_engine.sh`` with the trtexec lines to run on the device; no TensorRT number
+is ever produced here without TensorRT.
+
+Written against the TensorRT 10 Python API (JetPack 6 ships 10.3): explicit-batch networks,
+``set_memory_pool_limit``, ``build_serialized_network``, ``execute_async_v3``.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hwprune.errors import HwpruneError
+from hwprune.latency.measure import Timing
+from hwprune.targets import Target
+
+DEFAULT_WORKSPACE_MIB = 1024
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything a build needs, the same for the Python API and for trtexec."""
+
+    onnx: Path
+    engine: Path
+    input_name: str
+    input_shape: tuple[int, ...]
+    fp16: bool
+    sparse_weights: bool
+    workspace_mib: int
+    timing_cache: Path
+    max_batch: int | None = None  # None: static shapes; else an optimisation profile for batch 1..max_batch
+
+
+def engine_config(target: Target, onnx: Path, engine: Path, input_shape: tuple[int, ...], sparse: bool = False,
+                  max_batch: int | None = None, input_name: str = "input",
+                  workspace_mib: int = DEFAULT_WORKSPACE_MIB) -> EngineConfig:
+    """The build settings a target implies: its default dtype, and 2:4 sparse weights only where the
+    plan uses them and the device accelerates them."""
+    if sparse and not target.sparse_24:
+        raise HwpruneError(f"target {target.name} has no sparse tensor cores; a 2:4 plan gains nothing there")
+    dtype = target.default_dtype
+    if dtype not in ("fp16", "fp32"):
+        raise HwpruneError(f"target {target.name}: engines are built in fp32 or fp16, not {dtype}")
+    return EngineConfig(onnx, engine, input_name, tuple(input_shape), fp16=dtype == "fp16", sparse_weights=sparse, workspace_mib=workspace_mib,
+                        timing_cache=engine.parent / "timing.cache", max_batch=max_batch)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def trtexec_command(config: EngineConfig) -> list[str]:
+    """The trtexec invocation that builds and times the same engine as :func:`build_engine`."""
+    command = ["trtexec", f"--onnx={config.onnx}", f"--saveEngine={config.engine}",
+               f"--memPoolSize=workspace:{config.workspace_mib}", f"--timingCacheFile={config.timing_cache}"]
+    if config.fp16:
+        command.append("--fp16")
+    if config.sparse_weights:
+        command.append("--sparsity=enable")
+    if config.max_batch is not None:
+        rest = config.input_shape[1:]
+        command += [f"--minShapes={config.input_name}:{_shape((1, *rest))}",
+                    f"--optShapes={config.input_name}:{_shape(config.input_shape)}",
+                    f"--maxShapes={config.input_name}:{_shape((config.max_batch, *rest))}"]
+    command += ["--noDataTransfers", "--useSpinWait", "--duration=10"]
+    return command
+
+
+def build_script(configs: list[EngineConfig], reason: str) -> str:
+    """A shell script with the trtexec lines for each engine, for a machine that has TensorRT."""
+    lines = ["#!/bin/sh", f"# Engines were not built here: {reason}.",
+             "# Run on the target device (TensorRT's trtexec on PATH); each line builds one engine and prints its",
+             "# GPU compute time (median, p90, p99).", "set -e", 'cd "$(dirname "$0")"']
+    for config in configs:
+        relative = EngineConfig(**{**vars(config), "onnx": Path(config.onnx.name), "engine": Path(config.engine.name),
+                                   "timing_cache": Path(config.timing_cache.name)})
+        lines.append(shlex.join(trtexec_command(relative)))
+    return "\n".join(lines) + "\n"
+
+
+def unavailable_reason() -> str | None:
+    """Why engines cannot be built on this machine, or None when they can."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "TensorRT is not installed (pip install 'hwprune[trt]' on a machine with an NVIDIA GPU)"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible"
+    return None
+
+
+def build_engine(config: EngineConfig) -> Path:
+    """Build and save the engine with the TensorRT Python API, reusing and updating the timing cache."""
+    reason = unavailable_reason()
+    if reason is not None:
+        raise HwpruneError(f"cannot build a TensorRT engine: {reason}")
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(config.onnx.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise HwpruneError(f"TensorRT could not parse {config.onnx}: {errors}")
+    builder_config = builder.create_builder_config()
+    builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_mib << 20)
+    if config.fp16:
+        builder_config.set_flag(trt.BuilderFlag.FP16)
+    if config.sparse_weights:
+        builder_config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+    cached = config.timing_cache.read_bytes() if config.timing_cache.exists() else b""
+    builder_config.set_timing_cache(builder_config.create_timing_cache(cached), False)
+    if config.max_batch is not None:
+        rest = config.input_shape[1:]
+        profile = builder.create_optimization_profile()
+        profile.set_shape(config.input_name, (1, *rest), config.input_shape, (config.max_batch, *rest))
+        builder_config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, builder_config)
+    if serialized is None:
+        raise HwpruneError(f"TensorRT failed to build an engine from {config.onnx}")
+    config.engine.write_bytes(bytes(serialized))
+    config.timing_cache.write_bytes(bytes(builder_config.get_timing_cache().serialize()))
+    return config.engine
+
+
+def time_engine(engine_path: Path, input_shape: tuple[int, ...], warmup: int = 20, runs: int = 200) -> Timing:
+    """GPU compute time per inference from CUDA events around ``execute_async_v3`` (no host copies)."""
+    reason = unavailable_reason()
+    if reason is not None:
+        raise HwpruneError(f"cannot time a TensorRT engine: {reason}")
+    import tensorrt as trt
+    import torch
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(engine_path.read_bytes())
+    context = engine.create_execution_context()
+    buffers = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+            context.set_input_shape(name, input_shape)
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        dtype = torch.from_numpy(np.empty(0, dtype=trt.nptype(engine.get_tensor_dtype(name)))).dtype
+        tensor = torch.randn(tuple(context.get_tensor_shape(name)), device="cuda").to(dtype)
+        buffers.append(tensor)
+        context.set_tensor_address(name, tensor.data_ptr())
+    stream = torch.cuda.Stream()
+    times = []
+    with torch.cuda.stream(stream):
+        for n in range(warmup + runs):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(stream)
+            context.execute_async_v3(stream.cuda_stream)
+            end.record(stream)
+            end.synchronize()
+            if n >= warmup:
+                times.append(start.elapsed_time(end))
+    return Timing.of(times)
