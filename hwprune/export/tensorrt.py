@@ -50,7 +50,8 @@ def engine_config(target: Target, onnx: Path, engine: Path, input_shape: tuple[i
     dtype = target.default_dtype
     if dtype not in ("fp16", "fp32"):
         raise HwpruneError(f"target {target.name}: engines are built in fp32 or fp16, not {dtype}")
-    return EngineConfig(onnx, engine, input_name, tuple(input_shape), fp16=dtype == "fp16", sparse_weights=sparse, workspace_mib=workspace_mib,
+    return EngineConfig(onnx, engine, input_name, tuple(input_shape), fp16=dtype == "fp16", sparse_weights=sparse,
+                        workspace_mib=workspace_mib,
                         timing_cache=engine.parent / "timing.cache", max_batch=max_batch)
 
 
