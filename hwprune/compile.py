@@ -45,10 +45,11 @@ from hwprune.latency.predictor import TablePredictor
 from hwprune.latency.profiler import runtime_settings
 from hwprune.models import LoadedModel
 from hwprune.plan import Plan, apply_plan, build_plan
+from hwprune.report import markdown, write_plots
 from hwprune.search.width import SearchResult, search_widths
 from hwprune.targets import Target
 
-ARTEFACTS = ("report.json", "plan.json", "baseline.onnx", "pruned.onnx")
+ARTEFACTS = ("report.json", "report.md", "plan.json", "baseline.onnx", "pruned.onnx", "plots")
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def compile_model(loaded: LoadedModel, options: Options, out_dir: str | Path, co
     stage = Path(tempfile.mkdtemp(dir=out, prefix=".partial-"))
     try:
         report = _compile(loaded, options, stage, console)
-        for name in ARTEFACTS[1:] + ARTEFACTS[:1]:  # report.json last
+        for name in ARTEFACTS[1:] + ARTEFACTS[:1]:  # report.json last: its presence means finished
             os.replace(stage / name, out / name)
         return report
     finally:
@@ -126,7 +127,10 @@ def _prepare(out: Path) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
         for name in ARTEFACTS:
-            (out / name).unlink(missing_ok=True)
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+            else:
+                (out / name).unlink(missing_ok=True)
     except OSError as exc:
         raise HwpruneError(f"cannot write to {out}: {exc.strerror or exc}") from exc
     if not os.access(out, os.W_OK):
@@ -195,6 +199,13 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     chosen.plan.save(stage / "plan.json")
     report = _report(loaded, analysis, options, chosen, final, verification, quality, calibration.source,
                      importance, attempts, fraction, table.provenance, time.perf_counter() - started)
+    report["layers"] = _layer_rows(predictor, chosen.search.counts)
+    report["groups"] = [{"id": gid, "keep": d.keep, "of": d.of} for gid, d in chosen.plan.groups.items()]
+    report["search"]["baseline_predicted_ms"] = baseline_predicted
+    report["engine"] = {"path": None, "reason": f"target {target.name} runs {target.runtime}, not TensorRT"}
+    with step("plots and report.md"):
+        write_plots(report, stage / "plots")
+        write_text_atomic(stage / "report.md", markdown(report))
     write_text_atomic(stage / "report.json", json.dumps(report, indent=1) + "\n")
     return report
 
@@ -211,6 +222,12 @@ def _attempt(analysis: Analysis, predictor: TablePredictor, importance: Importan
     onnx_path = export_onnx(model, x, stage / f"pruned-round{number}.onnx")
     comparison = time_interleaved([baseline_session, _session(onnx_path, target)], [feeds, feeds], rounds=12)
     return Attempt(result, plan, model, onnx_path, comparison)
+
+
+def _layer_rows(predictor: TablePredictor, counts: dict[str, int]) -> list[dict]:
+    before, after = predictor.predict({}).layers_ms, predictor.predict(counts).layers_ms
+    return [{"name": name, "baseline_predicted_ms": before[name], "pruned_predicted_ms": after[name]}
+            for name in before]
 
 
 def _choose(attempts: list[Attempt], fraction: float, tolerance: float) -> Attempt:

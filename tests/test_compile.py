@@ -25,8 +25,16 @@ def compiled(tmp_path_factory):
 def test_compile_writes_a_verified_measured_report(compiled):
     code, out, _cache = compiled
     assert code == 0
-    assert {p.name for p in out.iterdir()} == {"report.json", "plan.json", "baseline.onnx", "pruned.onnx"}
+    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "plan.json", "baseline.onnx",
+                                                "pruned.onnx", "plots"}
+    for plot in ("layer_latency.png", "channels_kept.png", "predicted_vs_measured.png"):
+        assert (out / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((out / "report.json").read_text())
+    assert len(report["layers"]) == 6 and {g["id"] for g in report["groups"]} == {"3.body.0", "4.body.0", "4.body.3"}
+    assert any(r["pruned_predicted_ms"] < r["baseline_predicted_ms"] for r in report["layers"])
+    assert report["engine"]["path"] is None and "onnxruntime" in report["engine"]["reason"]
+    text = (out / "report.md").read_text()
+    assert "Measured speedup" in text and "Verification" in text and "plots/channels_kept.png" in text
     for side in ("baseline", "pruned"):
         assert set(report[side]["latency_ms"]) >= {"median", "p90"}
         assert report[side]["flops"] > 0 and report[side]["params"] > 0
@@ -46,6 +54,29 @@ def test_apply_reproduces_the_compiled_model(compiled, tmp_path, capsys):
     outputs = [ort.InferenceSession(str(path)).run(None, {"input": x})[0]
                for path in (out / "pruned.onnx", tmp_path / "pruned.onnx")]
     np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_interrupted_compile_leaves_nothing_that_looks_finished(tmp_path, monkeypatch, capsys):
+    import hwprune.compile as compile_module
+
+    monkeypatch.setenv("HWPRUNE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "report.json").write_text("{}")  # from an earlier compile
+
+    def interrupt(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compile_module, "verify_onnx", interrupt)
+    assert main(["compile", MODEL, "--latency", "0.6", "--refine", "0", "--out", str(tmp_path / "out")]) == 130
+    assert capsys.readouterr().err.strip().endswith("hwprune: interrupted")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_unwritable_output_is_one_clear_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["compile", MODEL, "--latency", "0.6", "--out", str(blocker / "out")]) == 2
+    assert "cannot write to" in capsys.readouterr().err
 
 
 def test_infeasible_budget_is_a_clear_error(compiled, tmp_path, capsys, monkeypatch):

@@ -1,0 +1,114 @@
+"""The human side of a compile report: ``report.md`` and PNG plots (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PLOTS = ("layer_latency.png", "channels_kept.png", "predicted_vs_measured.png")
+
+
+def write_plots(report: dict, folder: Path) -> list[Path]:
+    """Per-layer predicted latency before/after, channels kept per group, predicted vs measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    layers = report["layers"]
+    fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(layers)), 4))
+    positions = range(len(layers))
+    ax.bar([p - 0.2 for p in positions], [r["baseline_predicted_ms"] for r in layers], 0.4, label="baseline")
+    ax.bar([p + 0.2 for p in positions], [r["pruned_predicted_ms"] for r in layers], 0.4, label="pruned")
+    ax.set_xticks(list(positions), [r["name"] for r in layers], rotation=90, fontsize=6)
+    ax.set_ylabel("predicted ms (in-model, calibrated)")
+    ax.set_title(f"{report['model']} on {report['target']}: per-layer latency")
+    ax.legend()
+    fig.tight_layout()
+    written.append(_save(fig, folder / PLOTS[0], plt))
+
+    groups = report["groups"]
+    fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(groups)), 4))
+    ax.bar(range(len(groups)), [g["of"] for g in groups], color="lightgray", label="channels")
+    ax.bar(range(len(groups)), [g["keep"] for g in groups], label="kept")
+    ax.set_xticks(range(len(groups)), [g["id"] for g in groups], rotation=90, fontsize=6)
+    ax.set_ylabel("channels (heads for attention)")
+    ax.set_title("channels kept per group")
+    ax.legend()
+    fig.tight_layout()
+    written.append(_save(fig, folder / PLOTS[1], plt))
+
+    attempts = report["search"]["attempts"]
+    baseline_predicted = report["search"]["baseline_predicted_ms"]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    predicted = [a["predicted_ms"] / baseline_predicted for a in attempts]
+    measured = [a["measured_fraction"] for a in attempts]
+    ax.scatter(predicted, measured, label="search rounds")
+    ax.scatter([1 / report["speedup"]["predicted"]], [1 / report["speedup"]["measured"]], marker="*", s=200,
+               label="chosen (final measurement)")
+    low, high = 0.0, 1.05 * max(predicted + measured + [1.0])
+    ax.plot([low, high], [low, high], "k--", linewidth=0.8, label="predicted = measured")
+    ax.axhline(report["budget"]["latency_fraction"], color="red", linewidth=0.8, label="requested")
+    ax.set_xlabel("predicted latency / baseline")
+    ax.set_ylabel("measured latency / baseline (interleaved)")
+    ax.set_title("predicted vs measured")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    written.append(_save(fig, folder / PLOTS[2], plt))
+    return written
+
+
+def _save(fig, path: Path, plt) -> Path:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def markdown(report: dict) -> str:
+    """A summary a new user can read: what was asked, what was measured, how far to trust it."""
+    base, pruned = report["baseline"], report["pruned"]
+    fid, verify, speed = report["fidelity"], report["verify"], report["speedup"]
+    top1 = "n/a" if fid["top1_agreement"] is None else f"{100 * fid['top1_agreement']:.1f}%"
+    budget = report["budget"]
+    lines = [
+        f"# hwprune report: {report['model']} on {report['target']}",
+        "",
+        f"Requested: {budget['kind']} {budget['value']:g} (latency at most {budget['latency_fraction']:.3f} of the "
+        "baseline).",
+        "",
+        "| | baseline | pruned |",
+        "|---|---:|---:|",
+        f"| latency median (ms) | {base['latency_ms']['median']:.3f} | {pruned['latency_ms']['median']:.3f} |",
+        f"| latency p90 (ms) | {base['latency_ms']['p90']:.3f} | {pruned['latency_ms']['p90']:.3f} |",
+        f"| GFLOPs | {base['flops'] / 1e9:.3f} | {pruned['flops'] / 1e9:.3f} |",
+        f"| parameters (M) | {base['params'] / 1e6:.3f} | {pruned['params'] / 1e6:.3f} |",
+        "",
+        f"**Measured speedup {speed['measured']:.2f}x** (predicted {speed['predicted']:.2f}x; spread of the per-round "
+        f"ratio {100 * speed['measured_ratio_spread']:.1f}%). Measured here with {report['measurement']['runtime']}, "
+        f"{report['measurement']['threads']} thread(s), {report['measurement']['graph_optimization_level']}: "
+        f"{report['measurement']['method']}.",
+        "",
+        f"**Verification**: the exported `pruned.onnx` matches the pruned PyTorch model on {verify['inputs']} random "
+        f"inputs: max abs error {verify['max_abs_err']:.3g} (atol {verify['atol']:g}, rtol {verify['rtol']:g}): "
+        f"{'pass' if verify['ok'] else 'FAIL'}.",
+        "",
+        f"**Fidelity** to the unpruned model on {fid['samples']} samples ({fid['inputs']}): mean output cosine "
+        f"{fid['cosine']:.4f}, top-1 agreement {top1}. Without real calibration data this is measured on noise; "
+        "fine-tune or validate on real data before deploying.",
+        "",
+        f"**Engine**: {report['engine']['path'] or 'not built'}"
+        + (f" ({report['engine']['reason']})" if report["engine"]["reason"] else "") + ".",
+        "",
+        f"Search: importance {report['search']['importance']}, {report['search']['groups']} groups, "
+        f"{len(report['search']['attempts'])} round(s) of search + measurement.",
+        "",
+        "| round | predicted budget (ms) | predicted (ms) | measured latency fraction |",
+        "|---:|---:|---:|---:|",
+    ]
+    for n, attempt in enumerate(report["search"]["attempts"], 1):
+        lines.append(f"| {n} | {attempt['predicted_budget_ms']:.3f} | {attempt['predicted_ms']:.3f} | "
+                     f"{attempt['measured_fraction']:.3f} |")
+    lines += ["", "Plots: " + ", ".join(f"![{name}](plots/{name})" for name in PLOTS), ""]
+    return "\n".join(lines)
