@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from hwprune.environment import fingerprint
 from hwprune.errors import HwpruneError
 from hwprune.io import write_text_atomic
-from hwprune.latency.lut import host_fingerprint
 from hwprune.latency.measure import Timing, make_session, random_feeds, time_interleaved, time_session
 from hwprune.latency.profiler import require_local_runtime, runtime_settings
 from hwprune.targets import Target
@@ -30,15 +30,6 @@ FINGERPRINT_FIELDS = ("host", "runtime", "runtime_version", "threads", "graph_op
 
 class BenchInputError(HwpruneError):
     """A model or record that cannot be benchmarked or compared."""
-
-
-def fingerprint(target: Target) -> dict:
-    import onnxruntime as ort
-
-    threads, level = runtime_settings(target)
-    return {"target": target.name, "host": host_fingerprint(), "runtime": "onnxruntime",
-            "runtime_version": ort.__version__, "providers": ["CPUExecutionProvider"], "threads": threads,
-            "graph_optimization_level": level}
 
 
 def _session(path: Path, target: Target):

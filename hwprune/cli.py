@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="glob of layer names whose channels must stay (repeatable)")
     compile_.add_argument("--refine", type=int, default=2, metavar="N",
                           help="re-searches when the measured latency misses the budget (default: 2)")
+    compile_.add_argument("--dynamic-batch", action="store_true", help="export with a symbolic batch axis")
+    compile_.add_argument("--atol", type=float, default=1e-4, help="ONNX verification absolute tolerance (1e-4)")
+    compile_.add_argument("--rtol", type=float, default=1e-3, help="ONNX verification relative tolerance (1e-3)")
     compile_.add_argument("--lut", metavar="FILE", help="latency table (default: the cache)")
     compile_.add_argument("--out", required=True, metavar="DIR", help="output folder")
     compile_.set_defaults(run=_run_compile)
@@ -236,6 +239,8 @@ def _run_compile(args: argparse.Namespace) -> int:
         budget = Budget("ms", args.budget_ms)
     if not 0 < args.min_keep <= 1:
         raise HwpruneError(f"--min-keep {args.min_keep}: must be in (0, 1]")
+    if args.atol < 0 or args.rtol < 0:
+        raise HwpruneError("--atol and --rtol must be >= 0")
     if args.refine < 0:
         raise HwpruneError(f"--refine {args.refine}: must be >= 0")
     target = load_target(args.target)
@@ -244,7 +249,8 @@ def _run_compile(args: argparse.Namespace) -> int:
 
         require_local_runtime(target)
     options = Options(target, budget, args.importance, args.calib_data, args.min_keep,
-                      Path(args.lut) if args.lut else None, args.refine, exclude=tuple(args.exclude))
+                      Path(args.lut) if args.lut else None, args.refine, exclude=tuple(args.exclude),
+                      atol=args.atol, rtol=args.rtol, dynamic_batch=args.dynamic_batch)
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     loaded = load_model(args.model, shape, args.weights)
     report = compile_model(loaded, options, args.out, Console(stderr=True))

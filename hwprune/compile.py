@@ -33,11 +33,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hwprune import __version__
 from hwprune.calibration import fidelity, load_calibration
+from hwprune.environment import fingerprint
 from hwprune.errors import HwpruneError, PlanError
-from hwprune.export.onnx_export import export_onnx
+from hwprune.export.onnx_export import ONNX_OPSET, export_onnx, slim_available
 from hwprune.export.verify import DEFAULT_ATOL, DEFAULT_RTOL, verify_onnx
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.importance.scores import Importance, score_groups
+from hwprune.importance.sensitivity import group_sensitivity
 from hwprune.io import write_text_atomic
 from hwprune.latency.measure import Comparison, make_session, random_feeds, time_interleaved, time_session
 from hwprune.latency.model_latency import open_table, predictor_for, profile_model
@@ -94,6 +96,7 @@ class Options:
     exclude: tuple[str, ...] = ()
     atol: float = DEFAULT_ATOL
     rtol: float = DEFAULT_RTOL
+    dynamic_batch: bool = False
 
 
 @dataclass
@@ -153,12 +156,14 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
         table.save(table_path)
     console.print(f"  latency table {table_path}: {new} new measurements")
     predictor = predictor_for(analysis, table, target)
-    with step("score"):
+    with step("score"), Progress(console=console, transient=True) as progress:
         if calibration.random:
             console.print("  [yellow]warning:[/yellow] no --calib-data: importance and fidelity use random inputs")
         importance = score_groups(analysis, options.importance, calibration.batches)
+        sensitivity = group_sensitivity(analysis, importance, calibration.batches[0], progress)
     with step("export baseline"):
-        baseline_onnx = export_onnx(analysis.model, x, stage / "baseline.onnx")
+        baseline_onnx = export_onnx(analysis.model, x, stage / "baseline.onnx", options.dynamic_batch,
+                                    slim_available())
         baseline_session = _session(baseline_onnx, target)
         feeds = random_feeds(baseline_session)
         baseline_alone = time_session(baseline_session, feeds, warmup=3, min_runs=10, min_seconds=0.5)
@@ -169,8 +174,8 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     for round_number in range(options.refine + 1):
         with step(f"search + prune + measure (round {round_number + 1}, predicted budget {predicted_budget:.3g} ms)"):
             try:
-                attempt = _attempt(analysis, predictor, importance, options, predicted_budget, baseline_session,
-                                   feeds, stage, round_number)
+                attempt = _attempt(analysis, predictor, importance, sensitivity, options, predicted_budget,
+                                   baseline_session, feeds, stage, round_number)
             except PlanError:
                 if not attempts:
                     raise
@@ -186,8 +191,7 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     for attempt in attempts:
         attempt.onnx.unlink(missing_ok=True)
     with step("verify"):
-        verify_inputs = [torch.randn(x.shape, generator=torch.Generator().manual_seed(s)) for s in range(3)] \
-            if x.is_floating_point() else [x]
+        verify_inputs = _verify_inputs(x, options.dynamic_batch)
         verification = verify_onnx(chosen.model, stage / "pruned.onnx", verify_inputs, options.atol, options.rtol)
         quality = fidelity(analysis.model, chosen.model, calibration.batches)
     if not verification.ok:
@@ -200,8 +204,11 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     report = _report(loaded, analysis, options, chosen, final, verification, quality, calibration.source,
                      importance, attempts, fraction, table.provenance, time.perf_counter() - started)
     report["layers"] = _layer_rows(predictor, chosen.search.counts)
-    report["groups"] = [{"id": gid, "keep": d.keep, "of": d.of} for gid, d in chosen.plan.groups.items()]
+    report["groups"] = [{"id": gid, "keep": d.keep, "of": d.of, "sensitivity": sensitivity[gid]}
+                        for gid, d in chosen.plan.groups.items()]
     report["search"]["baseline_predicted_ms"] = baseline_predicted
+    report["export"] = {"opset": ONNX_OPSET, "dynamic_batch": options.dynamic_batch, "slimmed": slim_available()}
+    report["fingerprint"] = fingerprint(target)
     report["engine"] = {"path": None, "reason": f"target {target.name} runs {target.runtime}, not TensorRT"}
     with step("plots and report.md"):
         write_plots(report, stage / "plots")
@@ -210,18 +217,27 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     return report
 
 
-def _attempt(analysis: Analysis, predictor: TablePredictor, importance: Importance, options: Options,
-             predicted_budget: float, baseline_session: object, feeds: dict, stage: Path, number: int) -> Attempt:
+def _attempt(analysis: Analysis, predictor: TablePredictor, importance: Importance, sensitivity: dict[str, float],
+             options: Options, predicted_budget: float, baseline_session: object, feeds: dict, stage: Path,
+             number: int) -> Attempt:
     target, x = options.target, analysis.capture.example_input
     result = search_widths(analysis, predictor, importance, target.channel_alignment, predicted_budget,
-                           options.min_keep)
+                           options.min_keep, weights=sensitivity)
     plan = build_plan(analysis, options.target.name, options.budget.kind, options.budget.value, result, importance,
                       predictor)
     fresh = analyze(copy.deepcopy(analysis.model), x, analysis.name, strict=False)
     model = apply_plan(plan, fresh).eval()
-    onnx_path = export_onnx(model, x, stage / f"pruned-round{number}.onnx")
+    onnx_path = export_onnx(model, x, stage / f"pruned-round{number}.onnx", options.dynamic_batch, slim_available())
     comparison = time_interleaved([baseline_session, _session(onnx_path, target)], [feeds, feeds], rounds=12)
     return Attempt(result, plan, model, onnx_path, comparison)
+
+
+def _verify_inputs(x: torch.Tensor, dynamic_batch: bool) -> list[torch.Tensor]:
+    """Fresh seeded inputs of the example's shape (and a batch of 3 when the batch axis is dynamic)."""
+    if not x.is_floating_point():
+        return [x]
+    shapes = [tuple(x.shape)] * 3 + ([(3, *x.shape[1:])] if dynamic_batch else [])
+    return [torch.randn(shape, generator=torch.Generator().manual_seed(n)) for n, shape in enumerate(shapes)]
 
 
 def _layer_rows(predictor: TablePredictor, counts: dict[str, int]) -> list[dict]:

@@ -1,7 +1,15 @@
-"""ONNX export: static shapes, one opset for onnxruntime and TensorRT 10.3, written atomically."""
+"""ONNX export: one opset for onnxruntime and TensorRT 10.3, static shapes unless asked, written atomically.
+
+With ``dynamic_batch`` the first axis of input and output is symbolic (TensorRT then needs an
+optimisation profile, which the engine config adds). With onnxslim installed (``hwprune[slim]``)
+the graph is cleaned up (constant folding, dead nodes) after export; the compile verifies the
+file that is finally written. Weights stay inside the one file: the TorchScript exporter only
+moves them to external data for models over 2 GB, beyond what hwprune targets.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 import warnings
@@ -16,19 +24,36 @@ from hwprune.errors import HwpruneError
 ONNX_OPSET = 17
 
 
-def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path) -> Path:
+def slim_available() -> bool:
+    return importlib.util.find_spec("onnxslim") is not None
+
+
+def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path, dynamic_batch: bool = False,
+                slim: bool = False) -> Path:
     """Export ``model`` on ``example_input`` (TorchScript exporter) to ``path``; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model.eval(), (example_input,), tmp, opset_version=ONNX_OPSET, dynamo=False,
-                              input_names=["input"], output_names=["output"])
+                              input_names=["input"], output_names=["output"], dynamic_axes=axes)
+        if slim:
+            _slim(Path(tmp))
         os.replace(tmp, path)
-    except Exception as exc:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise HwpruneError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        if not isinstance(exc, Exception):
+            raise
+        raise HwpruneError(f"ONNX export failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}") from exc
     return path
+
+
+def _slim(path: Path) -> None:
+    import onnx
+    import onnxslim
+
+    onnx.save(onnxslim.slim(str(path)), str(path))

@@ -1,12 +1,12 @@
 """Choose how many channels each prunable group keeps, under a predicted-latency budget.
 
-Objective: the sum over conv/linear layers of log(retained importance fraction) of their input
-channels and of their output channels, i.e. per group its log-fraction times the number of layer
-sides it sizes. A signal passes through the layers one after another, so what survives is roughly
-the product of what each keeps; the log makes that a sum (a knapsack value) and never lets one
-group be starved to buy width elsewhere, and counting layer sides stops a residual stream that
-sizes ten layers from being cut as lightly as one that sizes two. The latency side decides
-where removing channels pays.
+Objective: the sum over groups of weight x log(retained importance fraction). A signal passes
+through the groups one after another, so what survives is roughly the product of what each
+keeps; the log makes that a sum (a knapsack value) and never lets one group be starved to buy
+width elsewhere. The weight says how much a group matters: its measured sensitivity
+(``importance.sensitivity``) when given, else the number of layer inputs and outputs it sizes
+(so a residual stream that sizes ten layers is not cut as lightly as a group that sizes two).
+The latency side decides where removing channels pays.
 
 Latency is not a sum over groups (a layer's time depends on its input and its output group),
 so the search linearises it around the current widths, HALP-style: each group's contribution
@@ -58,13 +58,13 @@ def allowed_counts(analysis: Analysis, alignment: int, min_keep: float) -> dict[
 
 
 def search_widths(analysis: Analysis, predictor: TablePredictor, importance: Importance, alignment: int,
-                  budget_ms: float, min_keep: float = 0.1) -> SearchResult:
+                  budget_ms: float, min_keep: float = 0.1, weights: dict[str, float] | None = None) -> SearchResult:
     """Keep counts maximising the objective with predicted latency <= ``budget_ms``."""
     started = time.perf_counter()
     options = allowed_counts(analysis, alignment, min_keep)
     repeats = {g.id: g.repeat for g in analysis.prunable()}
-    sides = predictor.layer_sides()
-    values = {gid: [sides.get(gid, 1) * v for v in _log_fractions(importance.scores[gid], counts, repeats[gid])]
+    weights = weights or {gid: float(n) for gid, n in predictor.layer_sides().items()}
+    values = {gid: [weights.get(gid, 1.0) * v for v in _log_fractions(importance.scores[gid], counts, repeats[gid])]
               for gid, counts in options.items()}
     full = {gid: counts[-1] for gid, counts in options.items()}
     baseline = predictor.predict({}).total_ms

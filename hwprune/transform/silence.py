@@ -1,0 +1,56 @@
+"""Silence channels without removing them: zero the producer weights that create them.
+
+A silenced channel outputs exactly 0, which is what physical removal computes, so silencing
+lets a caller see a pruned model's output without surgery (sensitivity analysis), and lets
+the tests check that surgery against it. The returned function restores the weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from hwprune.graph.analyze import Analysis
+from hwprune.graph.attention import HeadAttention
+from hwprune.graph.capture import tolerant_index_mapping
+from hwprune.graph.groups import ChannelGroup
+
+
+@torch.no_grad()
+def silence_channels(analysis: Analysis, group: ChannelGroup, dropped: Sequence[int]) -> Callable[[], None]:
+    """Zero every producer weight of ``dropped`` channels of ``group``; returns the undo."""
+    dropped = sorted(dropped)
+    if not dropped:
+        return lambda: None
+    targets: list[tuple[torch.Tensor, list[int]]] = []
+    if group.kind == "heads":
+        attention = analysis.model.get_submodule(group.id.removesuffix(":heads"))
+        assert isinstance(attention, HeadAttention)
+        rows = [h * attention.head_dim + d for h in dropped for d in range(attention.head_dim)]
+        targets = [(p, rows) for p in (attention.v_proj.weight, attention.v_proj.bias) if p is not None]
+    else:
+        graph = analysis.capture.dependency_graph
+        root = analysis.model.get_submodule(group.id)
+        with tolerant_index_mapping(graph.hwprune_unmapped):
+            pruning_group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels,
+                                                    dropped)
+        for dep, idxs in pruning_group:
+            module = dep.target.module
+            if not graph.is_out_channel_pruning_fn(dep.handler) or not isinstance(module, nn.Module):
+                continue
+            for name in ("weight", "bias"):
+                param = getattr(module, name, None)
+                if isinstance(param, torch.Tensor):
+                    targets.append((param, list(idxs)))
+    saved = [(param, idxs, param[idxs].clone()) for param, idxs in targets]
+    for param, idxs in targets:
+        param[idxs] = 0
+
+    @torch.no_grad()
+    def restore() -> None:
+        for param, idxs, values in reversed(saved):
+            param[idxs] = values
+
+    return restore
