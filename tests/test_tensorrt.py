@@ -63,3 +63,16 @@ def test_engine_builds_and_times_on_a_gpu(tmp_path):
     config = engine_config(load_target("t4"), onnx, tmp_path / "m.engine", (1, 3, 32, 32))
     assert build_engine(config).exists() and config.timing_cache.exists()
     assert time_engine(config.engine, (1, 3, 32, 32)).median_ms > 0
+
+
+def test_engine_code_needs_no_torch():
+    """The on-device kit runs where JetPack has TensorRT but no torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nsys.modules['torch'] = None\n"
+            "from hwprune.export.tensorrt import build_script, engine_config, unavailable_reason\n"
+            "from hwprune.targets import load_target\n"
+            "print(unavailable_reason())\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-500:]

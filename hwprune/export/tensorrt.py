@@ -88,15 +88,34 @@ def build_script(configs: list[EngineConfig], reason: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cudart():
+    """cuda-python's runtime bindings (the module moved in cuda-python 12.6)."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        from cuda import cudart as runtime
+    return runtime
+
+
+def _check(result: tuple) -> object:
+    error, *values = result
+    if int(error) != 0:
+        raise HwpruneError(f"CUDA call failed: {error}")
+    return values[0] if len(values) == 1 else values
+
+
 def unavailable_reason() -> str | None:
     """Why engines cannot be built on this machine, or None when they can."""
     try:
         import tensorrt  # noqa: F401
     except ImportError:
         return "TensorRT is not installed (pip install 'hwprune[trt]' on a machine with an NVIDIA GPU)"
-    import torch
-
-    if not torch.cuda.is_available():
+    try:
+        runtime = _cudart()
+    except ImportError:
+        return "cuda-python is not installed (pip install 'hwprune[trt]')"
+    error, count = runtime.cudaGetDeviceCount()
+    if int(error) != 0 or count == 0:
         return "no CUDA GPU is visible"
     return None
 
@@ -137,36 +156,44 @@ def build_engine(config: EngineConfig) -> Path:
 
 
 def time_engine(engine_path: Path, input_shape: tuple[int, ...], warmup: int = 20, runs: int = 200) -> Timing:
-    """GPU compute time per inference from CUDA events around ``execute_async_v3`` (no host copies)."""
+    """GPU compute time per inference from CUDA events around ``execute_async_v3`` (no host copies).
+
+    Uses TensorRT and cuda-python only (no torch), so it runs on a device with a bare JetPack.
+    """
     reason = unavailable_reason()
     if reason is not None:
         raise HwpruneError(f"cannot time a TensorRT engine: {reason}")
     import tensorrt as trt
-    import torch
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    engine = trt.Runtime(logger).deserialize_cuda_engine(engine_path.read_bytes())
+    cudart = _cudart()
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(engine_path.read_bytes())
     context = engine.create_execution_context()
-    buffers = []
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    for name in names:
         if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
             context.set_input_shape(name, input_shape)
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        dtype = torch.from_numpy(np.empty(0, dtype=trt.nptype(engine.get_tensor_dtype(name)))).dtype
-        tensor = torch.randn(tuple(context.get_tensor_shape(name)), device="cuda").to(dtype)
-        buffers.append(tensor)
-        context.set_tensor_address(name, tensor.data_ptr())
-    stream = torch.cuda.Stream()
-    times = []
-    with torch.cuda.stream(stream):
+    buffers = []
+    stream = _check(cudart.cudaStreamCreate())
+    start, end = _check(cudart.cudaEventCreate()), _check(cudart.cudaEventCreate())
+    try:
+        for name in names:
+            itemsize = np.dtype(trt.nptype(engine.get_tensor_dtype(name))).itemsize
+            size = int(np.prod(context.get_tensor_shape(name))) * itemsize
+            buffers.append(_check(cudart.cudaMalloc(max(size, 1))))
+            context.set_tensor_address(name, int(buffers[-1]))
+        times = []
         for n in range(warmup + runs):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record(stream)
-            context.execute_async_v3(stream.cuda_stream)
-            end.record(stream)
-            end.synchronize()
+            _check(cudart.cudaEventRecord(start, stream))
+            if not context.execute_async_v3(int(stream)):
+                raise HwpruneError(f"TensorRT failed to run {engine_path}")
+            _check(cudart.cudaEventRecord(end, stream))
+            _check(cudart.cudaEventSynchronize(end))
             if n >= warmup:
-                times.append(start.elapsed_time(end))
+                times.append(float(_check(cudart.cudaEventElapsedTime(start, end))))
+    finally:
+        for pointer in buffers:
+            cudart.cudaFree(pointer)
+        cudart.cudaEventDestroy(start)
+        cudart.cudaEventDestroy(end)
+        cudart.cudaStreamDestroy(stream)
     return Timing.of(times)
