@@ -244,25 +244,33 @@ def _run_compile(args: argparse.Namespace) -> int:
     if args.refine < 0:
         raise HwpruneError(f"--refine {args.refine}: must be >= 0")
     target = load_target(args.target)
-    if target.runtime != "onnxruntime":
-        from hwprune.latency.profiler import require_local_runtime
-
-        require_local_runtime(target)
     options = Options(target, budget, args.importance, args.calib_data, args.min_keep,
                       Path(args.lut) if args.lut else None, args.refine, exclude=tuple(args.exclude),
                       atol=args.atol, rtol=args.rtol, dynamic_batch=args.dynamic_batch)
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     loaded = load_model(args.model, shape, args.weights)
     report = compile_model(loaded, options, args.out, Console(stderr=True))
-    fid = report["fidelity"]
-    top1 = "n/a" if fid["top1_agreement"] is None else f"{100 * fid['top1_agreement']:.1f}%"
-    print(f"{report['model']} on {report['target']}: {report['baseline']['latency_ms']['median']:.3g} ms -> "
-          f"{report['pruned']['latency_ms']['median']:.3g} ms, measured speedup {report['speedup']['measured']:.2f}x "
-          f"(predicted {report['speedup']['predicted']:.2f}x); params {report['baseline']['params'] / 1e6:.2f}M -> "
-          f"{report['pruned']['params'] / 1e6:.2f}M; verify max abs err {report['verify']['max_abs_err']:.2g}; "
-          f"fidelity cosine {fid['cosine']:.4f}, top-1 agreement {top1}")
-    print(f"wrote {args.out}/report.json, plan.json, baseline.onnx, pruned.onnx")
+    print(_compile_summary(report))
+    print(f"wrote {args.out}/: report.json, report.md, plan.json, baseline.onnx, pruned.onnx, plots/"
+          + ("" if report["engine"]["path"] or report["target"] == "cpu" or not report["engine"]["reason"]
+             else ", build_engine.sh"))
     return 0
+
+
+def _compile_summary(report: dict) -> str:
+    fid, speed = report["fidelity"], report["speedup"]
+    top1 = "n/a" if fid["top1_agreement"] is None else f"{100 * fid['top1_agreement']:.1f}%"
+    if speed["measured"] is not None:
+        before = report["baseline"]["latency_ms"]["median"]
+        after = report["pruned"]["latency_ms"]["median"]
+        timing = (f"{before:.3g} ms -> {after:.3g} ms, measured speedup {speed['measured']:.2f}x "
+                  f"(predicted {speed['predicted']:.2f}x)")
+    else:
+        timing = (f"predicted speedup {speed['predicted']:.2f}x by the {speed['predicted_by']} model, not measured "
+                  f"({report['engine']['reason']})")
+    return (f"{report['model']} on {report['target']}: {timing}; params {report['baseline']['params'] / 1e6:.2f}M -> "
+            f"{report['pruned']['params'] / 1e6:.2f}M; verify max abs err {report['verify']['max_abs_err']:.2g}; "
+            f"fidelity cosine {fid['cosine']:.4f}, top-1 agreement {top1}")
 
 
 def _run_apply(args: argparse.Namespace) -> int:

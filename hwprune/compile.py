@@ -1,11 +1,18 @@
 """``hwprune compile``: analyze -> profile -> score -> search -> prune -> export -> verify -> measure.
 
-The budget is a fraction of the baseline's latency on the target. The predictor is calibrated
-at profile time, but a shared machine's speed drifts between then and now, so the fraction is
-applied to the *predicted* baseline, and the result is checked by measuring baseline and pruned
-ONNX files in one interleaved run. If the measured fraction misses the requested one by more
-than ``tolerance``, the predicted budget is scaled by (requested / measured) and the search runs
+The budget is a fraction of the baseline's latency on the target.
+
+On a target this host can run (onnxruntime): the predictor is calibrated at profile time, but a
+shared machine's speed drifts between then and now, so the fraction is applied to the
+*predicted* baseline, and the result is checked by measuring baseline and pruned ONNX files in
+one interleaved run. If the measured fraction misses the requested one by more than
+``tolerance``, the predicted budget is scaled by (requested / measured) and the search runs
 again (at most ``refine`` times): the measurement, not the model, has the last word.
+
+On a TensorRT target the search runs on the analytic model (every number labelled so); the
+engines are built and timed with CUDA events where TensorRT and a GPU are present, and
+otherwise ``build_engine.sh`` holds the trtexec lines to run on the device and the report says
+why no engine and no measured speedup exist. No TensorRT number is ever invented.
 
 Artefacts are written to a staging folder inside ``out_dir`` and moved into place at the end,
 ``report.json`` last; a failed or interrupted compile leaves none that look finished.
@@ -36,11 +43,13 @@ from hwprune.calibration import fidelity, load_calibration
 from hwprune.environment import fingerprint
 from hwprune.errors import HwpruneError, PlanError
 from hwprune.export.onnx_export import ONNX_OPSET, export_onnx, slim_available
+from hwprune.export.tensorrt import build_engine, build_script, engine_config, time_engine, unavailable_reason
 from hwprune.export.verify import DEFAULT_ATOL, DEFAULT_RTOL, verify_onnx
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.importance.scores import Importance, score_groups
 from hwprune.importance.sensitivity import group_sensitivity
 from hwprune.io import write_text_atomic
+from hwprune.latency.layers import model_layers
 from hwprune.latency.measure import Comparison, make_session, random_feeds, time_interleaved, time_session
 from hwprune.latency.model_latency import open_table, predictor_for, profile_model
 from hwprune.latency.predictor import TablePredictor
@@ -51,7 +60,8 @@ from hwprune.report import markdown, write_plots
 from hwprune.search.width import SearchResult, search_widths
 from hwprune.targets import Target
 
-ARTEFACTS = ("report.json", "report.md", "plan.json", "baseline.onnx", "pruned.onnx", "plots")
+ARTEFACTS = ("report.json", "report.md", "plan.json", "baseline.onnx", "pruned.onnx", "plots", "build_engine.sh",
+             "baseline.engine", "pruned.engine", "timing.cache")
 
 
 @dataclass(frozen=True)
@@ -101,15 +111,30 @@ class Options:
 
 @dataclass
 class Attempt:
+    predicted_budget_ms: float
     search: SearchResult
     plan: Plan
     model: nn.Module
     onnx: Path
-    comparison: Comparison
+    comparison: Comparison | None
 
     @property
-    def measured_fraction(self) -> float:
-        return self.comparison.ratios[1]
+    def measured_fraction(self) -> float | None:
+        return None if self.comparison is None else self.comparison.ratios[1]
+
+
+@dataclass
+class Context:
+    """What every round of one compile shares."""
+
+    analysis: Analysis
+    predictor: TablePredictor
+    importance: Importance
+    sensitivity: dict[str, float]
+    options: Options
+    stage: Path
+    baseline_session: object | None  # None: this host cannot run the target's runtime
+    feeds: dict
 
 
 def compile_model(loaded: LoadedModel, options: Options, out_dir: str | Path, console: Console | None = None) -> dict:
@@ -120,7 +145,8 @@ def compile_model(loaded: LoadedModel, options: Options, out_dir: str | Path, co
     try:
         report = _compile(loaded, options, stage, console)
         for name in ARTEFACTS[1:] + ARTEFACTS[:1]:  # report.json last: its presence means finished
-            os.replace(stage / name, out / name)
+            if (stage / name).exists():
+                os.replace(stage / name, out / name)
         return report
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -145,17 +171,22 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     started = time.perf_counter()
     target, x = options.target, loaded.example_input
     step = partial(_step, console)
+    measurable = target.runtime == "onnxruntime"
     calibration = load_calibration(options.calib_data, x)  # bad --calib-data fails before any work
     with step("analyze"):
         analysis = analyze(loaded.module, x, loaded.name, exclude=options.exclude, strict=False)
     if not analysis.prunable():
         raise PlanError(f"{loaded.name}: no prunable channel group (see hwprune analyze)")
-    table, table_path = open_table(target, options.lut, create=True)
-    with step("profile"), Progress(console=console, transient=True) as progress:
-        new = profile_model(analysis, target, table, progress)
-        table.save(table_path)
-    console.print(f"  latency table {table_path}: {new} new measurements")
-    predictor = predictor_for(analysis, table, target)
+    if measurable:
+        table, table_path = open_table(target, options.lut, create=True)
+        with step("profile"), Progress(console=console, transient=True) as progress:
+            new = profile_model(analysis, target, table, progress)
+            table.save(table_path)
+        console.print(f"  latency table {table_path}: {new} new measurements")
+        predictor = predictor_for(analysis, table, target)
+    else:
+        predictor = analytic_predictor(analysis, target)
+        console.print(f"  latency model: analytic roofline for {target.name} (this host cannot run {target.runtime})")
     with step("score"), Progress(console=console, transient=True) as progress:
         if calibration.random:
             console.print("  [yellow]warning:[/yellow] no --calib-data: importance and fidelity use random inputs")
@@ -164,52 +195,37 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     with step("export baseline"):
         baseline_onnx = export_onnx(analysis.model, x, stage / "baseline.onnx", options.dynamic_batch,
                                     slim_available())
-        baseline_session = _session(baseline_onnx, target)
-        feeds = random_feeds(baseline_session)
-        baseline_alone = time_session(baseline_session, feeds, warmup=3, min_runs=10, min_seconds=0.5)
-    fraction = options.budget.fraction(baseline_alone.median_ms)
     baseline_predicted = predictor.predict({}).total_ms
-    predicted_budget = fraction * baseline_predicted
-    attempts: list[Attempt] = []
-    for round_number in range(options.refine + 1):
-        with step(f"search + prune + measure (round {round_number + 1}, predicted budget {predicted_budget:.3g} ms)"):
-            try:
-                attempt = _attempt(analysis, predictor, importance, sensitivity, options, predicted_budget,
-                                   baseline_session, feeds, stage, round_number)
-            except PlanError:
-                if not attempts:
-                    raise
-                break
-        attempts.append(attempt)
-        console.print(f"  predicted {attempt.search.predicted_ms:.3g} ms; measured latency fraction "
-                      f"{attempt.measured_fraction:.3f} (requested {fraction:.3f})")
-        if abs(attempt.measured_fraction - fraction) <= options.tolerance * fraction:
-            break
-        predicted_budget *= fraction / attempt.measured_fraction
+    context = Context(analysis, predictor, importance, sensitivity, options, stage, None, {})
+    if measurable:
+        context.baseline_session = _session(baseline_onnx, target)
+        context.feeds = random_feeds(context.baseline_session)
+        baseline_ms = time_session(context.baseline_session, context.feeds, 3, 10, 0.5).median_ms
+    else:
+        baseline_ms = baseline_predicted
+    fraction = options.budget.fraction(baseline_ms)
+    attempts = _search_rounds(context, fraction * baseline_predicted, fraction, step, console)
     chosen = _choose(attempts, fraction, options.tolerance)
     os.replace(chosen.onnx, stage / "pruned.onnx")
     for attempt in attempts:
         attempt.onnx.unlink(missing_ok=True)
     with step("verify"):
-        verify_inputs = _verify_inputs(x, options.dynamic_batch)
-        verification = verify_onnx(chosen.model, stage / "pruned.onnx", verify_inputs, options.atol, options.rtol)
+        verification = verify_onnx(chosen.model, stage / "pruned.onnx", _verify_inputs(x, options.dynamic_batch),
+                                   options.atol, options.rtol)
         quality = fidelity(analysis.model, chosen.model, calibration.batches)
     if not verification.ok:
         raise HwpruneError(f"exported ONNX does not match the pruned model (max abs err "
                            f"{verification.max_abs_err:.3g}; worst {verification.worst})")
-    with step("measure baseline vs pruned (interleaved)"):
-        final = time_interleaved([baseline_session, _session(stage / "pruned.onnx", target)], [feeds, feeds],
-                                 rounds=30)
+    final = None
+    if measurable:
+        with step("measure baseline vs pruned (interleaved)"):
+            final = time_interleaved([context.baseline_session, _session(stage / "pruned.onnx", target)],
+                                     [context.feeds, context.feeds], rounds=30)
+    engine = _engines(target, stage, x, options.dynamic_batch, step) if target.runtime == "tensorrt" else \
+        {"path": None, "reason": f"target {target.name} runs {target.runtime}, not TensorRT", "timings": None}
     chosen.plan.save(stage / "plan.json")
-    report = _report(loaded, analysis, options, chosen, final, verification, quality, calibration.source,
-                     importance, attempts, fraction, table.provenance, time.perf_counter() - started)
-    report["layers"] = _layer_rows(predictor, chosen.search.counts)
-    report["groups"] = [{"id": gid, "keep": d.keep, "of": d.of, "sensitivity": sensitivity[gid]}
-                        for gid, d in chosen.plan.groups.items()]
-    report["search"]["baseline_predicted_ms"] = baseline_predicted
-    report["export"] = {"opset": ONNX_OPSET, "dynamic_batch": options.dynamic_batch, "slimmed": slim_available()}
-    report["fingerprint"] = fingerprint(target)
-    report["engine"] = {"path": None, "reason": f"target {target.name} runs {target.runtime}, not TensorRT"}
+    report = _report(loaded, context, chosen, final, engine, verification, quality, calibration.source, attempts,
+                     fraction, baseline_predicted, time.perf_counter() - started)
     with step("plots and report.md"):
         write_plots(report, stage / "plots")
         write_text_atomic(stage / "report.md", markdown(report))
@@ -217,19 +233,74 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     return report
 
 
-def _attempt(analysis: Analysis, predictor: TablePredictor, importance: Importance, sensitivity: dict[str, float],
-             options: Options, predicted_budget: float, baseline_session: object, feeds: dict, stage: Path,
-             number: int) -> Attempt:
-    target, x = options.target, analysis.capture.example_input
-    result = search_widths(analysis, predictor, importance, target.channel_alignment, predicted_budget,
-                           options.min_keep, weights=sensitivity)
-    plan = build_plan(analysis, options.target.name, options.budget.kind, options.budget.value, result, importance,
-                      predictor)
+def analytic_predictor(analysis: Analysis, target: Target) -> TablePredictor:
+    """A predictor over analytic per-op latencies (no whole-model calibration: nothing was measured)."""
+    from hwprune.latency.model_latency import analytic_table
+
+    return TablePredictor(model_layers(analysis, target.default_dtype), analytic_table(analysis, target))
+
+
+def _search_rounds(context: Context, predicted_budget: float, fraction: float, step, console: Console
+                   ) -> list[Attempt]:
+    """Search, prune and (where possible) measure; re-search while the measurement misses the budget."""
+    options = context.options
+    rounds = options.refine + 1 if context.baseline_session is not None else 1
+    attempts: list[Attempt] = []
+    for number in range(rounds):
+        with step(f"search + prune (round {number + 1}, predicted budget {predicted_budget:.3g} ms)"):
+            try:
+                attempt = _attempt(context, predicted_budget, number)
+            except PlanError:
+                if not attempts:
+                    raise
+                break
+        attempts.append(attempt)
+        measured = attempt.measured_fraction
+        console.print(f"  predicted {attempt.search.predicted_ms:.3g} ms"
+                      + ("" if measured is None else f"; measured latency fraction {measured:.3f}")
+                      + f" (requested {fraction:.3f})")
+        if measured is None or abs(measured - fraction) <= options.tolerance * fraction:
+            break
+        predicted_budget *= fraction / measured
+    return attempts
+
+
+def _attempt(context: Context, predicted_budget: float, number: int) -> Attempt:
+    analysis, options = context.analysis, context.options
+    x = analysis.capture.example_input
+    result = search_widths(analysis, context.predictor, context.importance, options.target.channel_alignment,
+                           predicted_budget, options.min_keep, weights=context.sensitivity)
+    plan = build_plan(analysis, options.target.name, options.budget.kind, options.budget.value, result,
+                      context.importance, context.predictor)
     fresh = analyze(copy.deepcopy(analysis.model), x, analysis.name, strict=False)
     model = apply_plan(plan, fresh).eval()
-    onnx_path = export_onnx(model, x, stage / f"pruned-round{number}.onnx", options.dynamic_batch, slim_available())
-    comparison = time_interleaved([baseline_session, _session(onnx_path, target)], [feeds, feeds], rounds=12)
-    return Attempt(result, plan, model, onnx_path, comparison)
+    onnx_path = export_onnx(model, x, context.stage / f"pruned-round{number}.onnx", options.dynamic_batch,
+                            slim_available())
+    comparison = None
+    if context.baseline_session is not None:
+        comparison = time_interleaved([context.baseline_session, _session(onnx_path, options.target)],
+                                      [context.feeds, context.feeds], rounds=12)
+    return Attempt(predicted_budget, result, plan, model, onnx_path, comparison)
+
+
+def _engines(target: Target, stage: Path, x: torch.Tensor, dynamic_batch: bool, step) -> dict:
+    """Build and time both engines where TensorRT runs; otherwise write build_engine.sh and say why not."""
+    max_batch = 8 * x.shape[0] if dynamic_batch else None
+    configs = [engine_config(target, stage / f"{name}.onnx", stage / f"{name}.engine", tuple(x.shape),
+                             max_batch=max_batch) for name in ("baseline", "pruned")]
+    reason = unavailable_reason()
+    if reason is not None:
+        write_text_atomic(stage / "build_engine.sh", build_script(configs, reason))
+        (stage / "build_engine.sh").chmod(0o755)
+        return {"path": None, "reason": reason + "; build_engine.sh has the trtexec commands", "timings": None}
+    timings = {}
+    with step("build and time TensorRT engines"):
+        for name, config in zip(("baseline", "pruned"), configs, strict=True):
+            build_engine(config)
+            timing = time_engine(config.engine, tuple(x.shape))
+            timings[name] = {"median": timing.median_ms, "p90": timing.p90_ms, "p99": timing.p99_ms,
+                             "spread": timing.spread}
+    return {"path": "pruned.engine", "reason": None, "timings": timings}
 
 
 def _verify_inputs(x: torch.Tensor, dynamic_batch: bool) -> list[torch.Tensor]:
@@ -240,18 +311,15 @@ def _verify_inputs(x: torch.Tensor, dynamic_batch: bool) -> list[torch.Tensor]:
     return [torch.randn(shape, generator=torch.Generator().manual_seed(n)) for n, shape in enumerate(shapes)]
 
 
-def _layer_rows(predictor: TablePredictor, counts: dict[str, int]) -> list[dict]:
-    before, after = predictor.predict({}).layers_ms, predictor.predict(counts).layers_ms
-    return [{"name": name, "baseline_predicted_ms": before[name], "pruned_predicted_ms": after[name]}
-            for name in before]
-
-
 def _choose(attempts: list[Attempt], fraction: float, tolerance: float) -> Attempt:
-    """The widest attempt within the budget's tolerance; if none, the fastest."""
-    within = [a for a in attempts if a.measured_fraction <= fraction * (1 + tolerance)]
+    """The widest measured attempt within the budget's tolerance; if none, the fastest; unmeasured: the only one."""
+    measured = [a for a in attempts if a.measured_fraction is not None]
+    if not measured:
+        return attempts[-1]
+    within = [a for a in measured if a.measured_fraction <= fraction * (1 + tolerance)]
     if within:
         return max(within, key=lambda a: a.measured_fraction)
-    return min(attempts, key=lambda a: a.measured_fraction)
+    return min(measured, key=lambda a: a.measured_fraction)
 
 
 def _session(path: Path, target: Target):
@@ -266,43 +334,77 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-def _report(loaded, analysis, options, chosen, final, verification, quality, calibration_source, importance,
-            attempts, fraction, provenance, seconds) -> dict:
+def _report(loaded: LoadedModel, context: Context, chosen: Attempt, final: Comparison | None, engine: dict,
+            verification, quality, calibration_source: str, attempts: list[Attempt], fraction: float,
+            baseline_predicted: float, seconds: float) -> dict:
+    analysis, options, predictor = context.analysis, context.options, context.predictor
     x = analysis.capture.example_input
-    base, pruned = final.timings
     threads, level = runtime_settings(options.target)
+    measured_on = final is not None or engine["timings"] is not None
 
-    def summary(timing, flops: int, params: int) -> dict:
-        return {"latency_ms": {"median": timing.median_ms, "p90": timing.p90_ms, "p99": timing.p99_ms,
-                               "spread": timing.spread}, "flops": flops, "params": params}
+    def latency(side: int, name: str) -> dict | None:
+        if final is not None:
+            timing = final.timings[side]
+            return {"median": timing.median_ms, "p90": timing.p90_ms, "p99": timing.p99_ms, "spread": timing.spread}
+        return engine["timings"][name] if engine["timings"] is not None else None
 
-    params = sum(p.numel() for p in chosen.model.parameters())
+    measured = None
+    if final is not None:
+        measured = 1.0 / final.ratios[1]
+    elif engine["timings"] is not None:
+        measured = engine["timings"]["baseline"]["median"] / engine["timings"]["pruned"]["median"]
+    if final is not None:
+        method = {"runtime": "onnxruntime CPUExecutionProvider", "threads": threads, "graph_optimization_level": level,
+                  "method": "interleaved A/B rounds of 5 runs, 30 rounds; speedup = 1 / median over rounds of "
+                            "(pruned round median / baseline round median)"}
+    elif engine["timings"] is not None:
+        method = {"runtime": "TensorRT", "method": "CUDA events around execute_async_v3, 20 warm-up + 200 runs each"}
+    else:
+        method = {"runtime": None, "method": f"not measured: {engine['reason']}"}
+    provenance = predictor.table.provenance
     return {
         "hwprune": __version__,
         "model": loaded.name,
         "input_shape": list(x.shape),
         "target": options.target.name,
         "budget": {"kind": options.budget.kind, "value": options.budget.value, "latency_fraction": fraction},
-        "baseline": summary(base, analysis.capture.flops, analysis.capture.params),
-        "pruned": summary(pruned, count_flops(chosen.model, x), params),
-        "speedup": {"predicted": chosen.search.baseline_predicted_ms / chosen.search.predicted_ms,
-                    "measured": 1.0 / final.ratios[1], "measured_ratio_spread": final.ratio_spread[1]},
+        "baseline": {"latency_ms": latency(0, "baseline"), "predicted_ms": baseline_predicted,
+                     "flops": analysis.capture.flops, "params": analysis.capture.params},
+        "pruned": {"latency_ms": latency(1, "pruned"), "predicted_ms": chosen.search.predicted_ms,
+                   "flops": count_flops(chosen.model, x), "params": sum(p.numel() for p in chosen.model.parameters())},
+        "speedup": {"predicted": baseline_predicted / chosen.search.predicted_ms,
+                    "predicted_by": provenance.get("runtime") if provenance.get("runtime") == "analytic" else "lut",
+                    "measured": measured,
+                    "measured_ratio_spread": final.ratio_spread[1] if final is not None else None},
         "verify": verification.to_json(),
         "fidelity": {"cosine": quality.cosine, "top1_agreement": quality.top1_agreement, "samples": quality.samples,
                      "inputs": calibration_source},
-        "search": {"importance": importance.method, "importance_fallbacks": importance.fallbacks,
-                   "min_keep": options.min_keep, "groups": len(chosen.plan.groups),
-                   "attempts": [{"predicted_budget_ms": a.plan.budget["predicted_ms"],
-                                 "predicted_ms": a.search.predicted_ms, "measured_fraction": a.measured_fraction,
-                                 "search_seconds": a.search.seconds, "knapsack_rounds": a.search.rounds}
-                                for a in attempts]},
-        "measurement": {"runtime": "onnxruntime CPUExecutionProvider", "threads": threads,
-                        "graph_optimization_level": level, "method": "interleaved A/B rounds of 5 runs, 30 rounds; "
-                        "speedup = 1 / median over rounds of (pruned round median / baseline round median)"},
-        "latency_model": {"fingerprint": provenance.get("fingerprint"), "created": provenance.get("created"),
-                          "host": provenance.get("host")},
+        "search": {"importance": context.importance.method, "importance_fallbacks": context.importance.fallbacks,
+                   "group_weights": "sensitivity", "min_keep": options.min_keep, "groups": len(chosen.plan.groups),
+                   "baseline_predicted_ms": baseline_predicted,
+                   "attempts": [{"predicted_budget_ms": a.predicted_budget_ms, "predicted_ms": a.search.predicted_ms,
+                                 "measured_fraction": a.measured_fraction, "search_seconds": a.search.seconds,
+                                 "knapsack_rounds": a.search.rounds} for a in attempts]},
+        "measurement": method,
+        "measured": measured_on,
+        "latency_model": {"kind": provenance.get("runtime") if provenance.get("runtime") == "analytic" else "lut",
+                          "fingerprint": provenance.get("fingerprint"), "created": provenance.get("created"),
+                          "host": provenance.get("host"), "layer_scale": predictor.layer_scale,
+                          "rest_ms": predictor.rest_ms},
+        "layers": _layer_rows(predictor, chosen.search.counts),
+        "groups": [{"id": gid, "keep": d.keep, "of": d.of, "sensitivity": context.sensitivity[gid]}
+                   for gid, d in chosen.plan.groups.items()],
+        "export": {"opset": ONNX_OPSET, "dynamic_batch": options.dynamic_batch, "slimmed": slim_available()},
+        "engine": {"path": engine["path"], "reason": engine["reason"]},
+        "fingerprint": fingerprint(options.target),
         "seconds": seconds,
     }
+
+
+def _layer_rows(predictor: TablePredictor, counts: dict[str, int]) -> list[dict]:
+    before, after = predictor.predict({}).layers_ms, predictor.predict(counts).layers_ms
+    return [{"name": name, "baseline_predicted_ms": before[name], "pruned_predicted_ms": after[name]}
+            for name in before]
 
 
 @contextmanager

@@ -40,14 +40,18 @@ def write_plots(report: dict, folder: Path) -> list[Path]:
     fig.tight_layout()
     written.append(_save(fig, folder / PLOTS[1], plt))
 
-    attempts = report["search"]["attempts"]
+    attempts = [a for a in report["search"]["attempts"] if a["measured_fraction"] is not None]
     baseline_predicted = report["search"]["baseline_predicted_ms"]
     fig, ax = plt.subplots(figsize=(5, 5))
     predicted = [a["predicted_ms"] / baseline_predicted for a in attempts]
     measured = [a["measured_fraction"] for a in attempts]
     ax.scatter(predicted, measured, label="search rounds")
-    ax.scatter([1 / report["speedup"]["predicted"]], [1 / report["speedup"]["measured"]], marker="*", s=200,
-               label="chosen (final measurement)")
+    if report["speedup"]["measured"] is not None:
+        ax.scatter([1 / report["speedup"]["predicted"]], [1 / report["speedup"]["measured"]], marker="*", s=200,
+                   label="chosen (final measurement)")
+    else:
+        ax.text(0.5, 0.5, f"not measured:\n{report['engine']['reason']}", ha="center", va="center", wrap=True,
+                fontsize=7, transform=ax.transAxes)
     low, high = 0.0, 1.05 * max(predicted + measured + [1.0])
     ax.plot([low, high], [low, high], "k--", linewidth=0.8, label="predicted = measured")
     ax.axhline(report["budget"]["latency_fraction"], color="red", linewidth=0.8, label="requested")
@@ -70,6 +74,7 @@ def markdown(report: dict) -> str:
     """A summary a new user can read: what was asked, what was measured, how far to trust it."""
     base, pruned = report["baseline"], report["pruned"]
     fid, verify, speed = report["fidelity"], report["verify"], report["speedup"]
+    measured = speed["measured"] is not None
     top1 = "n/a" if fid["top1_agreement"] is None else f"{100 * fid['top1_agreement']:.1f}%"
     budget = report["budget"]
     lines = [
@@ -80,15 +85,16 @@ def markdown(report: dict) -> str:
         "",
         "| | baseline | pruned |",
         "|---|---:|---:|",
-        f"| latency median (ms) | {base['latency_ms']['median']:.3f} | {pruned['latency_ms']['median']:.3f} |",
-        f"| latency p90 (ms) | {base['latency_ms']['p90']:.3f} | {pruned['latency_ms']['p90']:.3f} |",
+        f"| measured latency median (ms) | {_ms(base, 'median')} | {_ms(pruned, 'median')} |",
+        f"| measured latency p90 (ms) | {_ms(base, 'p90')} | {_ms(pruned, 'p90')} |",
+        f"| predicted latency (ms, {speed['predicted_by']}) | {base['predicted_ms']:.3f} | "
+        f"{pruned['predicted_ms']:.3f} |",
         f"| GFLOPs | {base['flops'] / 1e9:.3f} | {pruned['flops'] / 1e9:.3f} |",
         f"| parameters (M) | {base['params'] / 1e6:.3f} | {pruned['params'] / 1e6:.3f} |",
         "",
-        f"**Measured speedup {speed['measured']:.2f}x** (predicted {speed['predicted']:.2f}x; spread of the per-round "
-        f"ratio {100 * speed['measured_ratio_spread']:.1f}%). Measured here with {report['measurement']['runtime']}, "
-        f"{report['measurement']['threads']} thread(s), {report['measurement']['graph_optimization_level']}: "
-        f"{report['measurement']['method']}.",
+        _speed_line(report) if measured else
+        f"**Not measured**: {report['engine']['reason']}. Predicted speedup {speed['predicted']:.2f}x by the "
+        f"{speed['predicted_by']} latency model only; measure on the device before relying on it.",
         "",
         f"**Verification**: the exported `pruned.onnx` matches the pruned PyTorch model on {verify['inputs']} random "
         f"inputs: max abs error {verify['max_abs_err']:.3g} (atol {verify['atol']:g}, rtol {verify['rtol']:g}): "
@@ -102,13 +108,27 @@ def markdown(report: dict) -> str:
         + (f" ({report['engine']['reason']})" if report["engine"]["reason"] else "") + ".",
         "",
         f"Search: importance {report['search']['importance']}, {report['search']['groups']} groups, "
-        f"{len(report['search']['attempts'])} round(s) of search + measurement.",
+        f"{len(report['search']['attempts'])} round(s) of search"
+        + (" + measurement." if measured else "."),
         "",
         "| round | predicted budget (ms) | predicted (ms) | measured latency fraction |",
         "|---:|---:|---:|---:|",
     ]
     for n, attempt in enumerate(report["search"]["attempts"], 1):
-        lines.append(f"| {n} | {attempt['predicted_budget_ms']:.3f} | {attempt['predicted_ms']:.3f} | "
-                     f"{attempt['measured_fraction']:.3f} |")
+        fraction = "-" if attempt["measured_fraction"] is None else f"{attempt['measured_fraction']:.3f}"
+        lines.append(f"| {n} | {attempt['predicted_budget_ms']:.3f} | {attempt['predicted_ms']:.3f} | {fraction} |")
     lines += ["", "Plots: " + ", ".join(f"![{name}](plots/{name})" for name in PLOTS), ""]
     return "\n".join(lines)
+
+
+def _ms(side: dict, key: str) -> str:
+    return "-" if side["latency_ms"] is None else f"{side['latency_ms'][key]:.3f}"
+
+
+def _speed_line(report: dict) -> str:
+    speed, method = report["speedup"], report["measurement"]
+    spread = speed.get("measured_ratio_spread")
+    spread_text = "" if spread is None else f"; spread of the per-round ratio {100 * spread:.1f}%"
+    settings = "".join(f", {method[k]}" for k in ("threads", "graph_optimization_level") if k in method)
+    return (f"**Measured speedup {speed['measured']:.2f}x** (predicted {speed['predicted']:.2f}x{spread_text}). "
+            f"Measured with {method['runtime']}{settings}: {method['method']}.")

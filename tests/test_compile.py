@@ -94,7 +94,6 @@ def test_infeasible_budget_is_a_clear_error(compiled, tmp_path, capsys, monkeypa
     (["compile", MODEL, "--speedup", "0.5"], "must be above 1"),
     (["compile", MODEL, "--latency", "0.5", "--min-keep", "0"], "--min-keep"),
     (["compile", MODEL, "--latency", "0.5", "--calib-data", "nowhere.py:fn"], "file not found"),
-    (["compile", MODEL, "--latency", "0.5", "--target", "jetson-orin-nano"], "TensorRT"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HWPRUNE_CACHE", str(tmp_path))
@@ -102,6 +101,21 @@ def test_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys, monkey
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("hwprune: error:") and message in lines[-1]
     assert sum(line.startswith("hwprune: error:") for line in lines) == 1
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt") is not None, reason="TensorRT is installed")
+def test_tensorrt_target_without_tensorrt_writes_onnx_and_trtexec_lines_and_no_numbers(tmp_path, capsys):
+    assert main(["compile", MODEL, "--target", "jetson-orin-nano", "--latency", "0.8", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["engine"]["path"] is None and "TensorRT is not installed" in report["engine"]["reason"]
+    assert report["speedup"]["measured"] is None and report["speedup"]["predicted_by"] == "analytic"
+    assert report["baseline"]["latency_ms"] is None and report["pruned"]["latency_ms"] is None
+    assert report["speedup"]["predicted"] > 1 and report["verify"]["ok"]
+    script = (tmp_path / "build_engine.sh").read_text()
+    assert "trtexec --onnx=baseline.onnx --saveEngine=baseline.engine" in script and "--fp16" in script
+    assert "trtexec --onnx=pruned.onnx --saveEngine=pruned.engine" in script
+    assert "Not measured" in (tmp_path / "report.md").read_text()
+    assert "not measured" in capsys.readouterr().out
 
 
 def test_apply_rejects_a_plan_for_another_model(compiled, tmp_path, capsys):

@@ -121,3 +121,22 @@ def predictor_for(analysis: Analysis, table: LatencyTable, target: Target) -> Ta
     if _anchor_key(key) in table.models:
         anchors.append(Anchor(anchor_counts(analysis, target.channel_alignment), table.models[_anchor_key(key)]))
     return TablePredictor(model_layers(analysis), table, anchors)
+
+
+def analytic_table(analysis: Analysis, target: Target) -> LatencyTable:
+    """Every signature the search needs for this model, predicted by the analytic model.
+
+    Same shape as a measured table, so the same predictor and search run on it; its provenance
+    says ``runtime: analytic``, which every report carries.
+    """
+    from hwprune.latency.analytic import predict_ms
+
+    layers = model_layers(analysis, target.default_dtype)
+    groups = {g.id: g for g in analysis.groups}
+    table = LatencyTable({"target": target.name, "runtime": "analytic", "device_runtime": target.runtime,
+                          "dtype": target.default_dtype, "model": "roofline, hwprune/latency/analytic.py"},
+                         call_overhead_ms=0.0)
+    for sig in profile_signatures(layers, groups, target.channel_alignment):
+        ms = predict_ms(sig, target)
+        table.put(sig, Timing(ms, ms, ms, 0.0, 1))
+    return table
