@@ -76,3 +76,18 @@ def test_engine_code_needs_no_torch():
             "print(unavailable_reason())\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-500:]
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed: the refusal path cannot be exercised")
+def test_on_device_kit_runs_without_torch_and_refuses_without_tensorrt(tmp_path):
+    import subprocess
+    import sys
+
+    kit = Path(__file__).resolve().parents[1] / "export" / "trt_build_and_time.py"
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"placeholder")
+    code = (f"import sys, runpy\nsys.modules['torch'] = None\nsys.argv = ['kit', {str(onnx)!r}, '--target', "
+            f"'jetson-orin-nano']\nrunpy.run_path({str(kit)!r}, run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr[-500:]
+    assert "TensorRT is not installed" in result.stderr and len(result.stderr.strip().splitlines()) == 1
