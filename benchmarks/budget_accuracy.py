@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import sys
 import tempfile
@@ -163,12 +164,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS))
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=200)
     target = load_target("cpu")
     torch.manual_seed(0)
     rows = [run(name, float(b), target, console) for name in args.models.split(",") for b in args.budgets.split(",")]
     show(console, rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":
