@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hwprune.environment import fingerprint
 from hwprune.errors import HwpruneError
-from hwprune.io import write_text_atomic
+from hwprune.io import read_json_document, write_text_atomic
 from hwprune.latency.measure import Timing, make_session, random_feeds, time_interleaved, time_session
 from hwprune.latency.profiler import require_local_runtime, runtime_settings
 from hwprune.targets import Target
@@ -73,14 +73,9 @@ def save_record(data: dict, path: Path) -> None:
 
 
 def load_record(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BenchInputError(f"{path}: baseline record not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BenchInputError(f"{path}: not a JSON bench record ({exc})") from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("median_ms"), int | float):
-        raise BenchInputError(f"{path}: not a {FORMAT} record")
+    data = read_json_document(path, "bench record", BenchInputError, FORMAT)
+    if not isinstance(data.get("median_ms"), int | float):
+        raise BenchInputError(f"{path}: not a {FORMAT} bench record (no median_ms)")
     return data
 
 

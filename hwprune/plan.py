@@ -16,7 +16,7 @@ from torch import nn
 from hwprune.errors import PlanError
 from hwprune.graph.analyze import Analysis
 from hwprune.importance.scores import Importance, select
-from hwprune.io import write_text_atomic
+from hwprune.io import read_json_document, write_text_atomic
 from hwprune.latency.predictor import TablePredictor
 from hwprune.search.width import SearchResult
 from hwprune.transform.prune import prune
@@ -56,14 +56,7 @@ class Plan:
 def load_plan(path: str | Path) -> Plan:
     """Read a plan file; anything malformed is a PlanError naming the file."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PlanError(f"{path}: plan not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PlanError(f"{path}: not a JSON plan ({exc})") from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise PlanError(f"{path}: not a {FORMAT} plan")
+    data = read_json_document(path, "plan", PlanError, FORMAT)
     try:
         groups = {gid: GroupDecision(int(g["keep"]), int(g["of"]), [int(i) for i in g["indices"]])
                   for gid, g in data["groups"].items()}

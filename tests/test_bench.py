@@ -75,7 +75,7 @@ def test_corrupt_baseline_record_exits_2(models, tmp_path, capsys):
     record = tmp_path / "bad.json"
     record.write_text("{")
     assert main(["bench", str(wide), "--baseline", str(record)]) == 2
-    assert "not a JSON bench record" in capsys.readouterr().err
+    assert "corrupt bench record, not JSON" in capsys.readouterr().err
 
 
 def test_help_imports_no_runtime_and_no_module_imports_tensorrt():

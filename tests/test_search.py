@@ -150,5 +150,5 @@ def test_malformed_plan_is_a_plan_error(tmp_path):
     with pytest.raises(PlanError, match="malformed plan"):
         load_plan(path)
     path.write_text("not json")
-    with pytest.raises(PlanError, match="not a JSON plan"):
+    with pytest.raises(PlanError, match="corrupt plan, not JSON"):
         load_plan(path)

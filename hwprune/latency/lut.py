@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hwprune.errors import HwpruneError
-from hwprune.io import write_text_atomic
+from hwprune.io import read_json_document, write_text_atomic
 from hwprune.latency.measure import Timing
 from hwprune.latency.signature import OpSignature
 
@@ -95,14 +95,9 @@ def new_table(provenance: dict, method: dict) -> LatencyTable:
 def load_table(path: str | Path, expected: dict | None = None) -> LatencyTable:
     """Read a table; with ``expected`` provenance, refuse one measured under other settings."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise LutError(f"{path}: latency table not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LutError(f"{path}: corrupt latency table ({exc})") from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("entries"), dict):
-        raise LutError(f"{path}: not a {FORMAT} latency table")
+    data = read_json_document(path, "latency table", LutError, FORMAT)
+    if not isinstance(data.get("entries"), dict):
+        raise LutError(f"{path}: not a {FORMAT} latency table (no entries)")
     provenance = data.get("provenance")
     if not isinstance(provenance, dict) or any(key not in provenance for key in BINDING_FIELDS):
         raise LutError(f"{path}: latency table lacks its provenance ({', '.join(BINDING_FIELDS)})")
