@@ -18,13 +18,13 @@ def write_plots(report: dict, folder: Path) -> list[Path]:
     written = []
 
     layers = report["layers"]
-    fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(layers)), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(layers)), 5))
     positions = range(len(layers))
     ax.bar([p - 0.2 for p in positions], [r["baseline_predicted_ms"] for r in layers], 0.4, label="baseline")
     ax.bar([p + 0.2 for p in positions], [r["pruned_predicted_ms"] for r in layers], 0.4, label="pruned")
     ax.set_xticks(list(positions), [r["name"] for r in layers], rotation=90, fontsize=6)
     ax.set_ylabel("predicted ms (in-model, calibrated)")
-    ax.set_title(f"{report['model']} on {report['target']}: per-layer latency")
+    ax.set_title(f"{_short(report['model'])} on {report['target']}: per-layer latency")
     ax.legend()
     fig.tight_layout()
     written.append(_save(fig, folder / PLOTS[0], plt))
@@ -121,6 +121,11 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _short(spec: str) -> str:
+    """A model spec without its folder (file.py:factory specs carry whole paths)."""
+    return spec.rsplit("/", 1)[-1]
+
+
 def _ms(side: dict, key: str) -> str:
     return "-" if side["latency_ms"] is None else f"{side['latency_ms'][key]:.3f}"
 
@@ -129,6 +134,7 @@ def _speed_line(report: dict) -> str:
     speed, method = report["speedup"], report["measurement"]
     spread = speed.get("measured_ratio_spread")
     spread_text = "" if spread is None else f"; spread of the per-round ratio {100 * spread:.1f}%"
-    settings = "".join(f", {method[k]}" for k in ("threads", "graph_optimization_level") if k in method)
+    settings = (f", {method['threads']} thread(s), {method['graph_optimization_level']}"
+                if "threads" in method else "")
     return (f"**Measured speedup {speed['measured']:.2f}x** (predicted {speed['predicted']:.2f}x{spread_text}). "
             f"Measured with {method['runtime']}{settings}: {method['method']}.")
