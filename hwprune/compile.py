@@ -49,9 +49,8 @@ from hwprune.graph.analyze import Analysis, analyze
 from hwprune.importance.scores import Importance, score_groups
 from hwprune.importance.sensitivity import group_sensitivity
 from hwprune.io import write_text_atomic
-from hwprune.latency.layers import model_layers
 from hwprune.latency.measure import Comparison, make_session, random_feeds, time_interleaved, time_session
-from hwprune.latency.model_latency import open_table, predictor_for, profile_model
+from hwprune.latency.model_latency import analytic_predictor, open_table, predictor_for, profile_model
 from hwprune.latency.predictor import TablePredictor
 from hwprune.latency.profiler import runtime_settings
 from hwprune.models import LoadedModel
@@ -231,13 +230,6 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
         write_text_atomic(stage / "report.md", markdown(report))
     write_text_atomic(stage / "report.json", json.dumps(report, indent=1) + "\n")
     return report
-
-
-def analytic_predictor(analysis: Analysis, target: Target) -> TablePredictor:
-    """A predictor over analytic per-op latencies (no whole-model calibration: nothing was measured)."""
-    from hwprune.latency.model_latency import analytic_table
-
-    return TablePredictor(model_layers(analysis, target.default_dtype), analytic_table(analysis, target))
 
 
 def _search_rounds(context: Context, predicted_budget: float, fraction: float, step, console: Console

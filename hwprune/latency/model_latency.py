@@ -100,16 +100,19 @@ def _anchor_key(key: str) -> str:
     return f"{key}|keep={ANCHOR_FRACTION}"
 
 
+def analytic_predictor(analysis: Analysis, target: Target) -> TablePredictor:
+    """A predictor over analytic per-op latencies at the target's default dtype (no whole-model
+    calibration: nothing was measured)."""
+    return TablePredictor(model_layers(analysis, target.default_dtype), analytic_table(analysis, target))
+
+
 def predict_analytic(analysis: Analysis, target: Target) -> Prediction:
-    """Sum of the analytic model's per-layer predictions at the target's default dtype.
+    """The unpruned model's analytic prediction: the sum of its conv/linear layers' roofline times.
 
     Ops other than conv/linear are not modelled, so this is a lower bound on the layers' part.
     """
-    from hwprune.latency.analytic import predict_ms
-
-    layers_ms = {layer.name: predict_ms(layer.signature, target)
-                 for layer in model_layers(analysis, target.default_dtype)}
-    return Prediction(sum(layers_ms.values()), layers_ms, 0.0, "analytic")
+    prediction = analytic_predictor(analysis, target).predict({})
+    return Prediction(prediction.total_ms, prediction.layers_ms, 0.0, "analytic")
 
 
 def predictor_for(analysis: Analysis, table: LatencyTable, target: Target) -> TablePredictor:
