@@ -87,8 +87,8 @@ class Budget:
         if self.kind == "speedup":
             return 1.0 / self.value
         if self.value >= baseline_ms:
-            raise HwpruneError(f"--budget-ms {self.value}: the unpruned model already runs in {baseline_ms:.3g} ms "
-                               "here; nothing to prune")
+            raise HwpruneError(f"--budget-ms {self.value}: the unpruned model already takes {baseline_ms:.3g} ms "
+                               "(measured here, or predicted where this host cannot run the target); nothing to prune")
         return self.value / baseline_ms
 
 
