@@ -86,6 +86,8 @@ def test_infeasible_budget_is_a_clear_error(compiled, tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert "cannot be met" in err and "smallest model this search allows is predicted at" in err
     assert not (tmp_path / "report.json").exists()
+    assert main(["compile", MODEL, "--budget-ms", "1e6", "--out", str(tmp_path)]) == 2
+    assert "nothing to prune" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [
