@@ -71,22 +71,36 @@ class Fidelity:
     cosine: float
     top1_agreement: float | None
     samples: int
+    # Why the numbers say little, when they do: the original's outputs are vanishingly small or
+    # hardly depend on the input (common with random weights).
+    caveat: str | None = None
 
 
 def fidelity(original: nn.Module, pruned: nn.Module, batches: list[torch.Tensor]) -> Fidelity:
     """Mean per-sample cosine similarity of the outputs, and (for N x classes outputs) the share
     of samples whose top-1 class agrees."""
-    cosines, agreements = [], []
+    cosines, agreements, references = [], [], []
     with torch.no_grad():
         for batch in batches:
             a, b = _first(original(batch)), _first(pruned(batch))
             flat_a, flat_b = a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
             cosines.append(nn.functional.cosine_similarity(flat_a, flat_b, dim=1))
+            references.append(flat_a)
             if a.dim() == 2:
                 agreements.append((a.argmax(dim=1) == b.argmax(dim=1)).double())
     cosine = torch.cat(cosines)
     top1 = float(torch.cat(agreements).mean()) if agreements else None
-    return Fidelity(float(cosine.mean()), top1, int(cosine.numel()))
+    return Fidelity(float(cosine.mean()), top1, int(cosine.numel()), _caveat(torch.cat(references)))
+
+
+def _caveat(outputs: torch.Tensor) -> str | None:
+    scale = float(outputs.abs().max())
+    if scale < 1e-6:
+        return f"the unpruned model's outputs are vanishingly small (max {scale:.2g}), so cosine and top-1 are noise"
+    variation = float((outputs - outputs.mean(dim=0)).abs().max()) / scale
+    if outputs.shape[0] > 1 and variation < 1e-3:
+        return "the unpruned model's outputs hardly depend on the input, so cosine and top-1 say little"
+    return None
 
 
 def _first(output: object) -> torch.Tensor:

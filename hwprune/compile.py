@@ -212,6 +212,8 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
         verification = verify_onnx(chosen.model, stage / "pruned.onnx", _verify_inputs(x, options.dynamic_batch),
                                    options.atol, options.rtol)
         quality = fidelity(analysis.model, chosen.model, calibration.batches)
+        if quality.caveat:
+            console.print(f"  [yellow]warning:[/yellow] fidelity: {quality.caveat} (random weights?)")
     if not verification.ok:
         raise HwpruneError(f"exported ONNX does not match the pruned model (max abs err "
                            f"{verification.max_abs_err:.3g}; worst {verification.worst})")
@@ -370,7 +372,7 @@ def _report(loaded: LoadedModel, context: Context, chosen: Attempt, final: Compa
                     "measured_ratio_spread": final.ratio_spread[1] if final is not None else None},
         "verify": verification.to_json(),
         "fidelity": {"cosine": quality.cosine, "top1_agreement": quality.top1_agreement, "samples": quality.samples,
-                     "inputs": calibration_source},
+                     "inputs": calibration_source, "caveat": quality.caveat},
         "search": {"importance": context.importance.method, "importance_fallbacks": context.importance.fallbacks,
                    "group_weights": "sensitivity", "min_keep": options.min_keep, "groups": len(chosen.plan.groups),
                    "baseline_predicted_ms": baseline_predicted,

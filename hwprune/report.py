@@ -101,8 +101,9 @@ def markdown(report: dict) -> str:
         f"{'pass' if verify['ok'] else 'FAIL'}.",
         "",
         f"**Fidelity** to the unpruned model on {fid['samples']} samples ({fid['inputs']}): mean output cosine "
-        f"{fid['cosine']:.4f}, top-1 agreement {top1}. Without real calibration data this is measured on noise; "
-        "fine-tune or validate on real data before deploying.",
+        f"{fid['cosine']:.4f}, top-1 agreement {top1}."
+        + (f" Caveat: {fid['caveat']}." if fid.get("caveat") else "")
+        + " Without real calibration data this is measured on noise; validate on real data before deploying.",
         "",
         f"**Engine**: {report['engine']['path'] or 'not built'}"
         + (f" ({report['engine']['reason']})" if report["engine"]["reason"] else "") + ".",
