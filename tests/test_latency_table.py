@@ -6,7 +6,7 @@ import pytest
 
 from hwprune.errors import HwpruneError
 from hwprune.graph.groups import ChannelGroup
-from hwprune.latency.layers import Layer
+from hwprune.latency.layers import GroupInput, Layer
 from hwprune.latency.lut import LutError, load_table, new_table, onnxruntime_provenance
 from hwprune.latency.measure import Timing
 from hwprune.latency.predictor import Anchor, TablePredictor
@@ -98,7 +98,7 @@ def staircase_predictor():
     for c in (16, 32, 48, 64):
         table.put(CONV.with_channels(64, c), timing(c / 16))   # output sweep: 1, 2, 3, 4 ms
         table.put(CONV.with_channels(c, 64), timing(2 + c / 32))  # input sweep: 2.5, 3, 3.5, 4 ms
-    layer = Layer("conv", CONV, in_group="a", out_group="b")
+    layer = Layer("conv", CONV, out_group="b", inputs=(GroupInput("a", 64),))
     return TablePredictor([layer], table, [Anchor({}, 5.0)]), layer
 
 
@@ -134,6 +134,16 @@ def test_two_anchors_recover_the_in_model_layer_scale_and_the_rest():
     assert fitted.predict({"b": 48}).total_ms == pytest.approx(0.5 * 3 + 0.75)
 
 
+def test_three_anchors_also_recover_the_fixed_cost():
+    predictor, layer = staircase_predictor()
+    # f = 0.5 ms that no width removes, k = 0.5, r = 1 ms: full 0.5 + 2 + 1; both at 32: 0.5 + 0.75 + 0.5;
+    # output at 16: 0.5 + 0.5 * T(64, 16) + 0.25.
+    anchors = [Anchor({}, 3.5), Anchor({"a": 32, "b": 32}, 1.75), Anchor({"b": 16}, 1.25)]
+    fitted = TablePredictor([layer], predictor.table, anchors)
+    assert (fitted.fixed_ms, fitted.layer_scale, fitted.rest_ms) == pytest.approx((0.5, 0.5, 1.0))
+    assert fitted.predict({"b": 48}).total_ms == pytest.approx(0.5 + 0.5 * 3 + 0.75)
+
+
 def test_anchor_fit_never_gives_a_negative_rest():
     predictor, layer = staircase_predictor()
     # Exact solution would be k = 2, r = -4: clamped to r = 0 and k by least squares.
@@ -145,7 +155,7 @@ def test_anchor_fit_never_gives_a_negative_rest():
 def test_unprofiled_layer_is_an_error():
     table = new_table(provenance(), {})
     with pytest.raises(HwpruneError, match="not in the latency table"):
-        TablePredictor([Layer("conv", CONV, None, None)], table)
+        TablePredictor([Layer("conv", CONV, None)], table)
 
 
 def test_session_call_overhead_is_taken_off_each_layer_but_not_below_5_percent():
@@ -163,3 +173,30 @@ def test_profiling_measures_the_call_overhead_once():
     profile([OpSignature("linear", 1, 16, 16, 4, 1)], table, load_target("cpu"))
     assert table.call_overhead_ms is not None and 0 < table.call_overhead_ms < table.entries[
         OpSignature("linear", 1, 16, 16, 4, 1).key()].median_ms * 10
+
+
+def test_layer_inputs_follow_concatenations_flattens_and_heads():
+    """A layer's input width is its unpruned width minus what each group it reads removes."""
+    import torch
+    from torch import nn
+
+    from hwprune.graph.analyze import analyze
+    from hwprune.latency.layers import model_layers
+
+    class Concat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 32, 3, padding=1)
+            self.mix = nn.Conv2d(48, 8, 1)
+            self.head = nn.Linear(8 * 4 * 4, 5)
+
+        def forward(self, x):
+            y = self.mix(torch.cat([self.a(x), self.b(x)], dim=1))
+            return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 4), 1))
+
+    analysis = analyze(Concat().eval(), torch.randn(1, 3, 8, 8))
+    layers = {layer.name: layer for layer in model_layers(analysis)}
+    assert {(g.group, g.size, g.width) for g in layers["mix"].inputs} == {("a", 16, 1), ("b", 32, 1)}
+    assert layers["mix"].c_in({"a": 8}) == 40 and layers["mix"].c_in({"a": 8, "b": 16}) == 24
+    assert [(g.group, g.size, g.width) for g in layers["head"].inputs] == [("mix", 8, 16)]
+    assert layers["head"].c_in({"mix": 4}) == 64

@@ -1,8 +1,10 @@
 """Which ops of a model cost time, and which channel groups set their sizes.
 
 The latency of a pruned model is predicted per conv/linear layer from its (c_in, c_out), so each
-layer is linked to the group that sets its output channels and the group that sets its input
-channels (either may be absent: the model input, a non-prunable group).
+layer is linked to the group that sets its output channels and to every group whose channels it
+reads (none: the model input; several: a concatenation, as in Inception and DenseNet; one
+spread over many inputs: a flatten in front of a linear layer, or an attention head's width).
+A layer's input width is its unpruned width minus what each of those groups removes.
 """
 
 from __future__ import annotations
@@ -12,9 +14,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hwprune.errors import HwpruneError
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.attention import HeadAttention
 from hwprune.latency.signature import OpSignature
+
+
+@dataclass(frozen=True)
+class GroupInput:
+    """A group whose channels a layer reads: ``size`` units, each ``width`` input positions wide."""
+
+    group: str
+    size: int
+    width: int = 1
 
 
 @dataclass(frozen=True)
@@ -23,11 +35,15 @@ class Layer:
 
     name: str
     signature: OpSignature
-    in_group: str | None
     out_group: str | None
+    inputs: tuple[GroupInput, ...] = ()
     depthwise: bool = False
-    channels_per_unit_in: int = 1
     channels_per_unit_out: int = 1
+
+    def c_in(self, keep: dict[str, int]) -> int:
+        """Input width with ``keep[group]`` units kept per group (absent groups whole)."""
+        removed = sum((g.size - keep[g.group]) * g.width for g in self.inputs if g.group in keep)
+        return self.signature.c_in - removed
 
 
 def layer_signatures(model: nn.Module, example_input: torch.Tensor, dtype: str = "fp32") -> dict[str, OpSignature]:
@@ -68,27 +84,38 @@ def model_layers(analysis: Analysis, dtype: str = "fp32") -> list[Layer]:
     """Every timed layer of the analysed (unpruned) model with the groups that size it."""
     signatures = layer_signatures(analysis.model, analysis.capture.example_input, dtype)
     out_group: dict[str, str] = {}
-    in_group: dict[str, str] = {}
-    units: dict[str, tuple[int, int]] = {}
+    out_units: dict[str, int] = {}
+    reads: dict[str, list[tuple[str, int, int | None]]] = {}  # (group, size, width if known)
     for group in analysis.groups:
         if group.kind == "heads":
             attention = analysis.model.get_submodule(group.id.removesuffix(":heads"))
             assert isinstance(attention, HeadAttention)
             for name in group.producers:
                 out_group[name] = group.id
-                units[name] = (1, attention.head_dim)
-            in_group[group.layers[-1]] = group.id
-            units[group.layers[-1]] = (attention.head_dim, 1)
+                out_units[name] = attention.head_dim
+            reads.setdefault(group.layers[-1], []).append((group.id, group.channels, attention.head_dim))
             continue
         for name in group.layers:
             if name in group.producers:
                 out_group.setdefault(name, group.id)
-            else:
-                in_group.setdefault(name, group.id)
+            elif all(g != group.id for g, _, _ in reads.get(name, [])):
+                reads.setdefault(name, []).append((group.id, group.channels, None))
     layers = []
     for name, sig in signatures.items():
         depthwise = sig.op == "conv2d" and sig.groups == sig.c_in == sig.c_out and sig.groups > 1
-        per_in, per_out = units.get(name, (1, 1))
-        source = out_group.get(name) if depthwise else in_group.get(name)
-        layers.append(Layer(name, sig, source, out_group.get(name), depthwise, per_in, per_out))
+        inputs = () if depthwise else _group_inputs(sig, reads.get(name, []))
+        layers.append(Layer(name, sig, out_group.get(name), inputs, depthwise, out_units.get(name, 1)))
     return layers
+
+
+def _group_inputs(sig: OpSignature, reads: list[tuple[str, int, int | None]]) -> tuple[GroupInput, ...]:
+    """The groups a layer reads, each with how many input positions one of its units spans: given
+    (heads), 1 for each part of a concatenation, or c_in / size for a single flattened group."""
+    if len(reads) == 1 and reads[0][2] is None and sig.c_in % reads[0][1] == 0:
+        group, size, _ = reads[0]
+        return (GroupInput(group, size, sig.c_in // size),)
+    inputs = tuple(GroupInput(group, size, width or 1) for group, size, width in reads)
+    if sum(g.size * g.width for g in inputs) > sig.c_in:
+        raise HwpruneError(f"layer reads more grouped channels than its {sig.c_in} inputs: "
+                           f"{', '.join(g.group for g in inputs)}")
+    return inputs

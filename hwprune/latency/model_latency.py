@@ -25,8 +25,8 @@ from hwprune.latency.space import channel_choices, profile_signatures
 from hwprune.targets import Target
 from hwprune.transform.prune import leading_channels, prune
 
-# The uniformly pruned anchor keeps about this fraction of every prunable group.
-ANCHOR_FRACTION = 0.5
+# The uniformly pruned anchors keep about these fractions of every prunable group.
+ANCHOR_FRACTIONS = (0.5, 0.25)
 
 
 def expected_provenance(target: Target) -> dict:
@@ -65,9 +65,9 @@ def measure_model(model: nn.Module, example_input: torch.Tensor, target: Target,
         return time_session(session, random_feeds(session), warmup=5, min_runs=runs, min_seconds=0.5)
 
 
-def anchor_counts(analysis: Analysis, alignment: int) -> dict[str, int]:
-    """Per prunable group, the allowed keep count nearest ``ANCHOR_FRACTION`` of its channels."""
-    return {g.id: min(channel_choices(g, alignment), key=lambda c: abs(c - ANCHOR_FRACTION * g.channels))
+def anchor_counts(analysis: Analysis, alignment: int, fraction: float) -> dict[str, int]:
+    """Per prunable group, the allowed keep count nearest ``fraction`` of its channels."""
+    return {g.id: min(channel_choices(g, alignment), key=lambda c: abs(c - fraction * g.channels))
             for g in analysis.prunable()}
 
 
@@ -79,7 +79,8 @@ def pruned_copy(analysis: Analysis, counts: dict[str, int]) -> nn.Module:
 
 def profile_model(analysis: Analysis, target: Target, table: LatencyTable, progress: object | None = None) -> int:
     """Measure every signature the search may need for this model, and the whole model unpruned and
-    uniformly pruned (the predictor's anchors); returns how many measurements were new."""
+    uniformly pruned at each of ``ANCHOR_FRACTIONS`` (the predictor's anchors); returns how many
+    measurements were new."""
     alignment = target.channel_alignment
     groups = {g.id: g for g in analysis.groups}
     signatures = profile_signatures(model_layers(analysis), groups, alignment)
@@ -89,15 +90,17 @@ def profile_model(analysis: Analysis, target: Target, table: LatencyTable, progr
     if key not in table.models:
         table.models[key] = measure_model(analysis.model, x, target).median_ms
         measured += 1
-    counts = anchor_counts(analysis, alignment)
-    if counts and _anchor_key(key) not in table.models:
-        table.models[_anchor_key(key)] = measure_model(pruned_copy(analysis, counts), x, target).median_ms
-        measured += 1
+    for fraction in ANCHOR_FRACTIONS:
+        counts = anchor_counts(analysis, alignment, fraction)
+        if counts and _anchor_key(key, fraction) not in table.models:
+            table.models[_anchor_key(key, fraction)] = measure_model(pruned_copy(analysis, counts), x,
+                                                                     target).median_ms
+            measured += 1
     return measured
 
 
-def _anchor_key(key: str) -> str:
-    return f"{key}|keep={ANCHOR_FRACTION}"
+def _anchor_key(key: str, fraction: float) -> str:
+    return f"{key}|keep={fraction}"
 
 
 def analytic_predictor(analysis: Analysis, target: Target) -> TablePredictor:
@@ -121,8 +124,10 @@ def predictor_for(analysis: Analysis, table: LatencyTable, target: Target) -> Ta
     if key not in table.models:
         raise HwpruneError(f"{analysis.name} has not been profiled on this target; run hwprune profile first")
     anchors = [Anchor({}, table.models[key])]
-    if _anchor_key(key) in table.models:
-        anchors.append(Anchor(anchor_counts(analysis, target.channel_alignment), table.models[_anchor_key(key)]))
+    for fraction in ANCHOR_FRACTIONS:
+        if _anchor_key(key, fraction) in table.models:
+            anchors.append(Anchor(anchor_counts(analysis, target.channel_alignment, fraction),
+                                  table.models[_anchor_key(key, fraction)]))
     return TablePredictor(model_layers(analysis), table, anchors)
 
 

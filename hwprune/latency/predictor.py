@@ -3,15 +3,18 @@
 Each single-op measurement includes one session call's own cost, which a whole model pays once,
 not once per layer; the table's measured call overhead is taken off every layer's time.
 
-End-to-end latency = call overhead + k * (sum over conv/linear layers of their table latency)
+End-to-end latency = f + k * (sum over conv/linear layers of their table latency)
 + r * (the layers' output activations relative to the unpruned model's). The second term is
 the layers as timed alone, scaled by k because a layer inside a model runs faster than alone (its
 input is warm in cache, the runtime fuses it with its BN and activation, and small layers'
 fixed costs shrink); the third term is the rest of the model (pooling, elementwise ops,
-attention matmuls, layout reorders), dominated by memory traffic over those activations.
-k and r are fitted per model to whole-model measurements at profile time ("anchors": the
-unpruned model and a uniformly pruned one, measured on the target): least squares with k, r >= 0.
-With one anchor k = 1 and r takes the difference; with none the prediction is the layer sum.
+attention matmuls, layout reorders), dominated by memory traffic over those activations; f is
+what does not shrink with width (the session call, every node's dispatch, ops outside the
+prunable groups), and matters most at small widths, where a search likes to go.
+f, k and r are fitted per model to whole-model measurements at profile time ("anchors": the
+unpruned model and uniformly pruned copies, measured on the target) by least squares with every
+coefficient >= 0. With three or more anchors all three are fitted; with two, f is the measured
+call overhead; with one, k = 1 and r takes the difference; with none the prediction is the layer sum.
 
 A layer point that was measured is a ``lut`` prediction. Any other point combines the output
 sweep (inputs full) and the input sweep (outputs full) of that layer multiplicatively,
@@ -60,26 +63,25 @@ class TablePredictor:
         self._full_activations = sum(self._activations(layer, {}) for layer in layers)
         self._touching: dict[str, list[Layer]] = {}
         for layer in layers:
-            for group_id in {layer.in_group, layer.out_group} - {None}:
+            for group_id in {g.group for g in layer.inputs} | ({layer.out_group} - {None}):
                 self._touching.setdefault(group_id, []).append(layer)
-        self.overhead_ms = (table.call_overhead_ms or 0.0) if anchors else 0.0
-        self.layer_scale, self.rest_ms = self._fit(anchors)
+        self.fixed_ms, self.layer_scale, self.rest_ms = self._fit(anchors)
 
-    def _fit(self, anchors: Sequence[Anchor]) -> tuple[float, float]:
-        """(k, r) from the anchors, each >= 0; see the module docstring."""
+    def _fit(self, anchors: Sequence[Anchor]) -> tuple[float, float, float]:
+        """(f, k, r) from the anchors, each >= 0; see the module docstring."""
         if not anchors:
-            return 1.0, 0.0
+            return 0.0, 1.0, 0.0
         sums = np.array([sum(self._layers_ms(a.keep)[0].values()) for a in anchors])
         activations = np.array([self._activation_ratio(a.keep) for a in anchors])
-        targets = np.array([a.measured_ms for a in anchors]) - self.overhead_ms
+        measured = np.array([a.measured_ms for a in anchors])
+        overhead = self.table.call_overhead_ms or 0.0
         if len(anchors) == 1:
-            return 1.0, max(0.0, float(targets[0] - sums[0]) / activations[0])
-        (k, r), *_ = np.linalg.lstsq(np.stack([sums, activations], axis=1), targets, rcond=None)
-        if r < 0:
-            k, r = float(sums @ targets / (sums @ sums)), 0.0
-        elif k < 0:
-            k, r = 0.0, float(activations @ targets / (activations @ activations))
-        return float(k), float(r)
+            return overhead, 1.0, max(0.0, float(measured[0] - overhead - sums[0]) / activations[0])
+        if len(anchors) == 2:
+            k, r = nonnegative_least_squares(np.stack([sums, activations], axis=1), measured - overhead)
+            return overhead, float(k), float(r)
+        f, k, r = nonnegative_least_squares(np.stack([np.ones_like(sums), sums, activations], axis=1), measured)
+        return float(f), float(k), float(r)
 
     def _measured_axes(self, layer: Layer) -> tuple[dict[int, float], dict[int, float]]:
         sig = layer.signature
@@ -100,7 +102,7 @@ class TablePredictor:
         c_out = keep[layer.out_group] * layer.channels_per_unit_out if layer.out_group in keep else sig.c_out
         if layer.depthwise:
             return c_out, c_out
-        c_in = keep[layer.in_group] * layer.channels_per_unit_in if layer.in_group in keep else sig.c_in
+        c_in = layer.c_in(keep)
         return c_in, c_out
 
     def layer_ms(self, layer: Layer, c_in: int, c_out: int) -> tuple[float, bool]:
@@ -136,7 +138,7 @@ class TablePredictor:
 
     def layer_sides(self) -> dict[str, int]:
         """Per group, how many layer inputs and outputs it sizes (a depthwise layer counts once)."""
-        return {gid: sum((layer.in_group == gid and not layer.depthwise) + (layer.out_group == gid)
+        return {gid: sum(any(g.group == gid for g in layer.inputs) + (layer.out_group == gid)
                          for layer in touched) for gid, touched in self._touching.items()}
 
     def group_costs(self, keep: dict[str, int], group_id: str, counts: Sequence[int]) -> list[float]:
@@ -155,8 +157,26 @@ class TablePredictor:
         """Latency with ``keep[group_id]`` units kept per group (absent groups stay whole)."""
         alone, all_exact = self._layers_ms(keep)
         layers_ms = {name: self.layer_scale * ms for name, ms in alone.items()}
-        rest = self.overhead_ms + self.rest_ms * self._activation_ratio(keep)
+        rest = self.fixed_ms + self.rest_ms * self._activation_ratio(keep)
         return Prediction(sum(layers_ms.values()) + rest, layers_ms, rest, "lut" if all_exact else "interpolated")
+
+
+def nonnegative_least_squares(columns: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """argmin ||columns @ x - targets|| subject to x >= 0, exactly, by trying every subset of free
+    columns (the optimum is the unconstrained fit on its support): fine for the three columns here."""
+    width = columns.shape[1]
+    best, best_residual = np.zeros(width), float(targets @ targets)
+    for mask in range(1, 2 ** width):
+        support = [i for i in range(width) if mask >> i & 1]
+        solution, *_ = np.linalg.lstsq(columns[:, support], targets, rcond=None)
+        if (solution < 0).any():
+            continue
+        candidate = np.zeros(width)
+        candidate[support] = solution
+        residual = float(np.sum((columns @ candidate - targets) ** 2))
+        if residual < best_residual - 1e-15:
+            best, best_residual = candidate, residual
+    return best
 
 
 def _shape_key(sig: OpSignature) -> tuple:

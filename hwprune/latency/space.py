@@ -34,10 +34,10 @@ def layer_axes(layer: Layer, groups: dict[str, ChannelGroup], alignment: int) ->
     """The c_in and c_out values ``layer`` can take under the allowed keep counts."""
     sig = layer.signature
     outs = [n * layer.channels_per_unit_out for n in channel_choices(groups.get(layer.out_group), alignment)]
-    ins = [n * layer.channels_per_unit_in for n in channel_choices(groups.get(layer.in_group), alignment)]
     if layer.depthwise:
-        ins = outs
-    return ins or [sig.c_in], outs or [sig.c_out]
+        return outs or [sig.c_out], outs or [sig.c_out]
+    ins = {layer.c_in({g.group: n}) for g in layer.inputs for n in channel_choices(groups.get(g.group), alignment)}
+    return sorted(ins | {sig.c_in}), outs or [sig.c_out]
 
 
 def profile_signatures(layers: list[Layer], groups: dict[str, ChannelGroup], alignment: int) -> list[OpSignature]:
