@@ -6,9 +6,10 @@ channel count around 70% and 40%), predict the latency from the table and measur
 ONNX model with onnxruntime (the cpu profile's threads and optimisation level, median of timed
 runs). Prints a table, the mean absolute percentage error (MAPE) and the worst error.
 
-The predictor is calibrated at profile time on two whole-model measurements (the unpruned model
-and every group at about half width), so the unpruned rows' error is run-to-run noise; the
-pruned rows (random widths per group, not the anchor's) test the predictor.
+The predictor is calibrated at profile time on three whole-model measurements (the unpruned
+model, and every group at about half and a quarter of its width), so the unpruned rows' error is
+run-to-run noise; the pruned rows (random widths per group, not the anchors' uniform ones) test
+the predictor.
 The run-to-run spread is printed too (each unpruned model is measured again at the end), so a
 reader can tell noise from error.
 
