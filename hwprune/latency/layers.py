@@ -98,7 +98,8 @@ def model_layers(analysis: Analysis, dtype: str = "fp32") -> list[Layer]:
         for name in group.layers:
             if name in group.producers:
                 out_group.setdefault(name, group.id)
-            elif all(g != group.id for g, _, _ in reads.get(name, [])):
+            elif group.prunable and all(g != group.id for g, _, _ in reads.get(name, [])):
+                # a group that cannot be pruned never changes a reader's width
                 reads.setdefault(name, []).append((group.id, group.channels, None))
     layers = []
     for name, sig in signatures.items():
