@@ -193,21 +193,23 @@ def _run_latency(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hwprune.latency.model_latency import open_table, predict_analytic, predictor_for
+    from hwprune.latency.profiler import require_local_runtime
     from hwprune.targets import load_target
 
     target = load_target(args.target)
+    if args.measure:
+        require_local_runtime(target)  # says why this host cannot measure the target, before any work
     analysis = _load_and_analyze(args)
-    if target.runtime != "onnxruntime":
-        prediction = predict_analytic(analysis, target)
-    else:
+    runs_here = target.runtime == "onnxruntime" or _tensorrt_runs_here()
+    if runs_here:
         table, _path = open_table(target, Path(args.lut) if args.lut else None)
         prediction = predictor_for(analysis, table, target).predict({})
+    else:
+        prediction = predict_analytic(analysis, target)
     measured = None
     if args.measure:
         from hwprune.latency.model_latency import measure_model
 
-        if target.runtime != "onnxruntime":
-            raise HwpruneError(f"target {target.name} runs on {target.runtime}, which this host cannot measure")
         measured = measure_model(analysis.model, analysis.capture.example_input, target).median_ms
     result = {"model": analysis.name, "target": target.name, "predicted_ms": prediction.total_ms,
               "source": prediction.source, "measured_ms": measured,
@@ -218,7 +220,7 @@ def _run_latency(args: argparse.Namespace) -> int:
     print(f"{analysis.name} on {target.name}: predicted {prediction.total_ms:.3f} ms ({prediction.source})")
     if measured is not None:
         error = 100 * (prediction.total_ms - measured) / measured
-        print(f"measured {measured:.3f} ms (onnxruntime, this host); prediction error {error:+.1f}%")
+        print(f"measured {measured:.3f} ms ({target.runtime}, this host); prediction error {error:+.1f}%")
     return 0
 
 
@@ -328,6 +330,12 @@ def _run_bench(args: argparse.Namespace) -> int:
         print(f"{status}: {model} {verdict.candidate_ms:.3f} ms vs baseline {verdict.baseline_ms:.3f} ms, ratio "
               f"{verdict.ratio:.3f} (tolerance {1 + verdict.tolerance:.2f}, {verdict.method})")
     return 1 if verdict is not None and verdict.regressed else 0
+
+
+def _tensorrt_runs_here() -> bool:
+    from hwprune.export.tensorrt import unavailable_reason
+
+    return unavailable_reason() is None
 
 
 def _run_devices(args: argparse.Namespace) -> int:

@@ -49,14 +49,57 @@ def test_unknown_target(cache, capsys):
     assert "unknown target 'nope'" in capsys.readouterr().err
 
 
+NO_TRT = pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt") is not None,
+                            reason="TensorRT is installed: the unreachable-target path cannot be exercised")
+
+
+@NO_TRT
 def test_unreachable_target_is_predicted_analytically_and_labelled(cache, capsys):
     assert main(["latency", f"{DATA}:tiny_cnn", "--target", "jetson-orin-nano", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["source"] == "analytic" and result["measured_ms"] is None and result["predicted_ms"] > 0
     assert main(["latency", f"{DATA}:tiny_cnn", "--target", "jetson-orin-nano", "--measure"]) == 2
-    assert "cannot measure" in capsys.readouterr().err
+    assert "is timed with TensorRT: TensorRT is not installed" in capsys.readouterr().err
 
 
+@NO_TRT
 def test_profiling_a_tensorrt_target_without_tensorrt_exits_2(cache, capsys):
     assert main(["profile", f"{DATA}:tiny_cnn", "--target", "t4"]) == 2
-    assert "TensorRT, which is not installed here" in capsys.readouterr().err
+    assert "is timed with TensorRT: TensorRT is not installed" in capsys.readouterr().err
+
+
+def test_tensorrt_profiling_builds_one_engine_per_op_where_tensorrt_runs(monkeypatch, tmp_path):
+    """The plumbing only (TensorRT cannot run here): which graphs reach the engine timer, with which
+    input names and shapes, and that the table is labelled TensorRT. No number here is a TensorRT one."""
+    import importlib.machinery
+    import sys
+    import types
+
+    import hwprune.export.tensorrt as trt_module
+    import hwprune.latency.profiler as profiler
+    from hwprune.latency.lut import new_table
+    from hwprune.latency.measure import Timing
+    from hwprune.latency.model_latency import expected_provenance
+    from hwprune.latency.signature import OpSignature
+    from hwprune.targets import load_target
+
+    monkeypatch.setattr(trt_module, "unavailable_reason", lambda: None)
+    stub = types.ModuleType("tensorrt")
+    stub.__version__, stub.__spec__ = "10.3.0", importlib.machinery.ModuleSpec("tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt", stub)
+    calls = []
+
+    def engine_timer(onnx_path, input_name, shape, target, runs):
+        calls.append((input_name, shape, target.name, onnx_path.read_bytes()[:2] != b""))
+        return Timing(1.0, 1.0, 1.0, 0.0, runs)
+
+    monkeypatch.setattr(profiler, "time_engine_of", engine_timer)
+    target = load_target("t4")
+    provenance = expected_provenance(target)
+    assert provenance["runtime"] == "tensorrt" and provenance["runtime_version"] == "10.3.0"
+    table = new_table(provenance, profiler.TENSORRT_METHOD)
+    conv = OpSignature("conv2d", 1, 16, 32, 8, 8, kernel=3, padding=1, dtype="fp16")
+    linear = OpSignature("linear", 1, 64, 128, 10, 1, dtype="fp16")
+    assert profiler.profile([conv, linear], table, target) == 2
+    assert calls == [("x", (1,), "t4", True), ("x", (1, 16, 8, 8), "t4", True), ("x", (1, 10, 64), "t4", True)]
+    assert table.get(conv) is not None and table.call_overhead_ms == 1.0

@@ -42,9 +42,10 @@ class EngineConfig:
 
 def engine_config(target: Target, onnx: Path, engine: Path, input_shape: tuple[int, ...], sparse: bool = False,
                   max_batch: int | None = None, input_name: str = "input",
-                  workspace_mib: int = DEFAULT_WORKSPACE_MIB) -> EngineConfig:
+                  workspace_mib: int = DEFAULT_WORKSPACE_MIB, timing_cache: Path | None = None) -> EngineConfig:
     """The build settings a target implies: its default dtype, and 2:4 sparse weights only where the
-    plan uses them and the device accelerates them."""
+    plan uses them and the device accelerates them. The timing cache sits beside the engine unless
+    given."""
     if sparse and not target.sparse_24:
         raise HwpruneError(f"target {target.name} has no sparse tensor cores; a 2:4 plan gains nothing there")
     dtype = target.default_dtype
@@ -52,7 +53,7 @@ def engine_config(target: Target, onnx: Path, engine: Path, input_shape: tuple[i
         raise HwpruneError(f"target {target.name}: engines are built in fp32 or fp16, not {dtype}")
     return EngineConfig(onnx, engine, input_name, tuple(input_shape), fp16=dtype == "fp16", sparse_weights=sparse,
                         workspace_mib=workspace_mib,
-                        timing_cache=engine.parent / "timing.cache", max_batch=max_batch)
+                        timing_cache=timing_cache or engine.parent / "timing.cache", max_batch=max_batch)
 
 
 def _shape(shape: tuple[int, ...]) -> str:

@@ -17,10 +17,24 @@ from hwprune.errors import HwpruneError
 from hwprune.export.onnx_export import export_onnx
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.latency.layers import model_layers
-from hwprune.latency.lut import LatencyTable, LutError, load_table, new_table, onnxruntime_provenance
+from hwprune.latency.lut import (
+    LatencyTable,
+    LutError,
+    host_fingerprint,
+    load_table,
+    new_table,
+    onnxruntime_provenance,
+)
 from hwprune.latency.measure import Timing, make_session, random_feeds, time_session
 from hwprune.latency.predictor import Anchor, Prediction, TablePredictor
-from hwprune.latency.profiler import METHOD, profile, require_local_runtime, runtime_settings
+from hwprune.latency.profiler import (
+    METHOD,
+    TENSORRT_METHOD,
+    profile,
+    require_local_runtime,
+    runtime_settings,
+    time_engine_of,
+)
 from hwprune.latency.space import channel_choices, profile_signatures
 from hwprune.targets import Target
 from hwprune.transform.prune import leading_channels, prune
@@ -30,6 +44,16 @@ ANCHOR_FRACTIONS = (0.5, 0.25)
 
 
 def expected_provenance(target: Target) -> dict:
+    """The settings a table for ``target`` must have been measured under on this host."""
+    if target.runtime == "tensorrt":
+        import tensorrt
+
+        from hwprune.environment import fingerprint
+
+        gpu = fingerprint(target).get("gpu")
+        return {"target": target.name, "runtime": "tensorrt", "runtime_version": tensorrt.__version__,
+                "threads": None, "graph_optimization_level": None,
+                "host": {**host_fingerprint(), "gpu": gpu, "dtype": target.default_dtype}}
     threads, level = runtime_settings(target)
     return onnxruntime_provenance(target.name, threads, level)
 
@@ -49,7 +73,7 @@ def open_table(target: Target, path: Path | None = None, create: bool = False) -
         return load_table(path, expected), path
     if not create:
         raise LutError(f"{path}: no latency table for target {target.name}; run hwprune profile first")
-    return new_table(expected, METHOD), path
+    return new_table(expected, TENSORRT_METHOD if target.runtime == "tensorrt" else METHOD), path
 
 
 def model_key(spec: str, example_input: torch.Tensor) -> str:
@@ -58,6 +82,10 @@ def model_key(spec: str, example_input: torch.Tensor) -> str:
 
 def measure_model(model: nn.Module, example_input: torch.Tensor, target: Target, runs: int = 30) -> Timing:
     """Export to a temporary ONNX file and time it on this host with the target's settings."""
+    if target.runtime == "tensorrt":
+        with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
+            path = export_onnx(model, example_input, Path(tmp) / "model.onnx")
+            return time_engine_of(path, "input", tuple(example_input.shape), target)
     threads, level = runtime_settings(target)
     with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
         path = export_onnx(model, example_input, Path(tmp) / "model.onnx")
@@ -83,7 +111,7 @@ def profile_model(analysis: Analysis, target: Target, table: LatencyTable, progr
     measurements were new."""
     alignment = target.channel_alignment
     groups = {g.id: g for g in analysis.groups}
-    signatures = profile_signatures(model_layers(analysis), groups, alignment)
+    signatures = profile_signatures(model_layers(analysis, target.default_dtype), groups, alignment)
     measured = profile(signatures, table, target, progress)
     key = model_key(analysis.name, analysis.capture.example_input)
     x = analysis.capture.example_input
@@ -128,7 +156,7 @@ def predictor_for(analysis: Analysis, table: LatencyTable, target: Target) -> Ta
         if _anchor_key(key, fraction) in table.models:
             anchors.append(Anchor(anchor_counts(analysis, target.channel_alignment, fraction),
                                   table.models[_anchor_key(key, fraction)]))
-    return TablePredictor(model_layers(analysis), table, anchors)
+    return TablePredictor(model_layers(analysis, target.default_dtype), table, anchors)
 
 
 def analytic_table(analysis: Analysis, target: Target) -> LatencyTable:

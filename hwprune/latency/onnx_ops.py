@@ -1,4 +1,8 @@
-"""Single-op ONNX graphs for OpSignatures, the unit the onnxruntime profiler times."""
+"""Single-op ONNX graphs for OpSignatures, the unit the profilers time.
+
+The graphs are fp32 whatever the signature's dtype: precision is the runtime's choice (TensorRT's
+FP16 flag), and the onnxruntime CPU profiler refuses anything but fp32 signatures.
+"""
 
 from __future__ import annotations
 
@@ -22,10 +26,15 @@ def identity_model() -> bytes:
     return model.SerializeToString()
 
 
+def input_shape(sig: OpSignature) -> tuple[int, ...]:
+    """The shape of the single-op graph's input ``x``."""
+    if sig.op == "conv2d":
+        return (sig.batch, sig.c_in, sig.h, sig.w)
+    return (sig.batch, sig.h, sig.c_in)
+
+
 def single_op_model(sig: OpSignature) -> bytes:
     """A serialized ONNX model computing just ``sig`` (conv2d: Conv; linear: MatMul + Add)."""
-    if sig.dtype != "fp32":
-        raise HwpruneError(f"onnxruntime CPU profiling supports fp32 only, not {sig.dtype}")
     rng = np.random.default_rng(0)
     if sig.op == "conv2d":
         weight = rng.standard_normal((sig.c_out, sig.c_in // sig.groups, sig.kernel, sig.kernel), dtype=np.float32)
@@ -34,11 +43,11 @@ def single_op_model(sig: OpSignature) -> bytes:
                                 strides=[sig.stride] * 2, pads=[sig.padding] * 4, dilations=[sig.dilation] * 2,
                                 group=sig.groups)
         nodes = [node]
-        x_shape, y_shape = [sig.batch, sig.c_in, sig.h, sig.w], [sig.batch, sig.c_out, oh, ow]
+        x_shape, y_shape = list(input_shape(sig)), [sig.batch, sig.c_out, oh, ow]
     elif sig.op == "linear":
         weight = rng.standard_normal((sig.c_in, sig.c_out), dtype=np.float32)
         nodes = [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])]
-        x_shape, y_shape = [sig.batch, sig.h, sig.c_in], [sig.batch, sig.h, sig.c_out]
+        x_shape, y_shape = list(input_shape(sig)), [sig.batch, sig.h, sig.c_out]
     else:
         raise HwpruneError(f"no single-op ONNX graph for op {sig.op!r}")
     bias = rng.standard_normal((sig.c_out,), dtype=np.float32)
