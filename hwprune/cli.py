@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="glob of layer names whose channels must stay (repeatable)")
     compile_.add_argument("--refine", type=int, default=2, metavar="N",
                           help="re-searches when the measured latency misses the budget (default: 2)")
+    compile_.add_argument("--recalibrate-bn", choices=("auto", "on", "off"), default="auto",
+                          help="re-estimate BatchNorm statistics of the pruned model on the calibration inputs "
+                               "(auto: only with --calib-data)")
     compile_.add_argument("--dynamic-batch", action="store_true", help="export with a symbolic batch axis")
     compile_.add_argument("--atol", type=float, default=1e-4, help="ONNX verification absolute tolerance (1e-4)")
     compile_.add_argument("--rtol", type=float, default=1e-3, help="ONNX verification relative tolerance (1e-3)")
@@ -91,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     apply = sub.add_parser("apply", help="re-apply a plan.json to a model without searching")
     apply.add_argument("plan", metavar="PLAN", help="plan.json written by hwprune compile")
     _add_model_arguments(apply)
+    apply.add_argument("--calib-data", metavar="SPEC",
+                       help="the calibration data the compile used, needed when the plan recalibrated BatchNorm")
     apply.add_argument("--out", required=True, metavar="DIR", help="output folder (pruned.onnx)")
     apply.set_defaults(run=_run_apply)
 
@@ -248,7 +253,8 @@ def _run_compile(args: argparse.Namespace) -> int:
     target = load_target(args.target)
     options = Options(target, budget, args.importance, args.calib_data, args.min_keep,
                       Path(args.lut) if args.lut else None, args.refine, exclude=tuple(args.exclude),
-                      atol=args.atol, rtol=args.rtol, dynamic_batch=args.dynamic_batch)
+                      atol=args.atol, rtol=args.rtol, dynamic_batch=args.dynamic_batch,
+                      recalibrate_bn=args.recalibrate_bn)
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     loaded = load_model(args.model, shape, args.weights)
     report = compile_model(loaded, options, args.out, Console(stderr=True))
@@ -286,8 +292,20 @@ def _run_apply(args: argparse.Namespace) -> int:
     if list(analysis.capture.example_input.shape) != plan.input_shape:
         raise HwpruneError(f"{args.plan}: made for input {plan.input_shape}, the model's input is "
                            f"{list(analysis.capture.example_input.shape)} (use --input-shape)")
+    batches = []
+    if plan.bn_recalibration:
+        from hwprune.calibration import load_calibration
+
+        if not args.calib_data:
+            raise HwpruneError(f"{args.plan}: the compile re-estimated BatchNorm statistics on calibration data; pass "
+                               "the same --calib-data to reproduce its model")
+        batches = load_calibration(args.calib_data, analysis.capture.example_input).batches
     before = sum(p.numel() for p in analysis.model.parameters())
     model = apply_plan(plan, analysis)
+    if batches:
+        from hwprune.transform.recalibrate import recalibrate_batchnorm
+
+        recalibrate_batchnorm(model, batches)
     path = export_onnx(model, analysis.capture.example_input, Path(args.out) / "pruned.onnx")
     after = sum(p.numel() for p in model.parameters())
     print(f"applied {args.plan} ({len(plan.groups)} groups) to {analysis.name}: params {before / 1e6:.2f}M -> "

@@ -58,6 +58,7 @@ from hwprune.plan import Plan, apply_plan, build_plan
 from hwprune.report import markdown, write_plots
 from hwprune.search.width import SearchResult, search_widths
 from hwprune.targets import Target
+from hwprune.transform.recalibrate import recalibrate_batchnorm
 
 ARTEFACTS = ("report.json", "report.md", "plan.json", "baseline.onnx", "pruned.onnx", "plots", "build_engine.sh",
              "baseline.engine", "pruned.engine", "timing.cache")
@@ -106,6 +107,9 @@ class Options:
     atol: float = DEFAULT_ATOL
     rtol: float = DEFAULT_RTOL
     dynamic_batch: bool = False
+    # Re-estimate BatchNorm statistics of the pruned model on the calibration inputs: "auto" does
+    # it when real calibration data is given (recalibrating on random noise would be worse).
+    recalibrate_bn: str = "auto"
 
 
 @dataclass
@@ -134,6 +138,7 @@ class Context:
     stage: Path
     baseline_session: object | None  # None: this host cannot run the target's runtime
     feeds: dict
+    recalibration_batches: list[torch.Tensor]  # empty: BatchNorm statistics stay as trained
 
 
 def compile_model(loaded: LoadedModel, options: Options, out_dir: str | Path, console: Console | None = None) -> dict:
@@ -195,7 +200,9 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
         baseline_onnx = export_onnx(analysis.model, x, stage / "baseline.onnx", options.dynamic_batch,
                                     slim_available())
     baseline_predicted = predictor.predict({}).total_ms
-    context = Context(analysis, predictor, importance, sensitivity, options, stage, None, {})
+    recalibrate = options.recalibrate_bn == "on" or (options.recalibrate_bn == "auto" and not calibration.random)
+    context = Context(analysis, predictor, importance, sensitivity, options, stage, None, {},
+                      calibration.batches if recalibrate else [])
     if measurable:
         context.baseline_session = _session(baseline_onnx, target)
         context.feeds = random_feeds(context.baseline_session)
@@ -265,9 +272,11 @@ def _attempt(context: Context, predicted_budget: float, number: int) -> Attempt:
     result = search_widths(analysis, context.predictor, context.importance, options.target.channel_alignment,
                            predicted_budget, options.min_keep, weights=context.sensitivity)
     plan = build_plan(analysis, options.target.name, options.budget.kind, options.budget.value, result,
-                      context.importance, context.predictor)
+                      context.importance, context.predictor, bool(context.recalibration_batches))
     fresh = analyze(copy.deepcopy(analysis.model), x, analysis.name, strict=False)
     model = apply_plan(plan, fresh).eval()
+    if context.recalibration_batches:
+        recalibrate_batchnorm(model, context.recalibration_batches)
     onnx_path = export_onnx(model, x, context.stage / f"pruned-round{number}.onnx", options.dynamic_batch,
                             slim_available())
     comparison = None
@@ -373,6 +382,7 @@ def _report(loaded: LoadedModel, context: Context, chosen: Attempt, final: Compa
         "verify": verification.to_json(),
         "fidelity": {"cosine": quality.cosine, "top1_agreement": quality.top1_agreement, "samples": quality.samples,
                      "inputs": calibration_source, "caveat": quality.caveat},
+        "bn_recalibration": bool(context.recalibration_batches),
         "search": {"importance": context.importance.method, "importance_fallbacks": context.importance.fallbacks,
                    "group_weights": "sensitivity", "min_keep": options.min_keep, "groups": len(chosen.plan.groups),
                    "baseline_predicted_ms": baseline_predicted,

@@ -42,6 +42,9 @@ class Plan:
     latency_model: dict
     importance: str
     groups: dict[str, GroupDecision] = field(default_factory=dict)
+    # The pruned model's BatchNorm statistics were re-estimated on calibration data; re-applying
+    # the plan needs the same data to give the same model.
+    bn_recalibration: bool = False
 
     def to_json(self) -> dict:
         return {"format": FORMAT, **asdict(self)}
@@ -62,7 +65,8 @@ def load_plan(path: str | Path) -> Plan:
                   for gid, g in data["groups"].items()}
         return Plan(str(data["model"]), [int(d) for d in data["input_shape"]], str(data["target"]),
                     dict(data["budget"]), float(data["predicted_ms"]), float(data["baseline_predicted_ms"]),
-                    dict(data["latency_model"]), str(data["importance"]), groups)
+                    dict(data["latency_model"]), str(data["importance"]), groups,
+                    bool(data.get("bn_recalibration", False)))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PlanError(f"{path}: malformed plan ({type(exc).__name__}: {exc})") from exc
 
@@ -80,7 +84,7 @@ def apply_plan(plan: Plan, analysis: Analysis) -> nn.Module:
 
 
 def build_plan(analysis: Analysis, target: str, budget_kind: str, budget_value: float, result: SearchResult,
-               importance: Importance, predictor: TablePredictor) -> Plan:
+               importance: Importance, predictor: TablePredictor, bn_recalibration: bool = False) -> Plan:
     """The plan for a search result: each group's best channels by importance, and the provenance."""
     groups = {}
     for gid, count in result.counts.items():
@@ -94,4 +98,4 @@ def build_plan(analysis: Analysis, target: str, budget_kind: str, budget_value: 
                      "layer_scale": predictor.layer_scale, "rest_ms": predictor.rest_ms}
     budget = {"kind": budget_kind, "value": budget_value, "predicted_ms": result.predicted_ms}
     return Plan(analysis.name, list(analysis.capture.example_input.shape), target, budget, result.predicted_ms,
-                result.baseline_predicted_ms, latency_model, importance.method, groups)
+                result.baseline_predicted_ms, latency_model, importance.method, groups, bn_recalibration)

@@ -44,6 +44,28 @@ def test_compile_writes_a_verified_measured_report(compiled):
     assert report["speedup"]["predicted"] > 1 and report["speedup"]["measured"] > 0
     assert 0 < report["fidelity"]["cosine"] <= 1 + 1e-9 and 0 <= report["fidelity"]["top1_agreement"] <= 1
     assert report["budget"] == {"kind": "latency", "value": 0.6, "latency_fraction": 0.6}
+    assert report["bn_recalibration"] is False  # random calibration inputs: statistics stay as trained
+
+
+def test_calibration_data_recalibrates_batchnorm_and_still_verifies(compiled, tmp_path, monkeypatch):
+    _code, _out, cache = compiled
+    monkeypatch.setenv("HWPRUNE_CACHE", str(cache))
+    calib = tmp_path / "calib.py"
+    calib.write_text("import torch\n\ndef batches():\n    torch.manual_seed(3)\n"
+                     "    return [torch.randn(4, 3, 64, 64) for _ in range(3)]\n")
+    out = tmp_path / "out"
+    assert main(["compile", MODEL, "--latency", "0.6", "--importance", "taylor", "--calib-data", f"{calib}:batches",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["bn_recalibration"] is True and report["verify"]["ok"]
+    assert report["fidelity"]["inputs"].endswith("calib.py:batches") and report["fidelity"]["samples"] == 12
+    again = tmp_path / "again"
+    assert main(["apply", str(out / "plan.json"), MODEL, "--out", str(again)]) == 2  # needs the same data
+    assert main(["apply", str(out / "plan.json"), MODEL, "--calib-data", f"{calib}:batches", "--out", str(again)]) == 0
+    x = np.random.default_rng(2).standard_normal((1, 3, 64, 64), dtype=np.float32)
+    outputs = [ort.InferenceSession(str(path)).run(None, {"input": x})[0]
+               for path in (out / "pruned.onnx", again / "pruned.onnx")]
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
 
 
 def test_apply_reproduces_the_compiled_model(compiled, tmp_path, capsys):
