@@ -5,14 +5,15 @@ costs in accuracy. scikit-learn ships the digits (1,797 8x8 handwritten digits, 
 they are upsampled to 64x64, split 70/30 (stratified, seeded), and a small residual CNN is
 trained on the 70% (Adam, a few epochs on the CPU). Then for each budget:
 
-- ``hwprune compile`` (cpu target, Taylor importance, 256 training images as ``--calib-data``, so
-  the pruned model's BatchNorm statistics are re-estimated on them; no fine-tuning) prunes it,
+- ``hwprune compile`` (cpu target, Taylor importance unless ``--importance``, 256 training images
+  as ``--calib-data``, so the pruned model's BatchNorm statistics are re-estimated on them; no
+  fine-tuning) prunes it,
   and its exported pruned.onnx is scored on the held-out 30%; once more with
   ``--recalibrate-bn off`` to show what the recalibration is worth;
 - torch-pruning's uniform L1 pruning with ``round_to=16`` is bisected to the same measured
   latency, given the same BatchNorm recalibration, and scored the same way.
 
-    pip install scikit-learn && python benchmarks/digits_accuracy.py [--budgets 0.5,0.7]
+    pip install -e ".[bench]" && python benchmarks/digits_accuracy.py [--budgets 0.5,0.7]
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", default="0.5,0.7")
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--importance", default="taylor", choices=("l1", "l2", "bn", "taylor"))
     args = parser.parse_args()
     console = Console(width=160)
     target = load_target("cpu")
@@ -126,7 +128,7 @@ def main() -> None:
             calib = f"{tmp / 'calibration.py'}:batches"
             scores = {}
             for recalibrate in ("off", "on"):
-                options = Options(target, Budget("latency", budget), importance="taylor", calib_data=calib,
+                options = Options(target, Budget("latency", budget), importance=args.importance, calib_data=calib,
                                   recalibrate_bn=recalibrate)
                 report = compile_model(LoadedModel("digits_cnn", copy.deepcopy(model), example), options, out,
                                        Console(quiet=True))
