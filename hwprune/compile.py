@@ -195,14 +195,15 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
         if calibration.random:
             console.print("  [yellow]warning:[/yellow] no --calib-data: importance and fidelity use random inputs")
         importance = score_groups(analysis, options.importance, calibration.batches)
-        sensitivity = group_sensitivity(analysis, importance, calibration.batches[0], progress)
+        recalibrate = options.recalibrate_bn == "on" or (options.recalibrate_bn == "auto" and not calibration.random)
+        recalibration_batches = calibration.batches if recalibrate else []
+        sensitivity = group_sensitivity(analysis, importance, calibration.batches[0], progress,
+                                        recalibration_batches[:4])
     with step("export baseline"):
         baseline_onnx = export_onnx(analysis.model, x, stage / "baseline.onnx", options.dynamic_batch,
                                     slim_available())
     baseline_predicted = predictor.predict({}).total_ms
-    recalibrate = options.recalibrate_bn == "on" or (options.recalibrate_bn == "auto" and not calibration.random)
-    context = Context(analysis, predictor, importance, sensitivity, options, stage, None, {},
-                      calibration.batches if recalibrate else [])
+    context = Context(analysis, predictor, importance, sensitivity, options, stage, None, {}, recalibration_batches)
     if measurable:
         context.baseline_session = _session(baseline_onnx, target)
         context.feeds = random_feeds(context.baseline_session)
