@@ -37,25 +37,17 @@ from hwprune.targets import load_target
 from hwprune.transform.recalibrate import recalibrate_batchnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from budget_accuracy import matched_uniform  # noqa: E402
+from budget_accuracy import matched_uniform  # noqa: E402  (also puts the repository root on the path)
+
+from tests.data.small_models import ResidualBlock  # noqa: E402
 
 SIZE = 64
 
 
-class Block(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
-                                  nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(channels))
-
-    def forward(self, x):
-        return torch.relu(x + self.body(x))
-
-
 def digits_cnn() -> nn.Module:
     def stage(cin: int, cout: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), Block(cout)]
+        return [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                ResidualBlock(cout, cout)]
 
     return nn.Sequential(*stage(1, 64), *stage(64, 128), *stage(128, 256), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(256, 10))

@@ -55,7 +55,7 @@ def untraceable():
     return UntraceableHead(), torch.randn(1, 3, 4, 4)
 
 
-class _Block(nn.Module):
+class ResidualBlock(nn.Module):
     def __init__(self, channels: int, hidden: int):
         super().__init__()
         self.body = nn.Sequential(nn.Conv2d(channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
@@ -70,5 +70,6 @@ def small_resnet():
     """Stem, two residual blocks and a classifier: residual, plain and flatten-free groups."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-                          _Block(32, 64), _Block(32, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+                          ResidualBlock(32, 64), ResidualBlock(32, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(32, 10))
     return model.eval(), torch.randn(1, 3, 64, 64)
