@@ -19,8 +19,8 @@ from pathlib import Path
 from hwprune.environment import fingerprint
 from hwprune.errors import HwpruneError
 from hwprune.io import read_json_document, write_text_atomic
-from hwprune.latency.measure import Timing, make_session, random_feeds, time_interleaved, time_session
-from hwprune.latency.profiler import require_local_runtime, runtime_settings
+from hwprune.latency.measure import Timing, random_feeds, time_interleaved, time_session
+from hwprune.latency.profiler import require_local_runtime, target_session
 from hwprune.targets import Target
 
 FORMAT = "hwprune-bench/1"
@@ -35,9 +35,8 @@ class BenchInputError(HwpruneError):
 def _session(path: Path, target: Target):
     if not path.is_file():
         raise BenchInputError(f"{path}: file not found")
-    threads, level = runtime_settings(target)
     try:
-        return make_session(str(path), threads, level)
+        return target_session(path, target)
     except HwpruneError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable models

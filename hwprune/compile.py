@@ -49,10 +49,10 @@ from hwprune.graph.analyze import Analysis, analyze
 from hwprune.importance.scores import Importance, score_groups
 from hwprune.importance.sensitivity import group_sensitivity
 from hwprune.io import write_text_atomic
-from hwprune.latency.measure import Comparison, make_session, random_feeds, time_interleaved, time_session
+from hwprune.latency.measure import Comparison, random_feeds, time_interleaved, time_session
 from hwprune.latency.model_latency import analytic_predictor, open_table, predictor_for, profile_model
 from hwprune.latency.predictor import TablePredictor
-from hwprune.latency.profiler import runtime_settings
+from hwprune.latency.profiler import runtime_settings, target_session
 from hwprune.models import LoadedModel
 from hwprune.plan import Plan, apply_plan, build_plan
 from hwprune.report import markdown, write_plots
@@ -205,7 +205,7 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     baseline_predicted = predictor.predict({}).total_ms
     context = Context(analysis, predictor, importance, sensitivity, options, stage, None, {}, recalibration_batches)
     if measurable:
-        context.baseline_session = _session(baseline_onnx, target)
+        context.baseline_session = target_session(baseline_onnx, target)
         context.feeds = random_feeds(context.baseline_session)
         baseline_ms = time_session(context.baseline_session, context.feeds, 3, 10, 0.5).median_ms
     else:
@@ -228,7 +228,7 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     final = None
     if measurable:
         with step("measure baseline vs pruned (interleaved)"):
-            final = time_interleaved([context.baseline_session, _session(stage / "pruned.onnx", target)],
+            final = time_interleaved([context.baseline_session, target_session(stage / "pruned.onnx", target)],
                                      [context.feeds, context.feeds], rounds=30)
     engine = _engines(target, stage, x, options.dynamic_batch, step) if target.runtime == "tensorrt" else \
         {"path": None, "reason": f"target {target.name} runs {target.runtime}, not TensorRT", "timings": None}
@@ -282,7 +282,7 @@ def _attempt(context: Context, predicted_budget: float, number: int) -> Attempt:
                             slim_available())
     comparison = None
     if context.baseline_session is not None:
-        comparison = time_interleaved([context.baseline_session, _session(onnx_path, options.target)],
+        comparison = time_interleaved([context.baseline_session, target_session(onnx_path, options.target)],
                                       [context.feeds, context.feeds], rounds=12)
     return Attempt(predicted_budget, result, plan, model, onnx_path, comparison)
 
@@ -324,11 +324,6 @@ def _choose(attempts: list[Attempt], fraction: float, tolerance: float) -> Attem
     if within:
         return max(within, key=lambda a: a.measured_fraction)
     return min(measured, key=lambda a: a.measured_fraction)
-
-
-def _session(path: Path, target: Target):
-    threads, level = runtime_settings(target)
-    return make_session(str(path), threads, level)
 
 
 def count_flops(model: nn.Module, x: torch.Tensor) -> int:

@@ -30,7 +30,6 @@ def test_predicted_widths_match_the_pruned_model(name):
         module = pruned.get_submodule(layer.name)
         real_in, real_out = ((module.in_channels, module.out_channels) if isinstance(module, nn.Conv2d)
                              else (module.in_features, module.out_features))
-        c_out = counts.get(layer.out_group, layer.signature.c_out // layer.channels_per_unit_out) \
-            * layer.channels_per_unit_out if layer.out_group in counts else layer.signature.c_out
+        c_out = layer.c_out(counts)
         c_in = c_out if layer.depthwise else layer.c_in(counts)
         assert (c_in, c_out) == (real_in, real_out), layer.name

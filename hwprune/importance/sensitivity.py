@@ -28,7 +28,8 @@ def group_sensitivity(analysis: Analysis, importance: Importance, batch: torch.T
     ``recalibration`` batches, BatchNorm statistics re-estimated as the compile will)."""
     model = analysis.model.eval()
     groups = analysis.prunable()
-    trained_statistics = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+    trained_statistics = ({k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+                          if recalibration else {})
     task = progress.add_task("sensitivity", total=len(groups)) if progress is not None else None
     sensitivity = {}
     with torch.no_grad():

@@ -40,6 +40,12 @@ class Layer:
     depthwise: bool = False
     channels_per_unit_out: int = 1
 
+    def c_out(self, keep: dict[str, int]) -> int:
+        """Output width with ``keep[group]`` units kept (absent groups whole)."""
+        if self.out_group in keep:
+            return keep[self.out_group] * self.channels_per_unit_out
+        return self.signature.c_out
+
     def c_in(self, keep: dict[str, int]) -> int:
         """Input width with ``keep[group]`` units kept per group (absent groups whole)."""
         removed = sum((g.size - keep[g.group]) * g.width for g in self.inputs if g.group in keep)

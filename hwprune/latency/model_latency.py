@@ -25,7 +25,7 @@ from hwprune.latency.lut import (
     new_table,
     onnxruntime_provenance,
 )
-from hwprune.latency.measure import Timing, make_session, random_feeds, time_session
+from hwprune.latency.measure import Timing, random_feeds, time_session
 from hwprune.latency.predictor import Anchor, Prediction, TablePredictor
 from hwprune.latency.profiler import (
     METHOD,
@@ -33,6 +33,7 @@ from hwprune.latency.profiler import (
     profile,
     require_local_runtime,
     runtime_settings,
+    target_session,
     time_engine_of,
 )
 from hwprune.latency.space import channel_choices, profile_signatures
@@ -86,10 +87,8 @@ def measure_model(model: nn.Module, example_input: torch.Tensor, target: Target,
         with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
             path = export_onnx(model, example_input, Path(tmp) / "model.onnx")
             return time_engine_of(path, "input", tuple(example_input.shape), target)
-    threads, level = runtime_settings(target)
     with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
-        path = export_onnx(model, example_input, Path(tmp) / "model.onnx")
-        session = make_session(str(path), threads, level)
+        session = target_session(export_onnx(model, example_input, Path(tmp) / "model.onnx"), target)
         return time_session(session, random_feeds(session), warmup=5, min_runs=runs, min_seconds=0.5)
 
 

@@ -98,12 +98,8 @@ class TablePredictor:
         return outs, ins
 
     def channels(self, layer: Layer, keep: dict[str, int]) -> tuple[int, int]:
-        sig = layer.signature
-        c_out = keep[layer.out_group] * layer.channels_per_unit_out if layer.out_group in keep else sig.c_out
-        if layer.depthwise:
-            return c_out, c_out
-        c_in = layer.c_in(keep)
-        return c_in, c_out
+        c_out = layer.c_out(keep)
+        return (c_out if layer.depthwise else layer.c_in(keep)), c_out
 
     def layer_ms(self, layer: Layer, c_in: int, c_out: int) -> tuple[float, bool]:
         """Latency of ``layer`` at (c_in, c_out) and whether it was measured at exactly that point."""

@@ -45,6 +45,12 @@ def runtime_settings(target: Target) -> tuple[int, str]:
     return target.threads or 1, target.graph_optimization_level or "ORT_ENABLE_ALL"
 
 
+def target_session(model: bytes | str | Path, target: Target):
+    """An onnxruntime session for ``model`` (bytes or a file) with ``target``'s fixed settings."""
+    threads, level = runtime_settings(target)
+    return make_session(model if isinstance(model, bytes) else str(model), threads, level)
+
+
 def profile(signatures: Iterable[OpSignature], table: LatencyTable, target: Target,
             progress: object | None = None) -> int:
     """Measure every signature missing from ``table``; returns how many were measured."""
@@ -72,12 +78,11 @@ def _graph_timer(target: Target) -> Callable[..., Timing]:
                 return time_engine_of(path, "x", shape, target, calls)
 
         return time_on_tensorrt
-    threads, level = runtime_settings(target)
     if target.default_dtype != "fp32":
         raise HwpruneError(f"target {target.name}: onnxruntime CPU profiling times fp32, not {target.default_dtype}")
 
     def time_on_onnxruntime(graph: bytes, _shape: tuple[int, ...], calls: int = METHOD["min_runs"]) -> Timing:
-        session = make_session(graph, threads, level)
+        session = target_session(graph, target)
         return time_session(session, random_feeds(session), METHOD["warmup"], calls, METHOD["min_seconds"])
 
     return time_on_onnxruntime

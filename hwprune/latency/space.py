@@ -33,7 +33,7 @@ def channel_choices(group: ChannelGroup | None, alignment: int) -> list[int]:
 def layer_axes(layer: Layer, groups: dict[str, ChannelGroup], alignment: int) -> tuple[list[int], list[int]]:
     """The c_in and c_out values ``layer`` can take under the allowed keep counts."""
     sig = layer.signature
-    outs = [n * layer.channels_per_unit_out for n in channel_choices(groups.get(layer.out_group), alignment)]
+    outs = [layer.c_out({layer.out_group: n}) for n in channel_choices(groups.get(layer.out_group), alignment)]
     if layer.depthwise:
         return outs or [sig.c_out], outs or [sig.c_out]
     ins = {layer.c_in({g.group: n}) for g in layer.inputs for n in channel_choices(groups.get(g.group), alignment)}
