@@ -5,13 +5,13 @@ costs in accuracy. scikit-learn ships the digits (1,797 8x8 handwritten digits, 
 they are upsampled to 64x64, split 70/30 (stratified, seeded), and a small residual CNN is
 trained on the 70% (Adam, a few epochs on the CPU). Then for each budget:
 
-- ``hwprune compile`` (cpu target, Taylor importance unless ``--importance``, 256 training images
-  as ``--calib-data``, so the pruned model's BatchNorm statistics are re-estimated on them; no
-  fine-tuning) prunes it,
+- ``hwprune compile`` (cpu target, L1 importance unless ``--importance``, 256 training images
+  as ``--calib-data``, so the pruned model's BatchNorm statistics are re-estimated on them and
+  the allocation strategy is chosen on them; no fine-tuning) prunes it,
   and its exported pruned.onnx is scored on the held-out 30%; once more with
   ``--recalibrate-bn off`` to show what the recalibration is worth;
-- torch-pruning's uniform L1 pruning with ``round_to=16`` is bisected to the same measured
-  latency, given the same BatchNorm recalibration, and scored the same way.
+- torch-pruning's uniform L1 pruning, with ``round_to=16`` and without, is bisected to the same
+  measured latency, given the same BatchNorm recalibration, and scored the same way.
 
     pip install -e ".[bench]" && python benchmarks/digits_accuracy.py [--budgets 0.5,0.7]
 """
@@ -96,7 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", default="0.5,0.7")
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--importance", default="taylor", choices=("l1", "l2", "bn", "taylor"))
+    parser.add_argument("--importance", default="l1", choices=("l1", "l2", "bn", "taylor"))
     args = parser.parse_args()
     console = Console(width=160)
     target = load_target("cpu")
@@ -128,22 +128,26 @@ def main() -> None:
                 scores[recalibrate] = (accuracy(onnx_predictor(session), test_x, test_y), report["speedup"]["measured"])
             baseline_session = make_session(str(out / "baseline.onnx"), threads, level)
             ours, speedup = scores["on"]
-            match = matched_uniform(model, example, 1.0 / speedup, target.channel_alignment, baseline_session,
-                                    threads, level, tmp)
-            recalibrate_batchnorm(match["model"], [train_x[i:i + 32] for i in range(0, 256, 32)])
-            uniform = accuracy(match["model"], test_x, test_y)
-            rows.append((budget, speedup, ours, scores["off"][0], match["fraction"], uniform))
+            uniform = []
+            for round_to in (target.channel_alignment, None):
+                match = matched_uniform(model, example, 1.0 / speedup, round_to, baseline_session, threads, level,
+                                        tmp)
+                recalibrate_batchnorm(match["model"], [train_x[i:i + 32] for i in range(0, 256, 32)])
+                uniform.append((accuracy(match["model"], test_x, test_y), match["fraction"]))
+            rows.append((budget, speedup, ours, scores["off"][0], report["search"]["strategy"], uniform))
             console.print(f"budget {budget}: hwprune {100 * ours:.1f}% at {speedup:.2f}x "
-                          f"({100 * scores['off'][0]:.1f}% without BN recalibration), uniform round_to=16 "
-                          f"{100 * uniform:.1f}% at latency fraction {match['fraction']:.2f}")
+                          f"({100 * scores['off'][0]:.1f}% without BN recalibration; allocation "
+                          f"{report['search']['strategy']}), uniform round_to=16 {100 * uniform[0][0]:.1f}% at "
+                          f"latency fraction {uniform[0][1]:.2f}, unrounded {100 * uniform[1][0]:.1f}% at "
+                          f"{uniform[1][1]:.2f}")
     table = Table(title=f"digits CNN (held-out accuracy unpruned {100 * baseline_accuracy:.1f}%), pruned without "
                         "fine-tuning, cpu target")
-    for column in ("budget", "hwprune measured speedup", "hwprune accuracy", "hwprune, BN not recalibrated",
-                   "uniform (round_to=16) latency", "uniform accuracy (BN recalibrated)"):
+    for column in ("budget", "hwprune speedup", "hwprune accuracy", "BN not recalibrated", "allocation",
+                   "uniform round_to=16: accuracy (latency)", "uniform unrounded: accuracy (latency)"):
         table.add_column(column, justify="right")
-    for budget, speedup, ours, unrecalibrated, fraction, uniform in rows:
-        table.add_row(f"{budget:.1f}", f"{speedup:.2f}x", f"{100 * ours:.1f}%", f"{100 * unrecalibrated:.1f}%",
-                      f"{fraction:.2f}", f"{100 * uniform:.1f}%")
+    for budget, speedup, ours, unrecalibrated, strategy, uniform in rows:
+        table.add_row(f"{budget:.2f}", f"{speedup:.2f}x", f"{100 * ours:.1f}%", f"{100 * unrecalibrated:.1f}%",
+                      strategy, *(f"{100 * accuracy_:.1f}% ({fraction:.2f})" for accuracy_, fraction in uniform))
     console.print(table)
 
 

@@ -79,18 +79,24 @@ class Fidelity:
 def fidelity(original: nn.Module, pruned: nn.Module, batches: list[torch.Tensor]) -> Fidelity:
     """Mean per-sample cosine similarity of the outputs, and (for N x classes outputs) the share
     of samples whose top-1 class agrees."""
-    cosines, agreements, references = [], [], []
     with torch.no_grad():
-        for batch in batches:
-            a, b = _first(original(batch)), _first(pruned(batch))
-            flat_a, flat_b = a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
-            cosines.append(nn.functional.cosine_similarity(flat_a, flat_b, dim=1))
-            references.append(flat_a)
-            if a.dim() == 2:
-                agreements.append((a.argmax(dim=1) == b.argmax(dim=1)).double())
+        references = [first_output(original(batch)) for batch in batches]
+        outputs = [first_output(pruned(batch)) for batch in batches]
+    return compare_outputs(references, outputs)
+
+
+def compare_outputs(references: list[torch.Tensor], outputs: list[torch.Tensor]) -> Fidelity:
+    """``fidelity`` from outputs already computed (when the pruned model is the original, masked)."""
+    cosines, agreements, flat_references = [], [], []
+    for a, b in zip(references, outputs, strict=True):
+        flat_a, flat_b = a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
+        cosines.append(nn.functional.cosine_similarity(flat_a, flat_b, dim=1))
+        flat_references.append(flat_a)
+        if a.dim() == 2:
+            agreements.append((a.argmax(dim=1) == b.argmax(dim=1)).double())
     cosine = torch.cat(cosines)
     top1 = float(torch.cat(agreements).mean()) if agreements else None
-    return Fidelity(float(cosine.mean()), top1, int(cosine.numel()), _caveat(torch.cat(references)))
+    return Fidelity(float(cosine.mean()), top1, int(cosine.numel()), _caveat(torch.cat(flat_references)))
 
 
 def _caveat(outputs: torch.Tensor) -> str | None:
@@ -103,5 +109,6 @@ def _caveat(outputs: torch.Tensor) -> str | None:
     return None
 
 
-def _first(output: object) -> torch.Tensor:
+def first_output(output: object) -> torch.Tensor:
+    """A model's main output: the first element when it returns a tuple or list."""
     return output[0] if isinstance(output, tuple | list) else output

@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -56,10 +56,13 @@ from hwprune.latency.profiler import runtime_settings, target_session
 from hwprune.models import LoadedModel
 from hwprune.plan import Plan, apply_plan, build_plan
 from hwprune.report import markdown, write_plots
-from hwprune.search.width import SearchResult, search_widths
+from hwprune.search.choose import Candidate, choose
+from hwprune.search.width import SearchResult, search_widths, uniform_widths
 from hwprune.targets import Target
 from hwprune.transform.recalibrate import recalibrate_batchnorm
 
+STRATEGIES = ("sensitivity", "structure", "uniform")
+CHOICE_BATCHES = 8  # calibration batches the allocation strategies are scored on
 ARTEFACTS = ("report.json", "report.md", "plan.json", "baseline.onnx", "pruned.onnx", "plots", "build_engine.sh",
              "baseline.engine", "pruned.engine", "timing.cache")
 
@@ -110,6 +113,13 @@ class Options:
     # Re-estimate BatchNorm statistics of the pruned model on the calibration inputs: "auto" does
     # it when real calibration data is given (recalibrating on random noise would be worse).
     recalibrate_bn: str = "auto"
+    # How the budget is shared among groups: "auto" tries every strategy and keeps the most
+    # faithful on the calibration inputs (search.choose); or one of STRATEGIES.
+    allocation: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.allocation not in ("auto", *STRATEGIES):
+            raise HwpruneError(f"--allocation {self.allocation}: use auto or one of {', '.join(STRATEGIES)}")
 
 
 @dataclass
@@ -139,6 +149,9 @@ class Context:
     baseline_session: object | None  # None: this host cannot run the target's runtime
     feeds: dict
     recalibration_batches: list[torch.Tensor]  # empty: BatchNorm statistics stay as trained
+    calibration_batches: list[torch.Tensor]
+    candidates: list[Candidate] | None = None  # scored in the first round when the allocation is auto
+    strategy: str | None = None  # fixed after the first round
 
 
 def compile_model(loaded: LoadedModel, options: Options, out_dir: str | Path, console: Console | None = None) -> dict:
@@ -197,13 +210,15 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
         importance = score_groups(analysis, options.importance, calibration.batches)
         recalibrate = options.recalibrate_bn == "on" or (options.recalibrate_bn == "auto" and not calibration.random)
         recalibration_batches = calibration.batches if recalibrate else []
-        sensitivity = group_sensitivity(analysis, importance, calibration.batches[0], progress,
-                                        recalibration_batches[:4])
+        sensitivity = (group_sensitivity(analysis, importance, calibration.batches[0], progress,
+                                         recalibration_batches[:4])
+                       if options.allocation in ("auto", "sensitivity") else {})
     with step("export baseline"):
         baseline_onnx = export_onnx(analysis.model, x, stage / "baseline.onnx", options.dynamic_batch,
                                     slim_available())
     baseline_predicted = predictor.predict({}).total_ms
-    context = Context(analysis, predictor, importance, sensitivity, options, stage, None, {}, recalibration_batches)
+    context = Context(analysis, predictor, importance, sensitivity, options, stage, None, {}, recalibration_batches,
+                      calibration.batches, strategy=None if options.allocation == "auto" else options.allocation)
     if measurable:
         context.baseline_session = target_session(baseline_onnx, target)
         context.feeds = random_feeds(context.baseline_session)
@@ -270,8 +285,14 @@ def _search_rounds(context: Context, predicted_budget: float, fraction: float, s
 def _attempt(context: Context, predicted_budget: float, number: int) -> Attempt:
     analysis, options = context.analysis, context.options
     x = analysis.capture.example_input
-    result = search_widths(analysis, context.predictor, context.importance, options.target.channel_alignment,
-                           predicted_budget, options.min_keep, weights=context.sensitivity)
+    strategies = _strategies(context, predicted_budget)
+    if context.strategy is None:
+        context.candidates = choose(analysis, context.importance, strategies,
+                                    context.calibration_batches[:CHOICE_BATCHES], context.recalibration_batches)
+        context.strategy = context.candidates[0].strategy
+        result = context.candidates[0].search
+    else:
+        result = strategies[context.strategy]()
     plan = build_plan(analysis, options.target.name, options.budget.kind, options.budget.value, result,
                       context.importance, context.predictor, bool(context.recalibration_batches))
     fresh = analyze(copy.deepcopy(analysis.model), x, analysis.name, strict=False)
@@ -285,6 +306,16 @@ def _attempt(context: Context, predicted_budget: float, number: int) -> Attempt:
         comparison = time_interleaved([context.baseline_session, target_session(onnx_path, options.target)],
                                       [context.feeds, context.feeds], rounds=12)
     return Attempt(predicted_budget, result, plan, model, onnx_path, comparison)
+
+
+def _strategies(context: Context, predicted_budget: float) -> dict[str, Callable[[], SearchResult]]:
+    """The allocation strategies, each a search at ``predicted_budget``: weighted by measured group
+    sensitivity, by how many layer sides a group sizes, or uniform."""
+    args = (context.analysis, context.predictor, context.importance, context.options.target.channel_alignment,
+            predicted_budget, context.options.min_keep)
+    return {"sensitivity": partial(search_widths, *args, weights=context.sensitivity),
+            "structure": partial(search_widths, *args, weights=None),
+            "uniform": partial(uniform_widths, *args)}
 
 
 def _engines(target: Target, stage: Path, x: torch.Tensor, dynamic_batch: bool, step) -> dict:
@@ -380,7 +411,11 @@ def _report(loaded: LoadedModel, context: Context, chosen: Attempt, final: Compa
                      "inputs": calibration_source, "caveat": quality.caveat},
         "bn_recalibration": bool(context.recalibration_batches),
         "search": {"importance": context.importance.method, "importance_fallbacks": context.importance.fallbacks,
-                   "group_weights": "sensitivity", "min_keep": options.min_keep, "groups": len(chosen.plan.groups),
+                   "allocation": options.allocation, "strategy": context.strategy,
+                   "candidates": [{"strategy": c.strategy, "predicted_ms": c.search.predicted_ms,
+                                   "cosine": c.quality.cosine, "top1_agreement": c.quality.top1_agreement,
+                                   "score": c.score} for c in context.candidates or []],
+                   "min_keep": options.min_keep, "groups": len(chosen.plan.groups),
                    "baseline_predicted_ms": baseline_predicted,
                    "attempts": [{"predicted_budget_ms": a.predicted_budget_ms, "predicted_ms": a.search.predicted_ms,
                                  "measured_fraction": a.measured_fraction, "search_seconds": a.search.seconds,
@@ -392,7 +427,7 @@ def _report(loaded: LoadedModel, context: Context, chosen: Attempt, final: Compa
                           "host": provenance.get("host"), "layer_scale": predictor.layer_scale,
                           "rest_ms": predictor.rest_ms},
         "layers": _layer_rows(predictor, chosen.search.counts),
-        "groups": [{"id": gid, "keep": d.keep, "of": d.of, "sensitivity": context.sensitivity[gid]}
+        "groups": [{"id": gid, "keep": d.keep, "of": d.of, "sensitivity": context.sensitivity.get(gid)}
                    for gid, d in chosen.plan.groups.items()],
         "export": {"opset": ONNX_OPSET, "dynamic_batch": options.dynamic_batch, "slimmed": slim_available()},
         "engine": {"path": engine["path"], "reason": engine["reason"]},

@@ -45,6 +45,9 @@ def test_compile_writes_a_verified_measured_report(compiled):
     assert 0 < report["fidelity"]["cosine"] <= 1 + 1e-9 and 0 <= report["fidelity"]["top1_agreement"] <= 1
     assert report["budget"] == {"kind": "latency", "value": 0.6, "latency_fraction": 0.6}
     assert report["bn_recalibration"] is False  # random calibration inputs: statistics stay as trained
+    candidates = report["search"]["candidates"]
+    assert {c["strategy"] for c in candidates} == {"sensitivity", "structure", "uniform"}
+    assert report["search"]["strategy"] == max(candidates, key=lambda c: c["score"])["strategy"]
 
 
 def test_calibration_data_recalibrates_batchnorm_and_still_verifies(compiled, tmp_path, monkeypatch):

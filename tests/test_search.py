@@ -20,7 +20,9 @@ from hwprune.latency.predictor import TablePredictor
 from hwprune.latency.space import profile_signatures
 from hwprune.plan import apply_plan, build_plan, load_plan
 from hwprune.search import knapsack
-from hwprune.search.width import allowed_counts, search_widths
+from hwprune.calibration import fidelity
+from hwprune.search.choose import choose
+from hwprune.search.width import allowed_counts, search_widths, uniform_widths
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
 from small_models import small_resnet  # noqa: E402
@@ -118,6 +120,41 @@ def test_search_agrees_with_exhaustive_search_on_a_small_space(setup):
                if predictor.predict(dict(zip(ids, combo, strict=True))).total_ms <= budget)
     # Linearised knapsack plus greedy repair: optimal here, and never better than the true optimum.
     assert result.objective == pytest.approx(best)
+
+
+@pytest.mark.parametrize("fraction", [0.4, 0.6, 0.8])
+def test_uniform_allocation_meets_the_budget_and_keeps_every_group_near_one_fraction(setup, fraction):
+    analysis, predictor, importance = setup
+    budget = fraction * predictor.predict({}).total_ms
+    result = uniform_widths(analysis, predictor, importance, ALIGNMENT, budget)
+    assert result.predicted_ms <= budget + 1e-9
+    options = allowed_counts(analysis, ALIGNMENT, 0.1)
+    kept = [result.counts[gid] / options[gid][-1] for gid in options]
+    assert all(result.counts[gid] in options[gid] for gid in options)
+    # One shared fraction, each group rounded down to its aligned steps, then slack filled: no two
+    # groups further apart than the fill could add (one step each) plus one alignment step.
+    steps = [ALIGNMENT / options[gid][-1] for gid in options]
+    assert max(kept) - min(kept) <= 2 * max(steps) + 1e-9
+
+
+def test_choice_scores_masked_models_as_their_pruned_counterparts_and_puts_the_best_first(setup):
+    analysis, predictor, importance = setup
+    budget = 0.5 * predictor.predict({}).total_ms
+    args = (analysis, predictor, importance, ALIGNMENT, budget)
+    batches = [torch.randn(4, *analysis.capture.example_input.shape[1:], generator=torch.Generator().manual_seed(s))
+               for s in range(2)]
+    original = {k: v.clone() for k, v in analysis.model.state_dict().items()}
+    candidates = choose(analysis, importance, {"structure": lambda: search_widths(*args),
+                                               "uniform": lambda: uniform_widths(*args)}, batches)
+    assert [c.score for c in candidates] == sorted((c.score for c in candidates), reverse=True)
+    assert {c.strategy for c in candidates} == {"structure", "uniform"}
+    assert all(torch.equal(v, original[k]) for k, v in analysis.model.state_dict().items())  # masks undone
+    for candidate in candidates:
+        plan = build_plan(analysis, "cpu", "latency", 0.5, candidate.search, importance, predictor)
+        model, x = small_resnet()
+        pruned = apply_plan(plan, analyze(model, x, "small_resnet"))
+        physical = fidelity(small_resnet()[0].eval(), pruned.eval(), batches)
+        assert physical.cosine == pytest.approx(candidate.quality.cosine, abs=1e-6)
 
 
 def test_infeasible_budget_names_the_smallest_latency(setup):

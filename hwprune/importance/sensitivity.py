@@ -15,8 +15,7 @@ from torch import nn
 
 from hwprune.graph.analyze import Analysis
 from hwprune.importance.scores import Importance, select
-from hwprune.transform.recalibrate import recalibrate_batchnorm
-from hwprune.transform.silence import silence_channels
+from hwprune.transform.silence import silenced
 
 PROBE_FRACTION = 0.5
 FLOOR = 1e-6  # a group whose silencing changes nothing measurable still costs something to cut
@@ -28,8 +27,6 @@ def group_sensitivity(analysis: Analysis, importance: Importance, batch: torch.T
     ``recalibration`` batches, BatchNorm statistics re-estimated as the compile will)."""
     model = analysis.model.eval()
     groups = analysis.prunable()
-    trained_statistics = ({k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
-                          if recalibration else {})
     task = progress.add_task("sensitivity", total=len(groups)) if progress is not None else None
     sensitivity = {}
     with torch.no_grad():
@@ -38,15 +35,9 @@ def group_sensitivity(analysis: Analysis, importance: Importance, batch: torch.T
             block = group.channels // group.repeat
             keep_per_block = max(1, round(block * (1 - PROBE_FRACTION)))
             kept = set(select(importance.scores[group.id], keep_per_block * group.repeat, group.repeat))
-            restore = silence_channels(analysis, group, [c for c in range(group.channels) if c not in kept])
-            try:
-                if recalibration:
-                    recalibrate_batchnorm(model, recalibration)
-                probed = _flat(model(batch))
-            finally:
-                restore()
-                if recalibration:
-                    model.load_state_dict(trained_statistics, strict=False)
+            with silenced(analysis, {group.id: [c for c in range(group.channels) if c not in kept]},
+                          recalibration) as probe:
+                probed = _flat(probe(batch))
             cosine = nn.functional.cosine_similarity(reference, probed, dim=1).mean()
             sensitivity[group.id] = max(float(1 - cosine), FLOOR)
             if task is not None:

@@ -35,6 +35,7 @@ from hwprune.search import knapsack
 
 ROUNDS = 6
 GRID = 4000  # knapsack cost cells per budget
+BISECTION_STEPS = 20
 
 
 @dataclass
@@ -62,17 +63,9 @@ def search_widths(analysis: Analysis, predictor: TablePredictor, importance: Imp
     """Keep counts maximising the objective with predicted latency <= ``budget_ms``."""
     started = time.perf_counter()
     options = allowed_counts(analysis, alignment, min_keep)
-    repeats = {g.id: g.repeat for g in analysis.prunable()}
-    weights = weights or {gid: float(n) for gid, n in predictor.layer_sides().items()}
-    values = {gid: [weights.get(gid, 1.0) * v for v in _log_fractions(importance.scores[gid], counts, repeats[gid])]
-              for gid, counts in options.items()}
-    full = {gid: counts[-1] for gid, counts in options.items()}
-    baseline = predictor.predict({}).total_ms
-    smallest = predictor.predict({gid: counts[0] for gid, counts in options.items()}).total_ms
-    if smallest > budget_ms:
-        raise PlanError(f"latency budget {budget_ms:.3g} ms cannot be met: the smallest model this search allows "
-                        f"is predicted at {smallest:.3g} ms (every group at its minimum; --min-keep {min_keep})")
-    current = dict(full)
+    values = _values(analysis, predictor, importance, options, weights)
+    _check_feasible(predictor, options, budget_ms, min_keep)
+    current = {gid: counts[-1] for gid, counts in options.items()}
     rounds = 0
     while rounds < ROUNDS:
         rounds += 1
@@ -80,10 +73,53 @@ def search_widths(analysis: Analysis, predictor: TablePredictor, importance: Imp
         if proposal is None or proposal == current:
             break
         current = proposal
-    current = _greedy_fit(predictor, options, values, current, budget_ms)
-    prediction = predictor.predict(current).total_ms
-    objective = sum(values[gid][options[gid].index(n)] for gid, n in current.items())
-    return SearchResult(current, prediction, baseline, objective, rounds, time.perf_counter() - started)
+    return _result(predictor, options, values, _greedy_fit(predictor, options, values, current, budget_ms), rounds,
+                   started)
+
+
+def uniform_widths(analysis: Analysis, predictor: TablePredictor, importance: Importance, alignment: int,
+                   budget_ms: float, min_keep: float = 0.1) -> SearchResult:
+    """Every group at the same kept fraction (the largest whose prediction fits, by bisection),
+    then the slack that alignment leaves filled greedily: the classic uniform allocation, made
+    latency-aware only in where the leftover steps go. A candidate beside ``search_widths``,
+    because a per-group weighting can misjudge groups that uniform treats alike."""
+    started = time.perf_counter()
+    options = allowed_counts(analysis, alignment, min_keep)
+    values = _values(analysis, predictor, importance, options, None)
+    _check_feasible(predictor, options, budget_ms, min_keep)
+
+    def at(fraction: float) -> dict[str, int]:
+        return {gid: max([c for c in counts if c <= fraction * counts[-1]], default=counts[0])
+                for gid, counts in options.items()}
+
+    low, high = 0.0, 1.0
+    for _ in range(BISECTION_STEPS):
+        middle = (low + high) / 2
+        low, high = (middle, high) if predictor.predict(at(middle)).total_ms <= budget_ms else (low, middle)
+    return _result(predictor, options, values, _greedy_fit(predictor, options, values, at(low), budget_ms), 0, started)
+
+
+def _values(analysis: Analysis, predictor: TablePredictor, importance: Importance, options: dict[str, list[int]],
+            weights: dict[str, float] | None) -> dict[str, list[float]]:
+    repeats = {g.id: g.repeat for g in analysis.prunable()}
+    weights = weights or {gid: float(n) for gid, n in predictor.layer_sides().items()}
+    return {gid: [weights.get(gid, 1.0) * v for v in _log_fractions(importance.scores[gid], counts, repeats[gid])]
+            for gid, counts in options.items()}
+
+
+def _check_feasible(predictor: TablePredictor, options: dict[str, list[int]], budget_ms: float,
+                    min_keep: float) -> None:
+    smallest = predictor.predict({gid: counts[0] for gid, counts in options.items()}).total_ms
+    if smallest > budget_ms:
+        raise PlanError(f"latency budget {budget_ms:.3g} ms cannot be met: the smallest model this search allows "
+                        f"is predicted at {smallest:.3g} ms (every group at its minimum; --min-keep {min_keep})")
+
+
+def _result(predictor: TablePredictor, options: dict[str, list[int]], values: dict[str, list[float]],
+            counts: dict[str, int], rounds: int, started: float) -> SearchResult:
+    objective = sum(values[gid][options[gid].index(n)] for gid, n in counts.items())
+    return SearchResult(counts, predictor.predict(counts).total_ms, predictor.predict({}).total_ms, objective, rounds,
+                        time.perf_counter() - started)
 
 
 def _log_fractions(scores: np.ndarray, counts: list[int], repeat: int) -> list[float]:

@@ -7,7 +7,8 @@ the tests check that surgery against it. The returned function restores the weig
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from hwprune.graph.analyze import Analysis
 from hwprune.graph.attention import HeadAttention
 from hwprune.graph.capture import tolerant_index_mapping
 from hwprune.graph.groups import ChannelGroup
+from hwprune.transform.recalibrate import recalibrate_batchnorm
 
 
 @torch.no_grad()
@@ -54,3 +56,25 @@ def silence_channels(analysis: Analysis, group: ChannelGroup, dropped: Sequence[
             param[idxs] = values
 
     return restore
+
+
+@contextmanager
+def silenced(analysis: Analysis, dropped: Mapping[str, Sequence[int]],
+             recalibration: Sequence[torch.Tensor] = ()) -> Iterator[nn.Module]:
+    """``analysis.model`` with ``dropped`` channels (per group id) silenced and, given
+    ``recalibration`` batches, BatchNorm statistics re-estimated on them; all undone on exit."""
+    model = analysis.model
+    statistics = ({k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+                  if recalibration else {})
+    restores = []
+    try:
+        for gid, channels in dropped.items():
+            restores.append(silence_channels(analysis, analysis.group(gid), channels))
+        if recalibration:
+            recalibrate_batchnorm(model, recalibration)
+        yield model.eval()
+    finally:
+        for restore in reversed(restores):
+            restore()
+        if recalibration:
+            model.load_state_dict(statistics, strict=False)

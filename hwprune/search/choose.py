@@ -1,0 +1,61 @@
+"""Among allocations that fit one predicted budget, keep the one whose outputs stay closest.
+
+The width search weighs each group by a one-probe sensitivity; uniform allocation weighs all
+groups alike. Neither wins everywhere: on random weights the sensitivity weighting kept clearly
+more of the outputs (``benchmarks/budget_accuracy.py``), while on a CNN trained on real digits
+uniform allocation kept more held-out accuracy (``benchmarks/digits_accuracy.py``). So the
+compile proposes one allocation per strategy at the same predicted budget and scores each on
+the calibration inputs with the model masked, not pruned (a silenced channel computes exactly
+what a removed one does), BatchNorm re-estimated when the compile re-estimates it. On those
+inputs the result is never less faithful than the uniform candidate at the same prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from hwprune.calibration import Fidelity, compare_outputs, first_output
+from hwprune.graph.analyze import Analysis
+from hwprune.importance.scores import Importance, select
+from hwprune.search.width import SearchResult
+from hwprune.transform.silence import silenced
+
+
+@dataclass
+class Candidate:
+    strategy: str
+    search: SearchResult
+    quality: Fidelity
+
+    @property
+    def score(self) -> float:
+        """Cosine, averaged with top-1 agreement where the outputs are class scores worth ranking."""
+        agreement = self.quality.top1_agreement
+        if agreement is None or self.quality.caveat is not None:
+            return self.quality.cosine
+        return (self.quality.cosine + agreement) / 2
+
+
+def choose(analysis: Analysis, importance: Importance, strategies: dict[str, Callable[[], SearchResult]],
+           batches: Sequence[torch.Tensor], recalibration: Sequence[torch.Tensor] = ()) -> list[Candidate]:
+    """Every strategy's allocation with its masked fidelity on ``batches``, best first (ties keep
+    the strategies' order)."""
+    model = analysis.model.eval()
+    with torch.no_grad():
+        references = [first_output(model(batch)) for batch in batches]
+    candidates = []
+    for strategy, search in strategies.items():
+        result = search()
+        dropped = {}
+        for gid, count in result.counts.items():
+            group = analysis.group(gid)
+            kept = set(select(importance.scores[gid], count, group.repeat))
+            dropped[gid] = [c for c in range(group.channels) if c not in kept]
+        with silenced(analysis, dropped, recalibration) as masked, torch.no_grad():
+            outputs = [first_output(masked(batch)) for batch in batches]
+        candidates.append(Candidate(strategy, result, compare_outputs(references, outputs)))
+    return sorted(candidates, key=lambda c: -c.score)
+
