@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -42,17 +42,20 @@ from hwprune import __version__
 from hwprune.calibration import fidelity, load_calibration
 from hwprune.environment import fingerprint
 from hwprune.errors import HwpruneError, PlanError
+from hwprune.export.copies import copy_ops
 from hwprune.export.onnx_export import ONNX_OPSET, export_onnx, slim_available
 from hwprune.export.tensorrt import build_engine, build_script, engine_config, time_engine, unavailable_reason
 from hwprune.export.verify import DEFAULT_ATOL, DEFAULT_RTOL, verify_onnx
 from hwprune.graph.analyze import Analysis, analyze
+from hwprune.graph.segments import Segment, segments
 from hwprune.importance.scores import Importance, score_groups
 from hwprune.importance.sensitivity import group_sensitivity
 from hwprune.io import write_text_atomic
 from hwprune.latency.measure import Comparison, random_feeds, time_interleaved, time_session
 from hwprune.latency.model_latency import analytic_predictor, open_table, predictor_for, profile_model
-from hwprune.latency.predictor import TablePredictor
-from hwprune.latency.profiler import runtime_settings, target_session
+from hwprune.latency.predictor import TablePredictor, op_ms
+from hwprune.latency.profiler import profile, runtime_settings, target_session
+from hwprune.latency.signature import OpSignature
 from hwprune.models import LoadedModel
 from hwprune.plan import Plan, apply_plan, build_plan
 from hwprune.report import markdown, write_plots
@@ -60,8 +63,10 @@ from hwprune.search.choose import Candidate, choose
 from hwprune.search.width import SearchResult, search_widths, uniform_widths
 from hwprune.targets import Target
 from hwprune.transform.recalibrate import recalibrate_batchnorm
+from hwprune.transform.unconstrained import SegmentMask, copy_signatures, reader_masks
 
 STRATEGIES = ("sensitivity", "structure", "uniform")
+UNCONSTRAINED_ROUNDS = 4  # searches per attempt to fit unconstrained masks' real cost into the budget
 CHOICE_BATCHES = 8  # calibration batches the allocation strategies are scored on
 ARTEFACTS = ("report.json", "report.md", "plan.json", "baseline.onnx", "pruned.onnx", "plots", "build_engine.sh",
              "baseline.engine", "pruned.engine", "timing.cache")
@@ -116,10 +121,17 @@ class Options:
     # How the budget is shared among groups: "auto" tries every strategy and keeps the most
     # faithful on the calibration inputs (search.choose); or one of STRATEGIES.
     allocation: str = "auto"
+    # Unconstrained (UPSCALE) pruning: every dense reader of a segment keeps its own channels, the
+    # producers their union; exported reordered, with the copies this needs priced by profiling.
+    unconstrained: bool = False
 
     def __post_init__(self) -> None:
         if self.allocation not in ("auto", *STRATEGIES):
             raise HwpruneError(f"--allocation {self.allocation}: use auto or one of {', '.join(STRATEGIES)}")
+        if self.unconstrained and self.target.runtime != "onnxruntime":
+            raise HwpruneError(f"--unconstrained needs a target this host can measure (onnxruntime), not "
+                               f"{self.target.name} ({self.target.runtime}): the copy ops it adds are priced by "
+                               "profiling them, and the analytic model has no copy costs")
 
 
 @dataclass
@@ -150,7 +162,10 @@ class Context:
     feeds: dict
     recalibration_batches: list[torch.Tensor]  # empty: BatchNorm statistics stay as trained
     calibration_batches: list[torch.Tensor]
+    real_calibration: bool  # from --calib-data, not seeded noise
     candidates: list[Candidate] | None = None  # scored in the first round when the allocation is auto
+    table_path: Path | None = None  # where profiled copy ops are saved (unconstrained)
+    segments: list[Segment] = field(default_factory=list)  # unconstrained: the groups pruned reader by reader
     strategy: str | None = None  # fixed after the first round
 
 
@@ -194,6 +209,7 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
         analysis = analyze(loaded.module, x, loaded.name, exclude=options.exclude, strict=False)
     if not analysis.prunable():
         raise PlanError(f"{loaded.name}: no prunable channel group (see hwprune analyze)")
+    table_path = None
     if measurable:
         table, table_path = open_table(target, options.lut, create=True)
         with step("profile"), Progress(console=console, transient=True) as progress:
@@ -218,7 +234,9 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
                                     slim_available())
     baseline_predicted = predictor.predict({}).total_ms
     context = Context(analysis, predictor, importance, sensitivity, options, stage, None, {}, recalibration_batches,
-                      calibration.batches, strategy=None if options.allocation == "auto" else options.allocation)
+                      calibration.batches, not calibration.random,
+                      strategy=None if options.allocation == "auto" else options.allocation, table_path=table_path,
+                      segments=segments(analysis) if options.unconstrained else [])
     if measurable:
         context.baseline_session = target_session(baseline_onnx, target)
         context.feeds = random_feeds(context.baseline_session)
@@ -240,6 +258,7 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     if not verification.ok:
         raise HwpruneError(f"exported ONNX does not match the pruned model (max abs err "
                            f"{verification.max_abs_err:.3g}; worst {verification.worst})")
+    copies = _copies(context, chosen.plan)
     final = None
     if measurable:
         with step("measure baseline vs pruned (interleaved)"):
@@ -250,6 +269,7 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     chosen.plan.save(stage / "plan.json")
     report = _report(loaded, context, chosen, final, engine, verification, quality, calibration.source, attempts,
                      fraction, baseline_predicted, time.perf_counter() - started)
+    report["copies"] = copies
     with step("plots and report.md"):
         write_plots(report, stage / "plots")
         write_text_atomic(stage / "report.md", markdown(report))
@@ -285,18 +305,21 @@ def _search_rounds(context: Context, predicted_budget: float, fraction: float, s
 def _attempt(context: Context, predicted_budget: float, number: int) -> Attempt:
     analysis, options = context.analysis, context.options
     x = analysis.capture.example_input
-    strategies = _strategies(context, predicted_budget)
+    strategies = _strategies(context)
     if context.strategy is None:
-        context.candidates = choose(analysis, context.importance, strategies,
-                                    context.calibration_batches[:CHOICE_BATCHES], context.recalibration_batches)
+        context.candidates = choose(analysis, context.importance,
+                                    {name: partial(search, predicted_budget) for name, search in strategies.items()},
+                                    context.calibration_batches[:CHOICE_BATCHES], context.real_calibration,
+                                    context.recalibration_batches)
         context.strategy = context.candidates[0].strategy
         result = context.candidates[0].search
     else:
-        result = strategies[context.strategy]()
-    plan = build_plan(analysis, options.target.name, options.budget.kind, options.budget.value, result,
-                      context.importance, context.predictor, bool(context.recalibration_batches))
-    fresh = analyze(copy.deepcopy(analysis.model), x, analysis.name, strict=False)
-    model = apply_plan(plan, fresh).eval()
+        result = strategies[context.strategy](predicted_budget)
+    if options.unconstrained:
+        result, plan, model = _fit_unconstrained(context, strategies[context.strategy], predicted_budget, result)
+    else:
+        plan = _plan(context, result)
+        model = apply_plan(plan, analyze(copy.deepcopy(analysis.model), x, analysis.name, strict=False)).eval()
     if context.recalibration_batches:
         recalibrate_batchnorm(model, context.recalibration_batches)
     onnx_path = export_onnx(model, x, context.stage / f"pruned-round{number}.onnx", options.dynamic_batch,
@@ -308,14 +331,72 @@ def _attempt(context: Context, predicted_budget: float, number: int) -> Attempt:
     return Attempt(predicted_budget, result, plan, model, onnx_path, comparison)
 
 
-def _strategies(context: Context, predicted_budget: float) -> dict[str, Callable[[], SearchResult]]:
-    """The allocation strategies, each a search at ``predicted_budget``: weighted by measured group
+def _strategies(context: Context) -> dict[str, Callable[[float], SearchResult]]:
+    """The allocation strategies, each a search at a predicted budget: weighted by measured group
     sensitivity, by how many layer sides a group sizes, or uniform."""
-    args = (context.analysis, context.predictor, context.importance, context.options.target.channel_alignment,
-            predicted_budget, context.options.min_keep)
-    return {"sensitivity": partial(search_widths, *args, weights=context.sensitivity),
-            "structure": partial(search_widths, *args, weights=None),
-            "uniform": partial(uniform_widths, *args)}
+    analysis, predictor, importance, options = context.analysis, context.predictor, context.importance, context.options
+
+    def strategy(search: Callable[..., SearchResult], **weights) -> Callable[[float], SearchResult]:
+        return lambda budget: search(analysis, predictor, importance, options.target.channel_alignment, budget,
+                                     options.min_keep, **weights)
+
+    return {"sensitivity": strategy(search_widths, weights=context.sensitivity),
+            "structure": strategy(search_widths, weights=None),
+            "uniform": strategy(uniform_widths)}
+
+
+def _plan(context: Context, result: SearchResult, masks: dict[str, SegmentMask] | None = None) -> Plan:
+    options = context.options
+    return build_plan(context.analysis, options.target.name, options.budget.kind, options.budget.value, result,
+                      context.importance, context.predictor, bool(context.recalibration_batches), masks)
+
+
+def _fit_unconstrained(context: Context, search: Callable[[float], SearchResult], predicted_budget: float,
+                       result: SearchResult) -> tuple[SearchResult, Plan, nn.Module]:
+    """Unconstrained masks at the searched counts cost more than the counts say (producers keep the
+    union, readers pay copies): predict that exactly, with the copies profiled, and re-search at a
+    scaled budget until the prediction fits (at most UNCONSTRAINED_ROUNDS searches)."""
+    analysis = context.analysis
+    x = analysis.capture.example_input
+    search_budget = predicted_budget
+    rounds = 0
+    while True:
+        rounds += 1
+        masks = reader_masks(analysis, context.segments, result.counts)
+        plan = _plan(context, result, masks)
+        model = apply_plan(plan, analyze(copy.deepcopy(analysis.model), x, analysis.name, strict=False)).eval()
+        keep = {**result.counts, **{gid: len(mask.union) for gid, mask in masks.items()}}
+        predicted = (context.predictor.predict(keep, {gid: result.counts[gid] for gid in masks}).total_ms
+                     + _copies_ms(context, copy_signatures(model, x)))
+        result = replace(result, predicted_ms=predicted)
+        plan.predicted_ms = plan.budget["predicted_ms"] = predicted
+        if predicted <= predicted_budget or rounds == UNCONSTRAINED_ROUNDS:
+            return result, plan, model
+        search_budget *= predicted_budget / predicted
+        result = search(search_budget)
+
+
+def _copies_ms(context: Context, signatures: dict[str, OpSignature]) -> float:
+    """The predicted time of the copy ops, profiling (and saving) any the table lacks."""
+    table, target = context.predictor.table, context.options.target
+    if profile(signatures.values(), table, target):
+        table.save(context.table_path)
+    return sum(op_ms(table, table.get(sig).median_ms) for sig in signatures.values())
+
+
+def _copies(context: Context, plan: Plan) -> dict:
+    """Copy ops (Gather/Slice/Concat: count, bytes written) in both exports; for unconstrained
+    pruning also in the same plan exported without reordering, the naive export it improves on."""
+    stage, x = context.stage, context.analysis.capture.example_input
+    found = {"baseline": copy_ops(stage / "baseline.onnx"), "pruned": copy_ops(stage / "pruned.onnx"),
+             "pruned_without_reordering": None}
+    if plan.masks():
+        naive = apply_plan(plan, analyze(copy.deepcopy(context.analysis.model), x, context.analysis.name,
+                                         strict=False), reorder=False).eval()
+        path = export_onnx(naive, x, stage / "naive-order.onnx", context.options.dynamic_batch)
+        found["pruned_without_reordering"] = copy_ops(path)
+        path.unlink()
+    return found
 
 
 def _engines(target: Target, stage: Path, x: torch.Tensor, dynamic_batch: bool, step) -> dict:
@@ -412,6 +493,8 @@ def _report(loaded: LoadedModel, context: Context, chosen: Attempt, final: Compa
         "bn_recalibration": bool(context.recalibration_batches),
         "search": {"importance": context.importance.method, "importance_fallbacks": context.importance.fallbacks,
                    "allocation": options.allocation, "strategy": context.strategy,
+                   "unconstrained": options.unconstrained,
+                   "segments": [s.group for s in context.segments],
                    "candidates": [{"strategy": c.strategy, "predicted_ms": c.search.predicted_ms,
                                    "cosine": c.quality.cosine, "top1_agreement": c.quality.top1_agreement,
                                    "score": c.score} for c in context.candidates or []],

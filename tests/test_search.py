@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hwprune.calibration import fidelity
 from hwprune.errors import PlanError
 from hwprune.graph.analyze import analyze
 from hwprune.importance.scores import score_groups, select
@@ -20,7 +21,6 @@ from hwprune.latency.predictor import TablePredictor
 from hwprune.latency.space import profile_signatures
 from hwprune.plan import apply_plan, build_plan, load_plan
 from hwprune.search import knapsack
-from hwprune.calibration import fidelity
 from hwprune.search.choose import choose
 from hwprune.search.width import allowed_counts, search_widths, uniform_widths
 
@@ -145,7 +145,7 @@ def test_choice_scores_masked_models_as_their_pruned_counterparts_and_puts_the_b
                for s in range(2)]
     original = {k: v.clone() for k, v in analysis.model.state_dict().items()}
     candidates = choose(analysis, importance, {"structure": lambda: search_widths(*args),
-                                               "uniform": lambda: uniform_widths(*args)}, batches)
+                                               "uniform": lambda: uniform_widths(*args)}, batches, False)
     assert [c.score for c in candidates] == sorted((c.score for c in candidates), reverse=True)
     assert {c.strategy for c in candidates} == {"structure", "uniform"}
     assert all(torch.equal(v, original[k]) for k, v in analysis.model.state_dict().items())  # masks undone

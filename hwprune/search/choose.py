@@ -29,18 +29,22 @@ class Candidate:
     strategy: str
     search: SearchResult
     quality: Fidelity
+    real_inputs: bool  # calibration data from the user, not noise
 
     @property
     def score(self) -> float:
-        """Cosine, averaged with top-1 agreement where the outputs are class scores worth ranking."""
+        """Cosine, averaged with top-1 agreement where the outputs are class scores worth ranking:
+        on real inputs (on noise, a random-weight model's class decisions are near-ties that any
+        pruning flips, and ranking by them picks at random)."""
         agreement = self.quality.top1_agreement
-        if agreement is None or self.quality.caveat is not None:
+        if agreement is None or self.quality.caveat is not None or not self.real_inputs:
             return self.quality.cosine
         return (self.quality.cosine + agreement) / 2
 
 
 def choose(analysis: Analysis, importance: Importance, strategies: dict[str, Callable[[], SearchResult]],
-           batches: Sequence[torch.Tensor], recalibration: Sequence[torch.Tensor] = ()) -> list[Candidate]:
+           batches: Sequence[torch.Tensor], real_inputs: bool, recalibration: Sequence[torch.Tensor] = ()
+           ) -> list[Candidate]:
     """Every strategy's allocation with its masked fidelity on ``batches``, best first (ties keep
     the strategies' order)."""
     model = analysis.model.eval()
@@ -56,6 +60,6 @@ def choose(analysis: Analysis, importance: Importance, strategies: dict[str, Cal
             dropped[gid] = [c for c in range(group.channels) if c not in kept]
         with silenced(analysis, dropped, recalibration) as masked, torch.no_grad():
             outputs = [first_output(masked(batch)) for batch in batches]
-        candidates.append(Candidate(strategy, result, compare_outputs(references, outputs)))
+        candidates.append(Candidate(strategy, result, compare_outputs(references, outputs), real_inputs))
     return sorted(candidates, key=lambda c: -c.score)
 
