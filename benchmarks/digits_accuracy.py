@@ -7,9 +7,10 @@ trained on the 70% (Adam, a few epochs on the CPU). Then for each budget:
 
 - ``hwprune compile`` (cpu target, L1 importance unless ``--importance``, 256 training images
   as ``--calib-data``, so the pruned model's BatchNorm statistics are re-estimated on them and
-  the allocation strategy is chosen on them; no fine-tuning) prunes it,
-  and its exported pruned.onnx is scored on the held-out 30%; once more with
-  ``--recalibrate-bn off`` to show what the recalibration is worth;
+  the allocation strategy is chosen on them; no fine-tuning) prunes it, and its exported
+  pruned.onnx is scored on the held-out 30%; once more with ``--recalibrate-bn off`` to show what
+  the recalibration is worth, and once with ``--unconstrained`` (every layer reading a residual
+  stream keeps its own input channels, the stream keeps their union);
 - torch-pruning's uniform L1 pruning, with ``round_to=16`` and without, is bisected to the same
   measured latency, given the same BatchNorm recalibration, and scored the same way.
 
@@ -118,14 +119,16 @@ def main() -> None:
         for budget in (float(b) for b in args.budgets.split(",")):
             out = tmp / f"out-{budget}"
             calib = f"{tmp / 'calibration.py'}:batches"
-            scores = {}
-            for recalibrate in ("off", "on"):
+            scores, strategy = {}, None
+            for variant in ("unconstrained", "off", "on"):  # the constrained, recalibrated compile last
                 options = Options(target, Budget("latency", budget), importance=args.importance, calib_data=calib,
-                                  recalibrate_bn=recalibrate)
+                                  recalibrate_bn="on" if variant == "unconstrained" else variant,
+                                  unconstrained=variant == "unconstrained")
                 report = compile_model(LoadedModel("digits_cnn", copy.deepcopy(model), example), options, out,
                                        Console(quiet=True))
                 session = make_session(str(out / "pruned.onnx"), threads, level)
-                scores[recalibrate] = (accuracy(onnx_predictor(session), test_x, test_y), report["speedup"]["measured"])
+                scores[variant] = (accuracy(onnx_predictor(session), test_x, test_y), report["speedup"]["measured"])
+                strategy = report["search"]["strategy"]
             baseline_session = make_session(str(out / "baseline.onnx"), threads, level)
             ours, speedup = scores["on"]
             uniform = []
@@ -134,20 +137,23 @@ def main() -> None:
                                         tmp)
                 recalibrate_batchnorm(match["model"], [train_x[i:i + 32] for i in range(0, 256, 32)])
                 uniform.append((accuracy(match["model"], test_x, test_y), match["fraction"]))
-            rows.append((budget, speedup, ours, scores["off"][0], report["search"]["strategy"], uniform))
+            rows.append((budget, speedup, ours, scores["off"][0], strategy, scores["unconstrained"], uniform))
             console.print(f"budget {budget}: hwprune {100 * ours:.1f}% at {speedup:.2f}x "
-                          f"({100 * scores['off'][0]:.1f}% without BN recalibration; allocation "
-                          f"{report['search']['strategy']}), uniform round_to=16 {100 * uniform[0][0]:.1f}% at "
+                          f"({100 * scores['off'][0]:.1f}% without BN recalibration; allocation {strategy}; "
+                          f"unconstrained {100 * scores['unconstrained'][0]:.1f}% at "
+                          f"{scores['unconstrained'][1]:.2f}x), uniform round_to=16 {100 * uniform[0][0]:.1f}% at "
                           f"latency fraction {uniform[0][1]:.2f}, unrounded {100 * uniform[1][0]:.1f}% at "
                           f"{uniform[1][1]:.2f}")
     table = Table(title=f"digits CNN (held-out accuracy unpruned {100 * baseline_accuracy:.1f}%), pruned without "
                         "fine-tuning, cpu target")
     for column in ("budget", "hwprune speedup", "hwprune accuracy", "BN not recalibrated", "allocation",
-                   "uniform round_to=16: accuracy (latency)", "uniform unrounded: accuracy (latency)"):
+                   "--unconstrained: accuracy (speedup)", "uniform round_to=16: accuracy (latency)",
+                   "uniform unrounded: accuracy (latency)"):
         table.add_column(column, justify="right")
-    for budget, speedup, ours, unrecalibrated, strategy, uniform in rows:
+    for budget, speedup, ours, unrecalibrated, strategy, unconstrained, uniform in rows:
         table.add_row(f"{budget:.2f}", f"{speedup:.2f}x", f"{100 * ours:.1f}%", f"{100 * unrecalibrated:.1f}%",
-                      strategy, *(f"{100 * accuracy_:.1f}% ({fraction:.2f})" for accuracy_, fraction in uniform))
+                      strategy, f"{100 * unconstrained[0]:.1f}% ({unconstrained[1]:.2f}x)",
+                      *(f"{100 * accuracy_:.1f}% ({fraction:.2f})" for accuracy_, fraction in uniform))
     console.print(table)
 
 

@@ -87,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--allocation", choices=("auto", "sensitivity", "structure", "uniform"), default="auto",
                           help="how the budget is shared among channel groups (auto: try each, keep the one whose "
                                "masked outputs stay closest to the original's on the calibration inputs)")
+    compile_.add_argument("--unconstrained", action="store_true",
+                          help="UPSCALE-style: every layer reading a shared tensor keeps its own input channels "
+                               "(producers keep the union); exported with channels reordered to minimise gathers")
     compile_.add_argument("--dynamic-batch", action="store_true", help="export with a symbolic batch axis")
     compile_.add_argument("--atol", type=float, default=1e-4, help="ONNX verification absolute tolerance (1e-4)")
     compile_.add_argument("--rtol", type=float, default=1e-3, help="ONNX verification relative tolerance (1e-3)")
@@ -257,7 +260,8 @@ def _run_compile(args: argparse.Namespace) -> int:
     options = Options(target, budget, args.importance, args.calib_data, args.min_keep,
                       Path(args.lut) if args.lut else None, args.refine, exclude=tuple(args.exclude),
                       atol=args.atol, rtol=args.rtol, dynamic_batch=args.dynamic_batch,
-                      recalibrate_bn=args.recalibrate_bn, allocation=args.allocation)
+                      recalibrate_bn=args.recalibrate_bn, allocation=args.allocation,
+                      unconstrained=args.unconstrained)
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     loaded = load_model(args.model, shape, args.weights)
     report = compile_model(loaded, options, args.out, Console(stderr=True))

@@ -108,8 +108,14 @@ def markdown(report: dict) -> str:
         f"**Engine**: {report['engine']['path'] or 'not built'}"
         + (f" ({report['engine']['reason']})" if report["engine"]["reason"] else "") + ".",
         "",
-        f"Search: importance {report['search']['importance']}, {report['search']['groups']} groups, "
-        f"{len(report['search']['attempts'])} round(s) of search"
+        _copies_line(report["copies"]),
+        "",
+        f"Search: importance {report['search']['importance']}, {report['search']['groups']} groups, allocation "
+        f"{report['search']['strategy']}"
+        + (f" ({_candidates(report['search']['candidates'])})" if report["search"]["candidates"] else "")
+        + (", unconstrained (each reader of a segment keeps its own channels)" if report["search"]["unconstrained"]
+           else "")
+        + f", {len(report['search']['attempts'])} round(s) of search"
         + (" + measurement." if measured else "."),
         "",
         "| round | predicted budget (ms) | predicted (ms) | measured latency fraction |",
@@ -120,6 +126,22 @@ def markdown(report: dict) -> str:
         lines.append(f"| {n} | {attempt['predicted_budget_ms']:.3f} | {attempt['predicted_ms']:.3f} | {fraction} |")
     lines += ["", "Plots: " + ", ".join(f"![{name}](plots/{name})" for name in PLOTS), ""]
     return "\n".join(lines)
+
+
+def _copies_line(copies: dict) -> str:
+    def text(found: dict) -> str:
+        megabytes = sum(op["bytes"] for op in found.values()) / 1e6
+        return f"{' / '.join(str(found[op]['count']) for op in ('Gather', 'Slice', 'Concat'))} ({megabytes:.2f} MB)"
+
+    line = (f"**Copy ops** (Gather / Slice / Concat on activations, MB written per inference): baseline "
+            f"{text(copies['baseline'])}, pruned {text(copies['pruned'])}")
+    if copies.get("pruned_without_reordering"):
+        line += f"; the same plan exported without reordering: {text(copies['pruned_without_reordering'])}"
+    return line + "."
+
+
+def _candidates(candidates: list[dict]) -> str:
+    return "scored on the calibration inputs: " + ", ".join(f"{c['strategy']} {c['score']:.4f}" for c in candidates)
 
 
 def _short(spec: str) -> str:

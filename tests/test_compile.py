@@ -150,3 +150,34 @@ def test_apply_rejects_a_plan_for_another_model(compiled, tmp_path, capsys):
     other = f"{Path(__file__).parent / 'data' / 'small_models.py'}:tiny_cnn"
     assert main(["apply", str(out / "plan.json"), other, "--out", str(tmp_path)]) == 2
     assert "hwprune: error:" in capsys.readouterr().err
+
+
+def test_unconstrained_compile_reorders_verifies_and_reapplies(compiled, tmp_path, monkeypatch):
+    _code, _out, cache = compiled
+    monkeypatch.setenv("HWPRUNE_CACHE", str(cache))
+    out = tmp_path / "out"
+    assert main(["compile", MODEL, "--latency", "0.6", "--unconstrained", "--allocation", "structure",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["search"]["unconstrained"] and report["verify"]["ok"]
+    plan = json.loads((out / "plan.json").read_text())
+    readers = {gid: g["readers"] for gid, g in plan["groups"].items() if g["readers"] is not None}
+    assert set(readers) == set(report["search"]["segments"]) and readers
+    for gid, reads in readers.items():  # each reader's channels lie in the kept union
+        assert all(set(r) <= set(plan["groups"][gid]["indices"]) for r in reads.values())
+    copies = report["copies"]
+    assert copies["pruned_without_reordering"] is not None
+    assert copies["pruned"]["Gather"]["count"] <= copies["pruned_without_reordering"]["Gather"]["count"]
+    assert "Copy ops" in (out / "report.md").read_text()
+    again = tmp_path / "again"
+    assert main(["apply", str(out / "plan.json"), MODEL, "--out", str(again)]) == 0
+    x = np.random.default_rng(4).standard_normal((1, 3, 64, 64), dtype=np.float32)
+    outputs = [ort.InferenceSession(str(path)).run(None, {"input": x})[0]
+               for path in (out / "pruned.onnx", again / "pruned.onnx")]
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_unconstrained_needs_a_measurable_target(tmp_path, capsys):
+    assert main(["compile", MODEL, "--target", "jetson-orin-nano", "--latency", "0.6", "--unconstrained",
+                 "--out", str(tmp_path)]) == 2
+    assert "--unconstrained needs a target this host can measure" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from hwprune.errors import HwpruneError
-from hwprune.latency.signature import OpSignature
+from hwprune.latency.signature import COPY_OPS, OpSignature
 
 OPSET = 17
 
@@ -28,14 +28,17 @@ def identity_model() -> bytes:
 
 def input_shape(sig: OpSignature) -> tuple[int, ...]:
     """The shape of the single-op graph's input ``x``."""
-    if sig.op == "conv2d":
+    if sig.op in ("conv2d", *COPY_OPS):
         return (sig.batch, sig.c_in, sig.h, sig.w)
     return (sig.batch, sig.h, sig.c_in)
 
 
 def single_op_model(sig: OpSignature) -> bytes:
-    """A serialized ONNX model computing just ``sig`` (conv2d: Conv; linear: MatMul + Add)."""
+    """A serialized ONNX model computing just ``sig`` (conv2d: Conv; linear: MatMul + Add; gather:
+    Gather of c_out channels spread over c_in; slice: Slice of the first c_out)."""
     rng = np.random.default_rng(0)
+    if sig.op in COPY_OPS:
+        return _copy_model(sig)
     if sig.op == "conv2d":
         weight = rng.standard_normal((sig.c_out, sig.c_in // sig.groups, sig.kernel, sig.kernel), dtype=np.float32)
         oh, ow = sig.out_hw
@@ -55,6 +58,24 @@ def single_op_model(sig: OpSignature) -> bytes:
         nodes, "op", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
         initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _copy_model(sig: OpSignature) -> bytes:
+    x_shape, y_shape = list(input_shape(sig)), [sig.batch, sig.c_out, sig.h, sig.w]
+    if sig.op == "gather":
+        index = np.linspace(0, sig.c_in - 1, sig.c_out).round().astype(np.int64)
+        constants = [numpy_helper.from_array(index, "index")]
+        nodes = [helper.make_node("Gather", ["x", "index"], ["y"], axis=1)]
+    else:
+        constants = [numpy_helper.from_array(np.array(v, dtype=np.int64), n)
+                     for v, n in (([0], "starts"), ([sig.c_out], "ends"), ([1], "axes"))]
+        nodes = [helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["y"])]
+    graph = helper.make_graph(nodes, sig.op, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], initializer=constants)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     onnx.checker.check_model(model)

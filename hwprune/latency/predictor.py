@@ -97,9 +97,11 @@ class TablePredictor:
             raise HwpruneError(f"layer {layer.name} ({sig.key()}) is not in the latency table; run hwprune profile")
         return outs, ins
 
-    def channels(self, layer: Layer, keep: dict[str, int]) -> tuple[int, int]:
+    def channels(self, layer: Layer, keep: dict[str, int], reads: dict[str, int] | None = None) -> tuple[int, int]:
+        """(c_in, c_out) with ``keep`` units per group; ``reads``: what dense readers of a group read
+        when it differs from what its producers keep (unconstrained pruning)."""
         c_out = layer.c_out(keep)
-        return (c_out if layer.depthwise else layer.c_in(keep)), c_out
+        return (c_out if layer.depthwise else layer.c_in({**keep, **(reads or {})})), c_out
 
     def layer_ms(self, layer: Layer, c_in: int, c_out: int) -> tuple[float, bool]:
         """Latency of ``layer`` at (c_in, c_out) and whether it was measured at exactly that point."""
@@ -122,12 +124,12 @@ class TablePredictor:
     def _activation_ratio(self, keep: dict[str, int]) -> float:
         return sum(self._activations(layer, keep) for layer in self.layers) / self._full_activations
 
-    def _layers_ms(self, keep: dict[str, int]) -> tuple[dict[str, float], bool]:
+    def _layers_ms(self, keep: dict[str, int], reads: dict[str, int] | None = None) -> tuple[dict[str, float], bool]:
         """Each layer's single-op table time at ``keep``, and whether all were measured points."""
         layers_ms = {}
         all_exact = True
         for layer in self.layers:
-            ms, exact = self.layer_ms(layer, *self.channels(layer, keep))
+            ms, exact = self.layer_ms(layer, *self.channels(layer, keep, reads))
             layers_ms[layer.name] = ms
             all_exact &= exact
         return layers_ms, all_exact
@@ -149,9 +151,10 @@ class TablePredictor:
             costs.append(self.layer_scale * layers_ms + self.rest_ms * activations / self._full_activations)
         return costs
 
-    def predict(self, keep: dict[str, int]) -> Prediction:
-        """Latency with ``keep[group_id]`` units kept per group (absent groups stay whole)."""
-        alone, all_exact = self._layers_ms(keep)
+    def predict(self, keep: dict[str, int], reads: dict[str, int] | None = None) -> Prediction:
+        """Latency with ``keep[group_id]`` units kept per group (absent groups stay whole) and, for
+        unconstrained pruning, ``reads[group_id]`` read by each of its dense readers."""
+        alone, all_exact = self._layers_ms(keep, reads)
         layers_ms = {name: self.layer_scale * ms for name, ms in alone.items()}
         rest = self.fixed_ms + self.rest_ms * self._activation_ratio(keep)
         return Prediction(sum(layers_ms.values()) + rest, layers_ms, rest, "lut" if all_exact else "interpolated")

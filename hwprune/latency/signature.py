@@ -10,11 +10,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
+COPY_OPS = ("gather", "slice")
 
 
 @dataclass(frozen=True)
 class OpSignature:
-    """One op: ``conv2d`` (h, w = input map) or ``linear`` (h = rows per batch item, w = 1)."""
+    """One op: ``conv2d`` (h, w = input map), ``linear`` (h = rows per batch item, w = 1), or a
+    channel copy in front of an unconstrained reader: ``gather`` (scattered channels) or ``slice``
+    (one run), c_out of c_in channels of an h x w map."""
 
     op: str
     batch: int
@@ -51,13 +54,18 @@ class OpSignature:
                 (self.w + 2 * self.padding - span) // self.stride + 1)
 
     def flops(self) -> int:
-        """Multiply-adds counted as two FLOPs, as torch.utils.flop_counter does."""
+        """Multiply-adds counted as two FLOPs, as torch.utils.flop_counter does (copies: none)."""
+        if self.op in COPY_OPS:
+            return 0
         oh, ow = self.out_hw
         per_output = (self.c_in // self.groups) * self.kernel * self.kernel
         return 2 * self.batch * self.c_out * oh * ow * per_output
 
     def bytes_moved(self) -> int:
-        """Input + weights + output, each touched once: the roofline's memory traffic."""
+        """Input + weights + output, each touched once: the roofline's memory traffic (a copy reads
+        and writes only what it selects)."""
+        if self.op in COPY_OPS:
+            return 2 * self.batch * self.c_out * self.h * self.w * BYTES_PER_ELEMENT[self.dtype]
         oh, ow = self.out_hw
         weights = self.c_out * (self.c_in // self.groups) * self.kernel * self.kernel
         elements = self.batch * self.c_in * self.h * self.w + weights + self.batch * self.c_out * oh * ow

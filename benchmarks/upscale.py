@@ -1,0 +1,208 @@
+"""Unconstrained pruning with export-time reordering (UPSCALE) against the naive export and
+against constrained pruning, measured on the ``cpu`` target.
+
+For each model (torchvision, random weights with calibrated BN statistics as in
+``budget_accuracy``; 224x224 input, batch 1):
+
+1. every prunable group keeps ``--fraction`` of its channels (rounded down to multiples of 16);
+   segments (groups read by dense layers only) get unconstrained masks: each reader keeps that
+   many channels by the L1 norm of its own weight columns, the producers keep the union. The
+   naive export reads each reader's channels in their original order, the reordered export in
+   the order ``transform.reorder`` finds. Both are checked against the masked model (PyTorch)
+   and their ONNX files against PyTorch; the copy ops (Gather, Slice, Concat: count and bytes
+   written) are counted in each ONNX graph;
+2. baseline, constrained (same counts), naive and reordered ONNX are timed in one interleaved run
+   (onnxruntime, 1 thread, ORT_ENABLE_ALL; ratios of per-round medians to the baseline's);
+3. the unconstrained fraction is bisected until its reordered export's measured latency matches
+   the constrained model's, and the fidelity of both (mean cosine of outputs to the original,
+   top-1 agreement) is compared on the same held-out random inputs.
+
+    python benchmarks/upscale.py [--models resnet50,densenet121] [--fraction 0.5] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from hwprune.calibration import fidelity
+from hwprune.export.copies import copy_ops
+from hwprune.export.onnx_export import export_onnx
+from hwprune.export.verify import verify_onnx
+from hwprune.graph.analyze import Analysis, analyze
+from hwprune.graph.segments import segments
+from hwprune.importance.scores import score_groups, select
+from hwprune.latency.measure import make_session, random_feeds, time_interleaved
+from hwprune.latency.profiler import runtime_settings
+from hwprune.models import load_model
+from hwprune.search.width import allowed_counts
+from hwprune.targets import load_target
+from hwprune.transform.prune import prune
+from hwprune.transform.unconstrained import export_unconstrained, masked_readers, reader_masks
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.zoo import randomize_model  # noqa: E402
+
+MODELS = ("resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0", "regnet_y_400mf")
+ALIGNMENT = 16
+BISECTION_STEPS = 6
+
+
+class Pruner:
+    """One model's analysis, scores and segments, and pruned copies of it at any fraction."""
+
+    def __init__(self, name: str, original: nn.Module, x: torch.Tensor):
+        self.name, self.original, self.x = name, original, x
+        self.analysis = analyze(copy.deepcopy(original), x, name, strict=False)
+        self.segments = segments(self.analysis)
+        self.importance = score_groups(self.analysis, "l1")
+        self.options = allowed_counts(self.analysis, ALIGNMENT, 0.0)
+
+    def counts(self, fraction: float) -> dict[str, int]:
+        return {gid: max([c for c in counts if c <= fraction * counts[-1]], default=counts[0])
+                for gid, counts in self.options.items()}
+
+    def keep(self, counts: dict[str, int], skip: set[str] = frozenset()) -> dict[str, list[int]]:
+        return {gid: select(self.importance.scores[gid], n, self.analysis.group(gid).repeat)
+                for gid, n in counts.items() if gid not in skip}
+
+    def fresh(self) -> Analysis:
+        return analyze(copy.deepcopy(self.original), self.x, self.name, strict=False)
+
+    def constrained(self, fraction: float) -> nn.Module:
+        return prune(self.fresh(), self.keep(self.counts(fraction))).eval()
+
+    def unconstrained(self, fraction: float, reorder: bool) -> tuple[nn.Module, dict, dict]:
+        counts = self.counts(fraction)
+        masks = reader_masks(self.analysis, self.segments, counts)
+        keep = self.keep(counts, set(masks))
+        fresh = self.fresh()
+        return export_unconstrained(fresh, segments(fresh), masks, keep, reorder).eval(), masks, keep
+
+
+def held_out_batches(x: torch.Tensor) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(1234)
+    return [torch.randn((8, *x.shape[1:]), generator=generator) for _ in range(4)]
+
+
+def run(name: str, fraction: float, threads: int, level: str, console: Console) -> dict:
+    started = time.perf_counter()
+    loaded = load_model(f"torchvision:{name}")
+    x = loaded.example_input
+    with torch.no_grad():
+        original = randomize_model(loaded.module, torch.randn((16, *x.shape[1:]))).eval()
+    pruner = Pruner(name, original, x)
+    row = {"model": name, "fraction": fraction, "segments": len(pruner.segments),
+           "multi_reader_segments": sum(len(s.readers) > 1 for s in pruner.segments)}
+    with tempfile.TemporaryDirectory(prefix="hwprune-upscale-") as tmp:
+        tmp = Path(tmp)
+        naive, masks, keep = pruner.unconstrained(fraction, reorder=False)
+        reordered, _, _ = pruner.unconstrained(fraction, reorder=True)
+        constrained = pruner.constrained(fraction)
+        with masked_readers(pruner.analysis, pruner.segments, masks, keep) as masked, torch.no_grad():
+            reference = masked(x)
+        paths = {}
+        for label, model in (("baseline", original), ("constrained", constrained), ("naive", naive),
+                             ("reordered", reordered)):
+            paths[label] = export_onnx(model, x, tmp / f"{label}.onnx")
+            if label in ("naive", "reordered"):
+                with torch.no_grad():
+                    row[f"{label}_max_abs_err"] = float((model(x) - reference).abs().max())
+                row[f"{label}_onnx_ok"] = verify_onnx(model, paths[label], [x]).ok
+            row[f"{label}_copies"] = copy_ops(paths[label])
+        sessions = [make_session(str(paths[label]), threads, level)
+                    for label in ("baseline", "constrained", "naive", "reordered")]
+        feeds = random_feeds(sessions[0])
+        comparison = time_interleaved(sessions, [feeds] * 4, rounds=20)
+        row["baseline_ms"] = comparison.timings[0].median_ms
+        for i, label in enumerate(("constrained", "naive", "reordered"), start=1):
+            row[f"{label}_fraction"] = comparison.ratios[i]
+        row["reordered_over_naive"] = comparison.ratios[3] / comparison.ratios[2]
+        matched = match_latency(pruner, fraction, row["constrained_fraction"], sessions[0], feeds, threads, level,
+                                tmp)
+        batches = held_out_batches(x)
+        for label, model in (("constrained", constrained), ("unconstrained_same_counts", reordered),
+                             ("unconstrained_matched", matched["model"])):
+            quality = fidelity(original, model, batches)
+            row[f"{label}_fidelity"] = (quality.cosine, quality.top1_agreement)
+        row["matched_unconstrained_keep_fraction"] = matched["keep_fraction"]
+        row["matched_unconstrained_latency_fraction"] = matched["latency_fraction"]
+    row["seconds"] = time.perf_counter() - started
+    console.print(f"{name}: constrained {row['constrained_fraction']:.3f}, naive {row['naive_fraction']:.3f}, "
+                  f"reordered {row['reordered_fraction']:.3f} of the baseline; gathers "
+                  f"{row['naive_copies']['Gather']['count']} -> {row['reordered_copies']['Gather']['count']}; "
+                  f"cosine constrained {row['constrained_fidelity'][0]:.4f} vs unconstrained at the same latency "
+                  f"{row['unconstrained_matched_fidelity'][0]:.4f} ({row['seconds']:.0f} s)")
+    return row
+
+
+def match_latency(pruner: Pruner, fraction: float, goal: float, baseline_session, feeds, threads: int, level: str,
+                  tmp: Path) -> dict:
+    """Bisect the unconstrained keep fraction whose reordered export measures closest to ``goal``."""
+    low, high = 0.0, fraction
+    best = None
+    for _ in range(BISECTION_STEPS):
+        middle = (low + high) / 2 if best is not None else fraction
+        model, _, _ = pruner.unconstrained(middle, reorder=True)
+        session = make_session(str(export_onnx(model, pruner.x, tmp / "matched.onnx")), threads, level)
+        measured = time_interleaved([baseline_session, session], [feeds, feeds], rounds=12).ratios[1]
+        if best is None or abs(measured - goal) < abs(best["latency_fraction"] - goal):
+            best = {"keep_fraction": middle, "latency_fraction": measured, "model": model}
+        if measured > goal:
+            high = middle
+        else:
+            low = middle
+    return best
+
+
+def show(console: Console, rows: list[dict]) -> None:
+    table = Table(title="Unconstrained pruning on cpu (onnxruntime, 1 thread): naive vs reordered export, and fidelity "
+                        "against constrained pruning at the same measured latency")
+    for column in ("model", "gathers / slices (MB) naive", "reordered", "latency: constrained", "naive", "reordered",
+                   "reordered / naive", "cosine / top-1: constrained", "unconstrained, same latency (keep)",
+                   "max err"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+
+    def copies(found: dict) -> str:
+        megabytes = (found["Gather"]["bytes"] + found["Slice"]["bytes"]) / 1e6
+        return f"{found['Gather']['count']} / {found['Slice']['count']} ({megabytes:.2f})"
+
+    def pair(values: tuple) -> str:
+        return f"{values[0]:.4f} / {100 * values[1]:.0f}%"
+
+    for r in rows:
+        table.add_row(r["model"], copies(r["naive_copies"]), copies(r["reordered_copies"]),
+                      *(f"{r[f'{label}_fraction']:.3f}" for label in ("constrained", "naive", "reordered")),
+                      f"{r['reordered_over_naive']:.3f}", pair(r["constrained_fidelity"]),
+                      f"{pair(r['unconstrained_matched_fidelity'])} ({r['matched_unconstrained_keep_fraction']:.2f})",
+                      f"{max(r['naive_max_abs_err'], r['reordered_max_abs_err']):.1e}")
+    console.print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--fraction", type=float, default=0.5, help="kept fraction of every group (0.5)")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    args = parser.parse_args()
+    console = Console(width=220)
+    threads, level = runtime_settings(load_target("cpu"))
+    torch.manual_seed(0)
+    rows = [run(name, args.fraction, threads, level, console) for name in args.models.split(",")]
+    show(console, rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Unconstrained pruning: naive and reordered exports compute the masked model exactly; reordering
+never needs more gathers than the naive export; the copy ops are counted in the ONNX graph."""
+
+import copy
+import random
+
+import pytest
+import torch
+import torchvision
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from hwprune.export.copies import copy_ops
+from hwprune.export.onnx_export import export_onnx
+from hwprune.graph.analyze import analyze
+from hwprune.graph.segments import segments
+from hwprune.importance.scores import score_groups, select
+from hwprune.transform.unconstrained import ChannelSelect, export_unconstrained, masked_readers, reader_masks
+from tests.random_dags import random_dag_models
+from tests.zoo import randomize_model
+
+
+def pruning_setup(model: nn.Module, x: torch.Tensor, seed: int):
+    """Random keep counts (at most 3/4 of each group): segments unconstrained, other groups constrained."""
+    analysis = analyze(model, x, "model", strict=False)
+    rng = random.Random(seed)
+    counts = {g.id: max(1, int(g.channels * rng.uniform(0.25, 0.75))) // g.repeat * g.repeat or g.repeat
+              for g in analysis.prunable()}
+    found = segments(analysis)
+    masks = reader_masks(analysis, found, counts)
+    importance = score_groups(analysis, "l1")
+    keep = {g.id: select(importance.scores[g.id], counts[g.id], g.repeat) for g in analysis.prunable()
+            if g.id not in masks}
+    return analysis, found, masks, keep
+
+
+def exports(model: nn.Module, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict[bool, nn.Module], dict]:
+    analysis, found, masks, keep = pruning_setup(model, x, seed)
+    with masked_readers(analysis, found, masks, keep) as masked, torch.no_grad():
+        reference = masked(x)
+    built = {}
+    for reorder in (False, True):
+        fresh = analyze(copy.deepcopy(model), x[:1], "model", strict=False)
+        built[reorder] = export_unconstrained(fresh, segments(fresh), masks, keep, reorder).eval()
+    return reference, built, masks
+
+
+def gathers(model: nn.Module) -> int:
+    return sum(1 for m in model.modules() if isinstance(m, ChannelSelect) and not m.contiguous)
+
+
+def small_densenet() -> nn.Module:
+    """DenseNet-121's structure (dense blocks of concatenations, transitions) at test size;
+    benchmarks/upscale.py checks densenet121 itself."""
+    return torchvision.models.DenseNet(growth_rate=16, block_config=(4, 4), num_init_features=32, bn_size=2)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "small_densenet", "mobilenet_v2", "efficientnet_b0", "regnet_y_400mf"])
+def test_naive_and_reordered_exports_equal_the_masked_model(name):
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = small_densenet() if name == "small_densenet" else getattr(torchvision.models, name)()
+    model = randomize_model(model, x).eval()
+    reference, built, masks = exports(model, x, seed=1)
+    assert any(len(set(mask.union)) > min(len(r) for r in mask.reads.values()) for mask in masks.values()), \
+        "no reader reads less than the union: the test would not exercise selection"
+    scale = max(1.0, float(reference.abs().max()))
+    for model_ in built.values():
+        with torch.no_grad():
+            assert (model_(x) - reference).abs().max() <= 1e-4 * scale
+    assert gathers(built[True]) <= gathers(built[False])
+    assert sum(p.numel() for p in built[True].parameters()) < sum(p.numel() for p in model.parameters())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(drawn=random_dag_models(heads=("gap",)), seed=st.integers(0, 2**16))
+def test_random_dags_export_exactly_with_and_without_reordering(drawn, seed):
+    model, x = drawn
+    assume(segments(analyze(copy.deepcopy(model), x, "dag", strict=False)))
+    reference, built, _masks = exports(model, x, seed)
+    scale = max(1.0, float(reference.abs().max()))
+    for model_ in built.values():
+        with torch.no_grad():
+            assert (model_(x) - reference).abs().max() <= 1e-4 * scale
+    assert gathers(built[True]) <= gathers(built[False])
+
+
+class TwoReaders(nn.Module):
+    """One tensor read by two 1x1 convs through ChannelSelects: one run and a scattered set."""
+
+    def __init__(self):
+        super().__init__()
+        self.run = nn.Sequential(ChannelSelect([2, 3, 4], dim=1), nn.Conv2d(3, 4, 1))
+        self.scattered = nn.Sequential(ChannelSelect([0, 5, 7], dim=1), nn.Conv2d(3, 4, 1))
+
+    def forward(self, x):
+        return self.run(x) + self.scattered(x)
+
+
+def test_one_run_exports_as_a_slice_and_a_scattered_set_as_a_gather(tmp_path):
+    model, x = TwoReaders().eval(), torch.randn(1, 8, 5, 5)
+    with torch.no_grad():
+        assert torch.equal(model.run[0](x), x[:, 2:5]) and torch.equal(model.scattered[0](x), x[:, [0, 5, 7]])
+    found = copy_ops(export_onnx(model, x, tmp_path / "m.onnx"))
+    assert found["Slice"] == {"count": 1, "bytes": 3 * 25 * 4}
+    assert found["Gather"] == {"count": 1, "bytes": 3 * 25 * 4}
+    assert found["Concat"]["count"] == 0
