@@ -26,6 +26,7 @@ import torchvision
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
 
 from hwprune.errors import PlanError
 from hwprune.graph.analyze import Analysis, analyze
@@ -255,6 +256,11 @@ def _transposed_consumer() -> nn.Module:
                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
 
 
+def _weight_norm_consumer() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), weight_norm(nn.Conv2d(6, 4, 1)), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+
 class _TinyAttention(nn.Module):
     """Tokens -> linear embedding -> residual multi-head self-attention -> classifier."""
 
@@ -281,6 +287,9 @@ MODULE_KINDS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], dict[str
                                                    "5": "not prunable"}),
     "transposed_consumer": (_transposed_consumer, (1, 3, 8, 8), {"0": "unsupported layer 2 (ConvTranspose2d)",
                                                                  "6": "not prunable"}),
+    "weight_norm_consumer": (_weight_norm_consumer, (1, 3, 8, 8), {"0": "2 computes its weights",
+                                                                   "2": "2 computes its weights",
+                                                                   "6": "not prunable"}),
     "attention": (_TinyAttention, (2, 5, 6), {"attention:heads": "attention heads", "attention.v_proj": "not prunable",
                                               "embed": "not prunable", "head": "not prunable"}),
 }

@@ -189,3 +189,16 @@ def test_malformed_plan_is_a_plan_error(tmp_path):
     path.write_text("not json")
     with pytest.raises(PlanError, match="corrupt plan, not JSON"):
         load_plan(path)
+
+
+def test_readers_narrower_than_their_producers_are_predicted_between_the_two_widths(setup):
+    analysis, predictor, _importance = setup
+    residual = next(g for g in analysis.prunable() if g.kind == "residual")
+    wide, narrow = residual.channels, residual.channels // 2
+    both_wide = predictor.predict({residual.id: wide}).total_ms
+    unconstrained = predictor.predict({residual.id: wide}, reads={residual.id: narrow}).total_ms
+    both_narrow = predictor.predict({residual.id: narrow}).total_ms
+    assert both_narrow < unconstrained < both_wide
+    readers = [layer for layer in predictor.layers if any(g.group == residual.id for g in layer.inputs)]
+    assert readers and all(predictor.channels(layer, {residual.id: wide}, {residual.id: narrow})[0]
+                           == layer.signature.c_in - (wide - narrow) for layer in readers)

@@ -4,6 +4,8 @@ never needs more gathers than the naive export; the copy ops are counted in the 
 import copy
 import random
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 import torchvision
@@ -16,7 +18,15 @@ from hwprune.export.onnx_export import export_onnx
 from hwprune.graph.analyze import analyze
 from hwprune.graph.segments import segments
 from hwprune.importance.scores import score_groups, select
-from hwprune.transform.unconstrained import ChannelSelect, export_unconstrained, masked_readers, reader_masks
+from hwprune.latency.onnx_ops import input_shape, single_op_model
+from hwprune.latency.signature import OpSignature
+from hwprune.transform.unconstrained import (
+    ChannelSelect,
+    copy_signatures,
+    export_unconstrained,
+    masked_readers,
+    reader_masks,
+)
 from tests.random_dags import random_dag_models
 from tests.zoo import randomize_model
 
@@ -106,3 +116,18 @@ def test_one_run_exports_as_a_slice_and_a_scattered_set_as_a_gather(tmp_path):
     assert found["Slice"] == {"count": 1, "bytes": 3 * 25 * 4}
     assert found["Gather"] == {"count": 1, "bytes": 3 * 25 * 4}
     assert found["Concat"]["count"] == 0
+
+
+def test_copy_signatures_price_each_select_as_the_op_it_exports_as():
+    model, x = TwoReaders().eval(), torch.randn(2, 8, 5, 5)
+    signatures = copy_signatures(model, x)
+    assert signatures == {"run.0": OpSignature("slice", 2, 8, 3, 5, 5),
+                          "scattered.0": OpSignature("gather", 2, 8, 3, 5, 5)}
+    for sig in signatures.values():  # the profiler's single-op graphs compute such a copy
+        session = ort.InferenceSession(single_op_model(sig))
+        feed = np.arange(np.prod(input_shape(sig)), dtype=np.float32).reshape(input_shape(sig))
+        out = session.run(None, {"x": feed})[0]
+        assert out.shape == (2, 3, 5, 5)
+        if sig.op == "slice":
+            np.testing.assert_array_equal(out, feed[:, :3])
+        assert sig.flops() == 0 and sig.bytes_moved() == 2 * 2 * 3 * 25 * 4
