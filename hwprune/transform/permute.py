@@ -1,10 +1,10 @@
 """Permute the channels of one coupled channel group in place, without changing what the model computes.
 
 Reordering a group's channels is a symmetry of the network when every tensor that holds them moves
-together: the producers' output rows (conv/linear weights and biases, depthwise filters), the
-per-channel layers in between (BatchNorm weights and statistics, PReLU slopes, LayerNorm affine
-parameters, embedding columns) and the consumers' input columns. Export uses this to put the channels each consumer
-reads next to each other (UPSCALE-style) before pruning, so consumers read contiguous slices.
+together: the producers' output rows (conv/linear weights and biases, depthwise filters, embedding
+columns), the per-channel layers in between (BatchNorm weights and statistics, PReLU slopes,
+LayerNorm affine parameters) and the consumers' input columns. Export uses this to put the channels
+each consumer reads next to each other (UPSCALE-style) before pruning, so consumers read slices.
 
 Where a channel lives in each layer comes from torch-pruning's group of the root layer: an item's
 ``idxs`` are the layer-side positions and its ``root_idxs`` the group channel behind each, which
@@ -31,7 +31,9 @@ from hwprune.graph.capture import tolerant_index_mapping
 from hwprune.graph.groups import ChannelGroup
 
 # One tensor that holds the group's channels: (module, parameter or buffer name, dim of the channels).
-Slot = tuple[nn.Module, str, int]
+_Slot = tuple[nn.Module, str, int]
+# What the layers handled here may own; anything else (weight_g/weight_v of weight norm) is unknown.
+_KNOWN_STATE = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
 
 
 def permutable(analysis: Analysis, group_id: str) -> str | None:
@@ -75,7 +77,7 @@ def _checked_order(group: ChannelGroup, order: Sequence[int]) -> list[int]:
     return checked
 
 
-def _layout(analysis: Analysis, group: ChannelGroup) -> dict[Slot, list[list[int]]]:
+def _layout(analysis: Analysis, group: ChannelGroup) -> dict[_Slot, list[list[int]]]:
     """Every tensor holding ``group``'s channels -> for each channel, its sorted indices along the dim.
 
     Raises PlanError with a short reason when the group cannot be permuted exactly.
@@ -91,7 +93,7 @@ def _layout(analysis: Analysis, group: ChannelGroup) -> dict[Slot, list[list[int
     with tolerant_index_mapping(graph.hwprune_unmapped):
         items = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels,
                                         list(range(group.channels))).items
-    channel_at: dict[Slot, dict[int, int]] = {}  # slot -> index along the dim -> group channel
+    channel_at: dict[_Slot, dict[int, int]] = {}  # slot -> index along the dim -> group channel
     for item in items:
         module = item.dep.target.module
         for slot in _slots(analysis, module, graph.is_out_channel_pruning_fn(item.dep.handler)):
@@ -110,22 +112,27 @@ def _layout(analysis: Analysis, group: ChannelGroup) -> dict[Slot, list[list[int
     return layout
 
 
-def _slots(analysis: Analysis, module: object, producer_side: bool) -> list[Slot]:
+def _slots(analysis: Analysis, module: nn.Module | nn.Parameter, producer_side: bool) -> list[_Slot]:
     """The tensors of one group member that hold the group's channels, or a PlanError if unknown."""
-    if not isinstance(module, nn.Module):
-        raise PlanError(f"a bare parameter of shape {list(getattr(module, 'shape', []))} holds channels")
+    if isinstance(module, nn.Parameter):  # torch-pruning's node for a parameter used directly in forward
+        raise PlanError(f"a bare parameter of shape {list(module.shape)} holds channels")
     if next(chain(module.parameters(), module.buffers()), None) is None:
         return []  # an internal op (add, concat, reshape, ...) or a parameter-free layer: nothing to move
     name = analysis.capture.module_name(module)
-    if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
-        depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
-        if module.groups > 1 and not depthwise:
-            raise PlanError(f"grouped convolution {name}")
-        # A depthwise filter reads and writes the same channel: both sides are its dim 0.
-        if producer_side or depthwise:
-            return _present(module, ("weight", "bias"), 0)
-        return [(module, "weight", 1)]
-    if isinstance(module, nn.Linear):
+    slots = _layer_slots(module, name, producer_side)
+    own = {key for key, _ in chain(module.named_parameters(recurse=False), module.named_buffers(recurse=False))}
+    if own - _KNOWN_STATE or any(key not in own for _, key, _ in slots):  # else writes would not stick
+        raise PlanError(f"{name} computes its weights (weight norm or a parametrization)")
+    return slots
+
+
+def _layer_slots(module: nn.Module, name: str, producer_side: bool) -> list[_Slot]:
+    convolution = isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+    if convolution and module.groups not in (1, module.in_channels) or module.in_channels != module.out_channels:
+        raise PlanError(f"grouped convolution {name}")  # its group has repeat > 1 and was refused already
+    if convolution or isinstance(module, nn.Linear):
+        # Output rows or input columns. A depthwise filter reads and writes one channel: torch-pruning's
+        # depthwise pruner uses one function for both sides, so it always arrives producer-side (dim 0).
         return _present(module, ("weight", "bias"), 0) if producer_side else [(module, "weight", 1)]
     if isinstance(module, _NormBase):  # BatchNorm, InstanceNorm: per-channel affine and statistics
         return _present(module, ("weight", "bias", "running_mean", "running_var"), 0)
@@ -145,5 +152,5 @@ def _slots(analysis: Analysis, module: object, producer_side: bool) -> list[Slot
     raise PlanError(f"unsupported layer {name} ({type(module).__name__})")
 
 
-def _present(module: nn.Module, names: Sequence[str], dim: int) -> list[Slot]:
+def _present(module: nn.Module, names: Sequence[str], dim: int) -> list[_Slot]:
     return [(module, name, dim) for name in names if getattr(module, name, None) is not None]
