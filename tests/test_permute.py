@@ -64,7 +64,7 @@ def torchvision_case(name: str) -> Case:
     """A randomly initialised torchvision model, analysed once: every test restores what it permutes."""
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)().eval()
-    _randomize_batchnorm(model)
+    _randomize_per_channel(model)
     recalibrate_batchnorm(model, [torch.randn(4, 3, 64, 64)])
     example = torch.randn(1, 3, 64, 64)
     classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
@@ -76,14 +76,19 @@ def torchvision_case(name: str) -> Case:
     return Case(analysis, example, _run(model, example), accepted(analysis))
 
 
-def _randomize_batchnorm(model: nn.Module) -> None:
+def _randomize_per_channel(model: nn.Module) -> None:
+    """Distinct per-channel values (their defaults are all equal), so forgetting to move one shows."""
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
                 module.running_mean.normal_(0.0, 0.3)
                 module.running_var.uniform_(0.5, 2.0)
+            norm = isinstance(module, nn.modules.batchnorm._NormBase | nn.LayerNorm | nn.GroupNorm)
+            if norm and module.weight is not None:
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.normal_(0.0, 0.2)
+            if isinstance(module, nn.PReLU):
+                module.weight.uniform_(0.0, 0.5)
 
 
 def _run(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
@@ -300,7 +305,7 @@ def test_module_kinds_are_permuted_exactly_or_refused(name):
     factory, shape, refusals = MODULE_KINDS[name]
     torch.manual_seed(0)
     model = factory().eval()
-    _randomize_batchnorm(model)
+    _randomize_per_channel(model)
     example = torch.randn(*shape)
     analysis = analyze(model, example, name, strict=False)
     reasons = {g.id: permutable(analysis, g.id) for g in analysis.groups}

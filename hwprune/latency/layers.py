@@ -53,24 +53,31 @@ class Layer:
 
 
 def layer_signatures(model: nn.Module, example_input: torch.Tensor, dtype: str = "fp32") -> dict[str, OpSignature]:
-    """The OpSignature of every Conv2d and Linear module, from one forward with hooks."""
+    """The OpSignature of every Conv2d and Linear module, from one forward."""
     found: dict[str, OpSignature] = {}
+    for name, (module, shape) in input_shapes(model, example_input, (nn.Conv2d, nn.Linear)).items():
+        if isinstance(module, nn.Conv2d):
+            found[name] = OpSignature(
+                "conv2d", shape[0], module.in_channels, module.out_channels, shape[2], shape[3],
+                module.kernel_size[0], module.stride[0], _padding(module), module.dilation[0], module.groups, dtype)
+        else:
+            rows = int(torch.tensor(shape[1:-1]).prod()) if len(shape) > 2 else 1
+            found[name] = OpSignature("linear", shape[0], module.in_features, module.out_features, rows, 1,
+                                      dtype=dtype)
+    return found
+
+
+def input_shapes(model: nn.Module, example_input: torch.Tensor, kinds: tuple[type, ...]
+                 ) -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
+    """Every ``kinds`` module's first input shape in one forward on ``example_input`` (hooks)."""
+    found: dict[str, tuple[nn.Module, tuple[int, ...]]] = {}
 
     def hook_for(name: str):
         def record(module: nn.Module, inputs: tuple, _output: object) -> None:
-            shape = tuple(inputs[0].shape)
-            if isinstance(module, nn.Conv2d):
-                found[name] = OpSignature(
-                    "conv2d", shape[0], module.in_channels, module.out_channels, shape[2], shape[3],
-                    module.kernel_size[0], module.stride[0], _padding(module), module.dilation[0], module.groups, dtype)
-            else:
-                rows = int(torch.tensor(shape[1:-1]).prod()) if len(shape) > 2 else 1
-                found[name] = OpSignature("linear", shape[0], module.in_features, module.out_features, rows, 1,
-                                          dtype=dtype)
+            found[name] = (module, tuple(inputs[0].shape))
         return record
 
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in model.named_modules()
-               if isinstance(m, nn.Conv2d | nn.Linear)]
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in model.named_modules() if isinstance(m, kinds)]
     try:
         with torch.no_grad():
             model(example_input)

@@ -128,7 +128,7 @@ def _slots(analysis: Analysis, module: nn.Module | nn.Parameter, producer_side: 
 
 def _layer_slots(module: nn.Module, name: str, producer_side: bool) -> list[_Slot]:
     convolution = isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
-    if convolution and module.groups not in (1, module.in_channels) or module.in_channels != module.out_channels:
+    if convolution and module.groups > 1 and not module.groups == module.in_channels == module.out_channels:
         raise PlanError(f"grouped convolution {name}")  # its group has repeat > 1 and was refused already
     if convolution or isinstance(module, nn.Linear):
         # Output rows or input columns. A depthwise filter reads and writes one channel: torch-pruning's

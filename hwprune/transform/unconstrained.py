@@ -32,6 +32,7 @@ from hwprune.graph.analyze import Analysis
 from hwprune.graph.capture import tolerant_index_mapping
 from hwprune.graph.segments import Segment
 from hwprune.importance.scores import select
+from hwprune.latency.layers import input_shapes
 from hwprune.latency.signature import OpSignature
 from hwprune.transform.permute import permutable, permute_group
 from hwprune.transform.prune import prune
@@ -187,24 +188,12 @@ def _select_inputs(model: nn.Module, layer: str, module: nn.Module, positions: l
 def copy_signatures(model: nn.Module, example_input: torch.Tensor) -> dict[str, OpSignature]:
     """Per ChannelSelect in ``model`` (by module name), the copy op it exports as, at the size one
     forward on ``example_input`` shows: what the latency table must price."""
-    found: dict[str, OpSignature] = {}
-
-    def hook_for(name: str, select_: ChannelSelect):
-        def record(_module: nn.Module, inputs: tuple, _output: object) -> None:
-            shape = list(inputs[0].shape)
-            width = shape.pop(select_.dim)
-            batch, rest = shape[0], shape[1:]
-            h, w = (rest[0], rest[1]) if len(rest) == 2 else (int(torch.tensor(rest).prod()) if rest else 1, 1)
-            found[name] = OpSignature("slice" if select_.contiguous else "gather", batch, width,
-                                      select_.index.numel(), h, w)
-        return record
-
-    handles = [m.register_forward_hook(hook_for(name, m)) for name, m in model.named_modules()
-               if isinstance(m, ChannelSelect)]
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
+    found = {}
+    for name, (select_, shape) in input_shapes(model, example_input, (ChannelSelect,)).items():
+        rest = list(shape)
+        width = rest.pop(select_.dim)
+        batch, rest = rest[0], rest[1:]
+        h, w = (rest[0], rest[1]) if len(rest) == 2 else (int(torch.tensor(rest).prod()) if rest else 1, 1)
+        found[name] = OpSignature("slice" if select_.contiguous else "gather", batch, width, select_.index.numel(),
+                                  h, w)
     return found
