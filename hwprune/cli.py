@@ -136,37 +136,43 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
+    from hwprune.graph.segments import segments
     from hwprune.io import write_text_atomic
 
     analysis = _load_and_analyze(args, exclude=args.exclude, strict=not args.skip_unsupported)
-    document = json.dumps(analysis.to_json(), indent=2)
+    data = analysis.to_json()
+    data["segments"] = [{"group": s.group, "producers": s.producers, "readers": [r.layer for r in s.readers]}
+                        for s in segments(analysis)]
+    document = json.dumps(data, indent=2)
     if args.out:
         write_text_atomic(args.out, document + "\n")
     if args.json:
         print(document)
     else:
-        _print_groups(analysis)
+        _print_groups(data)
     return 0
 
 
-def _print_groups(analysis: object) -> None:
+def _print_groups(data: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    data = analysis.to_json()
+    readers = {s["group"]: len(s["readers"]) for s in data["segments"]}
     table = Table(title=f"{data['model']}  input {data['input_shape']}  "
                         f"{data['flops'] / 1e9:.2f} GFLOPs  {data['params'] / 1e6:.2f} M params")
-    for column in ("id", "channels", "kind", "layers", "FLOPs %", "prunable"):
-        table.add_column(column, justify="right" if column in ("channels", "layers", "FLOPs %") else "left",
+    for column in ("id", "channels", "kind", "layers", "readers", "FLOPs %", "prunable"):
+        table.add_column(column, justify="right" if column in ("channels", "layers", "readers", "FLOPs %") else "left",
                          no_wrap=column == "id")
     for group in data["groups"]:
         prunable = "yes" if group["prunable"] else f"no: {group['reason']}"
         table.add_row(group["id"], str(group["channels"]), group["kind"], str(len(group["layers"])),
-                      f"{100 * group['flops_share']:.1f}", prunable)
+                      str(readers.get(group["id"], "-")), f"{100 * group['flops_share']:.1f}", prunable)
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(table)
     prunable = sum(g["prunable"] for g in data["groups"])
-    console.print(f"{len(data['groups'])} groups, {prunable} prunable")
+    shared = sum(n > 1 for n in readers.values())
+    console.print(f"{len(data['groups'])} groups, {prunable} prunable; {len(readers)} segments (read only by dense "
+                  f"layers), {shared} of them read by several: --unconstrained lets each reader keep its own channels")
 
 
 def _load_and_analyze(args: argparse.Namespace, exclude: Sequence[str] = (), strict: bool = False):

@@ -53,12 +53,13 @@ def test_analyze_json_contract(capsys, tmp_path):
     assert by_id["7"]["prunable"] is False and "output" in by_id["7"]["reason"]
     for group in data["groups"]:
         assert set(group) >= {"id", "channels", "kind", "layers", "prunable"}
+    assert {s["group"]: s["readers"] for s in data["segments"]} == {"0": ["3"], "3": ["7"]}
 
 
 def test_analyze_table(capsys):
     code, out, _ = run(capsys, "analyze", f"{DATA}:tiny_cnn")
     assert code == 0
-    assert "3 groups, 2 prunable" in out
+    assert "3 groups, 2 prunable; 2 segments" in out
 
 
 def test_input_shape_override(capsys):
