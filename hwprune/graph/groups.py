@@ -11,6 +11,7 @@ meet (``repeat`` for grouped convolutions).
 from __future__ import annotations
 
 import fnmatch
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -104,6 +105,10 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
     repeat = 1
     exact = True
     opaque = opaque_types()
+    aliased = _aliased_layer(cap, dg_group)
+    if aliased is not None:
+        reasons.append(f"{aliased} holds some of its channels more than once in the group (a tensor combined with "
+                       "a function of itself), so they cannot be removed one by one")
     for dep, _idxs in dg_group:
         target = dep.target
         module = target.module
@@ -171,6 +176,20 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
         layers=layers, producers=producers, prunable=not reasons, reason="; ".join(dict.fromkeys(reasons)) or None,
         repeat=repeat, exact_removal=exact, flops_share=_share(layers, cap.layer_flops, cap.flops),
         params_share=_params_share(cap, layers))
+
+
+def _aliased_layer(cap: Capture, dg_group: tp.dependency.Group) -> str | None:
+    """The first layer that does not hold every channel of the group equally often, if any: then
+    removing one root channel removes several of the group's (torch-pruning follows both)."""
+    channels = len(dg_group.items[0].root_idxs)
+    for item in dg_group.items:
+        module = item.dep.target.module
+        if not isinstance(module, nn.Module) or next(module.parameters(), None) is None:
+            continue
+        counts = Counter(int(c) for c in item.root_idxs)
+        if len(counts) != channels or len(set(counts.values())) != 1:
+            return cap.module_name(module)
+    return None
 
 
 def _unformed_group(cap: Capture, module: nn.Module, channels: int, exc: Exception) -> ChannelGroup:
