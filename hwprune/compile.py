@@ -354,7 +354,7 @@ def _plan(context: Context, result: SearchResult, masks: dict[str, SegmentMask] 
 def _fit_unconstrained(context: Context, search: Callable[[float], SearchResult], predicted_budget: float,
                        result: SearchResult) -> tuple[SearchResult, Plan, nn.Module]:
     """Unconstrained masks at the searched counts cost more than the counts say (producers keep the
-    union, readers pay copies): predict that exactly, with the copies profiled, and re-search at a
+    union, readers pay copies): predict that, with the copies profiled, and re-search at a
     scaled budget until the prediction fits (at most UNCONSTRAINED_ROUNDS searches)."""
     analysis = context.analysis
     x = analysis.capture.example_input
