@@ -6,9 +6,10 @@ For each model (torchvision, random weights with calibrated BN statistics as in
 
 1. every prunable group keeps ``--fraction`` of its channels (rounded down to multiples of 16);
    segments (groups read by dense layers only) get unconstrained masks: each reader keeps that
-   many channels by the L1 norm of its own weight columns, the producers keep the union. The
-   naive export reads each reader's channels in their original order, the reordered export in
-   the order ``transform.reorder`` finds. Both are checked against the masked model (PyTorch)
+   many channels, those contributing most to its output on 8 random calibration inputs (seeded
+   apart from the held-out ones), and the producers keep the union. The naive export reads each
+   reader's channels in their original order, the reordered export in the order
+   ``transform.reorder`` finds. Both are checked against the masked model (PyTorch)
    and their ONNX files against PyTorch; the copy ops (Gather, Slice, Concat: count and bytes
    written) are counted in each ONNX graph;
 2. baseline, constrained (same counts), naive and reordered ONNX are timed in one interleaved run
@@ -67,6 +68,7 @@ class Pruner:
         self.segments = segments(self.analysis)
         self.importance = score_groups(self.analysis, "l1")
         self.options = allowed_counts(self.analysis, ALIGNMENT, 0.0)
+        self.calibration = torch.randn((8, *x.shape[1:]), generator=torch.Generator().manual_seed(0))
 
     def counts(self, fraction: float) -> dict[str, int]:
         return {gid: max([c for c in counts if c <= fraction * counts[-1]], default=counts[0])
@@ -84,7 +86,7 @@ class Pruner:
 
     def unconstrained(self, fraction: float, reorder: bool) -> tuple[nn.Module, dict, dict]:
         counts = self.counts(fraction)
-        masks = reader_masks(self.analysis, self.segments, counts)
+        masks = reader_masks(self.analysis, self.segments, counts, self.calibration)
         keep = self.keep(counts, set(masks))
         fresh = self.fresh()
         return export_unconstrained(fresh, segments(fresh), masks, keep, reorder).eval(), masks, keep

@@ -362,7 +362,7 @@ def _fit_unconstrained(context: Context, search: Callable[[float], SearchResult]
     rounds = 0
     while True:
         rounds += 1
-        masks = reader_masks(analysis, context.segments, result.counts)
+        masks = reader_masks(analysis, context.segments, result.counts, context.calibration_batches[0])
         plan = _plan(context, result, masks)
         model = apply_plan(plan, analyze(copy.deepcopy(analysis.model), x, analysis.name, strict=False)).eval()
         keep = {**result.counts, **{gid: len(mask.union) for gid, mask in masks.items()}}

@@ -1,8 +1,8 @@
 """Unconstrained pruning (UPSCALE): every reader of a segment keeps its own input channels.
 
-Masks: for a segment whose group keeps ``n`` channels, each reader keeps the ``n`` channels
-whose columns of its own weight have the largest L1 norm; the group keeps the union, so its
-producers drop only what no reader reads.
+Masks: for a segment whose group keeps ``n`` channels, each reader keeps the ``n`` channels that
+contribute most to its own output on calibration inputs (weight column x activation norm); the
+group keeps the union, so its producers drop only what no reader reads.
 
 Export, in place on the analysed model:
 
@@ -63,8 +63,14 @@ class ChannelSelect(nn.Module):
         return x.index_select(self.dim, self.index)
 
 
-def reader_masks(analysis: Analysis, segments: Sequence[Segment], counts: Mapping[str, int]) -> dict[str, SegmentMask]:
-    """Per segment in ``counts``: each reader's best ``counts[group]`` channels by its own weights."""
+def reader_masks(analysis: Analysis, segments: Sequence[Segment], counts: Mapping[str, int],
+                 batch: torch.Tensor) -> dict[str, SegmentMask]:
+    """Per segment in ``counts``: each reader's ``counts[group]`` channels that contribute most to
+    its output on ``batch``: |weight column| (L1) x |input channel| (L2 over the batch and the map),
+    the Wanda criterion. The weight alone would ignore how large each channel's activations are,
+    which the producers' weights and BatchNorm set."""
+    layers = {reader.layer for segment in segments if segment.group in counts for reader in segment.readers}
+    norms = _input_norms(analysis.model, layers, batch)
     masks = {}
     for segment in segments:
         if segment.group not in counts:
@@ -72,14 +78,35 @@ def reader_masks(analysis: Analysis, segments: Sequence[Segment], counts: Mappin
         reads = {}
         for reader in segment.readers:
             columns = analysis.model.get_submodule(reader.layer).weight.detach().abs()
-            column_norms = columns.transpose(0, 1).reshape(columns.shape[1], -1).sum(dim=1)
+            contribution = columns.transpose(0, 1).reshape(columns.shape[1], -1).sum(dim=1) * norms[reader.layer]
             scores = torch.zeros(segment.channels, dtype=torch.float64)
             for channel, indices in reader.inputs.items():
-                scores[channel] = float(column_norms[indices].sum())
+                scores[channel] = float(contribution[indices].sum())
             reads[reader.layer] = select(scores.numpy(), counts[segment.group])
         union = sorted(set().union(*reads.values()))
         masks[segment.group] = SegmentMask(union, reads)
     return masks
+
+
+def _input_norms(model: nn.Module, layers: set[str], batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per layer, the L2 norm of each input channel (conv) or feature (linear) over ``batch``."""
+    norms: dict[str, torch.Tensor] = {}
+
+    def hook_for(name: str):
+        def record(module: nn.Module, inputs: tuple, _output: object) -> None:
+            x = inputs[0].detach()
+            dim = x.dim() - 1 if isinstance(module, nn.Linear) else 1
+            norms[name] = x.transpose(0, dim).reshape(x.shape[dim], -1).norm(dim=1)
+        return record
+
+    handles = [model.get_submodule(name).register_forward_hook(hook_for(name)) for name in layers]
+    try:
+        with torch.no_grad():
+            model.eval()(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return norms
 
 
 @contextmanager
