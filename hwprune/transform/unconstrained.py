@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -63,28 +64,36 @@ class ChannelSelect(nn.Module):
         return x.index_select(self.dim, self.index)
 
 
-def reader_masks(analysis: Analysis, segments: Sequence[Segment], counts: Mapping[str, int],
-                 batch: torch.Tensor) -> dict[str, SegmentMask]:
-    """Per segment in ``counts``: each reader's ``counts[group]`` channels that contribute most to
-    its output on ``batch``: |weight column| (L1) x |input channel| (L2 over the batch and the map),
-    the Wanda criterion. The weight alone would ignore how large each channel's activations are,
-    which the producers' weights and BatchNorm set."""
-    layers = {reader.layer for segment in segments if segment.group in counts for reader in segment.readers}
-    norms = _input_norms(analysis.model, layers, batch)
-    masks = {}
+def reader_scores(analysis: Analysis, segments: Sequence[Segment], batch: torch.Tensor
+                  ) -> dict[str, dict[str, np.ndarray]]:
+    """Per segment, per reader: how much each group channel contributes to the reader's output on
+    ``batch``: |weight column| (L1) x |input channel| (L2 over the batch and the map), the Wanda
+    criterion. The weight alone would ignore how large each channel's activations are, which the
+    producers' weights and BatchNorm set."""
+    norms = _input_norms(analysis.model, {r.layer for s in segments for r in s.readers}, batch)
+    scores = {}
     for segment in segments:
-        if segment.group not in counts:
-            continue
-        reads = {}
+        per_reader = {}
         for reader in segment.readers:
             columns = analysis.model.get_submodule(reader.layer).weight.detach().abs()
             contribution = columns.transpose(0, 1).reshape(columns.shape[1], -1).sum(dim=1) * norms[reader.layer]
-            scores = torch.zeros(segment.channels, dtype=torch.float64)
+            channel_scores = np.zeros(segment.channels)
             for channel, indices in reader.inputs.items():
-                scores[channel] = float(contribution[indices].sum())
-            reads[reader.layer] = select(scores.numpy(), counts[segment.group])
-        union = sorted(set().union(*reads.values()))
-        masks[segment.group] = SegmentMask(union, reads)
+                channel_scores[channel] = float(contribution[indices].sum())
+            per_reader[reader.layer] = channel_scores
+        scores[segment.group] = per_reader
+    return scores
+
+
+def reader_masks(analysis: Analysis, segments: Sequence[Segment], counts: Mapping[str, int],
+                 batch: torch.Tensor) -> dict[str, SegmentMask]:
+    """Per segment in ``counts``: each reader's ``counts[group]`` channels with the highest
+    ``reader_scores``; the group keeps their union."""
+    chosen = [s for s in segments if s.group in counts]
+    masks = {}
+    for gid, per_reader in reader_scores(analysis, chosen, batch).items():
+        reads = {layer: select(scores, counts[gid]) for layer, scores in per_reader.items()}
+        masks[gid] = SegmentMask(sorted(set().union(*reads.values())), reads)
     return masks
 
 
