@@ -118,8 +118,8 @@ class Options:
     # Re-estimate BatchNorm statistics of the pruned model on the calibration inputs: "auto" does
     # it when real calibration data is given (recalibrating on random noise would be worse).
     recalibrate_bn: str = "auto"
-    # How the budget is shared among groups: "auto" tries every strategy and keeps the most
-    # faithful on the calibration inputs (search.choose); or one of STRATEGIES.
+    # How the budget is shared among groups: "auto" tries every strategy in every search round and
+    # keeps the most faithful on the calibration inputs (search.choose); or one of STRATEGIES.
     allocation: str = "auto"
     # Unconstrained (UPSCALE) pruning: every dense reader of a segment keeps its own channels, the
     # producers their union; exported reordered, with the copies this needs priced by profiling.
@@ -142,6 +142,8 @@ class Attempt:
     model: nn.Module
     onnx: Path
     comparison: Comparison | None
+    strategy: str
+    candidates: list[Candidate]  # empty unless the allocation is auto: then scored in every round
 
     @property
     def measured_fraction(self) -> float | None:
@@ -163,10 +165,8 @@ class Context:
     recalibration_batches: list[torch.Tensor]  # empty: BatchNorm statistics stay as trained
     calibration_batches: list[torch.Tensor]
     real_calibration: bool  # from --calib-data, not seeded noise
-    candidates: list[Candidate] | None = None  # scored in the first round when the allocation is auto
     table_path: Path | None = None  # where profiled copy ops are saved (unconstrained)
     segments: list[Segment] = field(default_factory=list)  # unconstrained: the groups pruned reader by reader
-    strategy: str | None = None  # fixed after the first round
 
 
 def compile_model(loaded: LoadedModel, options: Options, out_dir: str | Path, console: Console | None = None) -> dict:
@@ -234,8 +234,7 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
                                     slim_available())
     baseline_predicted = predictor.predict({}).total_ms
     context = Context(analysis, predictor, importance, sensitivity, options, stage, None, {}, recalibration_batches,
-                      calibration.batches, not calibration.random,
-                      strategy=None if options.allocation == "auto" else options.allocation, table_path=table_path,
+                      calibration.batches, not calibration.random, table_path=table_path,
                       segments=segments(analysis) if options.unconstrained else [])
     if measurable:
         context.baseline_session = target_session(baseline_onnx, target)
@@ -306,17 +305,18 @@ def _attempt(context: Context, predicted_budget: float, number: int) -> Attempt:
     analysis, options = context.analysis, context.options
     x = analysis.capture.example_input
     strategies = _strategies(context)
-    if context.strategy is None:
-        context.candidates = choose(analysis, context.importance,
-                                    {name: partial(search, predicted_budget) for name, search in strategies.items()},
-                                    context.calibration_batches[:CHOICE_BATCHES], context.real_calibration,
-                                    context.recalibration_batches)
-        context.strategy = context.candidates[0].strategy
-        result = context.candidates[0].search
+    candidates = []
+    if options.allocation == "auto":
+        candidates = choose(analysis, context.importance,
+                            {name: partial(search, predicted_budget) for name, search in strategies.items()},
+                            context.calibration_batches[:CHOICE_BATCHES], context.real_calibration,
+                            context.recalibration_batches)
+        strategy, result = candidates[0].strategy, candidates[0].search
     else:
-        result = strategies[context.strategy](predicted_budget)
+        strategy = options.allocation
+        result = strategies[strategy](predicted_budget)
     if options.unconstrained:
-        result, plan, model = _fit_unconstrained(context, strategies[context.strategy], predicted_budget, result)
+        result, plan, model = _fit_unconstrained(context, strategies[strategy], predicted_budget, result)
     else:
         plan = _plan(context, result)
         model = apply_plan(plan, analyze(copy.deepcopy(analysis.model), x, analysis.name, strict=False)).eval()
@@ -328,7 +328,7 @@ def _attempt(context: Context, predicted_budget: float, number: int) -> Attempt:
     if context.baseline_session is not None:
         comparison = time_interleaved([context.baseline_session, target_session(onnx_path, options.target)],
                                       [context.feeds, context.feeds], rounds=12)
-    return Attempt(predicted_budget, result, plan, model, onnx_path, comparison)
+    return Attempt(predicted_budget, result, plan, model, onnx_path, comparison, strategy, candidates)
 
 
 def _strategies(context: Context) -> dict[str, Callable[[float], SearchResult]]:
@@ -492,16 +492,17 @@ def _report(loaded: LoadedModel, context: Context, chosen: Attempt, final: Compa
                      "inputs": calibration_source, "caveat": quality.caveat},
         "bn_recalibration": bool(context.recalibration_batches),
         "search": {"importance": context.importance.method, "importance_fallbacks": context.importance.fallbacks,
-                   "allocation": options.allocation, "strategy": context.strategy,
+                   "allocation": options.allocation, "strategy": chosen.strategy,
                    "unconstrained": options.unconstrained,
                    "segments": [s.group for s in context.segments],
                    "candidates": [{"strategy": c.strategy, "predicted_ms": c.search.predicted_ms,
                                    "cosine": c.quality.cosine, "top1_agreement": c.quality.top1_agreement,
-                                   "score": c.score} for c in context.candidates or []],
+                                   "score": c.score} for c in chosen.candidates],
                    "min_keep": options.min_keep, "groups": len(chosen.plan.groups),
                    "baseline_predicted_ms": baseline_predicted,
                    "attempts": [{"predicted_budget_ms": a.predicted_budget_ms, "predicted_ms": a.search.predicted_ms,
                                  "measured_fraction": a.measured_fraction, "search_seconds": a.search.seconds,
+                                 "strategy": a.strategy,
                                  "knapsack_rounds": a.search.rounds} for a in attempts]},
         "measurement": method,
         "measured": measured_on,
