@@ -46,6 +46,7 @@ from hwprune.export.onnx_export import export_onnx
 from hwprune.export.verify import verify_onnx
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.segments import segments
+from hwprune.importance.readers import reader_scores
 from hwprune.importance.scores import score_groups, select
 from hwprune.latency.measure import make_session, random_feeds, time_interleaved
 from hwprune.latency.profiler import runtime_settings
@@ -53,7 +54,7 @@ from hwprune.models import load_model
 from hwprune.search.width import allowed_counts
 from hwprune.targets import load_target
 from hwprune.transform.prune import prune
-from hwprune.transform.unconstrained import export_unconstrained, masked_readers, reader_masks, reader_scores
+from hwprune.transform.unconstrained import export_unconstrained, masked_readers, reader_masks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.zoo import randomize_model  # noqa: E402

@@ -25,13 +25,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.capture import tolerant_index_mapping
 from hwprune.graph.segments import Segment
+from hwprune.importance.readers import reader_scores
 from hwprune.importance.scores import select
 from hwprune.latency.layers import input_shapes
 from hwprune.latency.signature import OpSignature
@@ -64,27 +64,6 @@ class ChannelSelect(nn.Module):
         return x.index_select(self.dim, self.index)
 
 
-def reader_scores(analysis: Analysis, segments: Sequence[Segment], batch: torch.Tensor
-                  ) -> dict[str, dict[str, np.ndarray]]:
-    """Per segment, per reader: how much each group channel contributes to the reader's output on
-    ``batch``: |weight column| (L1) x |input channel| (L2 over the batch and the map), the Wanda
-    criterion. The weight alone would ignore how large each channel's activations are, which the
-    producers' weights and BatchNorm set."""
-    norms = _input_norms(analysis.model, {r.layer for s in segments for r in s.readers}, batch)
-    scores = {}
-    for segment in segments:
-        per_reader = {}
-        for reader in segment.readers:
-            columns = analysis.model.get_submodule(reader.layer).weight.detach().abs()
-            contribution = columns.transpose(0, 1).reshape(columns.shape[1], -1).sum(dim=1) * norms[reader.layer]
-            channel_scores = np.zeros(segment.channels)
-            for channel, indices in reader.inputs.items():
-                channel_scores[channel] = float(contribution[indices].sum())
-            per_reader[reader.layer] = channel_scores
-        scores[segment.group] = per_reader
-    return scores
-
-
 def reader_masks(analysis: Analysis, segments: Sequence[Segment], counts: Mapping[str, int],
                  batch: torch.Tensor) -> dict[str, SegmentMask]:
     """Per segment in ``counts``: each reader's ``counts[group]`` channels with the highest
@@ -95,27 +74,6 @@ def reader_masks(analysis: Analysis, segments: Sequence[Segment], counts: Mappin
         reads = {layer: select(scores, counts[gid]) for layer, scores in per_reader.items()}
         masks[gid] = SegmentMask(sorted(set().union(*reads.values())), reads)
     return masks
-
-
-def _input_norms(model: nn.Module, layers: set[str], batch: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per layer, the L2 norm of each input channel (conv) or feature (linear) over ``batch``."""
-    norms: dict[str, torch.Tensor] = {}
-
-    def hook_for(name: str):
-        def record(module: nn.Module, inputs: tuple, _output: object) -> None:
-            x = inputs[0].detach()
-            dim = x.dim() - 1 if isinstance(module, nn.Linear) else 1
-            norms[name] = x.transpose(0, dim).reshape(x.shape[dim], -1).norm(dim=1)
-        return record
-
-    handles = [model.get_submodule(name).register_forward_hook(hook_for(name)) for name in layers]
-    try:
-        with torch.no_grad():
-            model.eval()(batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return norms
 
 
 @contextmanager
