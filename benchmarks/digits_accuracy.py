@@ -97,7 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", default="0.5,0.7")
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--importance", default="l1", choices=("l1", "l2", "bn", "taylor"))
+    parser.add_argument("--importance", default="l1", choices=("l1", "l2", "bn", "taylor", "activation"))
     args = parser.parse_args()
     console = Console(width=160)
     target = load_target("cpu")

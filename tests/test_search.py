@@ -202,3 +202,20 @@ def test_readers_narrower_than_their_producers_are_predicted_between_the_two_wid
     readers = [layer for layer in predictor.layers if any(g.group == residual.id for g in layer.inputs)]
     assert readers and all(predictor.channels(layer, {residual.id: wide}, {residual.id: narrow})[0]
                            == layer.signature.c_in - (wide - narrow) for layer in readers)
+
+
+def test_activation_importance_sees_a_channel_whose_activations_are_zero():
+    model, x = small_resnet()
+    analysis = analyze(model, x, "small_resnet")
+    residual = next(g for g in analysis.prunable() if g.kind == "residual")
+    stem_bn = analysis.model[1]  # the stem's BatchNorm writes the residual stream's channels
+    with torch.no_grad():  # channel 5 of the stream: zero at the stem, its weights left large
+        stem_bn.weight[5], stem_bn.bias[5] = 0.0, 0.0
+    batches = [torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(s)) for s in range(2)]
+    by_activation = score_groups(analysis, "activation", batches)
+    by_weight = score_groups(analysis, "l1")
+    assert residual.id not in by_activation.fallbacks
+    # The blocks add to channel 5 further on, so it is not zero everywhere: the weakest, not nothing.
+    assert int(by_activation.scores[residual.id].argmin()) == 5
+    assert int(by_weight.scores[residual.id].argmin()) != 5
+    assert all(s.shape == (analysis.group(gid).channels,) for gid, s in by_activation.scores.items())

@@ -11,6 +11,9 @@ of different sizes and weight scales on one axis.
     taylor   |weight x gradient| (first order), on calibration inputs; with no labels the loss is
              cross-entropy against the model's own prediction (or the output's squared norm for
              non-classifier outputs)
+    activation  |weight column| x |input activation| summed over the dense layers reading the
+             group (``importance.readers``), on up to 4 calibration batches; groups that are not
+             segments (a depthwise or attention reader) and heads fall back to l1
 """
 
 from __future__ import annotations
@@ -27,8 +30,12 @@ from hwprune.errors import HwpruneError
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.attention import HeadAttention
 from hwprune.graph.capture import tolerant_index_mapping
+from hwprune.graph.groups import ChannelGroup
+from hwprune.graph.segments import segments
+from hwprune.importance.readers import reader_scores
 
-METHODS = ("l1", "l2", "bn", "taylor")
+METHODS = ("l1", "l2", "bn", "taylor", "activation")
+ACTIVATION_BATCHES = 4
 
 
 @dataclass
@@ -47,11 +54,17 @@ def score_groups(analysis: Analysis, method: str, calibration: Iterable[torch.Te
     model = analysis.model
     if method == "taylor":
         _accumulate_gradients(model, calibration)
+    by_readers = _reader_totals(analysis, calibration) if method == "activation" else {}
     scores: dict[str, np.ndarray] = {}
     fallbacks = []
     try:
         for group in analysis.prunable():
-            if group.kind == "heads":
+            if method == "activation":
+                raw = by_readers.get(group.id)
+                if raw is None:
+                    fallbacks.append(group.id)
+                    raw = _fallback_l1(analysis, group)
+            elif group.kind == "heads":
                 attention = model.get_submodule(group.id.removesuffix(":heads"))
                 assert isinstance(attention, HeadAttention)
                 raw = _head_scores(attention, method)
@@ -67,6 +80,24 @@ def score_groups(analysis: Analysis, method: str, calibration: Iterable[torch.Te
         if method == "taylor":
             model.zero_grad(set_to_none=True)
     return Importance(method, scores, fallbacks)
+
+
+def _fallback_l1(analysis: Analysis, group: ChannelGroup) -> np.ndarray | None:
+    if group.kind == "heads":
+        attention = analysis.model.get_submodule(group.id.removesuffix(":heads"))
+        assert isinstance(attention, HeadAttention)
+        return _head_scores(attention, "l1")
+    return _channel_scores(analysis, group.id, group.channels, "l1")
+
+
+def _reader_totals(analysis: Analysis, calibration: Iterable[torch.Tensor]) -> dict[str, np.ndarray]:
+    """Per segment, its readers' contribution scores summed (the activation importance)."""
+    batches = list(calibration)[:ACTIVATION_BATCHES]
+    if not batches:
+        raise HwpruneError("activation importance needs calibration inputs")
+    with torch.no_grad():
+        per_group = reader_scores(analysis, segments(analysis), torch.cat(batches))
+    return {gid: sum(per_reader.values()) for gid, per_reader in per_group.items()}
 
 
 def _tp_importance(method: str) -> tp.importance.Importance:
