@@ -14,7 +14,7 @@ re-drawn and calibrated (tests/zoo.py) so that outputs are not degenerate. Fidel
 weights and inputs is a proxy: it ranks pruning choices by how much of the computation they
 preserve, not by accuracy on a task.
 
-    python benchmarks/budget_accuracy.py [--models resnet18,resnet50] [--budgets 0.5,0.7]
+    python benchmarks/budget_accuracy.py [--models resnet18,resnet50] [--budgets 0.5,0.7] [--importance l1]
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class OnnxModule(nn.Module):
         return torch.from_numpy(numpy.concatenate(outputs))
 
 
-def run(name: str, budget: float, target, console: Console) -> dict:
+def run(name: str, budget: float, target, importance: str, console: Console) -> dict:
     loaded = load_model(f"torchvision:{name}")
     x = loaded.example_input
     with torch.no_grad():  # random weights, with BN statistics calibrated so that outputs are not degenerate
@@ -113,7 +113,8 @@ def run(name: str, budget: float, target, console: Console) -> dict:
         tmp = Path(tmp)
         started = time.perf_counter()
         report = compile_model(LoadedModel(loaded.name, copy.deepcopy(original), x),
-                               Options(target, Budget("latency", budget)), tmp / "out", Console(quiet=True))
+                               Options(target, Budget("latency", budget), importance=importance), tmp / "out",
+                               Console(quiet=True))
         seconds = time.perf_counter() - started
         achieved = 1.0 / report["speedup"]["measured"]
         threads, level = runtime_settings(target)
@@ -164,12 +165,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS))
+    parser.add_argument("--importance", default="l1", help="the compile's --importance (l1)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args()
     console = Console(width=200)
     target = load_target("cpu")
     torch.manual_seed(0)
-    rows = [run(name, float(b), target, console) for name in args.models.split(",") for b in args.budgets.split(",")]
+    rows = [run(name, float(b), target, args.importance, console) for name in args.models.split(",")
+            for b in args.budgets.split(",")]
     show(console, rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
