@@ -14,7 +14,7 @@ re-drawn and calibrated (tests/zoo.py) so that outputs are not degenerate. Fidel
 weights and inputs is a proxy: it ranks pruning choices by how much of the computation they
 preserve, not by accuracy on a task.
 
-    python benchmarks/budget_accuracy.py [--models resnet18,resnet50] [--budgets 0.5,0.7] [--importance l1]
+    python benchmarks/budget_accuracy.py [--models resnet18,resnet50] [--budgets 0.5,0.7] [--importance activation]
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS))
-    parser.add_argument("--importance", default="l1", help="the compile's --importance (l1)")
+    parser.add_argument("--importance", default="activation", help="the compile's --importance (activation)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args()
     console = Console(width=200)

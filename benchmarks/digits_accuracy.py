@@ -5,9 +5,9 @@ costs in accuracy. scikit-learn ships the digits (1,797 8x8 handwritten digits, 
 they are upsampled to 64x64, split 70/30 (stratified, seeded), and a small residual CNN is
 trained on the 70% (Adam, a few epochs on the CPU). Then for each budget:
 
-- ``hwprune compile`` (cpu target, L1 importance unless ``--importance``, 256 training images
-  as ``--calib-data``, so the pruned model's BatchNorm statistics are re-estimated on them and
-  the allocation strategy is chosen on them; no fine-tuning) prunes it, and its exported
+- ``hwprune compile`` (cpu target, activation importance unless ``--importance``, 256 training
+  images as ``--calib-data``, so the pruned model's BatchNorm statistics are re-estimated on them
+  and the allocation strategy is chosen on them; no fine-tuning) prunes it, and its exported
   pruned.onnx is scored on the held-out 30%; once more with ``--recalibrate-bn off`` to show what
   the recalibration is worth, and once with ``--unconstrained`` (every layer reading a residual
   stream keeps its own input channels, the stream keeps their union);
@@ -97,7 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", default="0.5,0.7")
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--importance", default="l1", choices=("l1", "l2", "bn", "taylor", "activation"))
+    parser.add_argument("--importance", default="activation", choices=("l1", "l2", "bn", "taylor", "activation"))
     args = parser.parse_args()
     console = Console(width=160)
     target = load_target("cpu")

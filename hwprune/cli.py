@@ -71,9 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     budget.add_argument("--latency", type=float, metavar="F", help="latency budget as a fraction of the baseline")
     budget.add_argument("--speedup", type=float, metavar="S", help="required speedup over the baseline")
     budget.add_argument("--budget-ms", type=float, metavar="MS", help="latency budget in milliseconds")
-    compile_.add_argument("--importance", default="l1", choices=("l1", "l2", "bn", "taylor", "activation"),
-                          help="channel importance (default: l1; activation: weight x input activation norm "
-                               "summed over the layers reading a group, on the calibration inputs)")
+    compile_.add_argument("--importance", default="activation", choices=("l1", "l2", "bn", "taylor", "activation"),
+                          help="channel importance (default: activation: weight x input activation norm summed "
+                               "over the layers reading a group, on the calibration inputs; l1 where other layers "
+                               "read it)")
     compile_.add_argument("--calib-data", metavar="SPEC",
                           help="module:fn or file.py:fn returning input batches (default: random inputs, warned)")
     compile_.add_argument("--min-keep", type=float, default=0.1, metavar="F",

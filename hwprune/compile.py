@@ -105,7 +105,7 @@ class Budget:
 class Options:
     target: Target
     budget: Budget
-    importance: str = "l1"
+    importance: str = "activation"
     calib_data: str | None = None
     min_keep: float = 0.1
     lut: Path | None = None
