@@ -27,7 +27,7 @@ from hwprune.transform.unconstrained import (
     masked_readers,
     reader_masks,
 )
-from tests.random_dags import random_dag_models
+from tests.random_dags import OpSpec, build_dag_model, random_dag_models
 from tests.zoo import randomize_model
 
 
@@ -131,3 +131,17 @@ def test_copy_signatures_price_each_select_as_the_op_it_exports_as():
         if sig.op == "slice":
             np.testing.assert_array_equal(out, feed[:, :3])
         assert sig.flops() == 0 and sig.bytes_moved() == 2 * 2 * 3 * 25 * 4
+
+
+def test_a_group_its_classifier_reads_twice_is_scored_and_exported_exactly():
+    """t3 = t1 + t1 and t4 = dw(dw(t1)) both reach the classifier: it reads each channel twice,
+    and torch-pruning's importance then gives one score per read, not per channel."""
+    specs = [OpSpec("conv", (0,), 2), OpSpec("conv", (1,), 2, kernel=3, depthwise=True), OpSpec("add", (1, 1), 2),
+             OpSpec("conv", (2,), 2, kernel=3, depthwise=True)]
+    model, x = build_dag_model(specs, head="gap")
+    importance = score_groups(analyze(copy.deepcopy(model), x, "dag", strict=False), "l1")
+    assert importance.fallbacks == ["layers.3.0"] and importance.scores["layers.3.0"].shape == (2,)
+    reference, built, _masks = exports(model, x, seed=0)
+    for model_ in built.values():
+        with torch.no_grad():
+            assert (model_(x) - reference).abs().max() <= 1e-4 * max(1.0, float(reference.abs().max()))

@@ -70,9 +70,9 @@ def score_groups(analysis: Analysis, method: str, calibration: Iterable[torch.Te
                 raw = _head_scores(attention, method)
             else:
                 raw = _channel_scores(analysis, group.id, group.channels, method)
-                if raw is None:
+                if raw is None or raw.shape != (group.channels,):
                     fallbacks.append(group.id)
-                    raw = _channel_scores(analysis, group.id, group.channels, "l1")
+                    raw = _fallback_l1(analysis, group)
             if raw is None or raw.shape != (group.channels,):
                 raise HwpruneError(f"group {group.id}: no {method} importance could be computed")
             scores[group.id] = _normalised(raw)
@@ -87,7 +87,13 @@ def _fallback_l1(analysis: Analysis, group: ChannelGroup) -> np.ndarray | None:
         attention = analysis.model.get_submodule(group.id.removesuffix(":heads"))
         assert isinstance(attention, HeadAttention)
         return _head_scores(attention, "l1")
-    return _channel_scores(analysis, group.id, group.channels, "l1")
+    scores = _channel_scores(analysis, group.id, group.channels, "l1")
+    if scores is None or scores.shape != (group.channels,):
+        # torch-pruning scores no layer of the group, or not one score per channel (a layer that
+        # reads each channel twice): the root layer's own rows
+        weight = analysis.model.get_submodule(group.id).weight.detach().abs()
+        scores = weight.reshape(weight.shape[0], -1).sum(dim=1).double().numpy()
+    return scores
 
 
 def _reader_totals(analysis: Analysis, calibration: Iterable[torch.Tensor]) -> dict[str, np.ndarray]:
