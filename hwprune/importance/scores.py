@@ -26,6 +26,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from hwprune.calibration import first_output
 from hwprune.errors import HwpruneError
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.attention import HeadAttention
@@ -155,8 +156,7 @@ def _accumulate_gradients(model: nn.Module, calibration: Iterable[torch.Tensor])
     model.eval()
     batches = 0
     for inputs in calibration:
-        output = model(inputs)
-        output = output[0] if isinstance(output, tuple | list) else output
+        output = first_output(model(inputs))
         if output.dim() == 2:
             loss = nn.functional.cross_entropy(output, output.detach().argmax(dim=1))
         else:

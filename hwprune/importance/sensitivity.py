@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hwprune.calibration import first_output
 from hwprune.graph.analyze import Analysis
 from hwprune.importance.scores import Importance, select
 from hwprune.transform.silence import silenced
@@ -46,5 +47,5 @@ def group_sensitivity(analysis: Analysis, importance: Importance, batch: torch.T
 
 
 def _flat(output: object) -> torch.Tensor:
-    tensor = output[0] if isinstance(output, tuple | list) else output
+    tensor = first_output(output)
     return tensor.reshape(tensor.shape[0], -1).double()
