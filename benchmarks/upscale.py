@@ -73,7 +73,8 @@ class Pruner:
         self.segments = segments(self.analysis)
         self.importance = score_groups(self.analysis, "l1")
         self.options = allowed_counts(self.analysis, ALIGNMENT, 0.0)
-        self.calibration = torch.randn((8, *x.shape[1:]), generator=torch.Generator().manual_seed(0))
+        calibration = torch.randn((8, *x.shape[1:]), generator=torch.Generator().manual_seed(0))
+        self.reader_scores = reader_scores(self.analysis, self.segments, calibration)
 
     def counts(self, fraction: float) -> dict[str, int]:
         return {gid: max([c for c in counts if c <= fraction * counts[-1]], default=counts[0])
@@ -92,13 +93,13 @@ class Pruner:
         counts = self.counts(fraction)
         keep = self.keep(counts)
         if by_readers:
-            for gid, per_reader in reader_scores(self.analysis, self.segments, self.calibration).items():
+            for gid, per_reader in self.reader_scores.items():
                 keep[gid] = select(sum(per_reader.values()), counts[gid])
         return prune(self.fresh(), keep).eval()
 
     def unconstrained(self, fraction: float, reorder: bool) -> tuple[nn.Module, dict, dict]:
         counts = self.counts(fraction)
-        masks = reader_masks(self.analysis, self.segments, counts, self.calibration)
+        masks = reader_masks(self.reader_scores, counts)
         keep = self.keep(counts, set(masks))
         fresh = self.fresh()
         return export_unconstrained(fresh, segments(fresh), masks, keep, reorder).eval(), masks, keep

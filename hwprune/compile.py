@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import Progress
@@ -48,6 +49,7 @@ from hwprune.export.tensorrt import build_engine, build_script, engine_config, t
 from hwprune.export.verify import DEFAULT_ATOL, DEFAULT_RTOL, verify_onnx
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.segments import Segment, segments
+from hwprune.importance.readers import reader_scores
 from hwprune.importance.scores import Importance, score_groups
 from hwprune.importance.sensitivity import group_sensitivity
 from hwprune.io import write_text_atomic
@@ -166,7 +168,9 @@ class Context:
     calibration_batches: list[torch.Tensor]
     real_calibration: bool  # from --calib-data, not seeded noise
     table_path: Path | None = None  # where profiled copy ops are saved (unconstrained)
-    segments: list[Segment] = field(default_factory=list)  # unconstrained: the groups pruned reader by reader
+    # Unconstrained: the groups pruned reader by reader, and each reader's channel scores.
+    segments: list[Segment] = field(default_factory=list)
+    reader_scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def compile_model(loaded: LoadedModel, options: Options, out_dir: str | Path, console: Console | None = None) -> dict:
@@ -236,6 +240,8 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     context = Context(analysis, predictor, importance, sensitivity, options, stage, None, {}, recalibration_batches,
                       calibration.batches, not calibration.random, table_path=table_path,
                       segments=segments(analysis) if options.unconstrained else [])
+    if options.unconstrained:
+        context.reader_scores = reader_scores(analysis, context.segments, calibration.batches[0])
     if measurable:
         context.baseline_session = target_session(baseline_onnx, target)
         context.feeds = random_feeds(context.baseline_session)
@@ -362,7 +368,7 @@ def _fit_unconstrained(context: Context, search: Callable[[float], SearchResult]
     rounds = 0
     while True:
         rounds += 1
-        masks = reader_masks(analysis, context.segments, result.counts, context.calibration_batches[0])
+        masks = reader_masks(context.reader_scores, result.counts)
         plan = _plan(context, result, masks)
         model = apply_plan(plan, analyze(copy.deepcopy(analysis.model), x, analysis.name, strict=False)).eval()
         keep = {**result.counts, **{gid: len(mask.union) for gid, mask in masks.items()}}

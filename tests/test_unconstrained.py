@@ -17,6 +17,7 @@ from hwprune.export.copies import copy_ops
 from hwprune.export.onnx_export import export_onnx
 from hwprune.graph.analyze import analyze
 from hwprune.graph.segments import segments
+from hwprune.importance.readers import reader_scores
 from hwprune.importance.scores import score_groups, select
 from hwprune.latency.onnx_ops import input_shape, single_op_model
 from hwprune.latency.signature import OpSignature
@@ -38,7 +39,7 @@ def pruning_setup(model: nn.Module, x: torch.Tensor, seed: int):
     counts = {g.id: max(1, int(g.channels * rng.uniform(0.25, 0.75))) // g.repeat * g.repeat or g.repeat
               for g in analysis.prunable()}
     found = segments(analysis)
-    masks = reader_masks(analysis, found, counts, x)
+    masks = reader_masks(reader_scores(analysis, found, x), counts)
     importance = score_groups(analysis, "l1")
     keep = {g.id: select(importance.scores[g.id], counts[g.id], g.repeat) for g in analysis.prunable()
             if g.id not in masks}

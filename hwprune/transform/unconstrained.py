@@ -25,13 +25,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.capture import tolerant_index_mapping
-from hwprune.graph.segments import Segment
-from hwprune.importance.readers import reader_scores
+from hwprune.graph.segments import Reader, Segment
 from hwprune.importance.scores import select
 from hwprune.latency.layers import input_shapes
 from hwprune.latency.signature import OpSignature
@@ -64,14 +64,15 @@ class ChannelSelect(nn.Module):
         return x.index_select(self.dim, self.index)
 
 
-def reader_masks(analysis: Analysis, segments: Sequence[Segment], counts: Mapping[str, int],
-                 batch: torch.Tensor) -> dict[str, SegmentMask]:
-    """Per segment in ``counts``: each reader's ``counts[group]`` channels with the highest
-    ``reader_scores``; the group keeps their union."""
-    chosen = [s for s in segments if s.group in counts]
+def reader_masks(scores: Mapping[str, Mapping[str, np.ndarray]], counts: Mapping[str, int]) -> dict[str, SegmentMask]:
+    """Per segment in ``counts``: each reader's ``counts[group]`` channels with the highest score
+    (``importance.readers.reader_scores``, computed once, since they do not depend on the counts);
+    the group keeps their union."""
     masks = {}
-    for gid, per_reader in reader_scores(analysis, chosen, batch).items():
-        reads = {layer: select(scores, counts[gid]) for layer, scores in per_reader.items()}
+    for gid, per_reader in scores.items():
+        if gid not in counts:
+            continue
+        reads = {layer: select(reader, counts[gid]) for layer, reader in per_reader.items()}
         masks[gid] = SegmentMask(sorted(set().union(*reads.values())), reads)
     return masks
 
@@ -91,8 +92,7 @@ def masked_readers(analysis: Analysis, segments: Sequence[Segment], masks: Mappi
                     continue
                 for reader in segment.readers:
                     weight = model.get_submodule(reader.layer).weight
-                    reads = set(mask.reads[reader.layer])
-                    unread = [i for channel, indices in reader.inputs.items() if channel not in reads for i in indices]
+                    unread = _unread_inputs(reader, mask.reads[reader.layer])
                     saved.append((weight, unread, weight[:, unread].clone()))
                     weight[:, unread] = 0
             yield model
@@ -111,15 +111,14 @@ def export_unconstrained(analysis: Analysis, segments: Sequence[Segment], masks:
             if segment.group in masks and permutable(analysis, segment.group) is None:
                 masks[segment.group] = _reorder(analysis, segment, masks[segment.group])
     by_group = {s.group: s for s in segments}
-    dropped = _dropped_inputs(analysis, {**keep, **{gid: m.union for gid, m in masks.items()}})
+    everything = {**keep, **{gid: m.union for gid, m in masks.items()}}
+    dropped = _dropped_inputs(analysis, everything)
     unread: dict[str, set[int]] = {}
     for gid, mask in masks.items():
         for reader in by_group[gid].readers:
-            reads = set(mask.reads[reader.layer])
-            unread.setdefault(reader.layer, set()).update(
-                i for channel, indices in reader.inputs.items() if channel not in reads for i in indices)
+            unread.setdefault(reader.layer, set()).update(_unread_inputs(reader, mask.reads[reader.layer]))
     widths = {layer: _input_width(analysis.model.get_submodule(layer)) for layer in unread}
-    prune(analysis, {**keep, **{gid: m.union for gid, m in masks.items()}})
+    prune(analysis, everything)
     for layer, skipped in unread.items():
         gone = dropped.get(layer, set())
         surviving = [i for i in range(widths[layer]) if i not in gone]
@@ -127,6 +126,12 @@ def export_unconstrained(analysis: Analysis, segments: Sequence[Segment], masks:
         if len(positions) < len(surviving):
             _select_inputs(analysis.model, layer, analysis.model.get_submodule(layer), positions)
     return analysis.model
+
+
+def _unread_inputs(reader: Reader, reads: Sequence[int]) -> list[int]:
+    """The reader's input indices that carry group channels it does not read."""
+    kept = set(reads)
+    return [i for channel, indices in reader.inputs.items() if channel not in kept for i in indices]
 
 
 def _reorder(analysis: Analysis, segment: Segment, mask: SegmentMask) -> SegmentMask:
