@@ -325,7 +325,7 @@ def _attempt(context: Context, predicted_budget: float, number: int) -> Attempt:
         result, plan, model = _fit_unconstrained(context, strategies[strategy], predicted_budget, result)
     else:
         plan = _plan(context, result)
-        model = apply_plan(plan, analyze(copy.deepcopy(analysis.model), x, analysis.name, strict=False)).eval()
+        model = _pruned(context, plan)
     if context.recalibration_batches:
         recalibrate_batchnorm(model, context.recalibration_batches)
     onnx_path = export_onnx(model, x, context.stage / f"pruned-round{number}.onnx", options.dynamic_batch,
@@ -357,6 +357,13 @@ def _plan(context: Context, result: SearchResult, masks: dict[str, SegmentMask] 
                       context.importance, context.predictor, bool(context.recalibration_batches), masks)
 
 
+def _pruned(context: Context, plan: Plan, reorder: bool = True) -> nn.Module:
+    """``plan`` applied to a fresh copy of the unpruned model (the analysed one stays whole)."""
+    analysis = context.analysis
+    fresh = analyze(copy.deepcopy(analysis.model), analysis.capture.example_input, analysis.name, strict=False)
+    return apply_plan(plan, fresh, reorder).eval()
+
+
 def _fit_unconstrained(context: Context, search: Callable[[float], SearchResult], predicted_budget: float,
                        result: SearchResult) -> tuple[SearchResult, Plan, nn.Module]:
     """Unconstrained masks at the searched counts cost more than the counts say (producers keep the
@@ -370,7 +377,7 @@ def _fit_unconstrained(context: Context, search: Callable[[float], SearchResult]
         rounds += 1
         masks = reader_masks(context.reader_scores, result.counts)
         plan = _plan(context, result, masks)
-        model = apply_plan(plan, analyze(copy.deepcopy(analysis.model), x, analysis.name, strict=False)).eval()
+        model = _pruned(context, plan)
         keep = {**result.counts, **{gid: len(mask.union) for gid, mask in masks.items()}}
         predicted = (context.predictor.predict(keep, {gid: result.counts[gid] for gid in masks}).total_ms
                      + _copies_ms(context, copy_signatures(model, x)))
@@ -397,9 +404,8 @@ def _copies(context: Context, plan: Plan) -> dict:
     found = {"baseline": copy_ops(stage / "baseline.onnx"), "pruned": copy_ops(stage / "pruned.onnx"),
              "pruned_without_reordering": None}
     if plan.masks():
-        naive = apply_plan(plan, analyze(copy.deepcopy(context.analysis.model), x, context.analysis.name,
-                                         strict=False), reorder=False).eval()
-        path = export_onnx(naive, x, stage / "naive-order.onnx", context.options.dynamic_batch)
+        path = export_onnx(_pruned(context, plan, reorder=False), x, stage / "naive-order.onnx",
+                           context.options.dynamic_batch)
         found["pruned_without_reordering"] = copy_ops(path)
         path.unlink()
     return found
