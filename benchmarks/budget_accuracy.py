@@ -64,7 +64,7 @@ def uniform_pruned(model: nn.Module, x: torch.Tensor, ratio: float, round_to: in
 
 def measured_fraction(model: nn.Module, x: torch.Tensor, baseline_session, threads: int, level: str,
                       tmp: Path) -> float:
-    path = export_onnx(model, x, tmp / "uniform.onnx")
+    path = export_onnx(model, x, tmp / "measured.onnx")
     session = make_session(str(path), threads, level)
     feeds = random_feeds(baseline_session)
     return time_interleaved([baseline_session, session], [feeds, feeds], rounds=12).ratios[1]

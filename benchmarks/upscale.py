@@ -56,7 +56,9 @@ from hwprune.targets import load_target
 from hwprune.transform.prune import prune
 from hwprune.transform.unconstrained import export_unconstrained, masked_readers, reader_masks
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from budget_accuracy import held_out_batches, measured_fraction  # noqa: E402  (also puts the repository root on the path)
+
 from tests.zoo import randomize_model  # noqa: E402
 
 MODELS = ("resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0", "regnet_y_400mf")
@@ -105,11 +107,6 @@ class Pruner:
         return export_unconstrained(fresh, segments(fresh), masks, keep, reorder).eval(), masks, keep
 
 
-def held_out_batches(x: torch.Tensor) -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(1234)
-    return [torch.randn((8, *x.shape[1:]), generator=generator) for _ in range(4)]
-
-
 def run(name: str, fraction: float, threads: int, level: str, console: Console) -> dict:
     started = time.perf_counter()
     loaded = load_model(f"torchvision:{name}")
@@ -143,8 +140,7 @@ def run(name: str, fraction: float, threads: int, level: str, console: Console) 
         for i, label in enumerate(("constrained", "naive", "reordered"), start=1):
             row[f"{label}_fraction"] = comparison.ratios[i]
         row["reordered_over_naive"] = comparison.ratios[3] / comparison.ratios[2]
-        matched = match_latency(pruner, fraction, row["constrained_fraction"], sessions[0], feeds, threads, level,
-                                tmp)
+        matched = match_latency(pruner, fraction, row["constrained_fraction"], sessions[0], threads, level, tmp)
         batches = held_out_batches(x)
         for label, model in (("constrained", constrained),
                              ("constrained_by_readers", pruner.constrained(fraction, by_readers=True)),
@@ -163,7 +159,7 @@ def run(name: str, fraction: float, threads: int, level: str, console: Console) 
     return row
 
 
-def match_latency(pruner: Pruner, fraction: float, goal: float, baseline_session, feeds, threads: int, level: str,
+def match_latency(pruner: Pruner, fraction: float, goal: float, baseline_session, threads: int, level: str,
                   tmp: Path) -> dict:
     """Bisect the unconstrained keep fraction whose reordered export measures closest to ``goal``."""
     low, high = 0.0, fraction
@@ -171,8 +167,7 @@ def match_latency(pruner: Pruner, fraction: float, goal: float, baseline_session
     for _ in range(BISECTION_STEPS):
         middle = (low + high) / 2 if best is not None else fraction
         model, _, _ = pruner.unconstrained(middle, reorder=True)
-        session = make_session(str(export_onnx(model, pruner.x, tmp / "matched.onnx")), threads, level)
-        measured = time_interleaved([baseline_session, session], [feeds, feeds], rounds=12).ratios[1]
+        measured = measured_fraction(model, pruner.x, baseline_session, threads, level, tmp)
         if best is None or abs(measured - goal) < abs(best["latency_fraction"] - goal):
             best = {"keep_fraction": middle, "latency_fraction": measured, "model": model}
         if measured > goal:
