@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy
@@ -72,18 +73,26 @@ def measured_fraction(model: nn.Module, x: torch.Tensor, baseline_session, threa
 
 def matched_uniform(model, x, goal: float, round_to, baseline_session, threads, level, tmp) -> dict:
     """Bisect the pruning ratio for a measured latency fraction nearest ``goal``."""
-    low, high = 0.0, 0.9
+    return bisect_latency(lambda ratio: uniform_pruned(model, x, ratio, round_to),
+                          lambda pruned: measured_fraction(pruned, x, baseline_session, threads, level, tmp),
+                          goal, 0.0, 0.9, faster_when_higher=True, steps=BISECTION_STEPS)
+
+
+def bisect_latency(build: Callable[[float], nn.Module], measure: Callable[[nn.Module], float], goal: float,
+                   low: float, high: float, faster_when_higher: bool, steps: int, first: float | None = None) -> dict:
+    """Bisect a pruning knob in [low, high] (starting at ``first`` if given, else the middle) for the
+    model whose measured latency fraction is nearest ``goal``: ``{"knob", "fraction", "model"}``."""
     best = None
-    for _ in range(BISECTION_STEPS):
-        ratio = (low + high) / 2
-        pruned = uniform_pruned(model, x, ratio, round_to)
-        fraction = measured_fraction(pruned, x, baseline_session, threads, level, tmp)
+    for step in range(steps):
+        knob = first if step == 0 and first is not None else (low + high) / 2
+        model = build(knob)
+        fraction = measure(model)
         if best is None or abs(fraction - goal) < abs(best["fraction"] - goal):
-            best = {"ratio": ratio, "fraction": fraction, "model": pruned}
-        if fraction > goal:
-            low = ratio
+            best = {"knob": knob, "fraction": fraction, "model": model}
+        if (fraction > goal) == faster_when_higher:
+            low = knob
         else:
-            high = ratio
+            high = knob
     return best
 
 
@@ -129,7 +138,7 @@ def run(name: str, budget: float, target, importance: str, console: Console) -> 
             quality = fidelity(original, match["model"], batches)
             row[label] = (quality.cosine, quality.top1_agreement)
             row[f"{label}_fraction"] = match["fraction"]
-            row[f"{label}_ratio"] = match["ratio"]
+            row[f"{label}_ratio"] = match["knob"]
     row["within"] = abs(row["measured"] / row["requested"] - 1) <= 0.10
     console.print(f"{name} @ {budget}: measured {row['measured']:.2f}x (requested {row['requested']:.2f}x), "
                   f"fidelity hwprune {row['hwprune'][0]:.4f} vs uniform {row['uniform'][0]:.4f} / "

@@ -57,7 +57,7 @@ from hwprune.transform.prune import prune
 from hwprune.transform.unconstrained import export_unconstrained, masked_readers, reader_masks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from budget_accuracy import held_out_batches, measured_fraction  # noqa: E402  (also puts the repository root on the path)
+from budget_accuracy import bisect_latency, held_out_batches, measured_fraction  # noqa: E402  (also puts the repository root on the path)
 
 from tests.zoo import randomize_model  # noqa: E402
 
@@ -147,8 +147,8 @@ def run(name: str, fraction: float, threads: int, level: str, console: Console) 
                              ("unconstrained_same_counts", reordered), ("unconstrained_matched", matched["model"])):
             quality = fidelity(original, model, batches)
             row[f"{label}_fidelity"] = (quality.cosine, quality.top1_agreement)
-        row["matched_unconstrained_keep_fraction"] = matched["keep_fraction"]
-        row["matched_unconstrained_latency_fraction"] = matched["latency_fraction"]
+        row["matched_unconstrained_keep_fraction"] = matched["knob"]
+        row["matched_unconstrained_latency_fraction"] = matched["fraction"]
     row["seconds"] = time.perf_counter() - started
     console.print(f"{name}: constrained {row['constrained_fraction']:.3f}, naive {row['naive_fraction']:.3f}, "
                   f"reordered {row['reordered_fraction']:.3f} of the baseline; gathers "
@@ -161,20 +161,11 @@ def run(name: str, fraction: float, threads: int, level: str, console: Console) 
 
 def match_latency(pruner: Pruner, fraction: float, goal: float, baseline_session, threads: int, level: str,
                   tmp: Path) -> dict:
-    """Bisect the unconstrained keep fraction whose reordered export measures closest to ``goal``."""
-    low, high = 0.0, fraction
-    best = None
-    for _ in range(BISECTION_STEPS):
-        middle = (low + high) / 2 if best is not None else fraction
-        model, _, _ = pruner.unconstrained(middle, reorder=True)
-        measured = measured_fraction(model, pruner.x, baseline_session, threads, level, tmp)
-        if best is None or abs(measured - goal) < abs(best["latency_fraction"] - goal):
-            best = {"keep_fraction": middle, "latency_fraction": measured, "model": model}
-        if measured > goal:
-            high = middle
-        else:
-            low = middle
-    return best
+    """Bisect the unconstrained keep fraction (from ``fraction`` down) whose reordered export
+    measures closest to ``goal``."""
+    return bisect_latency(lambda keep: pruner.unconstrained(keep, reorder=True)[0],
+                          lambda model: measured_fraction(model, pruner.x, baseline_session, threads, level, tmp),
+                          goal, 0.0, fraction, faster_when_higher=False, steps=BISECTION_STEPS, first=fraction)
 
 
 def show(console: Console, rows: list[dict]) -> None:
