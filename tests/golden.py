@@ -1,0 +1,114 @@
+"""Golden plans: the first search round's Plan for fixed models, inputs and a recorded latency table.
+
+The models are seeded, the calibration inputs are the compile's seeded noise and the latency
+table (``data/golden/latency.json``) was measured once and is read, never re-measured, so the
+first round's plan depends on the search alone. ``test_golden_plans.py`` checks that the code
+still writes the recorded plans byte for byte; ``python -m tests.golden`` records them anew
+(only when a change of plan is intended, and said so in the commit).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torchvision
+
+from hwprune.calibration import load_calibration
+from hwprune.compile import Budget, Context, Options, _fit_unconstrained, _plan, _strategies
+from hwprune.graph.analyze import Analysis, analyze
+from hwprune.graph.segments import segments
+from hwprune.importance.readers import reader_scores
+from hwprune.importance.scores import score_groups
+from hwprune.importance.sensitivity import group_sensitivity
+from hwprune.latency.lut import LatencyTable, load_table
+from hwprune.latency.model_latency import predictor_for
+from hwprune.plan import Plan
+from hwprune.search.choose import choose
+from hwprune.targets import load_target
+
+DATA = Path(__file__).parent / "data" / "golden"
+TABLE = DATA / "latency.json"
+MODELS = ("resnet18", "mobilenet_v2", "small_densenet")
+SHAPES = {"resnet18": (1, 3, 64, 64), "mobilenet_v2": (1, 3, 64, 64), "small_densenet": (1, 3, 128, 128)}
+# Of the predicted latency: the small DenseNet's unpruned stem and pooling leave it less to remove.
+FRACTIONS = {"resnet18": 0.5, "mobilenet_v2": 0.5, "small_densenet": 0.7}
+
+
+def golden_model(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The seeded model and example input of one golden case."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        if name == "small_densenet":
+            model = torchvision.models.DenseNet(growth_rate=16, block_config=(4, 4), num_init_features=32, bn_size=2)
+        else:
+            model = torchvision.models.get_model(name, weights=None)
+    return model.eval(), torch.randn(SHAPES[name], generator=torch.Generator().manual_seed(0))
+
+
+def golden_analysis(name: str) -> Analysis:
+    model, x = golden_model(name)
+    return analyze(model, x, f"golden:{name}", strict=False)
+
+
+def first_round_plan(name: str, unconstrained: bool, table: LatencyTable, table_path: Path) -> Plan:
+    """The plan the compile's first search round makes for ``name`` at its fraction of the predicted latency."""
+    target = load_target("cpu")
+    analysis = golden_analysis(name)
+    x = analysis.capture.example_input
+    predictor = predictor_for(analysis, table, target)
+    calibration = load_calibration(None, x)
+    importance = score_groups(analysis, "activation", calibration.batches)
+    sensitivity = group_sensitivity(analysis, importance, calibration.batches[0])
+    options = Options(target, Budget("latency", FRACTIONS[name]), unconstrained=unconstrained)
+    found = segments(analysis) if unconstrained else []
+    context = Context(analysis, predictor, importance, sensitivity, options, table_path.parent, None, {}, [],
+                      calibration.batches, False, table_path=table_path, segments=found)
+    if unconstrained:
+        context.reader_scores = reader_scores(analysis, found, calibration.batches[0])
+    budget = FRACTIONS[name] * predictor.predict({}).total_ms
+    strategies = _strategies(context)
+    candidates = choose(analysis, importance, {n: (lambda s=s: s(budget)) for n, s in strategies.items()},
+                        calibration.batches[:8], False, [])
+    strategy, result = candidates[0].strategy, candidates[0].search
+    if unconstrained:
+        return _fit_unconstrained(context, strategies[strategy], budget, result)[1]
+    return _plan(context, result)
+
+
+def plan_text(plan: Plan) -> str:
+    return json.dumps(plan.to_json(), indent=1) + "\n"
+
+
+def golden_path(name: str, unconstrained: bool) -> Path:
+    return DATA / f"{name}-{'unconstrained' if unconstrained else 'constrained'}.json"
+
+
+def record() -> None:
+    """Profile the golden models into the recorded table (only what it lacks) and write every plan."""
+    from hwprune.latency.model_latency import open_table, profile_model
+
+    target = load_target("cpu")
+    DATA.mkdir(parents=True, exist_ok=True)
+    table, _ = open_table(target, TABLE, create=True)
+    for name in MODELS:
+        profile_model(golden_analysis(name), target, table)
+        table.save(TABLE)
+    for name in MODELS:
+        for unconstrained in (False, True):
+            plan = first_round_plan(name, unconstrained, table, TABLE)  # profiles missing copy ops into TABLE
+            golden_path(name, unconstrained).write_text(plan_text(plan))
+            print(f"{golden_path(name, unconstrained).name}: {len(plan.groups)} groups", file=sys.stderr)
+
+
+def recorded_table(copy_to: Path) -> tuple[LatencyTable, Path]:
+    """The recorded table, and a scratch path to save it to (the search saves any copy op it profiles)."""
+    return load_table(TABLE), copy_to / "latency.json"
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory():
+        record()
