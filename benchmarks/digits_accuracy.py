@@ -31,11 +31,11 @@ from rich.table import Table
 from torch import nn
 
 from hwprune.compile import Budget, Options, compile_model
+from hwprune.evaluate.batchnorm import recalibrate_batchnorm
 from hwprune.latency.measure import make_session
 from hwprune.latency.profiler import runtime_settings
 from hwprune.models import LoadedModel
 from hwprune.targets import load_target
-from hwprune.transform.recalibrate import recalibrate_batchnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from budget_accuracy import matched_uniform  # noqa: E402  (also puts the repository root on the path)

@@ -41,6 +41,7 @@ from rich.table import Table
 from torch import nn
 
 from hwprune.calibration import fidelity
+from hwprune.evaluate.mask import masked_readers
 from hwprune.export.copies import copy_ops
 from hwprune.export.onnx_export import export_onnx
 from hwprune.export.verify import verify_onnx
@@ -51,10 +52,11 @@ from hwprune.importance.scores import score_groups, select
 from hwprune.latency.measure import make_session, random_feeds, time_interleaved
 from hwprune.latency.profiler import runtime_settings
 from hwprune.models import load_model
+from hwprune.search.readers import reader_masks
 from hwprune.search.width import allowed_counts
 from hwprune.targets import load_target
 from hwprune.transform.prune import prune
-from hwprune.transform.unconstrained import export_unconstrained, masked_readers, reader_masks
+from hwprune.transform.unconstrained import export_unconstrained
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from budget_accuracy import bisect_latency, held_out_batches, measured_fraction  # noqa: E402  (also puts the repository root on the path)
@@ -121,7 +123,8 @@ def run(name: str, fraction: float, threads: int, level: str, console: Console) 
         naive, masks, keep = pruner.unconstrained(fraction, reorder=False)
         reordered, _, _ = pruner.unconstrained(fraction, reorder=True)
         constrained = pruner.constrained(fraction)
-        with masked_readers(pruner.analysis, pruner.segments, masks, keep) as masked, torch.no_grad():
+        reads = {gid: mask.reads for gid, mask in masks.items()}
+        with masked_readers(pruner.analysis, pruner.segments, reads, keep) as masked, torch.no_grad():
             reference = masked(x)
         paths = {}
         for label, model in (("baseline", original), ("constrained", constrained), ("naive", naive),

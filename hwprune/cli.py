@@ -318,7 +318,7 @@ def _run_apply(args: argparse.Namespace) -> int:
     before = sum(p.numel() for p in analysis.model.parameters())
     model = apply_plan(plan, analysis)
     if batches:
-        from hwprune.transform.recalibrate import recalibrate_batchnorm
+        from hwprune.evaluate.batchnorm import recalibrate_batchnorm
 
         recalibrate_batchnorm(model, batches)
     path = export_onnx(model, analysis.capture.example_input, Path(args.out) / "pruned.onnx")

@@ -43,6 +43,7 @@ from hwprune import __version__
 from hwprune.calibration import fidelity, load_calibration
 from hwprune.environment import fingerprint
 from hwprune.errors import HwpruneError, PlanError
+from hwprune.evaluate.batchnorm import recalibrate_batchnorm
 from hwprune.export.copies import copy_ops
 from hwprune.export.onnx_export import ONNX_OPSET, export_onnx, slim_available
 from hwprune.export.tensorrt import build_engine, build_script, engine_config, time_engine, unavailable_reason
@@ -53,6 +54,7 @@ from hwprune.importance.readers import reader_scores
 from hwprune.importance.scores import Importance, score_groups
 from hwprune.importance.sensitivity import group_sensitivity
 from hwprune.io import write_text_atomic
+from hwprune.latency.copies import copy_signatures
 from hwprune.latency.measure import Comparison, random_feeds, time_interleaved, time_session
 from hwprune.latency.model_latency import analytic_predictor, open_table, predictor_for, profile_model
 from hwprune.latency.predictor import TablePredictor, op_ms
@@ -62,10 +64,9 @@ from hwprune.models import LoadedModel
 from hwprune.plan import Plan, apply_plan, build_plan
 from hwprune.report import markdown, write_plots
 from hwprune.search.choose import Candidate, choose
+from hwprune.search.readers import SegmentMask, reader_masks
 from hwprune.search.width import SearchResult, search_widths, uniform_widths
 from hwprune.targets import Target
-from hwprune.transform.recalibrate import recalibrate_batchnorm
-from hwprune.transform.unconstrained import SegmentMask, copy_signatures, reader_masks
 
 STRATEGIES = ("sensitivity", "structure", "uniform")
 UNCONSTRAINED_ROUNDS = 4  # searches per attempt to fit unconstrained masks' real cost into the budget

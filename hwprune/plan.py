@@ -19,9 +19,10 @@ from hwprune.graph.segments import segments
 from hwprune.importance.scores import Importance, select
 from hwprune.io import read_json_document, write_text_atomic
 from hwprune.latency.predictor import TablePredictor
+from hwprune.search.readers import SegmentMask
 from hwprune.search.width import SearchResult
 from hwprune.transform.prune import prune
-from hwprune.transform.unconstrained import SegmentMask, export_unconstrained
+from hwprune.transform.unconstrained import export_unconstrained
 
 FORMAT = "hwprune-plan/1"
 

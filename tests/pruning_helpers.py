@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
+from hwprune.evaluate.mask import silence_channels
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.groups import ChannelGroup
-from hwprune.transform.silence import silence_channels
 
 
 def random_keep(group: ChannelGroup, rng: random.Random, ratio: float = 0.5) -> list[int]:

@@ -29,9 +29,9 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from hwprune.errors import PlanError
+from hwprune.evaluate.batchnorm import recalibrate_batchnorm
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.transform.permute import permutable, permute_group
-from hwprune.transform.recalibrate import recalibrate_batchnorm
 from tests.pruning_helpers import max_abs_diff
 from tests.random_dags import OpSpec, build_dag_model, random_dag_models
 from tests.zoo import ZOO

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from hwprune.errors import HwpruneError
-from hwprune.transform.recalibrate import recalibrate_batchnorm
+from hwprune.evaluate.batchnorm import recalibrate_batchnorm
 
 
 def model() -> nn.Module:

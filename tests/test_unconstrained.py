@@ -13,21 +13,19 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from hwprune.evaluate.mask import masked_readers
 from hwprune.export.copies import copy_ops
 from hwprune.export.onnx_export import export_onnx
 from hwprune.graph.analyze import analyze
 from hwprune.graph.segments import segments
+from hwprune.graph.select import ChannelSelect
 from hwprune.importance.readers import reader_scores
 from hwprune.importance.scores import score_groups, select
+from hwprune.latency.copies import copy_signatures
 from hwprune.latency.onnx_ops import input_shape, single_op_model
 from hwprune.latency.signature import OpSignature
-from hwprune.transform.unconstrained import (
-    ChannelSelect,
-    copy_signatures,
-    export_unconstrained,
-    masked_readers,
-    reader_masks,
-)
+from hwprune.search.readers import reader_masks
+from hwprune.transform.unconstrained import export_unconstrained
 from tests.random_dags import OpSpec, build_dag_model, random_dag_models
 from tests.zoo import randomize_model
 
@@ -48,7 +46,7 @@ def pruning_setup(model: nn.Module, x: torch.Tensor, seed: int):
 
 def exports(model: nn.Module, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict[bool, nn.Module], dict]:
     analysis, found, masks, keep = pruning_setup(model, x, seed)
-    with masked_readers(analysis, found, masks, keep) as masked, torch.no_grad():
+    with masked_readers(analysis, found, {g: m.reads for g, m in masks.items()}, keep) as masked, torch.no_grad():
         reference = masked(x)
     built = {}
     for reorder in (False, True):

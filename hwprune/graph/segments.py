@@ -15,6 +15,7 @@ layer that takes its channels as input is such a reader.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -30,6 +31,11 @@ DENSE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 class Reader:
     layer: str
     inputs: dict[int, list[int]]  # group channel -> the reader's input indices that carry it
+
+    def unread(self, reads: Sequence[int]) -> list[int]:
+        """The input indices that carry group channels outside ``reads``."""
+        kept = set(reads)
+        return [i for channel, indices in self.inputs.items() if channel not in kept for i in indices]
 
 
 @dataclass

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from hwprune.calibration import first_output
+from hwprune.evaluate.mask import silenced
 from hwprune.graph.analyze import Analysis
 from hwprune.importance.scores import Importance, select
-from hwprune.transform.silence import silenced
 
 PROBE_FRACTION = 0.5
 FLOOR = 1e-6  # a group whose silencing changes nothing measurable still costs something to cut

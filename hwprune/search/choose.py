@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 
 from hwprune.calibration import Fidelity, compare_outputs, first_output
+from hwprune.evaluate.mask import silenced
 from hwprune.graph.analyze import Analysis
 from hwprune.importance.scores import Importance, select
 from hwprune.search.width import SearchResult
-from hwprune.transform.silence import silenced
 
 
 @dataclass

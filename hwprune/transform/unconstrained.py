@@ -1,10 +1,7 @@
 """Unconstrained pruning (UPSCALE): every reader of a segment keeps its own input channels.
 
-Masks: for a segment whose group keeps ``n`` channels, each reader keeps the ``n`` channels that
-contribute most to its own output on calibration inputs (weight column x activation norm); the
-group keeps the union, so its producers drop only what no reader reads.
-
-Export, in place on the analysed model:
+The search decides each reader's channels (``search.readers``); this realises them, in place
+on the analysed model:
 
 1. with ``reorder``, permute each segment's channels (an exact symmetry of the network, see
    ``permute``) into the order ``reorder.channel_order`` finds, the union first, so that each
@@ -16,89 +13,24 @@ Export, in place on the analysed model:
    channel). Without ``reorder`` (the naive export) channels stay in their original order.
 
 Both exports compute the same function as the original model with every reader's unread
-columns zeroed (``masked_readers``), which is what the tests check.
+columns zeroed (``evaluate.mask.masked_readers``), which is what the tests check.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.capture import tolerant_index_mapping
-from hwprune.graph.segments import Reader, Segment
-from hwprune.importance.scores import select
-from hwprune.latency.layers import input_shapes
-from hwprune.latency.signature import OpSignature
+from hwprune.graph.segments import Segment
+from hwprune.graph.select import ChannelSelect
+from hwprune.search.readers import SegmentMask
 from hwprune.transform.permute import permutable, permute_group
 from hwprune.transform.prune import prune
 from hwprune.transform.reorder import channel_order
-from hwprune.transform.silence import silenced
-
-
-@dataclass
-class SegmentMask:
-    union: list[int]  # group channels the producers keep, ascending
-    reads: dict[str, list[int]]  # reader layer -> the group channels it reads, ascending
-
-
-class ChannelSelect(nn.Module):
-    """The channels a pruned reader reads: a slice when they are one run, else a gather."""
-
-    def __init__(self, positions: Sequence[int], dim: int):
-        super().__init__()
-        self.dim = dim
-        positions = list(positions)
-        self.start = positions[0]
-        self.contiguous = positions == list(range(positions[0], positions[0] + len(positions)))
-        self.register_buffer("index", torch.tensor(positions, dtype=torch.long), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.contiguous:
-            return x.narrow(self.dim, self.start, self.index.numel())
-        return x.index_select(self.dim, self.index)
-
-
-def reader_masks(scores: Mapping[str, Mapping[str, np.ndarray]], counts: Mapping[str, int]) -> dict[str, SegmentMask]:
-    """Per segment in ``counts``: each reader's ``counts[group]`` channels with the highest score
-    (``importance.readers.reader_scores``, computed once, since they do not depend on the counts);
-    the group keeps their union."""
-    masks = {}
-    for gid, per_reader in scores.items():
-        if gid not in counts:
-            continue
-        reads = {layer: select(reader, counts[gid]) for layer, reader in per_reader.items()}
-        masks[gid] = SegmentMask(sorted(set().union(*reads.values())), reads)
-    return masks
-
-
-@contextmanager
-def masked_readers(analysis: Analysis, segments: Sequence[Segment], masks: Mapping[str, SegmentMask],
-                   keep: Mapping[str, Sequence[int]]) -> Iterator[nn.Module]:
-    """The unpruned model with each reader's unread input columns zeroed and the channels ``keep``
-    drops from the other groups silenced: the function both exports must compute. Restored on exit."""
-    saved = []
-    dropped = {gid: sorted(set(range(analysis.group(gid).channels)) - set(kept)) for gid, kept in keep.items()}
-    with torch.no_grad(), silenced(analysis, dropped) as model:
-        try:
-            for segment in segments:
-                mask = masks.get(segment.group)
-                if mask is None:
-                    continue
-                for reader in segment.readers:
-                    weight = model.get_submodule(reader.layer).weight
-                    unread = _unread_inputs(reader, mask.reads[reader.layer])
-                    saved.append((weight, unread, weight[:, unread].clone()))
-                    weight[:, unread] = 0
-            yield model
-        finally:
-            for weight, unread, values in reversed(saved):
-                weight[:, unread] = values
 
 
 def export_unconstrained(analysis: Analysis, segments: Sequence[Segment], masks: Mapping[str, SegmentMask],
@@ -116,7 +48,7 @@ def export_unconstrained(analysis: Analysis, segments: Sequence[Segment], masks:
     unread: dict[str, set[int]] = {}
     for gid, mask in masks.items():
         for reader in by_group[gid].readers:
-            unread.setdefault(reader.layer, set()).update(_unread_inputs(reader, mask.reads[reader.layer]))
+            unread.setdefault(reader.layer, set()).update(reader.unread(mask.reads[reader.layer]))
     widths = {layer: _input_width(analysis.model.get_submodule(layer)) for layer in unread}
     prune(analysis, everything)
     for layer, skipped in unread.items():
@@ -126,12 +58,6 @@ def export_unconstrained(analysis: Analysis, segments: Sequence[Segment], masks:
         if len(positions) < len(surviving):
             _select_inputs(analysis.model, layer, analysis.model.get_submodule(layer), positions)
     return analysis.model
-
-
-def _unread_inputs(reader: Reader, reads: Sequence[int]) -> list[int]:
-    """The reader's input indices that carry group channels it does not read."""
-    kept = set(reads)
-    return [i for channel, indices in reader.inputs.items() if channel not in kept for i in indices]
 
 
 def _reorder(analysis: Analysis, segment: Segment, mask: SegmentMask) -> SegmentMask:
@@ -182,17 +108,3 @@ def _select_inputs(model: nn.Module, layer: str, module: nn.Module, positions: l
     parent_name, _, child = layer.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, nn.Sequential(ChannelSelect(positions, dim), module))
-
-
-def copy_signatures(model: nn.Module, example_input: torch.Tensor) -> dict[str, OpSignature]:
-    """Per ChannelSelect in ``model`` (by module name), the copy op it exports as, at the size one
-    forward on ``example_input`` shows: what the latency table must price."""
-    found = {}
-    for name, (select_, shape) in input_shapes(model, example_input, (ChannelSelect,)).items():
-        rest = list(shape)
-        width = rest.pop(select_.dim)
-        batch, rest = rest[0], rest[1:]
-        h, w = (rest[0], rest[1]) if len(rest) == 2 else (int(torch.tensor(rest).prod()) if rest else 1, 1)
-        found[name] = OpSignature("slice" if select_.contiguous else "gather", batch, width, select_.index.numel(),
-                                  h, w)
-    return found

@@ -1,8 +1,9 @@
-"""Silence channels without removing them: zero the producer weights that create them.
+"""A pruning decision's function without surgery: silence channels, zero readers' unread columns.
 
 A silenced channel outputs exactly 0, which is what physical removal computes, so silencing
-lets a caller see a pruned model's output without surgery (sensitivity analysis), and lets
-the tests check that surgery against it. The returned function restores the weights.
+lets importance and search see a candidate's output without changing the model for good
+(sensitivity, the choice among allocations), and lets the tests check surgery against it.
+Everything here is undone on exit.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from hwprune.evaluate.batchnorm import recalibrate_batchnorm
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.attention import HeadAttention
 from hwprune.graph.capture import tolerant_index_mapping
 from hwprune.graph.groups import ChannelGroup
-from hwprune.transform.recalibrate import recalibrate_batchnorm
+from hwprune.graph.segments import Segment
 
 
 @torch.no_grad()
@@ -78,3 +80,27 @@ def silenced(analysis: Analysis, dropped: Mapping[str, Sequence[int]],
             restore()
         if recalibration:
             model.load_state_dict(statistics, strict=False)
+
+
+@contextmanager
+def masked_readers(analysis: Analysis, segments: Sequence[Segment], reads: Mapping[str, Mapping[str, Sequence[int]]],
+                   keep: Mapping[str, Sequence[int]]) -> Iterator[nn.Module]:
+    """The unpruned model with each segment reader's unread input columns zeroed (``reads``: per
+    segment, per reader layer, the group channels it reads) and the channels ``keep`` drops from
+    the other groups silenced: the function an unconstrained export must compute. Restored on exit."""
+    saved = []
+    dropped = {gid: sorted(set(range(analysis.group(gid).channels)) - set(kept)) for gid, kept in keep.items()}
+    with torch.no_grad(), silenced(analysis, dropped) as model:
+        try:
+            for segment in segments:
+                if segment.group not in reads:
+                    continue
+                for reader in segment.readers:
+                    weight = model.get_submodule(reader.layer).weight
+                    unread = reader.unread(reads[segment.group][reader.layer])
+                    saved.append((weight, unread, weight[:, unread].clone()))
+                    weight[:, unread] = 0
+            yield model
+        finally:
+            for weight, unread, values in reversed(saved):
+                weight[:, unread] = values
