@@ -37,11 +37,12 @@ from rich.table import Table
 from torch import nn
 
 from hwprune.calibration import fidelity
-from hwprune.compile import Budget, Options, compile_model
+from hwprune.compile import compile_model
 from hwprune.export.onnx_export import export_onnx
 from hwprune.latency.measure import make_session, random_feeds, time_interleaved
 from hwprune.latency.profiler import runtime_settings
 from hwprune.models import LoadedModel, load_model
+from hwprune.options import Budget, Options
 from hwprune.targets import load_target
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -121,8 +122,8 @@ def run(name: str, budget: float, target, importance: str, console: Console) -> 
     with tempfile.TemporaryDirectory(prefix="hwprune-bench-") as tmp:
         tmp = Path(tmp)
         started = time.perf_counter()
-        report = compile_model(LoadedModel(loaded.name, copy.deepcopy(original), x),
-                               Options(target, Budget("latency", budget), importance=importance), tmp / "out",
+        model = LoadedModel(loaded.name, copy.deepcopy(original), x, "re-initialised by the benchmark", None)
+        report = compile_model(model, Options(target, Budget("latency", budget), importance=importance), tmp / "out",
                                Console(quiet=True))
         seconds = time.perf_counter() - started
         achieved = 1.0 / report["speedup"]["measured"]

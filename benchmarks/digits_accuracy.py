@@ -30,11 +30,12 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from hwprune.compile import Budget, Options, compile_model
+from hwprune.compile import compile_model
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm
 from hwprune.latency.measure import make_session
 from hwprune.latency.profiler import runtime_settings
 from hwprune.models import LoadedModel
+from hwprune.options import Budget, Options
 from hwprune.targets import load_target
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -124,7 +125,8 @@ def main() -> None:
                 options = Options(target, Budget("latency", budget), importance=args.importance, calib_data=calib,
                                   recalibrate_bn="on" if variant == "unconstrained" else variant,
                                   unconstrained=variant == "unconstrained")
-                report = compile_model(LoadedModel("digits_cnn", copy.deepcopy(model), example), options, out,
+                loaded = LoadedModel("digits_cnn", copy.deepcopy(model), example, "trained on digits", None)
+                report = compile_model(loaded, options, out,
                                        Console(quiet=True))
                 session = make_session(str(out / "pruned.onnx"), threads, level)
                 scores[variant] = (accuracy(onnx_predictor(session), test_x, test_y), report["speedup"]["measured"])

@@ -55,12 +55,13 @@ from hwprune.models import load_model
 from hwprune.search.readers import reader_masks
 from hwprune.search.width import allowed_counts
 from hwprune.targets import load_target
+from hwprune.transform.apply import apply_plan
 from hwprune.transform.prune import prune
-from hwprune.transform.unconstrained import export_unconstrained
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from budget_accuracy import bisect_latency, held_out_batches, measured_fraction  # noqa: E402  (also puts the repository root on the path)
 
+from tests.pruning_helpers import plan_of  # noqa: E402
 from tests.zoo import randomize_model  # noqa: E402
 
 MODELS = ("resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0", "regnet_y_400mf")
@@ -106,7 +107,7 @@ class Pruner:
         masks = reader_masks(self.reader_scores, counts)
         keep = self.keep(counts, set(masks))
         fresh = self.fresh()
-        return export_unconstrained(fresh, segments(fresh), masks, keep, reorder).eval(), masks, keep
+        return apply_plan(plan_of(fresh, keep, masks), fresh, reorder).eval(), masks, keep
 
 
 def run(name: str, fraction: float, threads: int, level: str, console: Console) -> dict:

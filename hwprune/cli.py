@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from hwprune import __version__
 from hwprune.errors import HwpruneError
 
+DEFAULT_SEED = 0  # hwprune.models.DEFAULT_SEED, restated so that --help imports no torch
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -99,12 +101,15 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--out", required=True, metavar="DIR", help="output folder")
     compile_.set_defaults(run=_run_compile)
 
-    apply = sub.add_parser("apply", help="re-apply a plan.json to a model without searching")
+    apply = sub.add_parser("apply", help="re-apply a plan.json to its model without searching; verified")
     apply.add_argument("plan", metavar="PLAN", help="plan.json written by hwprune compile")
-    _add_model_arguments(apply)
+    _add_model_arguments(apply, optional=True)
     apply.add_argument("--calib-data", metavar="SPEC",
                        help="the calibration data the compile used, needed when the plan recalibrated BatchNorm")
-    apply.add_argument("--out", required=True, metavar="DIR", help="output folder (pruned.onnx)")
+    apply.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch axis")
+    apply.add_argument("--atol", type=float, default=1e-4, help="ONNX verification absolute tolerance (1e-4)")
+    apply.add_argument("--rtol", type=float, default=1e-3, help="ONNX verification relative tolerance (1e-3)")
+    apply.add_argument("--out", required=True, metavar="DIR", help="output folder (pruned.onnx, pruned.pt)")
     apply.set_defaults(run=_run_apply)
 
     bench = sub.add_parser("bench", help="time an ONNX model; with a baseline, exit 1 on a latency regression")
@@ -128,9 +133,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL",
-                        help="torchvision:NAME, timm:NAME, path/to/file.py:factory or path/to/program.pt2")
+def _add_model_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
+    spec = "torchvision:NAME, timm:NAME, path/to/file.py:factory or path/to/program.pt2"
+    if optional:
+        parser.add_argument("model", metavar="MODEL", nargs="?", help=spec + " (default: the plan's)")
+    else:
+        parser.add_argument("model", metavar="MODEL", help=spec)
+    parser.add_argument("--seed", type=int, default=None,
+                        help=f"seed for random weights and the example input (default: {DEFAULT_SEED}"
+                             + (", or the plan's)" if optional else ")"))
     parser.add_argument("--input-shape", metavar="SHAPE", help="example input shape, e.g. 1,3,224,224")
     parser.add_argument("--weights", metavar="NAME",
                         help="load pretrained weights (DEFAULT) from the local torch hub cache; never downloads")
@@ -183,7 +194,7 @@ def _load_and_analyze(args: argparse.Namespace, exclude: Sequence[str] = (), str
     from hwprune.models import load_model, parse_input_shape
 
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
-    loaded = load_model(args.model, shape, args.weights)
+    loaded = load_model(args.model, shape, args.weights, DEFAULT_SEED if args.seed is None else args.seed)
     return analyze(loaded.module, loaded.example_input, loaded.name, exclude=exclude, strict=strict)
 
 
@@ -248,8 +259,9 @@ def _run_compile(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from hwprune.compile import Budget, Options, compile_model
+    from hwprune.compile import compile_model
     from hwprune.models import load_model, parse_input_shape
+    from hwprune.options import Budget, Options
     from hwprune.targets import load_target
 
     if args.latency is not None:
@@ -271,10 +283,10 @@ def _run_compile(args: argparse.Namespace) -> int:
                       recalibrate_bn=args.recalibrate_bn, allocation=args.allocation,
                       unconstrained=args.unconstrained)
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
-    loaded = load_model(args.model, shape, args.weights)
+    loaded = load_model(args.model, shape, args.weights, DEFAULT_SEED if args.seed is None else args.seed)
     report = compile_model(loaded, options, args.out, Console(stderr=True))
     print(_compile_summary(report))
-    print(f"wrote {args.out}/: report.json, report.md, plan.json, baseline.onnx, pruned.onnx, plots/"
+    print(f"wrote {args.out}/: report.json, report.md, plan.json, baseline.onnx, pruned.onnx, pruned.pt, plots/"
           + ("" if report["engine"]["path"] or report["target"] == "cpu" or not report["engine"]["reason"]
              else ", build_engine.sh"))
     return 0
@@ -299,32 +311,24 @@ def _compile_summary(report: dict) -> str:
 def _run_apply(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hwprune.export.onnx_export import export_onnx
-    from hwprune.plan import apply_plan, load_plan
+    from hwprune.models import load_model, parse_input_shape
+    from hwprune.plan import load_plan
+    from hwprune.reapply import apply_plan_file
 
+    if args.atol < 0 or args.rtol < 0:
+        raise HwpruneError("--atol and --rtol must be >= 0")
     plan = load_plan(args.plan)
-    analysis = _load_and_analyze(args)
-    if list(analysis.capture.example_input.shape) != plan.input_shape:
-        raise HwpruneError(f"{args.plan}: made for input {plan.input_shape}, the model's input is "
-                           f"{list(analysis.capture.example_input.shape)} (use --input-shape)")
-    batches = []
-    if plan.bn_recalibration:
-        from hwprune.calibration import load_calibration
-
-        if not args.calib_data:
-            raise HwpruneError(f"{args.plan}: the compile re-estimated BatchNorm statistics on calibration data; pass "
-                               "the same --calib-data to reproduce its model")
-        batches = load_calibration(args.calib_data, analysis.capture.example_input).batches
-    before = sum(p.numel() for p in analysis.model.parameters())
-    model = apply_plan(plan, analysis)
-    if batches:
-        from hwprune.evaluate.batchnorm import recalibrate_batchnorm
-
-        recalibrate_batchnorm(model, batches)
-    path = export_onnx(model, analysis.capture.example_input, Path(args.out) / "pruned.onnx")
-    after = sum(p.numel() for p in model.parameters())
-    print(f"applied {args.plan} ({len(plan.groups)} groups) to {analysis.name}: params {before / 1e6:.2f}M -> "
-          f"{after / 1e6:.2f}M; wrote {path}")
+    made_for = plan.provenance
+    spec = args.model or made_for.model
+    shape = parse_input_shape(args.input_shape) if args.input_shape else tuple(made_for.input_shape)
+    seed = args.seed if args.seed is not None else (made_for.seed if made_for.seed is not None else DEFAULT_SEED)
+    loaded = load_model(spec, shape, args.weights, seed)
+    applied = apply_plan_file(plan, args.plan, loaded, args.calib_data, Path(args.out), args.atol, args.rtol,
+                              args.dynamic_batch)
+    after = sum(p.numel() for p in applied.model.parameters())
+    print(f"applied {args.plan} ({len(plan.width)} groups) to {loaded.name}: params {applied.params_before / 1e6:.2f}M"
+          f" -> {after / 1e6:.2f}M; verify max abs err {applied.verification.max_abs_err:.2g}; "
+          f"wrote {args.out}/: pruned.onnx, pruned.pt")
     return 0
 
 

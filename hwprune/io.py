@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from hwprune.errors import HwpruneError
@@ -27,15 +30,43 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         raise
 
 
-def read_json_document(path: Path, what: str, error: type[HwpruneError], format_tag: str) -> dict:
-    """A JSON object carrying ``"format": format_tag``; a missing, unreadable or foreign file is an
-    ``error`` naming the path and ``what`` it should have been."""
+def read_json_document(path: Path, what: str, error: type[HwpruneError], format_tag: str,
+                       older: tuple[str, ...] = ()) -> dict:
+    """A JSON object carrying ``"format": format_tag`` (or one of the ``older`` formats the caller
+    converts); a missing, unreadable or foreign file is an ``error`` naming the path and ``what`` it
+    should have been."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise error(f"{path}: corrupt {what}, not JSON ({exc})") from exc
-    if not isinstance(data, dict) or data.get("format") != format_tag:
+    if not isinstance(data, dict) or data.get("format") not in (format_tag, *older):
         raise error(f"{path}: not a {format_tag} {what}")
     return data
+
+
+@contextmanager
+def staged(out: Path, artefacts: Sequence[str]) -> Iterator[Path]:
+    """A staging folder inside ``out`` to write ``artefacts`` into. Old copies of them in ``out`` are
+    removed first; on success each is moved into ``out``, the first named last (so its presence
+    means the rest are there); on failure none is, and the staging folder goes either way."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in artefacts:
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+            else:
+                (out / name).unlink(missing_ok=True)
+    except OSError as exc:
+        raise HwpruneError(f"cannot write to {out}: {exc.strerror or exc}") from exc
+    if not os.access(out, os.W_OK):
+        raise HwpruneError(f"cannot write to {out}: permission denied")
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=".partial-"))
+    try:
+        yield stage
+        for name in [*artefacts[1:], *artefacts[:1]]:
+            if (stage / name).exists():
+                os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

@@ -2,10 +2,15 @@
 
 Every failure is a :class:`ModelSpecError` whose message names the spec, so the CLI can print one
 line and exit 2 instead of a traceback.
+
+Random weights are drawn under a seed (``DEFAULT_SEED`` unless told otherwise), and so is the
+example input, so that the same spec always gives the same model: a plan records the digest of
+the state dict it was made for (``state_digest``) and re-applying it rebuilds and checks that model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -20,6 +25,7 @@ from torch import nn
 from hwprune.errors import ModelSpecError
 
 DEFAULT_IMAGE_SHAPE = (1, 3, 224, 224)
+DEFAULT_SEED = 0
 
 
 @dataclass
@@ -29,6 +35,18 @@ class LoadedModel:
     name: str
     module: nn.Module
     example_input: torch.Tensor
+    weights: str  # where the weights came from, for the plan's provenance
+    seed: int | None  # the seed random weights and the example were drawn with; None: weights from a file
+
+
+def state_digest(module: nn.Module) -> str:
+    """sha256 over the state dict's names, dtypes, shapes and values: which weights a plan was made for."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
@@ -43,21 +61,33 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def load_model(spec: str, input_shape: tuple[int, ...] | None = None, weights: str | None = None) -> LoadedModel:
-    """Load ``spec``; ``input_shape`` overrides the model's default example input."""
+def load_model(spec: str, input_shape: tuple[int, ...] | None = None, weights: str | None = None,
+               seed: int = DEFAULT_SEED) -> LoadedModel:
+    """Load ``spec``; ``input_shape`` overrides the model's default example input. Random weights,
+    a factory's and the example input are drawn under ``seed`` (the global RNG is left as it was)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return _load(spec, input_shape, weights, seed)
+
+
+def _load(spec: str, input_shape: tuple[int, ...] | None, weights: str | None, seed: int) -> LoadedModel:
+    source = f"random, seed {seed}"
     if spec.startswith("torchvision:"):
         module, shape = _load_torchvision(spec.split(":", 1)[1], weights)
         example = None
+        source = source if weights is None else f"torchvision {weights} weights from the torch hub cache"
     elif spec.startswith("timm:"):
         module, shape = _load_timm(spec.split(":", 1)[1], weights)
         example = None
     elif spec.endswith(".pt2"):
         module, example = _load_exported(Path(spec))
         shape = None
+        source = f"the program file {spec}"
     elif ".py:" in spec:
         path, factory = spec.rsplit(":", 1)
         module, example = _load_factory(Path(path), factory)
         shape = None
+        source = f"{factory}() in {path}, called with the global seed {seed}"
     else:
         raise ModelSpecError(
             f"model spec {spec!r} not understood: use torchvision:NAME, timm:NAME, path/to/file.py:factory "
@@ -70,7 +100,8 @@ def load_model(spec: str, input_shape: tuple[int, ...] | None = None, weights: s
             example = torch.randint(0, int(example.max()) + 1, input_shape, dtype=example.dtype)
     elif example is None:
         example = torch.randn(shape or DEFAULT_IMAGE_SHAPE)
-    return LoadedModel(name=spec, module=module.eval(), example_input=example)
+    seeded = source.startswith("random") or ".py:" in spec  # the weights depend on the seed
+    return LoadedModel(spec, module.eval(), example, source, seed if seeded else None)
 
 
 def _load_torchvision(name: str, weights: str | None) -> tuple[nn.Module, tuple[int, ...]]:

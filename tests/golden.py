@@ -4,7 +4,8 @@ The models are seeded, the calibration inputs are the compile's seeded noise and
 table (``data/golden/latency.json``) was measured once and is read, never re-measured, so the
 first round's plan depends on the search alone. ``test_golden_plans.py`` checks that the code
 still writes the recorded plans byte for byte; ``python -m tests.golden`` records them anew
-(only when a change of plan is intended, and said so in the commit).
+(only when a change of plan is intended, and said so in the commit). ``data/golden/v1/`` holds
+the same plans as the code before the Plan became ``hwprune-plan/2`` wrote them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 import torchvision
 
 from hwprune.calibration import load_calibration
-from hwprune.compile import Budget, Context, Options, _fit_unconstrained, _plan, _strategies
+from hwprune.compile import _copies_ms
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.segments import segments
 from hwprune.importance.readers import reader_scores
@@ -26,8 +27,9 @@ from hwprune.importance.scores import score_groups
 from hwprune.importance.sensitivity import group_sensitivity
 from hwprune.latency.lut import LatencyTable, load_table
 from hwprune.latency.model_latency import predictor_for
-from hwprune.plan import Plan
-from hwprune.search.choose import choose
+from hwprune.models import state_digest
+from hwprune.plan import Plan, Provenance
+from hwprune.search.decide import WidthSearch
 from hwprune.targets import load_target
 
 DATA = Path(__file__).parent / "data" / "golden"
@@ -63,28 +65,23 @@ def first_round_plan(name: str, unconstrained: bool, table: LatencyTable, table_
     calibration = load_calibration(None, x)
     importance = score_groups(analysis, "activation", calibration.batches)
     sensitivity = group_sensitivity(analysis, importance, calibration.batches[0])
-    options = Options(target, Budget("latency", FRACTIONS[name]), unconstrained=unconstrained)
-    found = segments(analysis) if unconstrained else []
-    context = Context(analysis, predictor, importance, sensitivity, options, table_path.parent, None, {}, [],
-                      calibration.batches, False, table_path=table_path, segments=found)
-    if unconstrained:
-        context.reader_scores = reader_scores(analysis, found, calibration.batches[0])
-    budget = FRACTIONS[name] * predictor.predict({}).total_ms
-    strategies = _strategies(context)
-    candidates = choose(analysis, importance, {n: (lambda s=s: s(budget)) for n, s in strategies.items()},
-                        calibration.batches[:8], False, [])
-    strategy, result = candidates[0].strategy, candidates[0].search
-    if unconstrained:
-        return _fit_unconstrained(context, strategies[strategy], budget, result)[1]
-    return _plan(context, result)
+    fraction = FRACTIONS[name]
+    provenance = Provenance(analysis.name, "random, seed 0", 0, list(x.shape), [], state_digest(analysis.model),
+                            target.name, {"kind": "latency", "value": fraction, "latency_fraction": fraction},
+                            predictor.provenance(), "activation")
+    scores = reader_scores(analysis, segments(analysis), calibration.batches[0]) if unconstrained else {}
+    copies = (lambda plan: _copies_ms(analysis, predictor, target, table_path, plan)) if unconstrained else None
+    search = WidthSearch(analysis, predictor, importance, sensitivity, provenance, target.channel_alignment, 0.1,
+                         "auto", calibration.batches, False, [], scores, copies)
+    return search(fraction * predictor.predict({}).total_ms).plan
 
 
 def plan_text(plan: Plan) -> str:
     return json.dumps(plan.to_json(), indent=1) + "\n"
 
 
-def golden_path(name: str, unconstrained: bool) -> Path:
-    return DATA / f"{name}-{'unconstrained' if unconstrained else 'constrained'}.json"
+def golden_path(name: str, unconstrained: bool, version: str = "") -> Path:
+    return DATA / version / f"{name}-{'unconstrained' if unconstrained else 'constrained'}.json"
 
 
 def record() -> None:
@@ -101,7 +98,7 @@ def record() -> None:
         for unconstrained in (False, True):
             plan = first_round_plan(name, unconstrained, table, TABLE)  # profiles missing copy ops into TABLE
             golden_path(name, unconstrained).write_text(plan_text(plan))
-            print(f"{golden_path(name, unconstrained).name}: {len(plan.groups)} groups", file=sys.stderr)
+            print(f"{golden_path(name, unconstrained).name}: {len(plan.width)} groups", file=sys.stderr)
 
 
 def recorded_table(copy_to: Path) -> tuple[LatencyTable, Path]:

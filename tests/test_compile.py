@@ -1,11 +1,13 @@
 """`hwprune compile` and `hwprune apply` end to end on a small residual model (real profiling and timing)."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 
 from hwprune.cli import main
 
@@ -26,7 +28,7 @@ def test_compile_writes_a_verified_measured_report(compiled):
     code, out, _cache = compiled
     assert code == 0
     assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "plan.json", "baseline.onnx",
-                                                "pruned.onnx", "plots"}
+                                                "pruned.onnx", "pruned.pt", "plots"}
     for plot in ("layer_latency.png", "channels_kept.png", "predicted_vs_measured.png"):
         assert (out / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((out / "report.json").read_text())
@@ -43,7 +45,11 @@ def test_compile_writes_a_verified_measured_report(compiled):
     assert report["verify"]["ok"] and report["verify"]["max_abs_err"] <= 1e-4
     assert report["speedup"]["predicted"] > 1 and report["speedup"]["measured"] > 0
     assert 0 < report["fidelity"]["cosine"] <= 1 + 1e-9 and 0 <= report["fidelity"]["top1_agreement"] <= 1
-    assert report["budget"] == {"kind": "latency", "value": 0.6, "latency_fraction": 0.6}
+    budget, attempts = report["budget"], report["search"]["attempts"]
+    assert {k: budget[k] for k in ("kind", "value", "latency_fraction", "tolerance")} == {
+        "kind": "latency", "value": 0.6, "latency_fraction": 0.6, "tolerance": 0.05}
+    chosen = attempts[report["search"]["chosen"]]["measured_fraction"]
+    assert budget["met"] == (abs(chosen - 0.6) <= 0.03)
     assert report["bn_recalibration"] is False  # random calibration inputs: statistics stay as trained
     candidates = report["search"]["candidates"]
     assert {c["strategy"] for c in candidates} == {"sensitivity", "structure", "uniform"}
@@ -71,14 +77,46 @@ def test_calibration_data_recalibrates_batchnorm_and_still_verifies(compiled, tm
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
 
 
-def test_apply_reproduces_the_compiled_model(compiled, tmp_path, capsys):
+def test_apply_rebuilds_the_compiled_model_from_the_plan_alone(compiled, tmp_path, capsys):
     _code, out, _cache = compiled
-    assert main(["apply", str(out / "plan.json"), MODEL, "--out", str(tmp_path)]) == 0
+    assert main(["apply", str(out / "plan.json"), "--out", str(tmp_path)]) == 0  # the model spec is the plan's
     assert "applied" in capsys.readouterr().out
+    assert {p.name for p in tmp_path.iterdir()} == {"pruned.onnx", "pruned.pt"}
     x = np.random.default_rng(1).standard_normal((1, 3, 64, 64), dtype=np.float32)
     outputs = [ort.InferenceSession(str(path)).run(None, {"input": x})[0]
                for path in (out / "pruned.onnx", tmp_path / "pruned.onnx")]
     np.testing.assert_array_equal(outputs[0], outputs[1])
+    weights = [torch.load(path / "pruned.pt", weights_only=True) for path in (out, tmp_path)]
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k])
+                                                          for k in weights[0])
+
+
+def test_apply_refuses_other_weights_naming_both_digests(compiled, tmp_path, capsys):
+    _code, out, _cache = compiled
+    plan = json.loads((out / "plan.json").read_text())
+    actual = plan["provenance"]["state_sha256"]
+    assert len(actual) == 64 and plan["provenance"]["seed"] == 0
+    plan["provenance"]["state_sha256"] = "0" * 64  # made for other weights than the spec now gives
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    assert main(["apply", str(tmp_path / "plan.json"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hwprune: error:") and "0" * 16 in err and actual[:16] in err and "--seed" in err
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_apply_verifies_its_export_and_fails_as_compile_does(compiled, tmp_path, capsys, monkeypatch):
+    import hwprune.export.verify as verify_module
+
+    _code, out, _cache = compiled
+    real = verify_module.verify_onnx
+
+    def mismatch(*args, **kwargs):
+        return replace(real(*args, **kwargs), ok=False)
+
+    monkeypatch.setattr(verify_module, "verify_onnx", mismatch)
+    assert main(["apply", str(out / "plan.json"), "--out", str(tmp_path)]) == 2
+    assert "exported ONNX does not match the pruned model" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_interrupted_compile_leaves_nothing_that_looks_finished(tmp_path, monkeypatch, capsys):
@@ -91,7 +129,7 @@ def test_interrupted_compile_leaves_nothing_that_looks_finished(tmp_path, monkey
     def interrupt(*_args, **_kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(compile_module, "verify_onnx", interrupt)
+    monkeypatch.setattr(compile_module, "verified", interrupt)
     assert main(["compile", MODEL, "--latency", "0.6", "--refine", "0", "--out", str(tmp_path / "out")]) == 130
     assert capsys.readouterr().err.strip().endswith("hwprune: interrupted")
     assert list((tmp_path / "out").iterdir()) == []
@@ -161,11 +199,11 @@ def test_unconstrained_compile_reorders_verifies_and_reapplies(compiled, tmp_pat
     report = json.loads((out / "report.json").read_text())
     assert report["search"]["unconstrained"] and report["verify"]["ok"]
     plan = json.loads((out / "plan.json").read_text())
-    readers = {gid: g["readers"] for gid, g in plan["groups"].items() if g["readers"] is not None}
+    readers = {gid: g["readers"] for gid, g in plan["width"].items() if g["readers"] is not None}
     assert set(readers) == set(report["search"]["segments"]) and readers
     for gid, reads in readers.items():  # each reader's channels lie in the kept union
-        assert all(set(r) <= set(plan["groups"][gid]["indices"]) for r in reads.values())
-    assert any(len(r) < len(plan["groups"][gid]["indices"]) for gid, reads in readers.items() for r in reads.values())
+        assert all(set(r) <= set(plan["width"][gid]["indices"]) for r in reads.values())
+    assert any(len(r) < len(plan["width"][gid]["indices"]) for gid, reads in readers.items() for r in reads.values())
     copies = report["copies"]
     assert copies["pruned_without_reordering"] is not None
     assert copies["pruned"]["Gather"]["count"] <= copies["pruned_without_reordering"]["Gather"]["count"]

@@ -19,10 +19,12 @@ from hwprune.latency.lut import new_table
 from hwprune.latency.measure import Timing
 from hwprune.latency.predictor import TablePredictor
 from hwprune.latency.space import profile_signatures
-from hwprune.plan import apply_plan, build_plan, load_plan
+from hwprune.plan import load_plan
 from hwprune.search import knapsack
 from hwprune.search.choose import choose
 from hwprune.search.width import allowed_counts, search_widths, uniform_widths
+from hwprune.transform.apply import apply_plan
+from tests.pruning_helpers import width_plan
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
 from small_models import small_resnet  # noqa: E402
@@ -150,7 +152,7 @@ def test_choice_scores_masked_models_as_their_pruned_counterparts_and_puts_the_b
     assert {c.strategy for c in candidates} == {"structure", "uniform"}
     assert all(torch.equal(v, original[k]) for k, v in analysis.model.state_dict().items())  # masks undone
     for candidate in candidates:
-        plan = build_plan(analysis, "cpu", "latency", 0.5, candidate.search, importance, predictor)
+        plan = width_plan(analysis, predictor, importance, candidate.search)
         model, x = small_resnet()
         pruned = apply_plan(plan, analyze(model, x, "small_resnet"))
         physical = fidelity(small_resnet()[0].eval(), pruned.eval(), batches)
@@ -166,7 +168,7 @@ def test_infeasible_budget_names_the_smallest_latency(setup):
 def test_plan_round_trips_and_reapplies_to_the_same_model(setup, tmp_path):
     analysis, predictor, importance = setup
     result = search_widths(analysis, predictor, importance, ALIGNMENT, 0.5 * predictor.predict({}).total_ms)
-    plan = build_plan(analysis, "cpu", "latency", 0.5, result, importance, predictor)
+    plan = width_plan(analysis, predictor, importance, result)
     plan.save(tmp_path / "plan.json")
     loaded = load_plan(tmp_path / "plan.json")
     assert loaded == plan
@@ -177,7 +179,7 @@ def test_plan_round_trips_and_reapplies_to_the_same_model(setup, tmp_path):
     first, second = (m.state_dict() for m in pruned)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     assert sum(p.numel() for p in pruned[0].parameters()) < sum(p.numel() for p in small_resnet()[0].parameters())
-    for gid, decision in plan.groups.items():
+    for gid, decision in plan.width.items():
         assert decision.indices == select(importance.scores[gid], decision.keep)
 
 
@@ -185,6 +187,12 @@ def test_malformed_plan_is_a_plan_error(tmp_path):
     path = tmp_path / "plan.json"
     path.write_text('{"format": "hwprune-plan/1", "groups": {}}')
     with pytest.raises(PlanError, match="malformed plan"):
+        load_plan(path)
+    path.write_text('{"format": "hwprune-plan/2", "provenance": {}, "width": {}}')
+    with pytest.raises(PlanError, match="malformed plan"):
+        load_plan(path)
+    path.write_text('{"format": "hwprune-plan/9"}')
+    with pytest.raises(PlanError, match="not a hwprune-plan/2 plan"):
         load_plan(path)
     path.write_text("not json")
     with pytest.raises(PlanError, match="corrupt plan, not JSON"):

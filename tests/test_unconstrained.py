@@ -25,7 +25,8 @@ from hwprune.latency.copies import copy_signatures
 from hwprune.latency.onnx_ops import input_shape, single_op_model
 from hwprune.latency.signature import OpSignature
 from hwprune.search.readers import reader_masks
-from hwprune.transform.unconstrained import export_unconstrained
+from hwprune.transform.apply import apply_plan
+from tests.pruning_helpers import plan_of
 from tests.random_dags import OpSpec, build_dag_model, random_dag_models
 from tests.zoo import randomize_model
 
@@ -51,7 +52,7 @@ def exports(model: nn.Module, x: torch.Tensor, seed: int) -> tuple[torch.Tensor,
     built = {}
     for reorder in (False, True):
         fresh = analyze(copy.deepcopy(model), x[:1], "model", strict=False)
-        built[reorder] = export_unconstrained(fresh, segments(fresh), masks, keep, reorder).eval()
+        built[reorder] = apply_plan(plan_of(fresh, keep, masks), fresh, reorder).eval()
     return reference, built, masks
 
 

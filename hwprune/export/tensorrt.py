@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from hwprune.errors import HwpruneError
+from hwprune.io import write_text_atomic
 from hwprune.latency.measure import Timing
 from hwprune.targets import Target
 
@@ -198,3 +199,26 @@ def time_engine(engine_path: Path, input_shape: tuple[int, ...], warmup: int = 2
         cudart.cudaEventDestroy(end)
         cudart.cudaStreamDestroy(stream)
     return Timing.of(times)
+
+
+def engines(target: Target, stage: Path, x, dynamic_batch: bool, step) -> dict:
+    """For a TensorRT target: build and time both engines where TensorRT runs, otherwise write
+    build_engine.sh and say why not. Other targets get no engine, with the reason."""
+    if target.runtime != "tensorrt":
+        return {"path": None, "reason": f"target {target.name} runs {target.runtime}, not TensorRT", "timings": None}
+    max_batch = 8 * x.shape[0] if dynamic_batch else None
+    configs = [engine_config(target, stage / f"{name}.onnx", stage / f"{name}.engine", tuple(x.shape),
+                             max_batch=max_batch) for name in ("baseline", "pruned")]
+    reason = unavailable_reason()
+    if reason is not None:
+        write_text_atomic(stage / "build_engine.sh", build_script(configs, reason))
+        (stage / "build_engine.sh").chmod(0o755)
+        return {"path": None, "reason": reason + "; build_engine.sh has the trtexec commands", "timings": None}
+    timings = {}
+    with step("build and time TensorRT engines"):
+        for name, config in zip(("baseline", "pruned"), configs, strict=True):
+            build_engine(config)
+            timing = time_engine(config.engine, tuple(x.shape))
+            timings[name] = {"median": timing.median_ms, "p90": timing.p90_ms, "p99": timing.p99_ms,
+                             "spread": timing.spread}
+    return {"path": "pruned.engine", "reason": None, "timings": timings}

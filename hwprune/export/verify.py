@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hwprune.errors import HwpruneError
 from hwprune.latency.measure import make_session
 
 DEFAULT_ATOL = 1e-4
@@ -59,3 +60,20 @@ def verify_onnx(model: nn.Module, path: str | Path, inputs: list[torch.Tensor], 
                 max_rel = max(max_rel, float(error.max()) / scale if scale > 0 and error.size else 0.0)
                 ok &= bool(np.allclose(got, want, atol=atol, rtol=rtol))
     return Verification(max_abs, max_rel, ok, atol, rtol, len(inputs), worst)
+
+
+def verified(model: nn.Module, path: str | Path, example: torch.Tensor, dynamic_batch: bool, atol: float,
+             rtol: float) -> Verification:
+    """The check every exported model passes before it is reported (compile and apply alike): three
+    seeded inputs of the example's shape, and a batch of 3 when the batch axis is dynamic. A
+    mismatch is an error, not a warning."""
+    if example.is_floating_point():
+        shapes = [tuple(example.shape)] * 3 + ([(3, *example.shape[1:])] if dynamic_batch else [])
+        inputs = [torch.randn(shape, generator=torch.Generator().manual_seed(n)) for n, shape in enumerate(shapes)]
+    else:
+        inputs = [example]
+    verification = verify_onnx(model, path, inputs, atol, rtol)
+    if not verification.ok:
+        raise HwpruneError(f"exported ONNX does not match the pruned model (max abs err "
+                           f"{verification.max_abs_err:.3g}; worst {verification.worst})")
+    return verification

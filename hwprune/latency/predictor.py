@@ -67,6 +67,15 @@ class TablePredictor:
                 self._touching.setdefault(group_id, []).append(layer)
         self.fixed_ms, self.layer_scale, self.rest_ms = self._fit(anchors)
 
+    def provenance(self) -> dict:
+        """Which latency model this is, for a plan or report: the measured table's or the analytic one."""
+        table = self.table.provenance
+        source = "analytic" if table.get("runtime") == "analytic" else "lut"
+        return {"source": source, "fingerprint": table.get("fingerprint"), "runtime": table.get("runtime"),
+                "runtime_version": table.get("runtime_version"), "threads": table.get("threads"),
+                "graph_optimization_level": table.get("graph_optimization_level"), "layer_scale": self.layer_scale,
+                "rest_ms": self.rest_ms}
+
     def _fit(self, anchors: Sequence[Anchor]) -> tuple[float, float, float]:
         """(f, k, r) from the anchors, each >= 0; see the module docstring."""
         if not anchors:

@@ -3,6 +3,7 @@
 torch-pruning does the per-layer surgery (weights, biases, BN statistics, depthwise ``groups``,
 concat offsets, flatten expansion); hwprune validates the whole request first, so a bad
 keep-set fails before any layer is touched, and removes attention heads itself.
+:class:`PruneChannels` is the pass that does this for a plan's width section.
 """
 
 from __future__ import annotations
@@ -16,6 +17,81 @@ from hwprune.graph.analyze import Analysis
 from hwprune.graph.attention import HeadAttention
 from hwprune.graph.capture import tolerant_index_mapping
 from hwprune.graph.groups import ChannelGroup
+from hwprune.plan import WidthDecision
+from hwprune.transform.passes import Pass, Surgery, TransformError
+
+
+class PruneChannels(Pass):
+    """Every group of the plan's width section down to its kept indices (a segment's to its readers'
+    union); records, for the reader-selection pass, which inputs of each reader it removed."""
+
+    name = "prune-channels"
+
+    def requires(self, surgery: Surgery) -> None:
+        for gid, decision in surgery.width.items():
+            check_decision(surgery.analysis, gid, decision)
+            if decision.readers is None:
+                continue
+            segment = surgery.segments.get(gid)
+            layers = set() if segment is None else {r.layer for r in segment.readers}
+            if set(decision.readers) != layers:
+                raise PlanError(f"group {gid}: the plan's readers ({', '.join(sorted(decision.readers))}) are not the "
+                                f"model's ({', '.join(sorted(layers)) or 'none: not a segment'})")
+
+    def call(self, surgery: Surgery) -> bool:
+        analysis = surgery.analysis
+        readers = {layer for d in surgery.width.values() if d.readers for layer in d.readers}
+        if readers:
+            removed = removed_inputs(analysis, surgery.width)
+            surgery.removed_inputs = {layer: (input_width(analysis.model.get_submodule(layer)),
+                                              removed.get(layer, set())) for layer in readers}
+        prune(analysis, {gid: d.indices for gid, d in surgery.width.items()})
+        return any(d.keep < d.of for d in surgery.width.values())
+
+    def ensures(self, surgery: Surgery) -> None:
+        graph = surgery.analysis.capture.dependency_graph
+        for gid, decision in surgery.width.items():
+            if surgery.analysis.group(gid).kind == "heads":
+                continue
+            root = surgery.analysis.model.get_submodule(gid)
+            width = graph.get_pruner_of_module(root).get_out_channels(root)
+            if width != decision.keep:
+                raise TransformError(f"group {gid}: {width} channels after pruning, the plan keeps {decision.keep}")
+
+
+def check_decision(analysis: Analysis, gid: str, decision: WidthDecision) -> None:
+    """A PlanError unless ``decision`` fits the analysed model's group ``gid``."""
+    group = analysis.group(gid)
+    if group.channels != decision.of:
+        raise PlanError(f"group {gid}: the plan was made for {decision.of} channels, the model has {group.channels}")
+    if len(decision.indices) != decision.keep:
+        raise PlanError(f"group {gid}: keep is {decision.keep} but {len(decision.indices)} indices are listed")
+    validate_keep(group, decision.indices)
+    if decision.readers and any(not set(reads) <= set(decision.indices) for reads in decision.readers.values()):
+        raise PlanError(f"group {gid}: a reader reads channels outside the group's kept indices")
+
+
+def removed_inputs(analysis: Analysis, width: Mapping[str, WidthDecision]) -> dict[str, set[int]]:
+    """Per layer, the input indices constrained pruning to ``width`` removes (as ``prune`` will)."""
+    graph = analysis.capture.dependency_graph
+    removed: dict[str, set[int]] = {}
+    for gid, decision in width.items():
+        group = analysis.group(gid)
+        gone = sorted(set(range(group.channels)) - set(decision.indices))
+        if not gone or group.kind == "heads":
+            continue
+        root = analysis.model.get_submodule(gid)
+        with tolerant_index_mapping(graph.hwprune_unmapped):
+            dependency_group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, gone)
+        for item in dependency_group.items:
+            module = item.dep.target.module
+            if isinstance(module, nn.Module) and not graph.is_out_channel_pruning_fn(item.dep.handler):
+                removed.setdefault(analysis.capture.module_name(module), set()).update(int(i) for i in item.idxs)
+    return removed
+
+
+def input_width(module: nn.Module) -> int:
+    return module.in_features if isinstance(module, nn.Linear) else module.in_channels
 
 
 def prune(analysis: Analysis, keep: Mapping[str, Sequence[int]]) -> nn.Module:

@@ -29,6 +29,12 @@ import itertools
 from collections.abc import Collection, Sequence
 
 import numpy as np
+import torch
+
+from hwprune.calibration import first_output
+from hwprune.plan import WidthDecision
+from hwprune.transform.passes import Pass, Surgery, TransformError
+from hwprune.transform.permute import permutable, permute_group
 
 _MAX_EXACT_ATOMS = 8
 _MAX_TWO_OPT_PASSES = 20  # random 1000-channel, 25-reader segments converge in under 5
@@ -163,3 +169,44 @@ def _two_opt(distance: np.ndarray, tour: np.ndarray) -> np.ndarray:
 
 def _tour_length(distance: np.ndarray, tour: np.ndarray) -> int:
     return int(distance[tour, np.roll(tour, -1)].sum())
+
+
+class ReorderSegments(Pass):
+    """Permute each unconstrained segment's channels (an exact symmetry of the network): the readers'
+    union first, in the order ``channel_order`` finds. Renumbers the plan's width decisions to match."""
+
+    name = "reorder-segments"
+
+    def requires(self, surgery: Surgery) -> None:
+        x = surgery.analysis.capture.example_input
+        with torch.no_grad():
+            self._before = first_output(surgery.analysis.model(x)).clone()
+
+    def call(self, surgery: Surgery) -> bool:
+        changed = False
+        for gid, decision in surgery.width.items():
+            if decision.readers is not None and permutable(surgery.analysis, gid) is None:
+                surgery.width[gid] = _reorder(surgery, gid, decision)
+                changed = True
+        return changed
+
+    def ensures(self, surgery: Surgery) -> None:
+        with torch.no_grad():
+            after = first_output(surgery.analysis.model(surgery.analysis.capture.example_input))
+        scale = max(1.0, float(self._before.abs().max()))
+        if not torch.allclose(after, self._before, rtol=1e-3, atol=1e-4 * scale):
+            raise TransformError(f"reordering changed the model's output (max abs diff "
+                                 f"{float((after - self._before).abs().max()):.3g})")
+
+
+def _reorder(surgery: Surgery, gid: str, decision: WidthDecision) -> WidthDecision:
+    """Permute the segment's channels: the union first, in the order that minimises reader runs."""
+    union = decision.indices
+    position = {channel: p for p, channel in enumerate(union)}
+    order = channel_order(len(union), [[position[c] for c in reads] for reads in decision.readers.values()])
+    unused = [c for c in range(decision.of) if c not in position]
+    permutation = [union[p] for p in order] + unused
+    permute_group(surgery.analysis, gid, permutation)
+    new_index = {old: new for new, old in enumerate(permutation)}
+    return WidthDecision(decision.keep, decision.of, list(range(len(union))),
+                         {layer: sorted(new_index[c] for c in reads) for layer, reads in decision.readers.items()})

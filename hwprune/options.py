@@ -1,0 +1,72 @@
+"""What a user asks of ``hwprune compile``: the budget and the knobs, checked when they are made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hwprune.errors import HwpruneError
+from hwprune.export.verify import DEFAULT_ATOL, DEFAULT_RTOL
+from hwprune.search.decide import STRATEGIES
+from hwprune.targets import Target
+
+
+@dataclass(frozen=True)
+class Budget:
+    """``latency``: fraction of the baseline; ``speedup``: baseline / pruned; ``ms``: absolute."""
+
+    kind: str
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.kind == "latency" and not 0 < self.value < 1:
+            raise HwpruneError(f"--latency {self.value}: must be a fraction of the baseline in (0, 1)")
+        if self.kind == "speedup" and not self.value > 1:
+            raise HwpruneError(f"--speedup {self.value}: must be above 1")
+        if self.kind == "ms" and not self.value > 0:
+            raise HwpruneError(f"--budget-ms {self.value}: must be positive")
+        if self.kind not in ("latency", "speedup", "ms"):
+            raise HwpruneError(f"unknown budget kind {self.kind!r}")
+
+    def fraction(self, baseline_ms: float) -> float:
+        """The latency fraction of a baseline measured at ``baseline_ms`` that meets this budget."""
+        if self.kind == "latency":
+            return self.value
+        if self.kind == "speedup":
+            return 1.0 / self.value
+        if self.value >= baseline_ms:
+            raise HwpruneError(f"--budget-ms {self.value}: the unpruned model already takes {baseline_ms:.3g} ms "
+                               "(measured here, or predicted where this host cannot run the target); nothing to prune")
+        return self.value / baseline_ms
+
+
+@dataclass
+class Options:
+    target: Target
+    budget: Budget
+    importance: str = "activation"
+    calib_data: str | None = None
+    min_keep: float = 0.1
+    lut: Path | None = None
+    refine: int = 2  # measured re-search rounds after the first (search.refine)
+    exclude: tuple[str, ...] = ()
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
+    dynamic_batch: bool = False
+    # Re-estimate BatchNorm statistics of the pruned model on the calibration inputs: "auto" does
+    # it when real calibration data is given (recalibrating on random noise would be worse).
+    recalibrate_bn: str = "auto"
+    # How the budget is shared among groups: "auto" tries every strategy in every search round and
+    # keeps the most faithful on the calibration inputs (search.choose); or one of STRATEGIES.
+    allocation: str = "auto"
+    # Unconstrained (UPSCALE) pruning: every dense reader of a segment keeps its own channels, the
+    # producers their union; exported reordered, with the copies this needs priced by profiling.
+    unconstrained: bool = False
+
+    def __post_init__(self) -> None:
+        if self.allocation not in ("auto", *STRATEGIES):
+            raise HwpruneError(f"--allocation {self.allocation}: use auto or one of {', '.join(STRATEGIES)}")
+        if self.unconstrained and self.target.runtime != "onnxruntime":
+            raise HwpruneError(f"--unconstrained needs a target this host can measure (onnxruntime), not "
+                               f"{self.target.name} ({self.target.runtime}): the copy ops it adds are priced by "
+                               "profiling them, and the analytic model has no copy costs")

@@ -1,0 +1,71 @@
+"""``hwprune apply``: rebuild the model a plan was made for, check it is that model, apply the plan
+and verify the export exactly as compile does.
+
+A plan records its model spec, weights source, seed, input shape and a digest of the unpruned
+state dict; a model whose weights differ would be pruned by the same indices into something else,
+so that is an error naming both digests, never a silent different result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hwprune.calibration import load_calibration
+from hwprune.errors import PlanError
+from hwprune.export.onnx_export import export_onnx, slim_available
+from hwprune.export.verify import Verification, verified
+from hwprune.graph.analyze import analyze
+from hwprune.io import staged
+from hwprune.models import LoadedModel, state_digest
+from hwprune.plan import Plan
+from hwprune.transform.apply import realise
+
+ARTEFACTS = ("pruned.onnx", "pruned.pt")
+
+
+@dataclass
+class Applied:
+    model: nn.Module
+    params_before: int
+    verification: Verification
+
+
+def check_model(plan: Plan, loaded: LoadedModel, plan_name: str) -> None:
+    """A PlanError unless ``loaded`` has the input shape and the weights the plan was made for."""
+    made_for = plan.provenance
+    shape = list(loaded.example_input.shape)
+    if shape != made_for.input_shape:
+        raise PlanError(f"{plan_name}: made for input {made_for.input_shape}, the model's input is {shape} "
+                        "(use --input-shape)")
+    if made_for.state_sha256 is None:
+        return
+    digest = state_digest(loaded.module)
+    if digest != made_for.state_sha256:
+        raise PlanError(f"{plan_name}: made for {made_for.model} with weights sha256 {made_for.state_sha256[:16]} "
+                        f"({made_for.weights}); {loaded.name} ({loaded.weights}) has {digest[:16]}: pass the model, "
+                        "--weights or --seed the plan was made with")
+
+
+def apply_plan_file(plan: Plan, plan_name: str, loaded: LoadedModel, calib_data: str | None, out: Path,
+                    atol: float, rtol: float, dynamic_batch: bool = False) -> Applied:
+    """Check, apply, export and verify; writes ``pruned.onnx`` and ``pruned.pt`` to ``out`` atomically."""
+    check_model(plan, loaded, plan_name)
+    x = loaded.example_input
+    batches: list[torch.Tensor] = []
+    if plan.bn_recalibration:
+        if not calib_data:
+            raise PlanError(f"{plan_name}: the compile re-estimated BatchNorm statistics on calibration data; pass "
+                            "the same --calib-data to reproduce its model")
+        batches = load_calibration(calib_data, x).batches
+    analysis = analyze(loaded.module, x, loaded.name, exclude=plan.provenance.exclude, strict=False)
+    before = sum(p.numel() for p in analysis.model.parameters())
+    model = realise(plan, analysis, batches)
+    with staged(out, ARTEFACTS) as stage:
+        export_onnx(model, x, stage / "pruned.onnx", dynamic_batch, slim_available())
+        verification = verified(model, stage / "pruned.onnx", x, dynamic_batch, atol, rtol)
+        torch.save(model.state_dict(), stage / "pruned.pt")
+    return Applied(model, before, verification)
