@@ -23,7 +23,7 @@ from hwprune.latency.profiler import runtime_settings
 from hwprune.models import LoadedModel
 from hwprune.plan import WidthDecision
 from hwprune.search.decide import WidthSearch
-from hwprune.search.refine import TOLERANCE, Round
+from hwprune.search.refine import TOLERANCE, Round, meets
 
 PLOTS = ("layer_latency.png", "channels_kept.png", "predicted_vs_measured.png")
 
@@ -221,8 +221,7 @@ def build_report(loaded: LoadedModel, analysis: Analysis, options, predictor: Ta
         "input_shape": list(x.shape),
         "target": target.name,
         "budget": {"kind": options.budget.kind, "value": options.budget.value, "latency_fraction": fraction,
-                   "tolerance": TOLERANCE, "met": chosen.fraction is not None
-                   and abs(chosen.fraction - fraction) <= TOLERANCE * fraction},
+                   "tolerance": TOLERANCE, "met": meets(chosen.fraction, fraction)},
         "baseline": {"latency_ms": latency(0, "baseline"), "predicted_ms": baseline_predicted,
                      "flops": analysis.capture.flops, "params": analysis.capture.params},
         "pruned": {"latency_ms": latency(1, "pruned"), "predicted_ms": plan.predicted_ms,

@@ -49,7 +49,7 @@ def test_compile_writes_a_verified_measured_report(compiled):
     assert {k: budget[k] for k in ("kind", "value", "latency_fraction", "tolerance")} == {
         "kind": "latency", "value": 0.6, "latency_fraction": 0.6, "tolerance": 0.05}
     chosen = attempts[report["search"]["chosen"]]["measured_fraction"]
-    assert budget["met"] == (abs(chosen - 0.6) <= 0.03)
+    assert budget["met"] == (abs(chosen - 0.6) <= 0.03 + 1e-9)
     assert report["bn_recalibration"] is False  # random calibration inputs: statistics stay as trained
     candidates = report["search"]["candidates"]
     assert {c["strategy"] for c in candidates} == {"sensitivity", "structure", "uniform"}

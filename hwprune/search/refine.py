@@ -32,7 +32,7 @@ class Round(Generic[D, R]):
 
 
 def meets(fraction: float | None, requested: float, tolerance: float = TOLERANCE) -> bool:
-    return fraction is not None and abs(fraction - requested) <= tolerance * requested
+    return fraction is not None and abs(fraction - requested) <= tolerance * requested * (1 + 1e-9)
 
 
 def refine(search: Callable[[float], D], realise: Callable[[D], tuple[float | None, R]], requested: float,
