@@ -39,10 +39,10 @@ from torch import nn
 from hwprune.calibration import fidelity
 from hwprune.compile import compile_model
 from hwprune.export.onnx_export import export_onnx
-from hwprune.latency.measure import make_session, random_feeds, time_interleaved
-from hwprune.latency.profiler import runtime_settings
 from hwprune.models import LoadedModel, load_model
 from hwprune.options import Budget, Options
+from hwprune.runtime.ort import OnnxRuntime, make_session, random_feeds
+from hwprune.runtime.timing import interleave
 from hwprune.targets import load_target
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -69,7 +69,8 @@ def measured_fraction(model: nn.Module, x: torch.Tensor, baseline_session, threa
     path = export_onnx(model, x, tmp / "measured.onnx")
     session = make_session(str(path), threads, level)
     feeds = random_feeds(baseline_session)
-    return time_interleaved([baseline_session, session], [feeds, feeds], rounds=12).ratios[1]
+    runs = [lambda: baseline_session.run(None, feeds), lambda: session.run(None, feeds)]
+    return interleave(runs, rounds=12).ratios[1]
 
 
 def matched_uniform(model, x, goal: float, round_to, baseline_session, threads, level, tmp) -> dict:
@@ -126,13 +127,13 @@ def run(name: str, budget: float, target, importance: str, console: Console) -> 
         report = compile_model(model, Options(target, Budget("latency", budget), importance=importance), tmp / "out",
                                Console(quiet=True))
         seconds = time.perf_counter() - started
-        achieved = 1.0 / report["speedup"]["measured"]
-        threads, level = runtime_settings(target)
+        achieved = 1.0 / report.speedup.measured
+        threads, level = OnnxRuntime(target).settings
         baseline_session = make_session(str(tmp / "out" / "baseline.onnx"), threads, level)
         batches = held_out_batches(x)
         ours = fidelity(original, OnnxModule(tmp / "out" / "pruned.onnx", threads, level), batches)
-        row = {"model": name, "budget": budget, "requested": 1 / budget, "measured": report["speedup"]["measured"],
-               "predicted": report["speedup"]["predicted"], "seconds": seconds,
+        row = {"model": name, "budget": budget, "requested": 1 / budget, "measured": report.speedup.measured,
+               "predicted": report.speedup.predicted, "seconds": seconds,
                "hwprune": (ours.cosine, ours.top1_agreement)}
         for label, round_to in (("uniform", None), ("uniform_round", target.channel_alignment)):
             match = matched_uniform(original, x, achieved, round_to, baseline_session, threads, level, tmp)

@@ -32,10 +32,9 @@ from torch import nn
 
 from hwprune.compile import compile_model
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm
-from hwprune.latency.measure import make_session
-from hwprune.latency.profiler import runtime_settings
 from hwprune.models import LoadedModel
 from hwprune.options import Budget, Options
+from hwprune.runtime.ort import OnnxRuntime, make_session
 from hwprune.targets import load_target
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -102,7 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     console = Console(width=160)
     target = load_target("cpu")
-    threads, level = runtime_settings(target)
+    threads, level = OnnxRuntime(target).settings
     train_x, train_y, test_x, test_y = load_digits()
     torch.manual_seed(0)
     model = train(digits_cnn(), train_x, train_y, args.epochs, console)
@@ -129,8 +128,8 @@ def main() -> None:
                 report = compile_model(loaded, options, out,
                                        Console(quiet=True))
                 session = make_session(str(out / "pruned.onnx"), threads, level)
-                scores[variant] = (accuracy(onnx_predictor(session), test_x, test_y), report["speedup"]["measured"])
-                strategy = report["search"]["strategy"]
+                scores[variant] = (accuracy(onnx_predictor(session), test_x, test_y), report.speedup.measured)
+                strategy = report.search.strategy
             baseline_session = make_session(str(out / "baseline.onnx"), threads, level)
             ours, speedup = scores["on"]
             uniform = []

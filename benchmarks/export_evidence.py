@@ -24,9 +24,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from hwprune.render import PLOTS
+
 MODELS = {"resnet50": "torchvision:resnet50", "mobilenet_v2": "torchvision:mobilenet_v2",
           "vit": f"{Path(__file__).resolve()}:small_vit"}
-PLOTS = ("layer_latency.png", "channels_kept.png", "predicted_vs_measured.png")
 
 
 def small_vit():

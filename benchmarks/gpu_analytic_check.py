@@ -1,19 +1,34 @@
 """Check the analytic latency model against real TensorRT measurements (RTX 2080 Ti, MobileNetV2-1.0).
 
-    python benchmarks/gpu_analytic_check.py [--data DIR] [--target rtx-2080ti]
+    python benchmarks/gpu_analytic_check.py [--data DIR] [--target rtx-2080ti] [--wider CSV]
 
 Data: /work/shared/data/trt-rtx2080ti-mobilenetv2 (read its README.md): public measurements from
 Kim et al., "Efficient Latency-Aware CNN Depth Compression via Two-Stage Dynamic Programming"
 (ICML 2023), TensorRT 8.4.3 via torch_tensorrt 1.2, fp32, batch 128, 224x224, mean of 1000 runs.
-Only the single-span rows (end == st + 1: one original layer each) are used; merged spans would
-need the merged kernels' shapes.
+The single-span rows (end == st + 1: one original layer each) are checked layer by layer, the
+multi-span rows (merged spans) against the analytic prediction of the one merged conv that was
+timed, its shape rebuilt as their code builds it (``merged_signature``), and, for comparison,
+against the sum of its layers' predictions. benchmarks/make_shipped_table.py writes the
+single-span rows into latency_models/ through the mapping below.
+
+``--wider CSV`` checks how hwprune/latency/shipped.py fills widths a shipped table lacks: the same
+authors' table for MobileNetV2-1.4 (utils/table/mbv2_1.4/time_fish_gpu1_0103.csv in their
+repository, same host name and GPU count in the file name, measured a week later; not in
+../shared/data) gives the same 50 layers at 1.4x width. Each layer's 1.4 time is predicted from its
+1.0 entry (and the 1.0 time from the 1.4 entry: narrower, the pruning direction) by three rules:
+scaling the whole entry by the analytic model's width ratio, adding the analytic model's
+difference, and shipped.py's rule (fixed per-call cost + scaled op part, the cost fitted on the 1.0
+table's even rows as below). The 1.4 table is never fitted on.
 
 Mapping of activation positions to torchvision's ``mobilenet_v2`` (derived here, then checked):
 position p is the output of the p-th activation-separated conv *after the stem*: the stem conv
 (features.0) and the final 1x1 conv (features.18) are not numbered, so row (p, p+1) is the
-(p+1)-th of the 50 convs features.1.conv.0 ... features.17.conv.2 in forward order. The paper
-repository's models/model_op.py (``valid_blks``) is not in the reference index, so the mapping
-is verified against the table itself, not against their code:
+(p+1)-th of the 50 convs features.1.conv.0 ... features.17.conv.2 in forward order. Their code
+confirms it (read at commit c59bc24 of snu-mllab/Efficient-CNN-Depth-Compression): utils/dp.py
+``generate_time_table`` takes row (st, end)'s convs with ``get_conv_lst(model.features[1:-1], ...)``,
+merges them with models/model_op.py ``simulate_list_merge`` and times
+``nn.Sequential(merged_conv, nn.ReLU())`` on the feature map at position st (traced at batch 128).
+The mapping is also verified against the table itself:
 
 1. count: torchvision has 52 convs, minus stem and last = 50 = number of single-span rows, and the
    highest position in the table is 50;
@@ -29,9 +44,10 @@ residual block features.3. Position 0 is therefore the *input of the first numbe
 (features.1's depthwise), which is how the data README's "0 is the input of the first conv" reads.
 
 Residual rows: a single-span row at the end of a residual block (e.g. 7 -> 8, the projection of
-features.3) is assumed to be that conv + BN alone, *without* the skip add: the span's module has a
-single input and the skip source lies outside the span. The alternative (add fused into the conv,
-one more read of the output-sized skip tensor) is reported as a sensitivity line.
+features.3) is assumed to be that conv alone, *without* the skip add: the span's module has a
+single input and the skip source lies outside the span, and their ``generate_time_table`` times a
+conv with bias + ReLU, no BN and no add (merged spans too). The alternative (add fused into the
+conv, one more read of the output-sized skip tensor) is reported as a sensitivity line.
 
 Honesty of the numbers: these rows were timed one engine per layer, and each timing carries a
 fixed cost of the harness (torch_tensorrt call, CUDA events around an otherwise idle GPU) that
@@ -40,17 +56,24 @@ profile's efficiencies are the assumed priors shared by all GPU profiles, not fi
 second variant fits one global efficiency scale too, on the same even rows. Errors are reported
 on the odd rows (held out), on all rows, and on the fitted rows; the script also reports the
 model without the constant and against the op part alone (measured minus the constant), because
-the constant makes per-row MAPE look better than the per-op model is. Nothing is written back
-into the profile.
+the constant makes per-row MAPE look better than the per-op model is. The merged-span rows are
+never fitted on: their errors use the profile as shipped plus the constant fitted on the even
+single rows. Nothing is written back into the profile.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hwprune.latency.signature import OpSignature
+    from hwprune.targets import Target
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "trt-rtx2080ti-mobilenetv2"
 TIMES = "time_fish_gpu1_1228.csv"
@@ -60,14 +83,13 @@ BATCH, RESOLUTION = 128, 224
 @dataclass(frozen=True)
 class Layer:
     name: str
-    sig: object  # OpSignature
+    sig: OpSignature
     block: int  # torchvision features index
     residual: bool  # the block adds its input to its output
     stride: int  # the block's stride
 
 
-def load_rows(data: Path) -> list[dict]:
-    path = data / TIMES
+def load_rows(path: Path) -> list[dict]:
     if not path.is_file():
         sys.exit(f"gpu_analytic_check: {path} not found (use --data DIR)")
     with path.open() as handle:
@@ -75,35 +97,80 @@ def load_rows(data: Path) -> list[dict]:
                 for r in csv.DictReader(handle)]
 
 
-def mobilenet_layers() -> list[Layer]:
-    """All 52 convs of torchvision's mobilenet_v2 at batch 128, in forward order.
+def mobilenet_layers(width_mult: float = 1.0) -> list[Layer]:
+    """All 52 convs of torchvision's mobilenet_v2 (at ``width_mult``) at batch 128, in forward order.
 
-    Shapes come from forward hooks on a meta-device run (exact shapes, no compute).
+    Signatures come from hwprune's own ``layer_signatures`` (so they are the keys the predictor looks
+    up) on a meta-device run: exact shapes, no compute.
     """
     import torch
     from torchvision.models import mobilenet_v2
 
-    from hwprune.latency.signature import OpSignature
+    from hwprune.latency.layers import layer_signatures
 
-    model = mobilenet_v2(weights=None).eval().to("meta")
-    seen: list[tuple[str, torch.nn.Conv2d, tuple[int, ...]]] = []
-    hooks = [module.register_forward_hook(lambda m, args, out, name=name: seen.append((name, m, tuple(args[0].shape))))
-             for name, module in model.named_modules() if isinstance(module, torch.nn.Conv2d)]
-    with torch.no_grad():
-        model(torch.empty(BATCH, 3, RESOLUTION, RESOLUTION, device="meta"))
-    for hook in hooks:
-        hook.remove()
+    model = mobilenet_v2(weights=None, width_mult=width_mult).eval().to("meta")
+    signatures = layer_signatures(model, torch.empty(BATCH, 3, RESOLUTION, RESOLUTION, device="meta"))
     layers = []
-    for name, conv, shape in seen:
-        sig = OpSignature(op="conv2d", batch=shape[0], c_in=shape[1], c_out=conv.out_channels, h=shape[2],
-                          w=shape[3], kernel=conv.kernel_size[0], stride=conv.stride[0], padding=conv.padding[0],
-                          dilation=conv.dilation[0], groups=conv.groups, dtype="fp32")
-        block = int(name.split(".")[1])
-        residual = bool(getattr(model.features[block], "use_res_connect", False))
-        stride = max(c.stride[0] for c in model.features[block].modules() if isinstance(c, torch.nn.Conv2d))
-        layers.append(Layer(name, sig, block, residual, stride))
+    for name, sig in signatures.items():
+        if sig.op != "conv2d":  # the classifier
+            continue
+        index = int(name.split(".")[1])
+        block = model.features[index]
+        residual = bool(getattr(block, "use_res_connect", False))
+        stride = max(c.stride[0] for c in block.modules() if isinstance(c, torch.nn.Conv2d))
+        layers.append(Layer(name, sig, index, residual, stride))
     assert len(layers) == 52 and layers[0].name == "features.0.0" and layers[-1].name == "features.18.0"
     return layers
+
+
+def mapped_layers(rows: list[dict], width_mult: float = 1.0) -> tuple[list[Layer], list[str]]:
+    """The numbered convs (row (p, p + 1) is layer p) once checks 1-3 pass, and the lines that say so;
+    stops the script when they fail."""
+    every_conv = mobilenet_layers(width_mult)
+    layers = every_conv[1:-1]  # the numbering: stem and last 1x1 conv carry no span
+    failure, notes = verify_mapping(rows, layers)
+    if failure:
+        sys.exit(f"gpu_analytic_check: mapping {failure}")
+    alternative, _ = verify_mapping(rows, every_conv[:-2])  # stem numbered 0 -> 1 instead
+    notes.append(f"the alternative numbering (stem as 0 -> 1) fails {alternative}" if alternative
+                 else "WARNING: the alternative numbering (stem as 0 -> 1) passes too")
+    return layers, notes
+
+
+def single_rows(rows: list[dict]) -> list[dict]:
+    """The single-span rows (one original layer each), by position."""
+    return sorted((r for r in rows if r["end"] == r["st"] + 1), key=lambda r: r["st"])
+
+
+def harness_ms(rows: list[dict], layers: list[Layer], target: Target) -> float:
+    """The harness's fixed cost per timed call: the constant offset fitted (profile as shipped) on the
+    single-span rows at even positions."""
+    from hwprune.latency.analytic import fit_efficiency
+
+    train = [(layers[r["st"]].sig, r["ms"]) for r in single_rows(rows) if r["st"] % 2 == 0]
+    return fit_efficiency(train, target, scales=[1.0])[1]
+
+
+def residual_ends(layers: list[Layer]) -> set[int]:
+    """Positions where a residual block ends (its projection conv's row ends there)."""
+    return {last for _, _, last, residual, _ in blocks_of(layers) if residual}
+
+
+def merged_signature(convs: list[OpSignature]) -> OpSignature:
+    """The one conv that a span's convs merge into, as their ``simulate_list_merge`` builds it: the first
+    conv's input (and input map), the last one's outputs, the kernel growing by k - 1 per conv, strides
+    multiplied, paddings added, depthwise only when every conv is."""
+    first = convs[0]
+    kernel, stride, padding = first.kernel, first.stride, first.padding
+    for sig in convs[1:]:
+        kernel = (kernel // 2 + sig.kernel // 2) * 2 + 1
+        stride *= sig.stride
+        padding += sig.padding
+    depthwise = all(sig.groups == sig.c_in for sig in convs)
+    merged = replace(first, c_out=convs[-1].c_out, kernel=kernel, stride=stride, padding=padding,
+                     groups=first.c_in if depthwise else 1)
+    assert merged.out_hw == convs[-1].out_hw, f"merged conv {merged} does not produce the span's output map"
+    return merged
 
 
 def blocks_of(numbered: list[Layer]) -> list[tuple[int, int, int, bool, int]]:
@@ -154,10 +221,74 @@ def mape(pairs: list[tuple[float, float]]) -> float:
     return 100 * sum(abs(p - m) / m for p, m in pairs) / len(pairs)
 
 
+def error_summary(pairs: list[tuple[float, float]]) -> str:
+    """MAPE, median absolute and worst signed percentage error of (predicted, measured) pairs."""
+    errors = [100 * (p - m) / m for p, m in pairs]
+    return (f"n={len(pairs)}: MAPE {mape(pairs):.1f}%, median |error| {statistics.median(map(abs, errors)):.1f}%, "
+            f"worst {max(errors, key=abs):+.1f}%")
+
+
+def merged_spans_report(rows: list[dict], layers: list[Layer], target: Target, harness: float) -> None:
+    """Errors of the prior (profile as shipped + fitted harness constant) on the multi-span rows."""
+    from hwprune.latency.analytic import predict_ms
+
+    results = []  # (row, merged conv, predicted as one conv, predicted as the sum of its layers)
+    for r in rows:
+        if r["end"] > r["st"] + 1:
+            convs = [layer.sig for layer in layers[r["st"]:r["end"]]]
+            merged = merged_signature(convs)
+            results.append((r, merged, predict_ms(merged, target) + harness,
+                            sum(predict_ms(sig, target) for sig in convs) + harness))
+    print()
+    print(f"Merged spans ({len(results)} multi-span rows, none fitted on; prior + harness {harness:.3f} ms):")
+    print("  as the merged conv that was timed:   " + error_summary([(one, r["ms"]) for r, _, one, _ in results]))
+    print("  as the sum of its layers' prediction: " + error_summary([(add, r["ms"]) for r, _, _, add in results]))
+    for low, high, label in ((1, 3, "<= 3"), (5, 7, "5-7"), (9, sys.maxsize, ">= 9")):
+        subset = [(one, r["ms"]) for r, sig, one, _ in results if low <= sig.kernel <= high]
+        if subset:
+            print(f"  merged conv, kernel {label:<18}" + error_summary(subset))
+    peak = target.peak_tflops["fp32"] * 1e12
+    rates = [sig.flops() / ((r["ms"] - harness) * 1e-3) / peak for r, sig, _, _ in results]
+    print(f"  {sum(rate > 1 for rate in rates)} of {len(rates)} merged convs ran faster than their direct-conv FLOPs "
+          f"allow at the fp32 peak (up to {max(rates):.1f}x, measured minus the harness constant): TensorRT picks "
+          "FLOP-saving algorithms (Winograd-/FFT-type) there, which a roofline over direct-conv FLOPs cannot model")
+    print("  worst five (merged conv):")
+    for r, sig, one, _ in sorted(results, key=lambda t: -abs(t[2] - t[0]["ms"]) / t[0]["ms"])[:5]:
+        print(f"    {r['st']:>2} -> {r['end']:<2} {sig.c_in}>{sig.c_out} k{sig.kernel} s{sig.stride} g{sig.groups} "
+              f"@{sig.h}: measured {r['ms']:.3f} ms, predicted {one:.3f} ms ({100 * (one - r['ms']) / r['ms']:+.0f}%)")
+
+
+def widths_report(rows: list[dict], layers: list[Layer], wider_csv: Path, target: Target, harness: float) -> None:
+    """Each rule's error when one width's entries predict the other width's layers (module docstring)."""
+    from hwprune.latency.analytic import predict_ms
+    from hwprune.latency.shipped import anchored_ms
+
+    wider_rows = load_rows(wider_csv)
+    wider, _ = mapped_layers(wider_rows, width_mult=1.4)
+    times = {1.0: {r["st"]: r["ms"] for r in single_rows(rows)},
+             1.4: {r["st"]: r["ms"] for r in single_rows(wider_rows)}}
+    analytic = {1.0: [predict_ms(layer.sig, target) for layer in layers],
+                1.4: [predict_ms(layer.sig, target) for layer in wider]}
+    rules = {"whole entry x analytic width ratio": lambda to, frm, ms: anchored_ms(to, ms / frm, 0.0),
+             "entry + analytic difference": lambda to, frm, ms: ms + to - frm,
+             "shipped.py: per-call cost + op part scaled": lambda to, frm, ms: anchored_ms(to, (ms - harness) / frm,
+                                                                                            harness)}
+    print()
+    print(f"Filling other widths: MobileNetV2-1.0 <-> 1.4 single layers ({wider_csv.name}), per-call cost "
+          f"{harness:.3f} ms; the 1.4 table is never fitted on")
+    for label, rule in rules.items():
+        for source, goal in ((1.0, 1.4), (1.4, 1.0)):
+            pairs = [(rule(analytic[goal][p], analytic[source][p], ms), times[goal][p])
+                     for p, ms in times[source].items()]
+            total = 100 * (sum(p for p, _ in pairs) - sum(m for _, m in pairs)) / sum(m for _, m in pairs)
+            print(f"  {label:<44} {source} -> {goal}: {error_summary(pairs)}, sum {total:+.1f}%")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="directory with time_fish_gpu1_1228.csv")
     parser.add_argument("--target", default="rtx-2080ti", help="device profile to check (default rtx-2080ti)")
+    parser.add_argument("--wider", type=Path, help="MobileNetV2-1.4's time_fish_gpu1_0103.csv (see the docstring)")
     args = parser.parse_args(argv)
 
     from hwprune.latency.analytic import fit_efficiency, op_kind, predict_ms, scaled
@@ -165,21 +296,13 @@ def main(argv: list[str] | None = None) -> int:
 
     target = load_target(args.target)
     data = args.data.resolve()
-    rows = load_rows(data)
-    every_conv = mobilenet_layers()
-    layers = every_conv[1:-1]  # the numbering this script uses: stem and last 1x1 conv carry no span
-    failure, notes = verify_mapping(rows, layers)
-    if failure:
-        sys.exit(f"gpu_analytic_check: mapping {failure}")
-    alternative, _ = verify_mapping(rows, every_conv[:-2])  # stem numbered 0 -> 1 instead
-    notes.append(f"the alternative numbering (stem as 0 -> 1) fails {alternative}" if alternative
-                 else "WARNING: the alternative numbering (stem as 0 -> 1) passes too")
-    residual_ends = {last for _, _, last, residual, _ in blocks_of(layers) if residual}
+    rows = load_rows(data / TIMES)
+    layers, notes = mapped_layers(rows)
+    ends = residual_ends(layers)
 
-    singles = sorted((r for r in rows if r["end"] == r["st"] + 1), key=lambda r: r["st"])
-    samples = [(layers[r["st"]], r) for r in singles]
+    samples = [(layers[r["st"]], r) for r in single_rows(rows)]
     train = [(layer.sig, r["ms"]) for layer, r in samples if r["st"] % 2 == 0]
-    _, harness = fit_efficiency(train, target, scales=[1.0])
+    harness = harness_ms(rows, layers, target)
     scale, harness_fit = fit_efficiency(train, target)
     fitted_target = scaled(target, scale)
 
@@ -202,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         raw = predict_ms(sig, target)
         entry = {"st": r["st"], "raw": raw, "prior": raw + harness, "ms": r["ms"], "sig": sig,
                  "fit": predict_ms(sig, fitted_target) + harness_fit, "train": r["st"] % 2 == 0,
-                 "residual_end": r["end"] in residual_ends}
+                 "residual_end": r["end"] in ends}
         table.append(entry)
         shape = f"{sig.c_in}>{sig.c_out} k{sig.kernel} s{sig.stride} @{sig.h}"
         print(f"{r['st']:>3} {r['end']:>3}  {layer.name:<21} {op_kind(sig):<9} {shape:<20} {r['ms']:>8.3f} "
@@ -245,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Sensitivity: residual rows costed with the skip add fused in: prior MAPE all rows "
           f"{mape([(with_add(t), t['ms']) for t in table]):.1f}% (assumed without: "
           f"{mape([(t['prior'], t['ms']) for t in table]):.1f}%)")
+    print("Single-span rows, prior: all " + error_summary([(t["prior"], t["ms"]) for t in table]) + "; held out "
+          + error_summary([(t["prior"], t["ms"]) for t in table if not t["train"]]))
+    merged_spans_report(rows, layers, target, harness)
 
     whole = [r for r in rows if r["st"] == 0 and r["end"] == len(layers)]
     if whole:
@@ -253,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Whole-span row 0..{len(layers)}: not in the table (rows from 0 end at most at "
               f"{max(r['end'] for r in rows if r['st'] == 0)}); the network is compared as the sum of the "
               "single-layer rows, which counts the harness constant once per layer.")
+    if args.wider:
+        widths_report(rows, layers, args.wider.resolve(), target, harness)
     return 0
 
 

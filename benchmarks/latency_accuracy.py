@@ -29,9 +29,10 @@ from rich.table import Table
 
 from hwprune.graph.analyze import analyze
 from hwprune.latency.layers import model_layers
-from hwprune.latency.model_latency import measure_model, open_table, predictor_for, profile_model
+from hwprune.latency.model_latency import open_table, predictor_for
 from hwprune.latency.space import channel_choices
 from hwprune.models import load_model
+from hwprune.profiling import measure_model, profile_model
 from hwprune.targets import load_target
 from hwprune.transform.prune import leading_channels, prune
 

@@ -49,9 +49,9 @@ from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.segments import segments
 from hwprune.importance.readers import reader_scores
 from hwprune.importance.scores import score_groups, select
-from hwprune.latency.measure import make_session, random_feeds, time_interleaved
-from hwprune.latency.profiler import runtime_settings
 from hwprune.models import load_model
+from hwprune.runtime.ort import OnnxRuntime, make_session, random_feeds
+from hwprune.runtime.timing import interleave
 from hwprune.search.readers import reader_masks
 from hwprune.search.width import allowed_counts
 from hwprune.targets import load_target
@@ -139,7 +139,7 @@ def run(name: str, fraction: float, threads: int, level: str, console: Console) 
         sessions = [make_session(str(paths[label]), threads, level)
                     for label in ("baseline", "constrained", "naive", "reordered")]
         feeds = random_feeds(sessions[0])
-        comparison = time_interleaved(sessions, [feeds] * 4, rounds=20)
+        comparison = interleave([lambda s=s: s.run(None, feeds) for s in sessions], rounds=20)
         row["baseline_ms"] = comparison.timings[0].median_ms
         for i, label in enumerate(("constrained", "naive", "reordered"), start=1):
             row[f"{label}_fraction"] = comparison.ratios[i]
@@ -205,7 +205,7 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args()
     console = Console(width=220)
-    threads, level = runtime_settings(load_target("cpu"))
+    threads, level = OnnxRuntime(load_target("cpu")).settings
     torch.manual_seed(0)
     rows = [run(name, args.fraction, threads, level, console) for name in args.models.split(",")]
     show(console, rows)

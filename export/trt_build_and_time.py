@@ -1,7 +1,7 @@
 """On-device kit: build a TensorRT engine from an hwprune ONNX file and time it, without torch.
 
 A Jetson has TensorRT and cuda-python but rarely a full Python ML stack, so this script uses
-only hwprune's torch-free engine code (``hwprune/export/tensorrt.py``, the same code
+only hwprune's torch-free runtime layer (``hwprune/runtime/trt.py``, the same code
 ``hwprune compile`` runs where a GPU is present) and the device profiles. Run it from a
 checkout (or with ``pip install --no-deps hwprune``):
 
@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hwprune.errors import HwpruneError  # noqa: E402
-from hwprune.export.tensorrt import build_engine, engine_config, time_engine  # noqa: E402
+from hwprune.runtime.trt import build_engine, engine_config, time_engine  # noqa: E402
 from hwprune.targets import load_target  # noqa: E402
 
 

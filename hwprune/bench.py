@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hwprune.environment import fingerprint
 from hwprune.errors import HwpruneError
 from hwprune.io import read_json_document, write_text_atomic
-from hwprune.latency.measure import Timing, random_feeds, time_interleaved, time_session
-from hwprune.latency.profiler import require_local_runtime, target_session
+from hwprune.runtime import Runner, Runtime, runtime_for
+from hwprune.runtime.timing import Timing
 from hwprune.targets import Target
 
 FORMAT = "hwprune-bench/1"
@@ -32,11 +31,18 @@ class BenchInputError(HwpruneError):
     """A model or record that cannot be benchmarked or compared."""
 
 
-def _session(path: Path, target: Target):
+def _runtime(target: Target) -> Runtime:
+    """The target's own runtime, or exit 2 saying why it cannot run here: never another in its place."""
+    runtime = runtime_for(target)
+    runtime.require("bench times a model on its target's runtime only")
+    return runtime
+
+
+def _load(runtime: Runtime, path: Path) -> Runner:
     if not path.is_file():
         raise BenchInputError(f"{path}: file not found")
     try:
-        return target_session(path, target)
+        return runtime.load(path)
     except HwpruneError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
@@ -59,11 +65,14 @@ def _timing_json(timing: Timing) -> dict:
 
 def record(path: Path, target: Target, seconds: float = 2.0) -> dict:
     """Time one ONNX file on this host with the target's settings: a self-describing record."""
-    require_local_runtime(target)
-    session = _session(path, target)
-    timing = time_session(session, random_feeds(session), warmup=10, min_runs=30, min_seconds=seconds)
+    runtime = _runtime(target)
+    runner = _load(runtime, path)
+    try:
+        timing = runtime.time(runner, warmup=10, min_runs=30, min_seconds=seconds)
+    finally:
+        runner.close()
     return {"format": FORMAT, "model": str(path), "model_sha256": file_hash(path),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "fingerprint": fingerprint(target),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "fingerprint": runtime.fingerprint(),
             **_timing_json(timing)}
 
 
@@ -109,11 +118,14 @@ def compare_to_record(current: dict, baseline: dict, tolerance: float, allow_mis
 
 def compare_models(candidate: Path, baseline: Path, target: Target, tolerance: float, rounds: int = 40) -> Verdict:
     """Both models timed in one interleaved run; the ratio is the median of per-round ratios."""
-    require_local_runtime(target)
-    sessions = [_session(baseline, target), _session(candidate, target)]
-    feeds = [random_feeds(s) for s in sessions]
-    if [i.shape for i in sessions[0].get_inputs()] != [i.shape for i in sessions[1].get_inputs()]:
-        raise BenchInputError(f"{candidate} and {baseline} take different inputs; they are not the same job")
-    result = time_interleaved(sessions, feeds, rounds=rounds)
+    runtime = _runtime(target)
+    runners = [_load(runtime, baseline), _load(runtime, candidate)]
+    try:
+        if runners[0].input_shapes != runners[1].input_shapes:
+            raise BenchInputError(f"{candidate} and {baseline} take different inputs; they are not the same job")
+        result = runtime.interleaved(runners, rounds=rounds)
+    finally:
+        for runner in runners:
+            runner.close()
     return Verdict(result.ratios[1], tolerance, result.timings[0].median_ms, result.timings[1].median_ms,
                    f"interleaved, {rounds} rounds")

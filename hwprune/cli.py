@@ -204,7 +204,8 @@ def _run_profile(args: argparse.Namespace) -> int:
 
     from rich.progress import Progress
 
-    from hwprune.latency.model_latency import open_table, profile_model
+    from hwprune.latency.model_latency import open_table
+    from hwprune.profiling import profile_model
     from hwprune.targets import load_target
 
     target = load_target(args.target)
@@ -222,32 +223,34 @@ def _run_profile(args: argparse.Namespace) -> int:
 def _run_latency(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hwprune.latency.model_latency import open_table, predict_analytic, predictor_for
-    from hwprune.latency.profiler import require_local_runtime
+    from hwprune.latency.model_latency import offline_predictor, open_table, predictor_for
+    from hwprune.runtime import runtime_for
     from hwprune.targets import load_target
 
     target = load_target(args.target)
-    if args.measure:
-        require_local_runtime(target)  # says why this host cannot measure the target, before any work
+    runtime = runtime_for(target)
+    if args.measure:  # says why this host cannot measure the target, before any work
+        runtime.require("measure on the device, or drop --measure for the prediction")
     analysis = _load_and_analyze(args)
-    runs_here = target.runtime == "onnxruntime" or _tensorrt_runs_here()
-    if runs_here:
+    if runtime.unavailable_reason() is None:
         table, _path = open_table(target, Path(args.lut) if args.lut else None)
-        prediction = predictor_for(analysis, table, target).predict({})
+        predictor = predictor_for(analysis, table, target)
     else:
-        prediction = predict_analytic(analysis, target)
+        predictor = offline_predictor(analysis, target)
+    prediction = predictor.predict({})
     measured = None
     if args.measure:
-        from hwprune.latency.model_latency import measure_model
+        from hwprune.profiling import measure_model
 
         measured = measure_model(analysis.model, analysis.capture.example_input, target).median_ms
     result = {"model": analysis.name, "target": target.name, "predicted_ms": prediction.total_ms,
-              "source": prediction.source, "measured_ms": measured,
+              "source": prediction.source, "latency_model": predictor.provenance(), "measured_ms": measured,
               "layers": [{"name": n, "predicted_ms": ms} for n, ms in prediction.layers_ms.items()]}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{analysis.name} on {target.name}: predicted {prediction.total_ms:.3f} ms ({prediction.source})")
+    print(f"{analysis.name} on {target.name}: predicted {prediction.total_ms:.3f} ms ({prediction.source}; "
+          f"{_latency_model_name(predictor.provenance())})")
     if measured is not None:
         error = 100 * (prediction.total_ms - measured) / measured
         print(f"measured {measured:.3f} ms ({target.runtime}, this host); prediction error {error:+.1f}%")
@@ -284,28 +287,27 @@ def _run_compile(args: argparse.Namespace) -> int:
                       unconstrained=args.unconstrained)
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     loaded = load_model(args.model, shape, args.weights, DEFAULT_SEED if args.seed is None else args.seed)
-    report = compile_model(loaded, options, args.out, Console(stderr=True))
+    report = compile_model(loaded, options, args.out, Console(stderr=True, soft_wrap=True))
     print(_compile_summary(report))
     print(f"wrote {args.out}/: report.json, report.md, plan.json, baseline.onnx, pruned.onnx, pruned.pt, plots/"
-          + ("" if report["engine"]["path"] or report["target"] == "cpu" or not report["engine"]["reason"]
-             else ", build_engine.sh"))
+          + (", build_engine.sh" if (Path(args.out) / "build_engine.sh").exists() else ""))
     return 0
 
 
-def _compile_summary(report: dict) -> str:
-    fid, speed = report["fidelity"], report["speedup"]
-    top1 = "n/a" if fid["top1_agreement"] is None else f"{100 * fid['top1_agreement']:.1f}%"
-    if speed["measured"] is not None:
-        before = report["baseline"]["latency_ms"]["median"]
-        after = report["pruned"]["latency_ms"]["median"]
-        timing = (f"{before:.3g} ms -> {after:.3g} ms, measured speedup {speed['measured']:.2f}x "
-                  f"(predicted {speed['predicted']:.2f}x)")
+def _compile_summary(report) -> str:
+    fid, speed = report.fidelity, report.speedup
+    top1 = "n/a" if fid.top1_agreement is None else f"{100 * fid.top1_agreement:.1f}%"
+    if speed.measured is not None:
+        timing = (f"{report.baseline.latency_ms.median:.3g} ms -> {report.pruned.latency_ms.median:.3g} ms, measured "
+                  f"speedup {speed.measured:.2f}x (predicted {speed.predicted:.2f}x"
+                  + ("" if report.budget.met else f"; outside ±{100 * report.budget.tolerance:.0f}% of the request")
+                  + ")")
     else:
-        timing = (f"predicted speedup {speed['predicted']:.2f}x by the {speed['predicted_by']} model, not measured "
-                  f"({report['engine']['reason']})")
-    return (f"{report['model']} on {report['target']}: {timing}; params {report['baseline']['params'] / 1e6:.2f}M -> "
-            f"{report['pruned']['params'] / 1e6:.2f}M; verify max abs err {report['verify']['max_abs_err']:.2g}; "
-            f"fidelity cosine {fid['cosine']:.4f}, top-1 agreement {top1}")
+        timing = (f"predicted speedup {speed.predicted:.2f}x by the {speed.predicted_by} model, not measured "
+                  f"({report.engine.reason})")
+    return (f"{report.model} on {report.target}: {timing}; params {report.baseline.params / 1e6:.2f}M -> "
+            f"{report.pruned.params / 1e6:.2f}M; verify max abs err {report.verify.max_abs_err:.2g}; "
+            f"fidelity cosine {fid.cosine:.4f}, top-1 agreement {top1}")
 
 
 def _run_apply(args: argparse.Namespace) -> int:
@@ -369,10 +371,12 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 1 if verdict is not None and verdict.regressed else 0
 
 
-def _tensorrt_runs_here() -> bool:
-    from hwprune.export.tensorrt import unavailable_reason
-
-    return unavailable_reason() is None
+def _latency_model_name(provenance: dict) -> str:
+    if provenance["source"] == "analytic":
+        return "analytic roofline model"
+    if provenance["source"] == "shipped":
+        return f"shipped table {provenance['table']}"
+    return f"table measured on this host with {provenance['runtime']} {provenance['runtime_version']}"
 
 
 def _run_devices(args: argparse.Namespace) -> int:

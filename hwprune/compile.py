@@ -31,7 +31,6 @@ from torch import nn
 from hwprune.calibration import Calibration, fidelity, load_calibration
 from hwprune.errors import PlanError
 from hwprune.export.onnx_export import export_onnx, slim_available
-from hwprune.export.tensorrt import engines
 from hwprune.export.verify import verified
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.segments import segments
@@ -40,14 +39,17 @@ from hwprune.importance.scores import score_groups
 from hwprune.importance.sensitivity import group_sensitivity
 from hwprune.io import staged, write_text_atomic
 from hwprune.latency.copies import copy_signatures
-from hwprune.latency.measure import Comparison, random_feeds, time_interleaved, time_session
-from hwprune.latency.model_latency import analytic_predictor, open_table, predictor_for, profile_model
+from hwprune.latency.model_latency import offline_predictor, open_table, predictor_for
 from hwprune.latency.predictor import TablePredictor, op_ms
-from hwprune.latency.profiler import profile, target_session
+from hwprune.latency.profiler import profile
 from hwprune.models import LoadedModel, state_digest
 from hwprune.options import Options
 from hwprune.plan import Plan, Provenance
-from hwprune.report import build_report, copy_counts, markdown, write_plots
+from hwprune.profiling import profile_model
+from hwprune.render import markdown, write_plots
+from hwprune.report import Report, build_report, copy_counts
+from hwprune.runtime import Runner, Runtime, runtime_for
+from hwprune.runtime.timing import Comparison
 from hwprune.search.decide import Decision, WidthSearch
 from hwprune.search.refine import Round, pick, refine
 from hwprune.targets import Target
@@ -57,13 +59,15 @@ ARTEFACTS = ("report.json", "report.md", "plan.json", "pruned.pt", "baseline.onn
              "build_engine.sh", "baseline.engine", "pruned.engine", "timing.cache")
 
 
-def compile_model(loaded: LoadedModel, options: Options, out_dir: str | Path, console: Console | None = None) -> dict:
-    """Run the whole pipeline; returns the report (also written to ``out_dir/report.json``)."""
+def compile_model(loaded: LoadedModel, options: Options, out_dir: str | Path, console: Console | None = None
+                  ) -> Report:
+    """Run the whole pipeline; returns the report (also written to ``out_dir/report.json``). Log
+    lines go to ``console`` (default: stderr, never wrapped, so CI logs keep each line whole)."""
     with staged(Path(out_dir), ARTEFACTS) as stage:  # report.json moves last: its presence means finished
-        return _compile(loaded, options, stage, console or Console(stderr=True))
+        return _compile(loaded, options, stage, console or Console(stderr=True, soft_wrap=True))
 
 
-def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Console) -> dict:
+def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Console) -> Report:
     started, step = time.perf_counter(), partial(_step, console)
     target, x = options.target, loaded.example_input
     calibration = load_calibration(options.calib_data, x)  # bad --calib-data fails before any work
@@ -72,10 +76,11 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
         analysis = analyze(loaded.module, x, loaded.name, exclude=options.exclude, strict=False)
     if not analysis.prunable():
         raise PlanError(f"{loaded.name}: no prunable channel group (see hwprune analyze)")
-    predictor, table_path = _latency_model(analysis, target, options.lut, step, console)
+    runtime = runtime_for(target)
+    predictor, table_path = _latency_model(analysis, runtime, options.lut, step, console)
     with step("export baseline"):
         baseline_onnx = export_onnx(analysis.model, x, stage / "baseline.onnx", options.dynamic_batch, slim_available())
-    measurer = Measurer.start(analysis, options, stage, baseline_onnx, calibration)
+    measurer = Measurer.start(analysis, options, runtime, stage, baseline_onnx, calibration)
     baseline_predicted = predictor.predict({}).total_ms
     fraction = options.budget.fraction(measurer.baseline_ms if measurer.measurable else baseline_predicted)
     provenance = Provenance(loaded.name, loaded.weights, loaded.seed, list(x.shape), list(options.exclude), digest,
@@ -97,16 +102,18 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
         if quality.caveat:
             console.print(f"  [yellow]warning:[/yellow] fidelity: {quality.caveat} (random weights?)")
     final = measurer.final(stage / "pruned.onnx", step)
-    engine = engines(target, stage, x, options.dynamic_batch, step)
+    with step("engines"):
+        engine = runtime.engines(stage, ("baseline", "pruned"), tuple(x.shape),
+                                 8 * x.shape[0] if options.dynamic_batch else None)
     chosen.decision.plan.save(stage / "plan.json")
-    report = build_report(loaded, analysis, options, predictor, search, chosen, rounds, final, engine, verification,
-                          quality, calibration.source, time.perf_counter() - started)
-    report["copies"] = copy_counts(stage, chosen.decision.plan.width, lambda: realise(
+    report = build_report(loaded, analysis, options, runtime, predictor, search, chosen, rounds, final, engine,
+                          verification, quality, calibration.source, time.perf_counter() - started)
+    report.copies = copy_counts(stage, chosen.decision.plan.width, lambda: realise(
         chosen.decision.plan, analysis, reorder=False), x, options.dynamic_batch)
     with step("plots and report.md"):
         write_plots(report, stage / "plots")
         write_text_atomic(stage / "report.md", markdown(report))
-    write_text_atomic(stage / "report.json", json.dumps(report, indent=1) + "\n")
+    write_text_atomic(stage / "report.json", json.dumps(report.to_json(), indent=1) + "\n")
     return report
 
 
@@ -119,33 +126,32 @@ class Realised:
 
 @dataclass
 class Measurer:
-    """Realises a round's plan, exports it and, where this host runs the target, times it against
-    the baseline (interleaved): the measurement half of the refinement loop."""
+    """Realises a round's plan, exports it and, where this host runs the target's runtime, times it
+    against the baseline (interleaved): the measurement half of the refinement loop."""
 
     analysis: Analysis
     options: Options
+    runtime: Runtime
     stage: Path
     recalibration: list[torch.Tensor]  # empty: BatchNorm statistics stay as trained
-    session: object | None  # the baseline's; None where this host cannot run the target's runtime
-    feeds: dict
+    baseline: Runner | None  # None where this host cannot run the target's runtime
     baseline_ms: float
     rounds: int = 0
 
     @classmethod
-    def start(cls, analysis: Analysis, options: Options, stage: Path, baseline_onnx: Path,
+    def start(cls, analysis: Analysis, options: Options, runtime: Runtime, stage: Path, baseline_onnx: Path,
               calibration: Calibration) -> Measurer:
         recalibrate = options.recalibrate_bn == "on" or (options.recalibrate_bn == "auto" and not calibration.random)
         batches = calibration.batches if recalibrate else []
-        if options.target.runtime != "onnxruntime":
-            return cls(analysis, options, stage, batches, None, {}, float("nan"))
-        session = target_session(baseline_onnx, options.target)
-        feeds = random_feeds(session)
-        baseline_ms = time_session(session, feeds, 3, 10, 0.5).median_ms
-        return cls(analysis, options, stage, batches, session, feeds, baseline_ms)
+        if runtime.unavailable_reason() is not None:
+            return cls(analysis, options, runtime, stage, batches, None, float("nan"))
+        baseline = runtime.load(baseline_onnx)
+        baseline_ms = runtime.time(baseline, 3, 10, 0.5).median_ms
+        return cls(analysis, options, runtime, stage, batches, baseline, baseline_ms)
 
     @property
     def measurable(self) -> bool:
-        return self.session is not None
+        return self.baseline is not None
 
     def __call__(self, decision: Decision) -> tuple[float | None, Realised]:
         model = realise(decision.plan, self.analysis, self.recalibration)
@@ -154,24 +160,37 @@ class Measurer:
         self.rounds += 1
         if not self.measurable:
             return None, Realised(model, path, None)
-        comparison = time_interleaved([self.session, target_session(path, self.options.target)],
-                                      [self.feeds, self.feeds], rounds=12)
+        comparison = self._against_baseline(path, rounds=12)
         return comparison.ratios[1], Realised(model, path, comparison)
 
     def final(self, pruned_onnx: Path, step: Callable) -> Comparison | None:
         if not self.measurable:
             return None
         with step("measure baseline vs pruned (interleaved)"):
-            return time_interleaved([self.session, target_session(pruned_onnx, self.options.target)],
-                                    [self.feeds, self.feeds], rounds=30)
+            comparison = self._against_baseline(pruned_onnx, rounds=30)
+        self.baseline.close()
+        return comparison
+
+    def _against_baseline(self, path: Path, rounds: int) -> Comparison:
+        pruned = self.runtime.load(path)
+        try:
+            return self.runtime.interleaved([self.baseline, pruned], rounds=rounds)
+        finally:
+            pruned.close()
 
 
-def _latency_model(analysis: Analysis, target: Target, lut: Path | None, step: Callable, console: Console
+def _latency_model(analysis: Analysis, runtime: Runtime, lut: Path | None, step: Callable, console: Console
                    ) -> tuple[TablePredictor, Path | None]:
     """The host's measured table (profiled now where it lacks this model), else the analytic model."""
-    if target.runtime != "onnxruntime":
-        console.print(f"  latency model: analytic roofline for {target.name} (this host cannot run {target.runtime})")
-        return analytic_predictor(analysis, target), None
+    target = runtime.target
+    reason = runtime.unavailable_reason()
+    if reason is not None:
+        predictor = offline_predictor(analysis, target)
+        used = predictor.provenance()
+        model = (f"shipped table {used['table']}" if used["source"] == "shipped"
+                 else f"analytic roofline for {target.name}")
+        console.print(f"  latency model: {model} ({runtime.name} cannot run here: {reason})")
+        return predictor, None
     table, table_path = open_table(target, lut, create=True)
     with step("profile"), Progress(console=console, transient=True) as progress:
         new = profile_model(analysis, target, table, progress)
@@ -190,7 +209,11 @@ def _width_search(analysis: Analysis, predictor: TablePredictor, options: Option
         importance = score_groups(analysis, options.importance, calibration.batches)
         sensitivity = (group_sensitivity(analysis, importance, calibration.batches[0], progress, recalibration[:4])
                        if options.allocation in ("auto", "sensitivity") else {})
-        scores = reader_scores(analysis, segments(analysis), calibration.batches[0]) if options.unconstrained else {}
+        scores = {}
+        if options.unconstrained:
+            started = time.perf_counter()
+            scores = reader_scores(analysis, segments(analysis), calibration.batches[0])
+            console.print(f"  reader scores of {len(scores)} segments in {time.perf_counter() - started:.1f} s")
     copies = partial(_copies_ms, analysis, predictor, options.target, table_path) if options.unconstrained else None
     return WidthSearch(analysis, predictor, importance, sensitivity, provenance, options.target.channel_alignment,
                        options.min_keep, options.allocation, calibration.batches, not calibration.random,

@@ -24,10 +24,28 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def cache_dir() -> Path:
+    """Where hwprune keeps what it measured on this host: $HWPRUNE_CACHE, else ~/.cache/hwprune."""
+    return Path(os.environ.get("HWPRUNE_CACHE", Path.home() / ".cache" / "hwprune"))
+
+
+def publish(tmp: str | Path, path: Path) -> None:
+    """Move a finished temporary file into place with the usual mode (mkstemp's 0600 would leak
+    into the artefact and hide it from other users of a shared build folder)."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_json_document(path: Path, what: str, error: type[HwpruneError], format_tag: str,

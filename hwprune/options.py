@@ -7,6 +7,7 @@ from pathlib import Path
 
 from hwprune.errors import HwpruneError
 from hwprune.export.verify import DEFAULT_ATOL, DEFAULT_RTOL
+from hwprune.runtime import runtime_for
 from hwprune.search.decide import STRATEGIES
 from hwprune.targets import Target
 
@@ -66,7 +67,7 @@ class Options:
     def __post_init__(self) -> None:
         if self.allocation not in ("auto", *STRATEGIES):
             raise HwpruneError(f"--allocation {self.allocation}: use auto or one of {', '.join(STRATEGIES)}")
-        if self.unconstrained and self.target.runtime != "onnxruntime":
-            raise HwpruneError(f"--unconstrained needs a target this host can measure (onnxruntime), not "
-                               f"{self.target.name} ({self.target.runtime}): the copy ops it adds are priced by "
-                               "profiling them, and the analytic model has no copy costs")
+        if self.unconstrained:
+            runtime_for(self.target).require("--unconstrained needs a target this host can measure: the copy ops it "
+                                             "adds are priced by profiling them, and the analytic model has no copy "
+                                             "costs")

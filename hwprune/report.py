@@ -1,9 +1,13 @@
-"""A compile's report: the evidence as a JSON document, and its human side, ``report.md`` and PNG
-plots (matplotlib, no display needed)."""
+"""A compile's report, typed: the evidence as dataclasses with a versioned JSON form (``to_json``).
+
+``render`` turns it into ``report.md`` and plots; the CLI prints from it. Everything reads it by
+attribute, so a renamed field fails loudly instead of printing a wrong number.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -12,252 +16,200 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hwprune import __version__
 from hwprune.calibration import Fidelity
-from hwprune.environment import fingerprint
 from hwprune.export.copies import copy_ops
 from hwprune.export.onnx_export import ONNX_OPSET, export_onnx, slim_available
 from hwprune.export.verify import Verification
 from hwprune.graph.analyze import Analysis
-from hwprune.latency.measure import Comparison
 from hwprune.latency.predictor import TablePredictor
-from hwprune.latency.profiler import runtime_settings
 from hwprune.models import LoadedModel
 from hwprune.plan import WidthDecision
+from hwprune.runtime import Runtime
+from hwprune.runtime.timing import Comparison
 from hwprune.search.decide import WidthSearch
 from hwprune.search.refine import TOLERANCE, Round, meets
 
-PLOTS = ("layer_latency.png", "channels_kept.png", "predicted_vs_measured.png")
+FORMAT = "hwprune-report/1"
 
 
-def write_plots(report: dict, folder: Path) -> list[Path]:
-    """Per-layer predicted latency before/after, channels kept per group, predicted vs measured."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    layers = report["layers"]
-    fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(layers)), 5))
-    positions = range(len(layers))
-    ax.bar([p - 0.2 for p in positions], [r["baseline_predicted_ms"] for r in layers], 0.4, label="baseline")
-    ax.bar([p + 0.2 for p in positions], [r["pruned_predicted_ms"] for r in layers], 0.4, label="pruned")
-    ax.set_xticks(list(positions), [r["name"] for r in layers], rotation=90, fontsize=6)
-    ax.set_ylabel("predicted ms (in-model, calibrated)")
-    ax.set_title(f"{_short(report['model'])} on {report['target']}: per-layer latency")
-    ax.legend()
-    fig.tight_layout()
-    written.append(_save(fig, folder / PLOTS[0], plt))
-
-    groups = report["groups"]
-    fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(groups)), 4))
-    ax.bar(range(len(groups)), [g["of"] for g in groups], color="lightgray", label="channels")
-    ax.bar(range(len(groups)), [g["keep"] for g in groups], label="kept")
-    ax.set_xticks(range(len(groups)), [g["id"] for g in groups], rotation=90, fontsize=6)
-    ax.set_ylabel("channels (heads for attention)")
-    ax.set_title("channels kept per group")
-    ax.legend()
-    fig.tight_layout()
-    written.append(_save(fig, folder / PLOTS[1], plt))
-
-    attempts = [a for a in report["search"]["attempts"] if a["measured_fraction"] is not None]
-    baseline_predicted = report["search"]["baseline_predicted_ms"]
-    fig, ax = plt.subplots(figsize=(5, 5))
-    predicted = [a["predicted_ms"] / baseline_predicted for a in attempts]
-    measured = [a["measured_fraction"] for a in attempts]
-    ax.scatter(predicted, measured, label="search rounds")
-    if report["speedup"]["measured"] is not None:
-        ax.scatter([1 / report["speedup"]["predicted"]], [1 / report["speedup"]["measured"]], marker="*", s=200,
-                   label="chosen (final measurement)")
-    else:
-        ax.text(0.5, 0.5, f"not measured:\n{report['engine']['reason']}", ha="center", va="center", wrap=True,
-                fontsize=7, transform=ax.transAxes)
-    low, high = 0.0, 1.05 * max(predicted + measured + [1.0])
-    ax.plot([low, high], [low, high], "k--", linewidth=0.8, label="predicted = measured")
-    ax.axhline(report["budget"]["latency_fraction"], color="red", linewidth=0.8, label="requested")
-    ax.set_xlabel("predicted latency / baseline")
-    ax.set_ylabel("measured latency / baseline (interleaved)")
-    ax.set_title("predicted vs measured")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(_save(fig, folder / PLOTS[2], plt))
-    return written
+@dataclass
+class LatencyStats:
+    median: float
+    p90: float
+    p99: float
+    spread: float
 
 
-def _save(fig, path: Path, plt) -> Path:
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+@dataclass
+class Side:
+    latency_ms: LatencyStats | None  # measured; None where nothing could be measured
+    predicted_ms: float
+    flops: int
+    params: int
 
 
-def markdown(report: dict) -> str:
-    """A summary a new user can read: what was asked, what was measured, how far to trust it."""
-    base, pruned = report["baseline"], report["pruned"]
-    fid, verify, speed = report["fidelity"], report["verify"], report["speedup"]
-    measured = speed["measured"] is not None
-    top1 = "n/a" if fid["top1_agreement"] is None else f"{100 * fid['top1_agreement']:.1f}%"
-    budget = report["budget"]
-    lines = [
-        f"# hwprune report: {report['model']} on {report['target']}",
-        "",
-        f"Requested: {budget['kind']} {budget['value']:g} (latency {budget['latency_fraction']:.3f} of the "
-        f"baseline, met within ±{100 * budget['tolerance']:.0f}%).",
-        "",
-        "| | baseline | pruned |",
-        "|---|---:|---:|",
-        f"| measured latency median (ms) | {_ms(base, 'median')} | {_ms(pruned, 'median')} |",
-        f"| measured latency p90 (ms) | {_ms(base, 'p90')} | {_ms(pruned, 'p90')} |",
-        f"| predicted latency (ms, {speed['predicted_by']}) | {base['predicted_ms']:.3f} | "
-        f"{pruned['predicted_ms']:.3f} |",
-        f"| GFLOPs | {base['flops'] / 1e9:.3f} | {pruned['flops'] / 1e9:.3f} |",
-        f"| parameters (M) | {base['params'] / 1e6:.3f} | {pruned['params'] / 1e6:.3f} |",
-        "",
-        _speed_line(report) if measured else
-        f"**Not measured**: {report['engine']['reason']}. Predicted speedup {speed['predicted']:.2f}x by the "
-        f"{speed['predicted_by']} latency model only; measure on the device before relying on it.",
-        "",
-        f"**Verification**: the exported `pruned.onnx` matches the pruned PyTorch model on {verify['inputs']} random "
-        f"inputs: max abs error {verify['max_abs_err']:.3g} (atol {verify['atol']:g}, rtol {verify['rtol']:g}): "
-        f"{'pass' if verify['ok'] else 'FAIL'}.",
-        "",
-        f"**Fidelity** to the unpruned model on {fid['samples']} samples ({fid['inputs']}): mean output cosine "
-        f"{fid['cosine']:.4f}, top-1 agreement {top1}."
-        + (f" Caveat: {fid['caveat']}." if fid.get("caveat") else "")
-        + " Without real calibration data this is measured on noise; validate on real data before deploying.",
-        "",
-        f"**Engine**: {report['engine']['path'] or 'not built'}"
-        + (f" ({report['engine']['reason']})" if report["engine"]["reason"] else "") + ".",
-        "",
-        _copies_line(report["copies"]),
-        "",
-        f"Search: importance {report['search']['importance']}, {report['search']['groups']} groups, allocation "
-        f"{report['search']['strategy']}"
-        + (f" ({_candidates(report['search']['candidates'])})" if report["search"]["candidates"] else "")
-        + (", unconstrained (each reader of a segment keeps its own channels)" if report["search"]["unconstrained"]
-           else "")
-        + f", {len(report['search']['attempts'])} round(s) of search"
-        + (" + measurement." if measured else "."),
-        "",
-        "| round | predicted budget (ms) | predicted (ms) | measured latency fraction |",
-        "|---:|---:|---:|---:|",
-    ]
-    for n, attempt in enumerate(report["search"]["attempts"], 1):
-        fraction = "-" if attempt["measured_fraction"] is None else f"{attempt['measured_fraction']:.3f}"
-        lines.append(f"| {n} | {attempt['predicted_budget_ms']:.3f} | {attempt['predicted_ms']:.3f} | {fraction} |")
-    lines += ["", "Plots: " + ", ".join(f"![{name}](plots/{name})" for name in PLOTS), ""]
-    return "\n".join(lines)
+@dataclass
+class BudgetSection:
+    kind: str
+    value: float
+    latency_fraction: float
+    tolerance: float
+    met: bool  # the chosen round measured within ``tolerance`` of the fraction
 
 
-def _copies_line(copies: dict) -> str:
-    def text(found: dict) -> str:
-        megabytes = sum(op["bytes"] for op in found.values()) / 1e6
-        return f"{' / '.join(str(found[op]['count']) for op in ('Gather', 'Slice', 'Concat'))} ({megabytes:.2f} MB)"
-
-    line = (f"**Copy ops** (Gather / Slice / Concat on activations, MB written per inference): baseline "
-            f"{text(copies['baseline'])}, pruned {text(copies['pruned'])}")
-    if copies.get("pruned_without_reordering"):
-        line += f"; the same plan exported without reordering: {text(copies['pruned_without_reordering'])}"
-    return line + "."
+@dataclass
+class Speedup:
+    predicted: float
+    predicted_by: str  # the latency model's source: lut, shipped or analytic
+    measured: float | None
+    measured_ratio_spread: float | None
 
 
-def _candidates(candidates: list[dict]) -> str:
-    return "scored on the calibration inputs: " + ", ".join(f"{c['strategy']} {c['score']:.4f}" for c in candidates)
+@dataclass
+class FidelitySection:
+    cosine: float
+    top1_agreement: float | None
+    samples: int
+    inputs: str
+    caveat: str | None
 
 
-def _short(spec: str) -> str:
-    """A model spec without its folder (file.py:factory specs carry whole paths)."""
-    return spec.rsplit("/", 1)[-1]
+@dataclass
+class CandidateRow:
+    strategy: str
+    predicted_ms: float
+    cosine: float
+    top1_agreement: float | None
+    score: float
 
 
-def _ms(side: dict, key: str) -> str:
-    return "-" if side["latency_ms"] is None else f"{side['latency_ms'][key]:.3f}"
+@dataclass
+class AttemptRow:
+    predicted_budget_ms: float
+    predicted_ms: float
+    measured_fraction: float | None
+    search_seconds: float
+    strategy: str
+    knapsack_rounds: int
 
 
-def _speed_line(report: dict) -> str:
-    speed, method = report["speedup"], report["measurement"]
-    spread = speed.get("measured_ratio_spread")
-    spread_text = "" if spread is None else f"; spread of the per-round ratio {100 * spread:.1f}%"
-    settings = (f", {method['threads']} thread(s), {method['graph_optimization_level']}"
-                if "threads" in method else "")
-    return (f"**Measured speedup {speed['measured']:.2f}x** (predicted {speed['predicted']:.2f}x{spread_text}). "
-            f"Measured with {method['runtime']}{settings}: {method['method']}.")
+@dataclass
+class SearchSection:
+    importance: str
+    importance_fallbacks: list[str]
+    allocation: str
+    strategy: str
+    unconstrained: bool
+    segments: list[str]
+    candidates: list[CandidateRow]
+    min_keep: float
+    groups: int
+    baseline_predicted_ms: float
+    chosen: int  # index into attempts
+    attempts: list[AttemptRow]
 
 
-def build_report(loaded: LoadedModel, analysis: Analysis, options, predictor: TablePredictor, search: WidthSearch,
-                 chosen: Round, rounds: list[Round], final: Comparison | None, engine: dict,
-                 verification: Verification, quality: Fidelity, calibration_source: str, seconds: float) -> dict:
-    """The report document: what was asked, measured and predicted, and by what."""
+@dataclass
+class LayerRow:
+    name: str
+    baseline_predicted_ms: float
+    pruned_predicted_ms: float
+
+
+@dataclass
+class GroupRow:
+    id: str
+    keep: int
+    of: int
+    sensitivity: float | None
+
+
+@dataclass
+class Engine:
+    path: str | None
+    reason: str  # what was built, or why nothing was
+
+
+@dataclass
+class Report:
+    """The evidence of one compile: what was asked, what was measured and predicted, and by what."""
+
+    hwprune: str
+    model: str
+    weights: dict
+    input_shape: list[int]
+    target: str
+    budget: BudgetSection
+    baseline: Side
+    pruned: Side
+    speedup: Speedup
+    verify: Verification
+    fidelity: FidelitySection
+    bn_recalibration: bool
+    search: SearchSection
+    measurement: dict
+    measured: bool
+    latency_model: dict
+    layers: list[LayerRow]
+    groups: list[GroupRow]
+    export: dict
+    engine: Engine
+    fingerprint: dict
+    seconds: float
+    copies: dict | None = None
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, **asdict(self)}
+
+
+def build_report(loaded: LoadedModel, analysis: Analysis, options, runtime: Runtime, predictor: TablePredictor,
+                 search: WidthSearch, chosen: Round, rounds: list[Round], final: Comparison | None,
+                 engine: tuple[str | None, str], verification: Verification, quality: Fidelity,
+                 calibration_source: str, seconds: float) -> Report:
+    """The report of a compile (``copies`` filled in by the caller, which has the exports)."""
     x = analysis.capture.example_input
     target = options.target
-    threads, level = runtime_settings(target)
     plan, model = chosen.decision.plan, chosen.realised.model
     fraction = plan.provenance.budget["latency_fraction"]
     baseline_predicted = predictor.predict({}).total_ms
 
-    def latency(side: int, name: str) -> dict | None:
-        if final is not None:
-            timing = final.timings[side]
-            return {"median": timing.median_ms, "p90": timing.p90_ms, "p99": timing.p99_ms, "spread": timing.spread}
-        return engine["timings"][name] if engine["timings"] is not None else None
+    def side(index: int, predicted_ms: float, flops: int, params: int) -> Side:
+        timing = None if final is None else final.timings[index]
+        stats = None if timing is None else LatencyStats(timing.median_ms, timing.p90_ms, timing.p99_ms, timing.spread)
+        return Side(stats, predicted_ms, flops, params)
 
-    measured = None
-    if final is not None:
-        measured = 1.0 / final.ratios[1]
-        method = {"runtime": "onnxruntime CPUExecutionProvider", "threads": threads, "graph_optimization_level": level,
-                  "method": "interleaved A/B rounds of 5 runs, 30 rounds; speedup = 1 / median over rounds of "
-                            "(pruned round median / baseline round median)"}
-    elif engine["timings"] is not None:
-        measured = engine["timings"]["baseline"]["median"] / engine["timings"]["pruned"]["median"]
-        method = {"runtime": "TensorRT", "method": "CUDA events around execute_async_v3, 20 warm-up + 200 runs each"}
-    else:
-        method = {"runtime": None, "method": f"not measured: {engine['reason']}"}
+    engine_path, engine_note = engine
+    measured = None if final is None else 1.0 / final.ratios[1]
+    method = ({**runtime.measurement(), "rounds": 30} if final is not None else
+              {"runtime": None, "method": f"not measured: {runtime.unavailable_reason() or engine_note}"})
     latency_model = predictor.provenance()
     table = predictor.table.provenance
-    return {
-        "hwprune": __version__,
-        "model": loaded.name,
-        "weights": {"source": loaded.weights, "seed": loaded.seed, "state_sha256": plan.provenance.state_sha256},
-        "input_shape": list(x.shape),
-        "target": target.name,
-        "budget": {"kind": options.budget.kind, "value": options.budget.value, "latency_fraction": fraction,
-                   "tolerance": TOLERANCE, "met": meets(chosen.fraction, fraction)},
-        "baseline": {"latency_ms": latency(0, "baseline"), "predicted_ms": baseline_predicted,
-                     "flops": analysis.capture.flops, "params": analysis.capture.params},
-        "pruned": {"latency_ms": latency(1, "pruned"), "predicted_ms": plan.predicted_ms,
-                   "flops": count_flops(model, x), "params": sum(p.numel() for p in model.parameters())},
-        "speedup": {"predicted": baseline_predicted / plan.predicted_ms, "predicted_by": latency_model["source"],
-                    "measured": measured,
-                    "measured_ratio_spread": final.ratio_spread[1] if final is not None else None},
-        "verify": verification.to_json(),
-        "fidelity": {"cosine": quality.cosine, "top1_agreement": quality.top1_agreement, "samples": quality.samples,
-                     "inputs": calibration_source, "caveat": quality.caveat},
-        "bn_recalibration": plan.bn_recalibration,
-        "search": {"importance": search.importance.method, "importance_fallbacks": search.importance.fallbacks,
-                   "allocation": options.allocation, "strategy": chosen.decision.strategy,
-                   "unconstrained": options.unconstrained, "segments": sorted(search.reader_scores),
-                   "candidates": [{"strategy": c.strategy, "predicted_ms": c.search.predicted_ms,
-                                   "cosine": c.quality.cosine, "top1_agreement": c.quality.top1_agreement,
-                                   "score": c.score} for c in chosen.decision.candidates],
-                   "min_keep": options.min_keep, "groups": len(plan.width),
-                   "baseline_predicted_ms": baseline_predicted, "chosen": rounds.index(chosen),
-                   "attempts": [{"predicted_budget_ms": r.predicted_budget_ms,
-                                 "predicted_ms": r.decision.plan.predicted_ms, "measured_fraction": r.fraction,
-                                 "search_seconds": r.decision.search.seconds, "strategy": r.decision.strategy,
-                                 "knapsack_rounds": r.decision.search.rounds} for r in rounds]},
-        "measurement": method,
-        "measured": final is not None or engine["timings"] is not None,
-        "latency_model": {"kind": latency_model["source"], "fingerprint": table.get("fingerprint"),
-                          "created": table.get("created"), "host": table.get("host"),
-                          "layer_scale": predictor.layer_scale, "rest_ms": predictor.rest_ms},
-        "layers": _layer_rows(predictor, chosen.decision.search.counts),
-        "groups": [{"id": gid, "keep": d.keep, "of": d.of, "sensitivity": search.sensitivity.get(gid)}
-                   for gid, d in plan.width.items()],
-        "export": {"opset": ONNX_OPSET, "dynamic_batch": options.dynamic_batch, "slimmed": slim_available()},
-        "engine": {"path": engine["path"], "reason": engine["reason"]},
-        "fingerprint": fingerprint(target),
-        "seconds": seconds,
-    }
+    decision = chosen.decision
+    search_section = SearchSection(
+        search.importance.method, search.importance.fallbacks, options.allocation, decision.strategy,
+        options.unconstrained, sorted(search.reader_scores),
+        [CandidateRow(c.strategy, c.search.predicted_ms, c.quality.cosine, c.quality.top1_agreement, c.score)
+         for c in decision.candidates],
+        options.min_keep, len(plan.width), baseline_predicted, rounds.index(chosen),
+        [AttemptRow(r.predicted_budget_ms, r.decision.plan.predicted_ms, r.fraction, r.decision.search.seconds,
+                    r.decision.strategy, r.decision.search.rounds) for r in rounds])
+    return Report(
+        __version__, loaded.name, {"source": loaded.weights, "seed": loaded.seed,
+                                   "state_sha256": plan.provenance.state_sha256},
+        list(x.shape), target.name,
+        BudgetSection(options.budget.kind, options.budget.value, fraction, TOLERANCE, meets(chosen.fraction, fraction)),
+        side(0, baseline_predicted, analysis.capture.flops, analysis.capture.params),
+        side(1, plan.predicted_ms, count_flops(model, x), sum(p.numel() for p in model.parameters())),
+        Speedup(baseline_predicted / plan.predicted_ms, latency_model["source"], measured,
+                None if final is None else final.ratio_spread[1]),
+        verification,
+        FidelitySection(quality.cosine, quality.top1_agreement, quality.samples, calibration_source, quality.caveat),
+        plan.bn_recalibration, search_section, method, final is not None,
+        {"kind": latency_model["source"], "fingerprint": table.get("fingerprint"), "created": table.get("created"),
+         "host": table.get("host"), "layer_scale": predictor.layer_scale, "rest_ms": predictor.rest_ms},
+        _layer_rows(predictor, decision.search.counts),
+        [GroupRow(gid, d.keep, d.of, search.sensitivity.get(gid)) for gid, d in plan.width.items()],
+        {"opset": ONNX_OPSET, "dynamic_batch": options.dynamic_batch, "slimmed": slim_available()},
+        Engine(engine_path, engine_note), runtime.fingerprint(), seconds)
 
 
 def copy_counts(stage: Path, width: dict[str, WidthDecision], naive: Callable[[], nn.Module], x: torch.Tensor,
@@ -280,7 +232,6 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-def _layer_rows(predictor: TablePredictor, counts: dict[str, int]) -> list[dict]:
+def _layer_rows(predictor: TablePredictor, counts: dict[str, int]) -> list[LayerRow]:
     before, after = predictor.predict({}).layers_ms, predictor.predict(counts).layers_ms
-    return [{"name": name, "baseline_predicted_ms": before[name], "pruned_predicted_ms": after[name]}
-            for name in before]
+    return [LayerRow(name, before[name], after[name]) for name in before]

@@ -86,7 +86,8 @@ def golden_path(name: str, unconstrained: bool, version: str = "") -> Path:
 
 def record() -> None:
     """Profile the golden models into the recorded table (only what it lacks) and write every plan."""
-    from hwprune.latency.model_latency import open_table, profile_model
+    from hwprune.latency.model_latency import open_table
+    from hwprune.profiling import profile_model
 
     target = load_target("cpu")
     DATA.mkdir(parents=True, exist_ok=True)

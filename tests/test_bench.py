@@ -86,7 +86,20 @@ def test_help_imports_no_runtime_and_no_module_imports_tensorrt():
     code = ("import sys, hwprune, hwprune.cli\n"
             "try:\n    hwprune.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
             "assert 'onnxruntime' not in sys.modules and 'tensorrt' not in sys.modules, 'help'\n"
-            "import hwprune.compile, hwprune.bench, hwprune.export.tensorrt\n"
+            "import hwprune.compile, hwprune.bench, hwprune.runtime.trt\n"
             "assert 'tensorrt' not in sys.modules, 'modules'\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-500:]
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt") is not None, reason="TensorRT is installed")
+@pytest.mark.parametrize("extra", [[], ["--baseline-model", "WIDE"]])
+def test_a_tensorrt_target_is_never_timed_with_another_runtime(models, tmp_path, capsys, extra):
+    wide, narrow = models
+    argv = ["bench", str(narrow), "--target", "t4", "--save", str(tmp_path / "r.json"),
+            *[str(wide) if a == "WIDE" else a for a in extra]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hwprune: error: target t4 is timed with TensorRT: TensorRT is not installed")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "r.json").exists()
+    assert main(["bench", str(narrow), "--target", "cpu", "--save", str(tmp_path / "r.json")]) == 0

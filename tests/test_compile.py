@@ -1,6 +1,7 @@
 """`hwprune compile` and `hwprune apply` end to end on a small residual model (real profiling and timing)."""
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -220,3 +221,19 @@ def test_unconstrained_needs_a_measurable_target(tmp_path, capsys):
     assert main(["compile", MODEL, "--target", "jetson-orin-nano", "--latency", "0.6", "--unconstrained",
                  "--out", str(tmp_path)]) == 2
     assert "--unconstrained needs a target this host can measure" in capsys.readouterr().err
+
+
+def test_artefacts_get_the_usual_mode_and_log_lines_stay_whole(compiled, tmp_path, capsys, monkeypatch):
+    _code, out, cache = compiled
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for path in [p for p in out.rglob("*") if p.is_file()]:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path.name
+    table = tmp_path / ("x" * 60) / "table.json"  # a long table path, as CI machines have
+    table.parent.mkdir()
+    table.write_text((cache / "latency" / "cpu-onnxruntime.json").read_text())
+    out = tmp_path / "out"
+    assert main(["compile", MODEL, "--latency", "0.6", "--refine", "0", "--lut", str(table), "--out", str(out)]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("  latency table ") and line.endswith(" new measurements") for line in lines)
+    assert all(path.stat().st_mode & 0o777 == 0o666 & ~mask for path in out.rglob("*") if path.is_file())

@@ -69,37 +69,38 @@ def test_profiling_a_tensorrt_target_without_tensorrt_exits_2(cache, capsys):
 
 
 def test_tensorrt_profiling_builds_one_engine_per_op_where_tensorrt_runs(monkeypatch, tmp_path):
-    """The plumbing only (TensorRT cannot run here): which graphs reach the engine timer, with which
-    input names and shapes, and that the table is labelled TensorRT. No number here is a TensorRT one."""
-    import importlib.machinery
-    import sys
-    import types
-
-    import hwprune.export.tensorrt as trt_module
+    """The plumbing only (TensorRT cannot run here): which graphs reach the engine builder and timer,
+    with which input names and shapes, and that the table is labelled TensorRT. No number here is a
+    TensorRT one."""
     import hwprune.latency.profiler as profiler
+    import hwprune.runtime.trt as trt_module
     from hwprune.latency.lut import new_table
-    from hwprune.latency.measure import Timing
-    from hwprune.latency.model_latency import expected_provenance
     from hwprune.latency.signature import OpSignature
+    from hwprune.runtime import runtime_for
+    from hwprune.runtime.timing import Timing
     from hwprune.targets import load_target
 
+    monkeypatch.setenv("HWPRUNE_CACHE", str(tmp_path))
     monkeypatch.setattr(trt_module, "unavailable_reason", lambda: None)
-    stub = types.ModuleType("tensorrt")
-    stub.__version__, stub.__spec__ = "10.3.0", importlib.machinery.ModuleSpec("tensorrt", None)
-    monkeypatch.setitem(sys.modules, "tensorrt", stub)
+    monkeypatch.setattr(trt_module, "package_version", lambda name: "10.3.0" if name == "tensorrt" else None)
+    monkeypatch.setattr(trt_module.TensorRT, "gpu", lambda self: "stub GPU")
     calls = []
 
-    def engine_timer(onnx_path, input_name, shape, target, runs):
-        calls.append((input_name, shape, target.name, onnx_path.read_bytes()[:2] != b""))
-        return Timing(1.0, 1.0, 1.0, 0.0, runs)
+    def build(config):
+        calls.append((config.input_name, config.input_shape, config.fp16, config.onnx.read_bytes()[:2] != b""))
+        return config.engine
 
-    monkeypatch.setattr(profiler, "time_engine_of", engine_timer)
+    monkeypatch.setattr(trt_module, "build_engine", build)
+    monkeypatch.setattr(trt_module, "time_engine", lambda path, shape, warmup, runs: Timing(1.0, 1.0, 1.0, 0.0, runs))
     target = load_target("t4")
-    provenance = expected_provenance(target)
+    runtime = runtime_for(target)
+    provenance = runtime.provenance()
     assert provenance["runtime"] == "tensorrt" and provenance["runtime_version"] == "10.3.0"
-    table = new_table(provenance, profiler.TENSORRT_METHOD)
+    assert provenance["host"]["gpu"] == "stub GPU" and provenance["host"]["dtype"] == "fp16"
+    table = new_table(provenance, runtime.method)
     conv = OpSignature("conv2d", 1, 16, 32, 8, 8, kernel=3, padding=1, dtype="fp16")
     linear = OpSignature("linear", 1, 64, 128, 10, 1, dtype="fp16")
     assert profiler.profile([conv, linear], table, target) == 2
-    assert calls == [("x", (1,), "t4", True), ("x", (1, 16, 8, 8), "t4", True), ("x", (1, 10, 64), "t4", True)]
+    assert calls == [("x", (1,), True, True), ("x", (1, 16, 8, 8), True, True), ("x", (1, 10, 64), True, True)]
     assert table.get(conv) is not None and table.call_overhead_ms == 1.0
+    assert (tmp_path / "latency").is_dir()  # the target's timing cache lives in hwprune's cache

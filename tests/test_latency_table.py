@@ -7,19 +7,20 @@ import pytest
 from hwprune.errors import HwpruneError
 from hwprune.graph.groups import ChannelGroup
 from hwprune.latency.layers import GroupInput, Layer
-from hwprune.latency.lut import LutError, load_table, new_table, onnxruntime_provenance
-from hwprune.latency.measure import Timing
+from hwprune.latency.lut import LutError, load_table, new_table
 from hwprune.latency.predictor import Anchor, TablePredictor
 from hwprune.latency.profiler import profile
 from hwprune.latency.signature import OpSignature
 from hwprune.latency.space import channel_choices
+from hwprune.runtime import runtime_for
+from hwprune.runtime.timing import Timing
 from hwprune.targets import load_target
 
 CONV = OpSignature("conv2d", 1, 64, 64, 8, 8, kernel=3, padding=1)
 
 
 def provenance(threads=1):
-    return onnxruntime_provenance("cpu", threads, "ORT_ENABLE_ALL")
+    return {**runtime_for(load_target("cpu")).provenance(), "threads": threads}
 
 
 def timing(ms):

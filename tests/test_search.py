@@ -16,10 +16,10 @@ from hwprune.graph.analyze import analyze
 from hwprune.importance.scores import score_groups, select
 from hwprune.latency.layers import model_layers
 from hwprune.latency.lut import new_table
-from hwprune.latency.measure import Timing
 from hwprune.latency.predictor import TablePredictor
 from hwprune.latency.space import profile_signatures
 from hwprune.plan import load_plan
+from hwprune.runtime.timing import Timing
 from hwprune.search import knapsack
 from hwprune.search.choose import choose
 from hwprune.search.width import allowed_counts, search_widths, uniform_widths

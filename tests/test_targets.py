@@ -22,7 +22,7 @@ else:  # pragma: no cover
 
 CPUS = {"cpu", "x86-avx512", "arm-cortex-a78ae"}
 GPUS = {"jetson-orin-nano", "jetson-orin-agx", "jetson-xavier-nx", "t4", "a10", "a100", "l4", "h100",
-        "rtx-4090", "rtx-2080ti"}
+        "rtx-4090", "rtx-2080ti", "rtx-2080ti-trt84-fp32"}
 SPARSE_24 = {"jetson-orin-nano", "jetson-orin-agx", "a10", "a100", "l4", "h100", "rtx-4090"}  # Ampere and newer
 DEVICES = resources.files("hwprune.devices")
 NUMBER = r"[-+]?(?:\d[\d_]*)(?:\.[\d_]+)?(?:[eE][-+]?\d+)?"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from hwprune.errors import HwpruneError
-from hwprune.export.tensorrt import build_engine, build_script, engine_config, trtexec_command, unavailable_reason
+from hwprune.runtime.trt import build_engine, build_script, engine_config, trtexec_command, unavailable_reason
 from hwprune.targets import load_target
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -56,7 +56,7 @@ def test_engine_builds_and_times_on_a_gpu(tmp_path):
     import torch
 
     from hwprune.export.onnx_export import export_onnx
-    from hwprune.export.tensorrt import time_engine
+    from hwprune.runtime.trt import time_engine
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU()).eval()
     onnx = export_onnx(model, torch.randn(1, 3, 32, 32), tmp_path / "m.onnx")
@@ -71,7 +71,7 @@ def test_engine_code_needs_no_torch():
     import sys
 
     code = ("import sys\nsys.modules['torch'] = None\n"
-            "from hwprune.export.tensorrt import build_script, engine_config, unavailable_reason\n"
+            "from hwprune.runtime.trt import build_script, engine_config, unavailable_reason\n"
             "from hwprune.targets import load_target\n"
             "print(unavailable_reason())\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

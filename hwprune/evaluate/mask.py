@@ -17,7 +17,7 @@ from torch import nn
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.attention import HeadAttention
-from hwprune.graph.capture import tolerant_index_mapping
+from hwprune.graph.capture import frozen_index_mapping, tolerant_index_mapping
 from hwprune.graph.groups import ChannelGroup
 from hwprune.graph.segments import Segment
 
@@ -70,8 +70,9 @@ def silenced(analysis: Analysis, dropped: Mapping[str, Sequence[int]],
                   if recalibration else {})
     restores = []
     try:
-        for gid, channels in dropped.items():
-            restores.append(silence_channels(analysis, analysis.group(gid), channels))
+        with frozen_index_mapping(analysis.capture.dependency_graph):
+            for gid, channels in dropped.items():
+                restores.append(silence_channels(analysis, analysis.group(gid), channels))
         if recalibration:
             recalibrate_batchnorm(model, recalibration)
         yield model.eval()

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from hwprune.errors import HwpruneError
+from hwprune.io import publish
 
 # TensorRT 10.3 (JetPack 6) parses opsets up to 20; onnxruntime 1.18+ runs 17 everywhere.
 ONNX_OPSET = 17
@@ -43,7 +44,7 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
                               input_names=["input"], output_names=["output"], dynamic_axes=axes)
         if slim:
             _slim(Path(tmp))
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if not isinstance(exc, Exception):

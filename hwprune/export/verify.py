@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from hwprune.errors import HwpruneError
-from hwprune.latency.measure import make_session
+from hwprune.runtime.ort import VERIFY_SETTINGS, make_session
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
@@ -37,8 +37,9 @@ class Verification:
 
 def verify_onnx(model: nn.Module, path: str | Path, inputs: list[torch.Tensor], atol: float = DEFAULT_ATOL,
                 rtol: float = DEFAULT_RTOL) -> Verification:
-    """Compare ``path`` run by onnxruntime with ``model`` on every input."""
-    session = make_session(str(path), 1, "ORT_ENABLE_ALL")
+    """Compare ``path`` run by onnxruntime's CPU provider (numerics, whatever the target) with ``model``
+    on every input."""
+    session = make_session(path, *VERIFY_SETTINGS)
     input_name = session.get_inputs()[0].name
     max_abs = max_rel = 0.0
     ok = True

@@ -94,6 +94,37 @@ def tolerant_index_mapping(unmapped: dict[str, str]) -> Iterator[None]:
             setattr(index_mapping, name, update)
 
 
+@contextlib.contextmanager
+def frozen_index_mapping(graph: tp.DependencyGraph) -> Iterator[None]:
+    """Compute torch-pruning's channel index mapping once for a stretch of calls that change no
+    channel count, instead of once per group formed.
+
+    torch-pruning re-derives every op's mapping each time it forms a group; on concat-heavy nets
+    that is most of the time (densenet169: 0.11 s per group, 95 of the 110 s it took to realise a
+    plan). The mapping depends only on channel counts, so while none changes (analysis,
+    silencing, permuting, reading what pruning will remove) once is enough. Never around pruning
+    itself. Nested uses are no-ops.
+    """
+    if getattr(graph, "hwprune_frozen", False):
+        yield
+        return
+    with tolerant_index_mapping(graph.hwprune_unmapped):
+        index_mapping.update_index_mapping(graph)
+    original = index_mapping.update_index_mapping
+
+    def update(other: tp.DependencyGraph) -> None:
+        if other is not graph:
+            original(other)
+
+    index_mapping.update_index_mapping = update
+    graph.hwprune_frozen = True
+    try:
+        yield
+    finally:
+        index_mapping.update_index_mapping = original
+        graph.hwprune_frozen = False
+
+
 def _isolate_unmappable_concats(graph: tp.DependencyGraph, unmapped: dict[str, str]) -> None:
     """Cut the dependencies through a concat whose channel offsets torch-pruning cannot map.
 

@@ -22,7 +22,7 @@ from torch_pruning.ops import OPTYPE
 
 from hwprune.errors import UnsupportedOpError
 from hwprune.graph.attention import HeadAttention
-from hwprune.graph.capture import Capture, tolerant_index_mapping
+from hwprune.graph.capture import Capture, frozen_index_mapping, tolerant_index_mapping
 from hwprune.graph.opaque import opaque_types
 
 # Autograd ops that mix channels, so a channel cannot be removed in front of them without changing
@@ -73,7 +73,7 @@ def channel_groups(cap: Capture, exclude: Iterable[str] = (), strict: bool = Tru
     roots = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
     groups = []
     visited: set[nn.Module] = set()
-    with tolerant_index_mapping(graph.hwprune_unmapped):
+    with tolerant_index_mapping(graph.hwprune_unmapped), frozen_index_mapping(graph):
         for module in list(graph.module2node):
             if not isinstance(module, roots) or module in visited:
                 continue

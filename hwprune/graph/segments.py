@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from hwprune.graph.analyze import Analysis
-from hwprune.graph.capture import tolerant_index_mapping
+from hwprune.graph.capture import frozen_index_mapping, tolerant_index_mapping
 from hwprune.graph.groups import ChannelGroup
 
 DENSE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -49,12 +49,13 @@ class Segment:
 def segments(analysis: Analysis) -> list[Segment]:
     """Every group unconstrained pruning can treat reader by reader."""
     found = []
-    for group in analysis.prunable():
-        if group.kind == "heads" or group.repeat > 1 or not group.exact_removal:
-            continue
-        readers = _readers(analysis, group)
-        if readers:
-            found.append(Segment(group.id, group.channels, list(group.producers), readers))
+    with frozen_index_mapping(analysis.capture.dependency_graph):
+        for group in analysis.prunable():
+            if group.kind == "heads" or group.repeat > 1 or not group.exact_removal:
+                continue
+            readers = _readers(analysis, group)
+            if readers:
+                found.append(Segment(group.id, group.channels, list(group.producers), readers))
     return found
 
 

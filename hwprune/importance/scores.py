@@ -30,7 +30,7 @@ from hwprune.calibration import first_output
 from hwprune.errors import HwpruneError
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.attention import HeadAttention
-from hwprune.graph.capture import tolerant_index_mapping
+from hwprune.graph.capture import frozen_index_mapping, tolerant_index_mapping
 from hwprune.graph.groups import ChannelGroup
 from hwprune.graph.segments import segments
 from hwprune.importance.readers import reader_scores
@@ -59,24 +59,25 @@ def score_groups(analysis: Analysis, method: str, calibration: Iterable[torch.Te
     scores: dict[str, np.ndarray] = {}
     fallbacks = []
     try:
-        for group in analysis.prunable():
-            if method == "activation":
-                raw = by_readers.get(group.id)
-                if raw is None:
-                    fallbacks.append(group.id)
-                    raw = _fallback_l1(analysis, group)
-            elif group.kind == "heads":
-                attention = model.get_submodule(group.id.removesuffix(":heads"))
-                assert isinstance(attention, HeadAttention)
-                raw = _head_scores(attention, method)
-            else:
-                raw = _channel_scores(analysis, group.id, group.channels, method)
+        with frozen_index_mapping(analysis.capture.dependency_graph):
+            for group in analysis.prunable():
+                if method == "activation":
+                    raw = by_readers.get(group.id)
+                    if raw is None:
+                        fallbacks.append(group.id)
+                        raw = _fallback_l1(analysis, group)
+                elif group.kind == "heads":
+                    attention = model.get_submodule(group.id.removesuffix(":heads"))
+                    assert isinstance(attention, HeadAttention)
+                    raw = _head_scores(attention, method)
+                else:
+                    raw = _channel_scores(analysis, group.id, group.channels, method)
+                    if raw is None or raw.shape != (group.channels,):
+                        fallbacks.append(group.id)
+                        raw = _fallback_l1(analysis, group)
                 if raw is None or raw.shape != (group.channels,):
-                    fallbacks.append(group.id)
-                    raw = _fallback_l1(analysis, group)
-            if raw is None or raw.shape != (group.channels,):
-                raise HwpruneError(f"group {group.id}: no {method} importance could be computed")
-            scores[group.id] = _normalised(raw)
+                    raise HwpruneError(f"group {group.id}: no {method} importance could be computed")
+                scores[group.id] = _normalised(raw)
     finally:
         if method == "taylor":
             model.zero_grad(set_to_none=True)

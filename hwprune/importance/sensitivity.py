@@ -16,6 +16,7 @@ from torch import nn
 from hwprune.calibration import first_output
 from hwprune.evaluate.mask import silenced
 from hwprune.graph.analyze import Analysis
+from hwprune.graph.capture import frozen_index_mapping
 from hwprune.importance.scores import Importance, select
 
 PROBE_FRACTION = 0.5
@@ -30,7 +31,7 @@ def group_sensitivity(analysis: Analysis, importance: Importance, batch: torch.T
     groups = analysis.prunable()
     task = progress.add_task("sensitivity", total=len(groups)) if progress is not None else None
     sensitivity = {}
-    with torch.no_grad():
+    with torch.no_grad(), frozen_index_mapping(analysis.capture.dependency_graph):
         reference = _flat(model(batch))
         for group in groups:
             block = group.channels // group.repeat

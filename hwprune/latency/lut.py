@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from hwprune.errors import HwpruneError
 from hwprune.io import read_json_document, write_text_atomic
-from hwprune.latency.measure import Timing
 from hwprune.latency.signature import OpSignature
+from hwprune.runtime.timing import Timing
 
 FORMAT = "hwprune-lut/1"
 # Provenance fields that must match for a table to apply; the rest (date, method) is information.
@@ -61,25 +59,6 @@ class LatencyTable:
 
     def save(self, path: str | Path) -> None:
         write_text_atomic(path, json.dumps(self.to_json(), indent=1) + "\n")
-
-
-def host_fingerprint() -> dict:
-    """What identifies this host's CPU for timing purposes."""
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": model, "cores": os.cpu_count(), "machine": platform.machine()}
-
-
-def onnxruntime_provenance(target: str, threads: int, optimization_level: str) -> dict:
-    import onnxruntime as ort
-
-    return {"target": target, "runtime": "onnxruntime", "runtime_version": ort.__version__,
-            "threads": threads, "graph_optimization_level": optimization_level, "host": host_fingerprint()}
 
 
 def fingerprint(provenance: dict) -> str:

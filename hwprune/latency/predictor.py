@@ -70,8 +70,9 @@ class TablePredictor:
     def provenance(self) -> dict:
         """Which latency model this is, for a plan or report: the measured table's or the analytic one."""
         table = self.table.provenance
-        source = "analytic" if table.get("runtime") == "analytic" else "lut"
-        return {"source": source, "fingerprint": table.get("fingerprint"), "runtime": table.get("runtime"),
+        source = table.get("source") or ("analytic" if table.get("runtime") == "analytic" else "lut")
+        named = {"table": table["table"]} if "table" in table else {}  # a shipped table's file
+        return {"source": source, **named, "fingerprint": table.get("fingerprint"), "runtime": table.get("runtime"),
                 "runtime_version": table.get("runtime_version"), "threads": table.get("threads"),
                 "graph_optimization_level": table.get("graph_optimization_level"), "layer_scale": self.layer_scale,
                 "rest_ms": self.rest_ms}
@@ -166,7 +167,8 @@ class TablePredictor:
         alone, all_exact = self._layers_ms(keep, reads)
         layers_ms = {name: self.layer_scale * ms for name, ms in alone.items()}
         rest = self.fixed_ms + self.rest_ms * self._activation_ratio(keep)
-        return Prediction(sum(layers_ms.values()) + rest, layers_ms, rest, "lut" if all_exact else "interpolated")
+        source = self.provenance()["source"] if all_exact else "interpolated"
+        return Prediction(sum(layers_ms.values()) + rest, layers_ms, rest, source)
 
 
 def nonnegative_least_squares(columns: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from torch import nn
 from hwprune.errors import PlanError
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.attention import HeadAttention
-from hwprune.graph.capture import tolerant_index_mapping
+from hwprune.graph.capture import frozen_index_mapping, tolerant_index_mapping
 from hwprune.graph.groups import ChannelGroup
 from hwprune.plan import WidthDecision
 from hwprune.transform.passes import Pass, Surgery, TransformError
@@ -75,19 +75,26 @@ def removed_inputs(analysis: Analysis, width: Mapping[str, WidthDecision]) -> di
     """Per layer, the input indices constrained pruning to ``width`` removes (as ``prune`` will)."""
     graph = analysis.capture.dependency_graph
     removed: dict[str, set[int]] = {}
-    for gid, decision in width.items():
-        group = analysis.group(gid)
-        gone = sorted(set(range(group.channels)) - set(decision.indices))
-        if not gone or group.kind == "heads":
-            continue
-        root = analysis.model.get_submodule(gid)
-        with tolerant_index_mapping(graph.hwprune_unmapped):
-            dependency_group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, gone)
-        for item in dependency_group.items:
-            module = item.dep.target.module
-            if isinstance(module, nn.Module) and not graph.is_out_channel_pruning_fn(item.dep.handler):
-                removed.setdefault(analysis.capture.module_name(module), set()).update(int(i) for i in item.idxs)
+    with frozen_index_mapping(graph):  # before pruning: no count changes yet
+        for gid, decision in width.items():
+            _removed_by(analysis, gid, decision, removed)
     return removed
+
+
+def _removed_by(analysis: Analysis, gid: str, decision: WidthDecision, removed: dict[str, set[int]]) -> None:
+    """Add the input indices that pruning group ``gid`` to ``decision`` removes, per layer."""
+    graph = analysis.capture.dependency_graph
+    group = analysis.group(gid)
+    gone = sorted(set(range(group.channels)) - set(decision.indices))
+    if not gone or group.kind == "heads":
+        return
+    root = analysis.model.get_submodule(gid)
+    with tolerant_index_mapping(graph.hwprune_unmapped):
+        dependency_group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, gone)
+    for item in dependency_group.items:
+        module = item.dep.target.module
+        if isinstance(module, nn.Module) and not graph.is_out_channel_pruning_fn(item.dep.handler):
+            removed.setdefault(analysis.capture.module_name(module), set()).update(int(i) for i in item.idxs)
 
 
 def input_width(module: nn.Module) -> int:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from hwprune.calibration import first_output
+from hwprune.graph.capture import frozen_index_mapping
 from hwprune.plan import WidthDecision
 from hwprune.transform.passes import Pass, Surgery, TransformError
 from hwprune.transform.permute import permutable, permute_group
@@ -184,10 +185,11 @@ class ReorderSegments(Pass):
 
     def call(self, surgery: Surgery) -> bool:
         changed = False
-        for gid, decision in surgery.width.items():
-            if decision.readers is not None and permutable(surgery.analysis, gid) is None:
-                surgery.width[gid] = _reorder(surgery, gid, decision)
-                changed = True
+        with frozen_index_mapping(surgery.analysis.capture.dependency_graph):  # permuting changes no count
+            for gid, decision in surgery.width.items():
+                if decision.readers is not None and permutable(surgery.analysis, gid) is None:
+                    surgery.width[gid] = _reorder(surgery, gid, decision)
+                    changed = True
         return changed
 
     def ensures(self, surgery: Surgery) -> None:

@@ -1,0 +1,67 @@
+"""Measuring a model on a target: its op signatures into a latency table, and whole models
+(exported to ONNX, then timed by the target's runtime) as the predictor's anchors.
+
+It sits above latency/ (which only reads tables and predicts) and export/ (which writes ONNX),
+so that neither imports the other; ``hwprune profile``, ``hwprune latency --measure`` and
+compile call it.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hwprune.export.onnx_export import export_onnx
+from hwprune.graph.analyze import Analysis, analyze
+from hwprune.latency.layers import model_layers
+from hwprune.latency.lut import LatencyTable
+from hwprune.latency.model_latency import ANCHOR_FRACTIONS, anchor_counts, anchor_key, model_key
+from hwprune.latency.profiler import profile
+from hwprune.latency.space import profile_signatures
+from hwprune.runtime import runtime_for
+from hwprune.runtime.timing import Timing
+from hwprune.targets import Target
+from hwprune.transform.prune import leading_channels, prune
+
+
+def measure_model(model: nn.Module, example_input: torch.Tensor, target: Target, runs: int = 30) -> Timing:
+    """Export to a temporary ONNX file and time it on this host with the target's runtime."""
+    runtime = runtime_for(target)
+    with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
+        runner = runtime.load(export_onnx(model, example_input, Path(tmp) / "model.onnx"))
+        try:
+            return runtime.time(runner, warmup=5, min_runs=runs, min_seconds=0.5)
+        finally:
+            runner.close()
+
+
+def profile_model(analysis: Analysis, target: Target, table: LatencyTable, progress: object | None = None) -> int:
+    """Measure every signature the search may need for this model, and the whole model unpruned and
+    uniformly pruned at each of ``ANCHOR_FRACTIONS`` (the predictor's anchors); returns how many
+    measurements were new."""
+    alignment = target.channel_alignment
+    groups = {g.id: g for g in analysis.groups}
+    signatures = profile_signatures(model_layers(analysis, target.default_dtype), groups, alignment)
+    measured = profile(signatures, table, target, progress)
+    x = analysis.capture.example_input
+    key = model_key(analysis.name, tuple(x.shape))
+    if key not in table.models:
+        table.models[key] = measure_model(analysis.model, x, target).median_ms
+        measured += 1
+    for fraction in ANCHOR_FRACTIONS:
+        counts = anchor_counts(analysis, alignment, fraction)
+        if counts and anchor_key(key, fraction) not in table.models:
+            table.models[anchor_key(key, fraction)] = measure_model(_leading(analysis, counts), x, target).median_ms
+            measured += 1
+    return measured
+
+
+def _leading(analysis: Analysis, counts: dict[str, int]) -> nn.Module:
+    """A copy of the analysed model with the leading ``counts[group]`` channels of each group kept
+    (which channels go does not change latency)."""
+    fresh = analyze(copy.deepcopy(analysis.model), analysis.capture.example_input, analysis.name, strict=False)
+    return prune(fresh, {gid: leading_channels(fresh.group(gid), n) for gid, n in counts.items()})

@@ -1,0 +1,167 @@
+"""The human side of a report: ``report.md`` and PNG plots (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hwprune.report import CandidateRow, Report, Side
+
+PLOTS = ("layer_latency.png", "channels_kept.png", "predicted_vs_measured.png")
+
+
+def write_plots(report: Report, folder: Path) -> list[Path]:
+    """Per-layer predicted latency before/after, channels kept per group, predicted vs measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    layers = report.layers
+    fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(layers)), 5))
+    positions = range(len(layers))
+    ax.bar([p - 0.2 for p in positions], [r.baseline_predicted_ms for r in layers], 0.4, label="baseline")
+    ax.bar([p + 0.2 for p in positions], [r.pruned_predicted_ms for r in layers], 0.4, label="pruned")
+    ax.set_xticks(list(positions), [r.name for r in layers], rotation=90, fontsize=6)
+    ax.set_ylabel("predicted ms (in-model, calibrated)")
+    ax.set_title(f"{_short(report.model)} on {report.target}: per-layer latency")
+    ax.legend()
+    fig.tight_layout()
+    written.append(_save(fig, folder / PLOTS[0], plt))
+
+    groups = report.groups
+    fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(groups)), 4))
+    ax.bar(range(len(groups)), [g.of for g in groups], color="lightgray", label="channels")
+    ax.bar(range(len(groups)), [g.keep for g in groups], label="kept")
+    ax.set_xticks(range(len(groups)), [g.id for g in groups], rotation=90, fontsize=6)
+    ax.set_ylabel("channels (heads for attention)")
+    ax.set_title("channels kept per group")
+    ax.legend()
+    fig.tight_layout()
+    written.append(_save(fig, folder / PLOTS[1], plt))
+
+    attempts = [a for a in report.search.attempts if a.measured_fraction is not None]
+    baseline_predicted = report.search.baseline_predicted_ms
+    fig, ax = plt.subplots(figsize=(5, 5))
+    predicted = [a.predicted_ms / baseline_predicted for a in attempts]
+    measured = [a.measured_fraction for a in attempts]
+    ax.scatter(predicted, measured, label="search rounds")
+    if report.speedup.measured is not None:
+        ax.scatter([1 / report.speedup.predicted], [1 / report.speedup.measured], marker="*", s=200,
+                   label="chosen (final measurement)")
+    else:
+        ax.text(0.5, 0.5, f"not measured:\n{report.engine.reason}", ha="center", va="center", wrap=True,
+                fontsize=7, transform=ax.transAxes)
+    low, high = 0.0, 1.05 * max(predicted + measured + [1.0])
+    ax.plot([low, high], [low, high], "k--", linewidth=0.8, label="predicted = measured")
+    ax.axhline(report.budget.latency_fraction, color="red", linewidth=0.8, label="requested")
+    ax.set_xlabel("predicted latency / baseline")
+    ax.set_ylabel("measured latency / baseline (interleaved)")
+    ax.set_title("predicted vs measured")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    written.append(_save(fig, folder / PLOTS[2], plt))
+    return written
+
+
+def _save(fig, path: Path, plt) -> Path:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def markdown(report: Report) -> str:
+    """A summary a new user can read: what was asked, what was measured, how far to trust it."""
+    base, pruned = report.baseline, report.pruned
+    fid, verify, speed = report.fidelity, report.verify, report.speedup
+    measured = speed.measured is not None
+    top1 = "n/a" if fid.top1_agreement is None else f"{100 * fid.top1_agreement:.1f}%"
+    budget = report.budget
+    lines = [
+        f"# hwprune report: {report.model} on {report.target}",
+        "",
+        f"Requested: {budget.kind} {budget.value:g} (latency {budget.latency_fraction:.3f} of the "
+        f"baseline, met within ±{100 * budget.tolerance:.0f}%).",
+        "",
+        "| | baseline | pruned |",
+        "|---|---:|---:|",
+        f"| measured latency median (ms) | {_ms(base, 'median')} | {_ms(pruned, 'median')} |",
+        f"| measured latency p90 (ms) | {_ms(base, 'p90')} | {_ms(pruned, 'p90')} |",
+        f"| predicted latency (ms, {speed.predicted_by}) | {base.predicted_ms:.3f} | "
+        f"{pruned.predicted_ms:.3f} |",
+        f"| GFLOPs | {base.flops / 1e9:.3f} | {pruned.flops / 1e9:.3f} |",
+        f"| parameters (M) | {base.params / 1e6:.3f} | {pruned.params / 1e6:.3f} |",
+        "",
+        _speed_line(report) if measured else
+        f"**Not measured**: {report.engine.reason}. Predicted speedup {speed.predicted:.2f}x by the "
+        f"{speed.predicted_by} latency model only; measure on the device before relying on it.",
+        "",
+        f"**Verification**: the exported `pruned.onnx` matches the pruned PyTorch model on {verify.inputs} random "
+        f"inputs: max abs error {verify.max_abs_err:.3g} (atol {verify.atol:g}, rtol {verify.rtol:g}): "
+        f"{'pass' if verify.ok else 'FAIL'}.",
+        "",
+        f"**Fidelity** to the unpruned model on {fid.samples} samples ({fid.inputs}): mean output cosine "
+        f"{fid.cosine:.4f}, top-1 agreement {top1}."
+        + (f" Caveat: {fid.caveat}." if fid.caveat else "")
+        + " Without real calibration data this is measured on noise; validate on real data before deploying.",
+        "",
+        f"**Engine**: {report.engine.path or 'not built'}"
+        + (f" ({report.engine.reason})" if report.engine.reason else "") + ".",
+        "",
+        _copies_line(report.copies),
+        "",
+        f"Search: importance {report.search.importance}, {report.search.groups} groups, allocation "
+        f"{report.search.strategy}"
+        + (f" ({_candidates(report.search.candidates)})" if report.search.candidates else "")
+        + (", unconstrained (each reader of a segment keeps its own channels)" if report.search.unconstrained
+           else "")
+        + f", {len(report.search.attempts)} round(s) of search"
+        + (" + measurement." if measured else "."),
+        "",
+        "| round | predicted budget (ms) | predicted (ms) | measured latency fraction |",
+        "|---:|---:|---:|---:|",
+    ]
+    for n, attempt in enumerate(report.search.attempts, 1):
+        fraction = "-" if attempt.measured_fraction is None else f"{attempt.measured_fraction:.3f}"
+        lines.append(f"| {n} | {attempt.predicted_budget_ms:.3f} | {attempt.predicted_ms:.3f} | {fraction} |")
+    lines += ["", "Plots: " + ", ".join(f"![{name}](plots/{name})" for name in PLOTS), ""]
+    return "\n".join(lines)
+
+
+def _copies_line(copies: dict) -> str:
+    def text(found: dict) -> str:
+        megabytes = sum(op["bytes"] for op in found.values()) / 1e6
+        return f"{' / '.join(str(found[op]['count']) for op in ('Gather', 'Slice', 'Concat'))} ({megabytes:.2f} MB)"
+
+    line = (f"**Copy ops** (Gather / Slice / Concat on activations, MB written per inference): baseline "
+            f"{text(copies['baseline'])}, pruned {text(copies['pruned'])}")
+    if copies.get("pruned_without_reordering"):
+        line += f"; the same plan exported without reordering: {text(copies['pruned_without_reordering'])}"
+    return line + "."
+
+
+def _candidates(candidates: list[CandidateRow]) -> str:
+    return "scored on the calibration inputs: " + ", ".join(f"{c.strategy} {c.score:.4f}" for c in candidates)
+
+
+def _short(spec: str) -> str:
+    """A model spec without its folder (file.py:factory specs carry whole paths)."""
+    return spec.rsplit("/", 1)[-1]
+
+
+def _ms(side: Side, key: str) -> str:
+    return "-" if side.latency_ms is None else f"{getattr(side.latency_ms, key):.3f}"
+
+
+def _speed_line(report: Report) -> str:
+    speed, method = report.speedup, report.measurement
+    spread = speed.measured_ratio_spread
+    spread_text = "" if spread is None else f"; spread of the per-round ratio {100 * spread:.1f}%"
+    settings = (f", {method['threads']} thread(s), {method['graph_optimization_level']}"
+                if "threads" in method else "")
+    return (f"**Measured speedup {speed.measured:.2f}x** (predicted {speed.predicted:.2f}x{spread_text}). "
+            f"Measured with {method['runtime']}{settings}: {method['method']}.")
+
+

@@ -1,0 +1,99 @@
+"""The house's layering, held by a test: which stage may import which, no import circle, a torch-free
+runtime layer and on-device kit, a light ``--help``, and one place that switches on the runtime."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "hwprune"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, at module level or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+GRAPH = nx.DiGraph()
+for name, path in MODULES.items():
+    GRAPH.add_node(name)
+    GRAPH.add_edges_from((name, target) for target in imports(path) if target in MODULES and target != name)
+
+
+def stage(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else module
+
+
+def stage_imports(source: str) -> set[str]:
+    return {stage(t) for m in GRAPH if stage(m) == source for t in GRAPH.successors(m)} - {source}
+
+
+@pytest.mark.parametrize("source, forbidden", [
+    ("graph", {"importance", "latency", "search", "transform", "export", "evaluate", "runtime"}),
+    ("search", {"transform", "export", "runtime"}),
+    ("latency", {"export", "search", "transform"}),
+    ("export", {"latency", "search"}),
+    ("runtime", {"graph", "latency", "export", "search", "transform", "importance", "evaluate"}),
+    ("evaluate", {"search", "transform", "export"}),
+    ("plan", {s for s in map(stage, MODULES) if s not in ("errors", "io", "plan")}),
+])
+def test_a_stage_imports_none_of_what_it_must_not(source, forbidden):
+    assert not stage_imports(source) & forbidden
+
+
+def test_no_import_circle_even_through_imports_inside_functions():
+    packages = nx.DiGraph((stage(a), stage(b)) for a, b in GRAPH.edges if stage(a) != stage(b))
+    assert list(nx.simple_cycles(packages)) == []
+
+
+def test_the_runtime_layer_and_the_on_device_kit_import_no_torch():
+    """Every module the kit and the runtime layer reach, transitively, is torch-free."""
+    kit = ROOT / "export" / "trt_build_and_time.py"
+    roots = {m for m in MODULES if stage(m) == "runtime"} | {t for t in imports(kit) if t in MODULES}
+    reached = set(roots).union(*(nx.descendants(GRAPH, m) for m in roots))
+    for module in reached | {"kit"}:
+        path = kit if module == "kit" else MODULES[module]
+        heavy = {t.split(".")[0] for t in imports(path)} & {"torch", "torchvision", "torch_pruning"}
+        assert not heavy, f"{module} imports {heavy}"
+
+
+def test_only_the_runtime_layer_switches_on_the_runtime():
+    """``x.runtime == "tensorrt"`` and the like appear only in hwprune/runtime/ (and the device
+    profile parser, which checks what a profile may say)."""
+    found = []
+    for name, path in MODULES.items():
+        if stage(name) == "runtime" or name == "hwprune.targets":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                if any(isinstance(s, ast.Attribute) and s.attr == "runtime" for s in sides) and any(
+                        isinstance(s, ast.Constant) and s.value in ("onnxruntime", "tensorrt") for s in sides):
+                    found.append(f"{name}:{node.lineno}")
+    assert found == []
+
+
+def test_help_imports_no_runtime_and_no_pruning_library():
+    code = ("import sys, hwprune.cli\n"
+            "try:\n    hwprune.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = {'onnxruntime', 'tensorrt', 'torch_pruning', 'torch'} & set(sys.modules)\n"
+            "assert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-500:]
