@@ -151,8 +151,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser, optional: bool = False
 def _run_analyze(args: argparse.Namespace) -> int:
     from hwprune.graph.segments import segments
     from hwprune.io import write_text_atomic
+    from hwprune.transform.trial import prove_prunable
 
     analysis = _load_and_analyze(args, exclude=args.exclude, strict=not args.skip_unsupported)
+    prove_prunable(analysis)
     data = analysis.to_json()
     data["segments"] = [{"group": s.group, "producers": s.producers, "readers": [r.layer for r in s.readers]}
                         for s in segments(analysis)]
@@ -207,10 +209,12 @@ def _run_profile(args: argparse.Namespace) -> int:
     from hwprune.latency.model_latency import open_table
     from hwprune.profiling import profile_model
     from hwprune.targets import load_target
+    from hwprune.transform.trial import prove_prunable
 
     target = load_target(args.target)
     table, path = open_table(target, Path(args.lut) if args.lut else None, create=True)
     analysis = _load_and_analyze(args)
+    prove_prunable(analysis)
     started = time.perf_counter()
     with Progress(transient=True) as progress:
         measured = profile_model(analysis, target, table, progress)

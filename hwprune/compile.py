@@ -29,7 +29,7 @@ from rich.progress import Progress
 from torch import nn
 
 from hwprune.calibration import Calibration, fidelity, load_calibration
-from hwprune.errors import PlanError
+from hwprune.errors import HwpruneError, PlanError
 from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.export.verify import verified
 from hwprune.graph.analyze import Analysis, analyze
@@ -54,6 +54,7 @@ from hwprune.search.decide import Decision, WidthSearch
 from hwprune.search.refine import Round, pick, refine
 from hwprune.targets import Target
 from hwprune.transform.apply import realise
+from hwprune.transform.trial import prove_prunable
 
 ARTEFACTS = ("report.json", "report.md", "plan.json", "pruned.pt", "baseline.onnx", "pruned.onnx", "plots",
              "build_engine.sh", "baseline.engine", "pruned.engine", "timing.cache")
@@ -72,8 +73,10 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     target, x = options.target, loaded.example_input
     calibration = load_calibration(options.calib_data, x)  # bad --calib-data fails before any work
     digest = state_digest(loaded.module)
-    with step("analyze"):
+    with step("analyze and trial-prune"):
         analysis = analyze(loaded.module, x, loaded.name, exclude=options.exclude, strict=False)
+        for gid, error in prove_prunable(analysis).items():
+            console.print(f"  [yellow]not pruned:[/yellow] group {gid}: trial pruning failed ({error})")
     if not analysis.prunable():
         raise PlanError(f"{loaded.name}: no prunable channel group (see hwprune analyze)")
     runtime = runtime_for(target)
@@ -242,8 +245,17 @@ def _print_round(console: Console, fraction: float, done: Round) -> None:
 
 @contextmanager
 def _step(console: Console, name: str) -> Iterator[None]:
-    """Print a pipeline step and, when it succeeds, how long it took."""
+    """Print a pipeline step and, when it succeeds, how long it took. An unexpected failure inside
+    it becomes one line naming the step (exit 2; --debug shows the traceback), and the staging
+    folder goes with it, so nothing that looks finished is left."""
     started = time.perf_counter()
     console.print(f"[bold]{name}[/bold] ...")
-    yield
+    try:
+        yield
+    except HwpruneError:
+        raise
+    except Exception as exc:  # a bug or an unforeseen model: say where, in one line
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise HwpruneError(f"step '{name}' failed unexpectedly: {type(exc).__name__}: {message[:300]} "
+                           "(rerun with --debug for the traceback)") from exc
     console.print(f"  done in {time.perf_counter() - started:.1f} s")

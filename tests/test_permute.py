@@ -291,6 +291,7 @@ MODULE_KINDS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], dict[str
     "grouped_conv": (_grouped_conv, (1, 3, 8, 8), {"0": "grouped convolution", "2": "grouped convolution",
                                                    "5": "not prunable"}),
     "transposed_consumer": (_transposed_consumer, (1, 3, 8, 8), {"0": "unsupported layer 2 (ConvTranspose2d)",
+                                                                 "2": "unsupported layer 2 (ConvTranspose2d)",
                                                                  "6": "not prunable"}),
     "weight_norm_consumer": (_weight_norm_consumer, (1, 3, 8, 8), {"0": "2 computes its weights",
                                                                    "2": "2 computes its weights",

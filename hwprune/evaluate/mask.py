@@ -28,12 +28,12 @@ def silence_channels(analysis: Analysis, group: ChannelGroup, dropped: Sequence[
     dropped = sorted(dropped)
     if not dropped:
         return lambda: None
-    targets: list[tuple[torch.Tensor, list[int]]] = []
+    targets: list[tuple[torch.Tensor, int, list[int]]] = []  # tensor, dim, indices along it
     if group.kind == "heads":
         attention = analysis.model.get_submodule(group.id.removesuffix(":heads"))
         assert isinstance(attention, HeadAttention)
         rows = [h * attention.head_dim + d for h in dropped for d in range(attention.head_dim)]
-        targets = [(p, rows) for p in (attention.v_proj.weight, attention.v_proj.bias) if p is not None]
+        targets = [(p, 0, rows) for p in (attention.v_proj.weight, attention.v_proj.bias) if p is not None]
     else:
         graph = analysis.capture.dependency_graph
         root = analysis.model.get_submodule(group.id)
@@ -41,23 +41,41 @@ def silence_channels(analysis: Analysis, group: ChannelGroup, dropped: Sequence[
             pruning_group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels,
                                                     dropped)
         for dep, idxs in pruning_group:
-            module = dep.target.module
-            if not graph.is_out_channel_pruning_fn(dep.handler) or not isinstance(module, nn.Module):
-                continue
-            for name in ("weight", "bias"):
-                param = getattr(module, name, None)
-                if isinstance(param, torch.Tensor):
-                    targets.append((param, list(idxs)))
-    saved = [(param, idxs, param[idxs].clone()) for param, idxs in targets]
-    for param, idxs in targets:
-        param[idxs] = 0
+            if graph.is_out_channel_pruning_fn(dep.handler):
+                targets += _output_tensors(dep.target, list(idxs))
+    saved = [(param, dim, idxs, param.index_select(dim, _index(idxs)).clone()) for param, dim, idxs in targets]
+    for param, dim, idxs in targets:
+        param.index_fill_(dim, _index(idxs), 0)
 
     @torch.no_grad()
     def restore() -> None:
-        for param, idxs, values in reversed(saved):
-            param[idxs] = values
+        for param, dim, idxs, values in reversed(saved):
+            param.index_copy_(dim, _index(idxs), values)
 
     return restore
+
+
+def _output_tensors(target, idxs: list[int]) -> list[tuple[torch.Tensor, int, list[int]]]:
+    """The tensors that make output channels ``idxs`` of a torch-pruning node, with the dim they
+    sit on: a layer's weight and bias (a transposed convolution's weight holds outputs in dim 1),
+    or a bare parameter combined with the channels (``x * scale + shift`` outside any layer), so
+    that silenced channels compute what removed ones do."""
+    module = target.module
+    if isinstance(module, nn.Parameter):
+        return [(module, target.pruning_dim, idxs)]
+    if not isinstance(module, nn.Module):
+        return []
+    found = []
+    for name in ("weight", "bias"):
+        param = getattr(module, name, None)
+        if isinstance(param, torch.Tensor):
+            transposed = name == "weight" and isinstance(module, nn.modules.conv._ConvTransposeNd)
+            found.append((param, 1 if transposed else 0, idxs))
+    return found
+
+
+def _index(idxs: list[int]) -> torch.Tensor:
+    return torch.tensor(idxs, dtype=torch.long)
 
 
 @contextmanager

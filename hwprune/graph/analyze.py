@@ -34,6 +34,11 @@ class Analysis:
     def prunable(self) -> list[ChannelGroup]:
         return [g for g in self.groups if g.prunable]
 
+    def refuse(self, group_id: str, reason: str) -> None:
+        """Mark a group not prunable, with the reason (a later stage found that it cannot be pruned)."""
+        group = self.group(group_id)
+        group.prunable, group.reason = False, reason
+
     def to_json(self) -> dict:
         return {"model": self.name, "input_shape": list(self.capture.example_input.shape),
                 "flops": self.capture.flops, "params": self.capture.params,

@@ -19,6 +19,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torch_pruning.dependency import index_mapping
+from torch_pruning.dependency.constants import INDEX_MAPPING_PLACEHOLDER
 from torch_pruning.ops import OPTYPE
 
 from hwprune.errors import CaptureError
@@ -44,6 +45,7 @@ class Capture:
 
 def capture(model: nn.Module, example_input: torch.Tensor) -> Capture:
     """Trace ``model`` on ``example_input``; raises CaptureError naming the failing module."""
+    example_input = _one_tensor(example_input)
     model.eval()
     convert_multihead_attention(model)
     counter = FlopCounterMode(display=False)
@@ -53,10 +55,13 @@ def capture(model: nn.Module, example_input: torch.Tensor) -> Capture:
     try:
         unmapped: dict[str, str] = {}
         with traced_whole(model, shapes_in, shapes) as pruners, tolerant_index_mapping(unmapped):
-            graph = tp.DependencyGraph().build_dependency(model, example_input, customized_pruners=pruners,
+            # A tuple: given a bare tensor, torch-pruning first tries model(*tensor), which for a batch of
+            # one runs the model on an unbatched sample (and traces wrong shapes) without failing.
+            graph = tp.DependencyGraph().build_dependency(model, (example_input,), customized_pruners=pruners,
                                                           verbose=False)
     except Exception as exc:  # torch-pruning raises many kinds; each means "cannot trace this model"
         raise CaptureError(f"tracing channel dependencies failed: {type(exc).__name__}: {exc}") from exc
+    graph.hwprune_spatial = _spatial_splits_and_concats(graph, shapes)
     _isolate_unmappable_concats(graph, unmapped)
     graph.hwprune_unmapped = unmapped
     _check_every_layer_traced(model, graph, shapes)
@@ -135,7 +140,7 @@ def _isolate_unmappable_concats(graph: tp.DependencyGraph, unmapped: dict[str, s
     so every group that touches them is reported as not prunable.
     """
     for node in list(graph.module2node.values()):
-        if node.type != OPTYPE.CONCAT:
+        if node.type != OPTYPE.CONCAT or node.name in graph.hwprune_spatial:
             continue
         if node.module.offsets is None:
             reason = "a concat whose channel offsets torch-pruning could not infer"
@@ -148,6 +153,68 @@ def _isolate_unmappable_concats(graph: tp.DependencyGraph, unmapped: dict[str, s
             unmapped[other.name] = reason
         node.dependencies = []
         unmapped[node.name] = reason
+
+
+def _one_tensor(example: object) -> torch.Tensor:
+    """The example input as one tensor (a 1-tuple is unwrapped); anything else is a CaptureError."""
+    if isinstance(example, (tuple, list)) and len(example) == 1:
+        example = example[0]
+    if not isinstance(example, torch.Tensor):
+        count = f" of {len(example)}" if isinstance(example, tuple | list) else ""
+        raise CaptureError(f"the example input must be one tensor (the model's single input), not "
+                           f"{type(example).__name__}{count}")
+    return example
+
+
+def _spatial_splits_and_concats(graph: tp.DependencyGraph, shapes: dict[str, tuple[int, ...]]) -> set[str]:
+    """The split/chunk/unbind and concat nodes that act along a dim other than channels (1).
+
+    Along height, width or time they keep every channel, so channels pass through them unchanged
+    (as through an add) and need no offsets; along channels they need the offsets torch-pruning
+    maps. A dim that cannot be resolved counts as channels: refusing is safer than guessing.
+    """
+    spatial = set()
+    for node in graph.module2node.values():
+        if node.type not in (OPTYPE.CONCAT, OPTYPE.SPLIT, OPTYPE.UNBIND):
+            continue
+        dim = getattr(node.grad_fn, "_saved_dim", None)
+        if dim is None:
+            continue
+        dim = dim - 2**64 if dim >= 2**63 else dim  # autograd stores a negative dim as unsigned
+        if dim < 0:
+            ndim = _ndim(graph, node, shapes)
+            if ndim is None:
+                continue
+            dim += ndim
+        if dim != 1:
+            spatial.add(node.name)
+            _identity_mapping(node)
+    return spatial
+
+
+def _identity_mapping(node) -> None:
+    """Channels pass ``node`` unchanged: drop any channel offsets torch-pruning gave it (it does so for
+    a split along a negative dim) and keep it from giving them again."""
+    node.enable_index_mapping = False
+    for dep in [*node.dependencies, *(d for other in (*node.inputs, *node.outputs) for d in other.dependencies
+                                      if d.target is node)]:
+        dep.index_mapping = [INDEX_MAPPING_PLACEHOLDER, INDEX_MAPPING_PLACEHOLDER]
+
+
+def _ndim(graph: tp.DependencyGraph, node, shapes: dict[str, tuple[int, ...]], depth: int = 8) -> int | None:
+    """The rank of the tensor ``node`` reads, from its own saved sizes or the nearest layer before it."""
+    sizes = getattr(node.grad_fn, "_saved_self_sym_sizes", None)
+    if sizes is not None:
+        return len(sizes)
+    for source in node.inputs:
+        name = graph._module2name.get(source.module)
+        if name in shapes:
+            return len(shapes[name])
+        if depth and source.type in (OPTYPE.ELEMENTWISE, OPTYPE.CONCAT, OPTYPE.SPLIT, OPTYPE.UNBIND):
+            found = _ndim(graph, source, shapes, depth - 1)
+            if found is not None:
+                return found
+    return None
 
 
 def _check_every_layer_traced(model: nn.Module, graph: tp.DependencyGraph, shapes: dict) -> None:

@@ -70,7 +70,7 @@ def channel_groups(cap: Capture, exclude: Iterable[str] = (), strict: bool = Tru
     """
     patterns = list(exclude)
     graph = cap.dependency_graph
-    roots = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+    roots = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
     groups = []
     visited: set[nn.Module] = set()
     with tolerant_index_mapping(graph.hwprune_unmapped), frozen_index_mapping(graph):
@@ -131,6 +131,8 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
             mixing = _mixing_reason(op, target.grad_fn)
             if mixing:
                 reasons.append(f"unsupported op {op} ({mixing}) after {cap.module_name(dep.source.module)}")
+        elif target.name in graph.hwprune_spatial:
+            pass  # a split or concat along height/width: channels pass through unchanged
         elif target.type == OPTYPE.CONCAT:
             couplings.add("concat")
         elif target.type in (OPTYPE.SPLIT, OPTYPE.UNBIND):

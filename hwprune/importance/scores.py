@@ -93,7 +93,10 @@ def _fallback_l1(analysis: Analysis, group: ChannelGroup) -> np.ndarray | None:
     if scores is None or scores.shape != (group.channels,):
         # torch-pruning scores no layer of the group, or not one score per channel (a layer that
         # reads each channel twice): the root layer's own rows
-        weight = analysis.model.get_submodule(group.id).weight.detach().abs()
+        root = analysis.model.get_submodule(group.id)
+        weight = root.weight.detach().abs()
+        if isinstance(root, nn.modules.conv._ConvTransposeNd):  # output channels in dim 1
+            weight = weight.transpose(0, 1)
         scores = weight.reshape(weight.shape[0], -1).sum(dim=1).double().numpy()
     return scores
 

@@ -73,3 +73,26 @@ def small_resnet():
                           ResidualBlock(32, 64), ResidualBlock(32, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(32, 10))
     return model.eval(), torch.randn(1, 3, 64, 64)
+
+
+class ConstantGate(nn.Module):
+    """A squeeze-excitation gate whose affine is a per-channel constant held as a buffer outside any
+    layer, as models converted from ONNX hold it: pruning the gated channels breaks the broadcast."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.body = nn.Conv2d(32, 32, 3, padding=1)
+        self.register_buffer("alpha", torch.full((1, 32, 1, 1), 0.2))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        h = torch.relu(self.body(h))
+        gate = torch.clamp(h.mean((2, 3), keepdim=True) * self.alpha + 0.5, 0, 1)
+        return self.head(h * gate)
+
+
+def constant_gate():
+    torch.manual_seed(0)
+    return ConstantGate().eval(), torch.randn(1, 3, 32, 32)

@@ -1,0 +1,136 @@
+"""Regression tests for analyzer faults found by running Torch-Pruning's test models through hwprune:
+each pattern gets the right verdict, and where a group is prunable, silenced channels compute what
+removed ones do and zeroed-then-removed channels leave the output unchanged."""
+
+import copy
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from hwprune.errors import CaptureError
+from hwprune.evaluate.mask import silenced
+from hwprune.graph.analyze import analyze
+from hwprune.transform.prune import prune
+from tests.pruning_helpers import max_abs_diff, random_keep
+
+
+class ChannelMeanGate(nn.Module):
+    """h * sigmoid(h.mean(1)): a gate over the channel mean; removing any channel changes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        h = self.c1(x)
+        return self.c2(h * torch.sigmoid(h.mean(1, keepdim=True)))
+
+
+class SpatialMean(nn.Module):
+    """Global average pooling written as .mean((-2, -1)): a reduction over space, not channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.fc = nn.Conv2d(3, 16, 3, padding=1), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(self.c1(x).mean((-2, -1)))
+
+
+class InPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        h = self.c1(x)
+        h.relu_()
+        return self.c2(h)
+
+
+class TransposedPlusConv(nn.Module):
+    """A ConvTranspose output added to an (upsampled) Conv2d output: one group, both producers."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.up = nn.Conv2d(3, 8, 3, padding=1), nn.ConvTranspose2d(8, 16, 2, stride=2)
+        self.side, self.head = nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        h = self.stem(x)
+        return self.head(self.up(h) + nn.functional.interpolate(self.side(h), scale_factor=2))
+
+
+class BareParameters(nn.Module):
+    """x * scale + shift with bare parameters outside any layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 1)
+        self.scale = nn.Parameter(torch.rand(1, 16, 1, 1) + 0.5)
+        self.shift = nn.Parameter(torch.rand(1, 16, 1, 1))
+
+    def forward(self, x):
+        return self.c2(self.c1(x) * self.scale + self.shift)
+
+
+class SpatialSplitConcat(nn.Module):
+    """chunk along height, concat along dim 2: every channel passes both."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        top, bottom = self.c1(x).chunk(2, dim=-2)
+        return self.c2(torch.cat([bottom, top], dim=2))
+
+
+def build(cls):
+    torch.manual_seed(0)
+    return cls().eval(), torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("cls, prunable", [(ChannelMeanGate, False), (SpatialMean, True), (InPlace, True),
+                                           (TransposedPlusConv, True), (BareParameters, True),
+                                           (SpatialSplitConcat, True)])
+def test_verdict_at_batch_one_and_exact_removal(cls, prunable):
+    model, x = build(cls)
+    analysis = analyze(model, x, cls.__name__, strict=False)
+    inner = [g for g in analysis.groups if not g.reason or "output" not in g.reason]
+    assert inner and all(g.prunable == prunable for g in inner), [(g.id, g.reason) for g in inner]
+    if not prunable:
+        assert "channel" in inner[0].reason
+        return
+    rng = random.Random(0)
+    keep = {g.id: random_keep(g, rng) for g in analysis.prunable()}
+    dropped = {gid: sorted(set(range(analysis.group(gid).channels)) - set(kept)) for gid, kept in keep.items()}
+    with silenced(analysis, dropped) as masked, torch.no_grad():
+        reference = masked(x).clone()
+    assert max_abs_diff(reference, model(x)) > 1e-4, "silencing changed nothing: the test would not see a fault"
+    pruned = prune(analysis, keep)
+    with torch.no_grad():
+        assert max_abs_diff(reference, pruned(x)) <= 1e-4 * max(1.0, float(reference.abs().max()))
+
+
+def test_a_channel_mean_gate_really_is_not_removable():
+    """Why the verdict above is right: removing channels changes the gate for the rest."""
+    model, x = build(ChannelMeanGate)
+    analysis = analyze(copy.deepcopy(model), x, strict=False)
+    with torch.no_grad():
+        before = model(x)
+        model.c1.weight[:8] = 0
+        model.c1.bias[:8] = 0
+        zeroed = model(x)
+    assert max_abs_diff(before, zeroed) > 1e-4
+    assert not analysis.group("c1").prunable
+
+
+@pytest.mark.parametrize("example", [(torch.randn(1, 3, 16, 16),), [torch.randn(1, 3, 16, 16)]])
+def test_a_one_tensor_sequence_is_accepted_and_anything_else_named(example):
+    model, _ = build(InPlace)
+    assert analyze(model, example, strict=False).prunable()
+    with pytest.raises(CaptureError, match="must be one tensor"):
+        analyze(build(InPlace)[0], (torch.randn(1, 3, 16, 16), torch.randn(1, 3, 16, 16)))

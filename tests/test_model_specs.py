@@ -1,0 +1,217 @@
+"""Model specs users have: ONNX files (through onnx2torch) and Ultralytics detectors, and one line
+naming the file or spec for each bad one. Skipped only where the extra is not installed."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from hwprune.errors import ModelSpecError
+from hwprune.models import load_model, save_ultralytics, state_digest
+
+needs_onnx2torch = pytest.mark.skipif(importlib.util.find_spec("onnx2torch") is None,
+                                      reason="onnx2torch not installed (pip install 'hwprune[onnx]')")
+needs_ultralytics = pytest.mark.skipif(importlib.util.find_spec("ultralytics") is None,
+                                       reason="ultralytics not installed (pip install 'hwprune[ultralytics]')")
+SMALL = (1, 3, 64, 64)  # the smallest input a YOLO detector takes (stride 32): keeps these tests fast
+
+
+def spec_error(spec: str, **kwargs) -> str:
+    """The one-line message load_model raises for ``spec``."""
+    with pytest.raises(ModelSpecError) as info:
+        load_model(spec, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+class ResidualBlock(nn.Module):
+    """conv, BN, ReLU and a residual add: what the ONNX round trip must keep."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        return self.head(torch.relu(self.bn(self.conv(y))) + y)
+
+
+@pytest.fixture
+def block_onnx(tmp_path: Path) -> tuple[nn.Module, Path]:
+    """A ResidualBlock with non-trivial BN statistics, exported by hwprune's exporter with a symbolic batch."""
+    from hwprune.export.onnx_export import export_onnx
+
+    torch.manual_seed(1)
+    model = ResidualBlock().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+        model.bn.weight.uniform_(0.5, 1.5)
+        model.bn.bias.uniform_(-0.2, 0.2)
+    return model, export_onnx(model, torch.randn(2, 3, 16, 16), tmp_path / "block.onnx", dynamic_batch=True)
+
+
+@needs_onnx2torch
+def test_onnx_round_trip(block_onnx):
+    model, path = block_onnx
+    loaded = load_model(f"onnx:{path}")
+    assert tuple(loaded.example_input.shape) == (1, 3, 16, 16)  # the symbolic batch became 1
+    assert loaded.weights == f"the ONNX file {path}" and loaded.seed is None
+    assert not loaded.module.training
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(loaded.example_input), model(loaded.example_input), atol=1e-5,
+                                   rtol=1e-4)
+    wider = load_model(f"onnx:{path}", input_shape=(3, 3, 16, 16))
+    assert tuple(wider.example_input.shape) == (3, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(wider.module(wider.example_input), model(wider.example_input), atol=1e-5,
+                                   rtol=1e-4)
+
+
+@needs_onnx2torch
+def test_onnx_bad_inputs_are_one_line(tmp_path, block_onnx, monkeypatch):
+    import onnx
+    from onnx import TensorProto, helper
+
+    assert str(tmp_path / "missing.onnx") in spec_error(f"onnx:{tmp_path / 'missing.onnx'}")
+    text = tmp_path / "notes.onnx"
+    text.write_text("these are not the bytes of an ONNX model\n" * 3)
+    assert "not an ONNX model" in spec_error(f"onnx:{text}")
+
+    def single_node(name: str, node: onnx.NodeProto, dims: list, **kwargs) -> Path:
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)])
+        path = tmp_path / name
+        onnx.save(helper.make_model(graph, **kwargs), path)
+        return path
+
+    relu = helper.make_node("Relu", ["x"], ["y"])
+    symbolic = single_node("symbolic.onnx", relu, ["N", 3, "H", "W"])
+    message = spec_error(f"onnx:{symbolic}")
+    assert str(symbolic) in message and "'H'" in message and "--input-shape" in message
+    assert tuple(load_model(f"onnx:{symbolic}", input_shape=(2, 3, 8, 8)).example_input.shape) == (2, 3, 8, 8)
+    custom = single_node("custom.onnx", helper.make_node("Frobnicate", ["x"], ["y"], domain="example.ops"), [1, 3],
+                         opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("example.ops", 1)])
+    message = spec_error(f"onnx:{custom}")
+    assert str(custom) in message and "onnx2torch cannot convert" in message and "Frobnicate" in message
+
+    _, path = block_onnx
+    monkeypatch.setitem(sys.modules, "onnx2torch", None)  # as if the extra were not installed
+    message = spec_error(f"onnx:{path}")
+    assert str(path) in message and "pip install 'hwprune[onnx]'" in message
+
+
+@needs_ultralytics
+def test_yolov8n_yaml_loads_seeded_and_returns_tensors():
+    loaded = load_model("ultralytics:yolov8n.yaml")
+    assert tuple(loaded.example_input.shape) == (1, 3, 640, 640)
+    assert loaded.weights == "random, seed 0" and loaded.seed == 0 and not loaded.module.training
+    with torch.no_grad():
+        boxes, scores = loaded.module(loaded.example_input)
+        _, raw = loaded.module.detector(loaded.example_input)  # ultralytics' own eval forward
+    assert boxes.shape == (1, 64, 8400) and scores.shape == (1, 80, 8400)  # 4 x 16 DFL bins, 80 classes
+    assert torch.equal(boxes, raw["boxes"]) and torch.equal(scores, raw["scores"])
+    assert any(isinstance(m, nn.BatchNorm2d) for m in loaded.module.modules())  # not fused
+
+    again = load_model("ultralytics:yolov8n.yaml", input_shape=SMALL).module.state_dict()
+    first = loaded.module.state_dict()
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    assert state_digest(load_model("ultralytics:yolov8n.yaml", input_shape=SMALL, seed=1).module) != state_digest(
+        loaded.module)
+
+
+@needs_ultralytics
+def test_ultralytics_builds_offline():
+    """No DNS look-up or connection while importing ultralytics and building a model, and no leaked
+    OMP_NUM_THREADS: run in a fresh interpreter, since ultralytics decides whether it is online at import."""
+    script = textwrap.dedent("""
+        import os, socket
+        attempts = []
+        def refuse(*args, **kwargs):
+            attempts.append(repr(args[:2]))
+            raise OSError("no network in this test")
+        socket.getaddrinfo = socket.create_connection = socket.socket.connect = refuse
+        os.environ.pop("OMP_NUM_THREADS", None)
+        from hwprune.models import load_model
+        load_model("ultralytics:yolo11n.yaml", input_shape=(1, 3, 64, 64))
+        print(attempts, os.environ.get("OMP_NUM_THREADS"))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # ultralytics goes quiet under pytest
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[] None"
+
+
+class Opaque:
+    """A class outside every allow-list: unpickling it needs full trust."""
+
+
+@needs_ultralytics
+def test_ultralytics_bad_inputs_are_one_line(tmp_path, monkeypatch):
+    assert "no such model yaml" in spec_error("ultralytics:yolov99z.yaml")
+    assert "a segment model" in spec_error("ultralytics:yolov8n-seg.yaml")
+    assert "a classify model" in spec_error("ultralytics:yolov8n-cls.yaml")
+    assert "its head is v10Detect" in spec_error("ultralytics:yolov10n.yaml")
+    assert "expected a model yaml" in spec_error("ultralytics:yolov8n.onnx")
+    assert "never downloads" in spec_error("ultralytics:https://example.com/yolov8n.pt")
+    assert "--weights does not apply" in spec_error("ultralytics:yolov8n.yaml", weights="DEFAULT")
+    assert "multiples of the model's stride 32" in spec_error("ultralytics:yolov8n.yaml", input_shape=(1, 3, 100, 100))
+    missing = tmp_path / "missing.pt"
+    assert f"{missing}: file not found" in spec_error(f"ultralytics:{missing}")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert f"{junk}: not a torch.save checkpoint" in spec_error(f"ultralytics:{junk}")
+
+    detector = load_model("ultralytics:yolov8n.yaml", input_shape=SMALL).module.detector
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"model": detector, "note": Opaque()}, pickled)
+    message = spec_error(f"ultralytics:{pickled}")
+    assert str(pickled) in message and "--trust-pickle" in message
+    trusted = load_model(f"ultralytics:{pickled}", input_shape=SMALL, trust_pickle=True)
+    assert state_digest(trusted.module.detector) == state_digest(detector)
+
+    monkeypatch.setitem(sys.modules, "ultralytics", None)  # as if the extra were not installed
+    assert "pip install 'hwprune[ultralytics]'" in spec_error("ultralytics:yolov8n.yaml")
+
+
+@needs_ultralytics
+def test_pruned_detector_saved_for_ultralytics(tmp_path):
+    """Halve one prunable group, save, and load the file back both as ultralytics:FILE.pt (weights_only)
+    and with ultralytics' own YOLO(): same pruned widths, same outputs."""
+    from ultralytics import YOLO
+
+    from hwprune.graph.analyze import analyze
+    from hwprune.transform.apply import apply_plan
+    from tests.pruning_helpers import plan_of
+
+    loaded = load_model("ultralytics:yolov8n.yaml", input_shape=SMALL)
+    analysis = analyze(copy.deepcopy(loaded.module), loaded.example_input, loaded.name)
+    group = next(g for g in analysis.groups if g.prunable and g.channels >= 32)
+    pruned = apply_plan(plan_of(analysis, {group.id: list(range(0, group.channels, 2))}), analysis).eval()
+    path = tmp_path / "pruned.pt"
+    save_ultralytics(pruned, loaded.name, path)
+
+    reloaded = load_model(f"ultralytics:{path}", input_shape=SMALL)
+    assert reloaded.weights == f"the Ultralytics checkpoint {path}" and reloaded.seed is None
+    assert state_digest(reloaded.module) == state_digest(pruned) != state_digest(loaded.module)
+    yolo = YOLO(str(path))
+    with torch.no_grad():
+        expected = pruned(loaded.example_input)
+        torch.testing.assert_close(reloaded.module(loaded.example_input), expected)
+        _, raw = yolo.model.eval()(loaded.example_input)
+    torch.testing.assert_close((raw["boxes"], raw["scores"]), expected)
+    with pytest.raises(ModelSpecError):
+        save_ultralytics(nn.Linear(2, 2), "ultralytics:yolov8n.yaml", tmp_path / "linear.pt")
