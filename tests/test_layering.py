@@ -90,10 +90,12 @@ def test_only_the_runtime_layer_switches_on_the_runtime():
     assert found == []
 
 
-def test_help_imports_no_runtime_and_no_pruning_library():
+def test_help_imports_no_runtime_and_no_pruning_library_and_no_module_imports_tensorrt():
     code = ("import sys, hwprune.cli\n"
             "try:\n    hwprune.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
             "heavy = {'onnxruntime', 'tensorrt', 'torch_pruning', 'torch'} & set(sys.modules)\n"
-            "assert not heavy, heavy\n")
+            "assert not heavy, heavy\n"
+            "import hwprune.compile, hwprune.bench, hwprune.runtime.trt\n"
+            "assert 'tensorrt' not in sys.modules, 'TensorRT is imported only where an engine is built or run'\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-500:]
