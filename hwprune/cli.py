@@ -134,11 +134,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
-    spec = "torchvision:NAME, timm:NAME, path/to/file.py:factory or path/to/program.pt2"
+    spec = ("torchvision:NAME, timm:NAME, path/to/file.py:factory, path/to/program.pt2, onnx:FILE.onnx, "
+            "ultralytics:NAME.yaml or ultralytics:FILE.pt")
     if optional:
         parser.add_argument("model", metavar="MODEL", nargs="?", help=spec + " (default: the plan's)")
     else:
         parser.add_argument("model", metavar="MODEL", help=spec)
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="fully unpickle an ultralytics:FILE.pt that torch.load(weights_only=True) refuses (runs "
+                             "code from the file; only for files you trust)")
     parser.add_argument("--seed", type=int, default=None,
                         help=f"seed for random weights and the example input (default: {DEFAULT_SEED}"
                              + (", or the plan's)" if optional else ")"))
@@ -196,7 +200,8 @@ def _load_and_analyze(args: argparse.Namespace, exclude: Sequence[str] = (), str
     from hwprune.models import load_model, parse_input_shape
 
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
-    loaded = load_model(args.model, shape, args.weights, DEFAULT_SEED if args.seed is None else args.seed)
+    loaded = load_model(args.model, shape, args.weights, DEFAULT_SEED if args.seed is None else args.seed,
+                        args.trust_pickle)
     return analyze(loaded.module, loaded.example_input, loaded.name, exclude=exclude, strict=strict)
 
 
@@ -290,7 +295,8 @@ def _run_compile(args: argparse.Namespace) -> int:
                       recalibrate_bn=args.recalibrate_bn, allocation=args.allocation,
                       unconstrained=args.unconstrained)
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
-    loaded = load_model(args.model, shape, args.weights, DEFAULT_SEED if args.seed is None else args.seed)
+    loaded = load_model(args.model, shape, args.weights, DEFAULT_SEED if args.seed is None else args.seed,
+                        args.trust_pickle)
     report = compile_model(loaded, options, args.out, Console(stderr=True, soft_wrap=True))
     print(_compile_summary(report))
     print(f"wrote {args.out}/: report.json, report.md, plan.json, baseline.onnx, pruned.onnx, pruned.pt, plots/"
@@ -328,7 +334,7 @@ def _run_apply(args: argparse.Namespace) -> int:
     spec = args.model or made_for.model
     shape = parse_input_shape(args.input_shape) if args.input_shape else tuple(made_for.input_shape)
     seed = args.seed if args.seed is not None else (made_for.seed if made_for.seed is not None else DEFAULT_SEED)
-    loaded = load_model(spec, shape, args.weights, seed)
+    loaded = load_model(spec, shape, args.weights, seed, args.trust_pickle)
     applied = apply_plan_file(plan, args.plan, loaded, args.calib_data, Path(args.out), args.atol, args.rtol,
                               args.dynamic_batch)
     after = sum(p.numel() for p in applied.model.parameters())

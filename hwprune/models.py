@@ -255,12 +255,52 @@ def _load_onnx(path: Path, input_shape: tuple[int, ...] | None) -> tuple[nn.Modu
     if input_shape is None:
         input_shape = _onnx_static_shape(path, inputs[0].name, tensor_type)
     try:
-        module = onnx2torch.convert(proto)
+        module = onnx2torch.convert(_for_onnx2torch(proto))
     except Exception as exc:  # onnx2torch raises NotImplementedError, KeyError, ... per unsupported op or attribute
         raise ModelSpecError(f"{path}: onnx2torch cannot convert it: {_one_line(exc)}") from exc
     if dtype.is_floating_point:
         return module, torch.randn(input_shape, dtype=dtype)
     return module, torch.zeros(input_shape, dtype=dtype)  # integer inputs are often indices: 0 is always valid
+
+
+def _for_onnx2torch(proto):
+    """The same computation in the forms onnx2torch converts, which today's exporters do not always write:
+    opset <= 17 (torch's dynamo exporter writes 18+, e.g. ReduceMean with axes as an input), weights as
+    initializers (the TorchScript exporter aliases equal constants through Identity nodes, and some write
+    Constant nodes), and Reshape's ``allowzero=1`` dropped where the shape has no 0 (then it means nothing)."""
+    import onnx
+    import onnx.numpy_helper
+    import onnx.version_converter
+
+    if max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0) > 17:
+        try:
+            proto = onnx.version_converter.convert_version(proto, 17)
+        except Exception:  # no adapter for some op: convert as it is, and onnx2torch names what it lacks
+            pass
+    graph = proto.graph
+    constants = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    for node in list(graph.node):  # in topological order, so chains of aliases resolve
+        if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in constants:
+            allowzero = next((a for a in node.attribute if a.name == "allowzero" and a.i == 1), None)
+            if allowzero is not None and 0 not in onnx.numpy_helper.to_array(constants[node.input[1]]):
+                node.attribute.remove(allowzero)
+            continue
+        if node.output[0] in outputs:
+            continue
+        if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
+            value = node.attribute[0].t
+        elif node.op_type == "Identity" and node.input[0] in constants:
+            value = constants[node.input[0]]
+        else:
+            continue
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(value)
+        tensor.name = node.output[0]
+        graph.initializer.append(tensor)
+        constants[tensor.name] = tensor
+        graph.node.remove(node)
+    return proto
 
 
 def _onnx_static_shape(path: Path, name: str, tensor_type) -> tuple[int, ...]:

@@ -13,6 +13,7 @@ from hwprune.errors import CaptureError
 from hwprune.evaluate.mask import silenced
 from hwprune.graph.analyze import analyze
 from hwprune.transform.prune import prune
+from tests.data.small_models import ConstantGate
 from tests.pruning_helpers import max_abs_diff, random_keep
 
 
@@ -91,6 +92,24 @@ class SpatialSplitConcat(nn.Module):
 def build(cls):
     torch.manual_seed(0)
     return cls().eval(), torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+def test_per_channel_buffers_outside_layers_are_pruned_with_their_group():
+    """The onnx2torch pattern (an SE gate's affine held as a buffer): a frozen parameter of the same
+    name after analysis, pruned with the gated channels, the output exact."""
+    model, x = build(ConstantGate)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    analysis = analyze(model, x, strict=False)
+    assert model.state_dict().keys() == before.keys() and not model.alpha.requires_grad
+    assert analysis.group("body").prunable
+    keep = {"body": list(range(0, 32, 2))}
+    dropped = {"body": list(range(1, 32, 2))}
+    with silenced(analysis, dropped) as masked, torch.no_grad():
+        reference = masked(x).clone()
+    pruned = prune(analysis, keep)
+    assert pruned.alpha.shape == (1, 16, 1, 1)
+    with torch.no_grad():
+        assert max_abs_diff(reference, pruned(x)) <= 1e-5 * max(1.0, float(reference.abs().max()))
 
 
 @pytest.mark.parametrize("cls, prunable", [(ChannelMeanGate, False), (SpatialMean, True), (InPlace, True),

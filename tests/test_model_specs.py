@@ -35,23 +35,23 @@ def spec_error(spec: str, **kwargs) -> str:
 
 
 class ResidualBlock(nn.Module):
-    """conv, BN, ReLU and a residual add: what the ONNX round trip must keep."""
+    """conv, BN, ReLU and a residual add, then pooling and a linear layer: what the ONNX round trip must keep."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
         self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(8)
-        self.head = nn.Conv2d(8, 4, 1)
+        self.fc = nn.Linear(8, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.stem(x)
-        return self.head(torch.relu(self.bn(self.conv(y))) + y)
+        return self.fc((torch.relu(self.bn(self.conv(y))) + y).mean((2, 3)))
 
 
-@pytest.fixture
-def block_onnx(tmp_path: Path) -> tuple[nn.Module, Path]:
-    """A ResidualBlock with non-trivial BN statistics, exported by hwprune's exporter with a symbolic batch."""
+def export_block(path: Path, dynamo: bool) -> tuple[nn.Module, Path]:
+    """A ResidualBlock with non-trivial BN statistics, exported with a symbolic batch by hwprune's exporter
+    (TorchScript, opset 17) or by torch's default one (dynamo, opset 18+)."""
     from hwprune.export.onnx_export import export_onnx
 
     torch.manual_seed(1)
@@ -61,12 +61,22 @@ def block_onnx(tmp_path: Path) -> tuple[nn.Module, Path]:
         model.bn.running_var.uniform_(0.5, 2.0)
         model.bn.weight.uniform_(0.5, 1.5)
         model.bn.bias.uniform_(-0.2, 0.2)
-    return model, export_onnx(model, torch.randn(2, 3, 16, 16), tmp_path / "block.onnx", dynamic_batch=True)
+    example = torch.randn(2, 3, 16, 16)
+    if not dynamo:
+        return model, export_onnx(model, example, path, dynamic_batch=True)
+    torch.onnx.export(model, (example,), path, dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},))
+    return model, path
+
+
+@pytest.fixture
+def block_onnx(tmp_path: Path) -> tuple[nn.Module, Path]:
+    return export_block(tmp_path / "block.onnx", dynamo=False)
 
 
 @needs_onnx2torch
-def test_onnx_round_trip(block_onnx):
-    model, path = block_onnx
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript-exporter", "dynamo-exporter"])
+def test_onnx_round_trip(tmp_path, dynamo):
+    model, path = export_block(tmp_path / "block.onnx", dynamo)
     loaded = load_model(f"onnx:{path}")
     assert tuple(loaded.example_input.shape) == (1, 3, 16, 16)  # the symbolic batch became 1
     assert loaded.weights == f"the ONNX file {path}" and loaded.seed is None
@@ -79,6 +89,27 @@ def test_onnx_round_trip(block_onnx):
     with torch.no_grad():
         torch.testing.assert_close(wider.module(wider.example_input), model(wider.example_input), atol=1e-5,
                                    rtol=1e-4)
+
+
+@needs_onnx2torch
+def test_onnx_weights_behind_identity_and_constant_nodes(tmp_path):
+    """Exporters alias equal weights through Identity nodes or write them as Constant nodes, where
+    onnx2torch expects initializers: hwprune rewrites them so that such files convert."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    conv = nn.Conv2d(3, 4, 3)
+    nodes = [helper.make_node("Identity", ["w"], ["w_alias"]),
+             helper.make_node("Constant", [], ["b"], value=numpy_helper.from_array(conv.bias.detach().numpy(), "b")),
+             helper.make_node("Conv", ["x", "w_alias", "b"], ["y"], kernel_shape=[3, 3])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])],
+                              [numpy_helper.from_array(conv.weight.detach().numpy(), "w")])
+    path = tmp_path / "aliased.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    loaded = load_model(f"onnx:{path}")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(loaded.example_input), conv(loaded.example_input))
 
 
 @needs_onnx2torch

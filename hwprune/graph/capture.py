@@ -52,9 +52,11 @@ def capture(model: nn.Module, example_input: torch.Tensor) -> Capture:
     with counter:
         shapes_in, shapes = _run_recording_shapes(model, example_input)
     flops, layer_flops = _flops_by_module(counter)
+    channel_constants_as_parameters(model)
     try:
         unmapped: dict[str, str] = {}
-        with traced_whole(model, shapes_in, shapes) as pruners, tolerant_index_mapping(unmapped):
+        with traced_whole(model, shapes_in, shapes) as pruners, tolerant_index_mapping(unmapped), \
+                _visible_to_autograd(model):
             # A tuple: given a bare tensor, torch-pruning first tries model(*tensor), which for a batch of
             # one runs the model on an unbatched sample (and traces wrong shapes) without failing.
             graph = tp.DependencyGraph().build_dependency(model, (example_input,), customized_pruners=pruners,
@@ -153,6 +155,42 @@ def _isolate_unmappable_concats(graph: tp.DependencyGraph, unmapped: dict[str, s
             unmapped[other.name] = reason
         node.dependencies = []
         unmapped[node.name] = reason
+
+
+def channel_constants_as_parameters(model: nn.Module) -> list[str]:
+    """Turn floating buffers of two or more dims held outside normalisation layers (per-channel
+    scales, offsets, gates, positional tensors: what models converted from ONNX keep as constants)
+    into frozen parameters, and return their names.
+
+    torch-pruning follows unwrapped parameters (``x * scale + shift``) and prunes them with the
+    channels they meet, but cannot see buffers: a group would shrink and the buffer would not, and
+    the pruned model would fail to broadcast. As a parameter (``requires_grad`` False, the same
+    name in the state dict) it is traced, pruned and silenced with its group.
+    """
+    converted = []
+    for owner_name, owner in model.named_modules():
+        if isinstance(owner, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm):
+            continue
+        for name, buffer in list(owner._buffers.items()):
+            if buffer is None or not buffer.is_floating_point() or buffer.dim() < 2 or buffer.numel() < 2:
+                continue
+            del owner._buffers[name]
+            owner.register_parameter(name, nn.Parameter(buffer.detach().clone(), requires_grad=False))
+            converted.append(f"{owner_name}.{name}" if owner_name else name)
+    return converted
+
+
+@contextlib.contextmanager
+def _visible_to_autograd(model: nn.Module) -> Iterator[None]:
+    """Frozen parameters take part in the trace (torch-pruning follows autograd) and are frozen again after."""
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for parameter in frozen:
+        parameter.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(False)
 
 
 def _one_tensor(example: object) -> torch.Tensor:

@@ -77,7 +77,7 @@ def small_resnet():
 
 class ConstantGate(nn.Module):
     """A squeeze-excitation gate whose affine is a per-channel constant held as a buffer outside any
-    layer, as models converted from ONNX hold it: pruning the gated channels breaks the broadcast."""
+    layer, as models converted from ONNX hold it: it must be pruned with the gated channels."""
 
     def __init__(self):
         super().__init__()
@@ -96,3 +96,23 @@ class ConstantGate(nn.Module):
 def constant_gate():
     torch.manual_seed(0)
     return ConstantGate().eval(), torch.randn(1, 3, 32, 32)
+
+
+class ShapeInCode(nn.Module):
+    """A per-channel tensor made in the forward, its size written in the code: no trace sees it, so
+    only pruning the group for real shows that it cannot be pruned."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.body = nn.Conv2d(32, 32, 3, padding=1)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        h = torch.relu(self.body(torch.relu(self.stem(x))))
+        return self.head(h * torch.linspace(0.5, 1.5, 32).reshape(1, 32, 1, 1))
+
+
+def shape_in_code():
+    torch.manual_seed(0)
+    return ShapeInCode().eval(), torch.randn(1, 3, 32, 32)
