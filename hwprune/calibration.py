@@ -74,15 +74,32 @@ class Fidelity:
     # Why the numbers say little, when they do: the original's outputs are vanishingly small or
     # hardly depend on the input (common with random weights).
     caveat: str | None = None
+    # Models with several outputs (a detector's box and class heads): the mean cosine of each, in
+    # output order; ``cosine`` is the first one's. None for a single output.
+    per_output: list[float] | None = None
 
 
 def fidelity(original: nn.Module, pruned: nn.Module, batches: list[torch.Tensor]) -> Fidelity:
     """Mean per-sample cosine similarity of the outputs, and (for N x classes outputs) the share
-    of samples whose top-1 class agrees."""
+    of samples whose top-1 class agrees; for several outputs, also each one's cosine."""
     with torch.no_grad():
-        references = [first_output(original(batch)) for batch in batches]
-        outputs = [first_output(pruned(batch)) for batch in batches]
-    return compare_outputs(references, outputs)
+        references = [_tensors(original(batch)) for batch in batches]
+        outputs = [_tensors(pruned(batch)) for batch in batches]
+    quality = compare_outputs([r[0] for r in references], [o[0] for o in outputs])
+    heads = len(references[0])
+    if heads > 1:
+        quality.per_output = [compare_outputs([r[i] for r in references], [o[i] for o in outputs]).cosine
+                              for i in range(heads)]
+    return quality
+
+
+def _tensors(output: object) -> list[torch.Tensor]:
+    """A model's outputs as a list of tensors, in order (nested tuples and lists flattened)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, tuple | list):
+        return [t for item in output for t in _tensors(item)]
+    return []
 
 
 def compare_outputs(references: list[torch.Tensor], outputs: list[torch.Tensor]) -> Fidelity:

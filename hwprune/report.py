@@ -71,6 +71,7 @@ class FidelitySection:
     samples: int
     inputs: str
     caveat: str | None
+    per_output: list[float] | None  # each output's cosine, for models with several (detection heads)
 
 
 @dataclass
@@ -203,7 +204,8 @@ def build_report(loaded: LoadedModel, analysis: Analysis, options, runtime: Runt
         Speedup(baseline_predicted / plan.predicted_ms, latency_model["source"], measured,
                 None if final is None else final.ratio_spread[1]),
         verification,
-        FidelitySection(quality.cosine, quality.top1_agreement, quality.samples, calibration_source, quality.caveat),
+        FidelitySection(quality.cosine, quality.top1_agreement, quality.samples, calibration_source, quality.caveat,
+                        quality.per_output),
         plan.bn_recalibration, search_section, method, final is not None,
         {"kind": latency_model["source"], "fingerprint": table.get("fingerprint"), "created": table.get("created"),
          "host": table.get("host"), "layer_scale": predictor.layer_scale, "rest_ms": predictor.rest_ms},

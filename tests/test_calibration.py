@@ -59,3 +59,26 @@ def test_fidelity_warns_when_outputs_say_nothing():
         constant[1].weight.zero_()
         constant[1].bias.fill_(1.0)
     assert "hardly depend on the input" in fidelity(constant, constant, [torch.randn(8, 3, 8, 8)]).caveat
+
+
+def test_a_model_with_several_outputs_gets_each_outputs_cosine():
+    """Detection heads (boxes, classes) are compared one by one; the first is the headline cosine."""
+    from torch import nn
+
+    from hwprune.calibration import fidelity
+
+    class TwoHeads(nn.Module):
+        def __init__(self, flip: bool = False):
+            super().__init__()
+            self.flip = flip
+
+        def forward(self, x):
+            boxes, scores = x[:, :2], x[:, 2:]
+            return boxes, (-scores if self.flip else scores)
+
+    batches = [torch.randn(4, 5, generator=torch.Generator().manual_seed(s)) for s in range(2)]
+    same = fidelity(TwoHeads(), TwoHeads(), batches)
+    assert same.per_output == pytest.approx([1.0, 1.0]) and same.cosine == pytest.approx(1.0)
+    flipped = fidelity(TwoHeads(), TwoHeads(flip=True), batches)
+    assert flipped.per_output == pytest.approx([1.0, -1.0]) and flipped.cosine == pytest.approx(1.0)
+    assert fidelity(nn.Identity(), nn.Identity(), batches).per_output is None
