@@ -28,6 +28,17 @@ the input's spatial size and any two tensors can be added / concatenated):
   a 1x1 projection conv (+ optional BN) maps the second one to the first's;
 * ``cat``: torch.cat of 2..3 earlier tensors along channels.
 
+Extra kinds, drawn only when asked for (``extra=EXTRA_KINDS``), carry the couplings real models
+add (the analyzer must prune them exactly or refuse them by name):
+
+* ``gate``: a squeeze-excitation gate ``t * sigmoid(mean_hw(t) * alpha + beta)`` whose per-channel
+  ``alpha``/``beta`` are buffers outside any layer (as models converted from ONNX hold them);
+* ``scale``: ``t * s + b`` with bare per-channel parameters;
+* ``deconv``: a ConvTranspose2d 3x3 (stride 1), optionally with BN and ReLU;
+* ``hswap``: the tensor chunked in two along height and concatenated back swapped (dim 2);
+* ``cchunk``: a tensor with an even channel count chunked in two along channels and the halves
+  added (a split whose sizes are fixed in the code).
+
 The raw input can only feed ``conv`` ops (its 3 channels are not prunable).
 Every tensor that nobody consumes is concatenated (in production order) into
 the head, so no layer is dead. Head: global average pool -> flatten -> Linear,
@@ -54,16 +65,37 @@ import torch.nn.functional as F
 from hypothesis import strategies as st
 from torch import nn
 
-__all__ = ["OpSpec", "RandomDAGNet", "build_dag_model", "random_dag_models", "random_dag_specs"]
+__all__ = ["EXTRA_KINDS", "OpSpec", "RandomDAGNet", "build_dag_model", "random_dag_models", "random_dag_specs"]
 
 INPUT_SHAPE = (1, 3, 8, 8)
+EXTRA_KINDS = ("gate", "scale", "deconv", "hswap", "cchunk")
+
+
+class BufferGate(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("alpha", torch.rand(1, channels, 1, 1) + 0.5)
+        self.register_buffer("beta", torch.randn(1, channels, 1, 1) * 0.3)
+
+    def forward(self, t):
+        return t * torch.sigmoid(t.mean((2, 3), keepdim=True) * self.alpha + self.beta)
+
+
+class BareScale(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.s = nn.Parameter(torch.rand(1, channels, 1, 1) + 0.5)
+        self.b = nn.Parameter(torch.randn(1, channels, 1, 1) * 0.3)
+
+    def forward(self, t):
+        return t * self.s + self.b
 
 
 @dataclass(frozen=True)
 class OpSpec:
     """One node of the DAG.
 
-    kind:    "conv" | "bn" | "relu" | "add" | "cat"
+    kind:    "conv" | "bn" | "relu" | "add" | "cat", or one of ``EXTRA_KINDS``
     inputs:  indices into the tensor list (0 = network input, i+1 = output of op i)
     out_channels: channel count of the produced tensor (bookkeeping only)
     kernel, depthwise, bias, with_bn, with_relu: conv options
@@ -145,6 +177,17 @@ class RandomDAGNet(nn.Module):
                 layers.append(nn.Identity())
             elif s.kind == "cat":
                 layers.append(nn.Identity())
+            elif s.kind == "gate":
+                layers.append(BufferGate(chans[s.inputs[0]]))
+            elif s.kind == "scale":
+                layers.append(BareScale(chans[s.inputs[0]]))
+            elif s.kind == "deconv":
+                mods = [nn.ConvTranspose2d(chans[s.inputs[0]], s.out_channels, 3, padding=1, bias=s.bias)]
+                mods += [nn.BatchNorm2d(s.out_channels)] if s.with_bn else []
+                mods += [nn.ReLU()] if s.with_relu else []
+                layers.append(nn.Sequential(*mods))
+            elif s.kind in ("hswap", "cchunk"):
+                layers.append(nn.Identity())
             else:  # pragma: no cover
                 raise ValueError(s.kind)
             chans.append(s.out_channels)
@@ -169,8 +212,14 @@ class RandomDAGNet(nn.Module):
         ts = [x]
         for i, s in enumerate(self.specs):
             layer = self.layers[i]
-            if s.kind in ("conv", "bn", "relu"):
+            if s.kind in ("conv", "bn", "relu", "gate", "scale", "deconv"):
                 y = layer(ts[s.inputs[0]])
+            elif s.kind == "hswap":
+                top, bottom = ts[s.inputs[0]].chunk(2, dim=2)
+                y = torch.cat([bottom, top], dim=2)
+            elif s.kind == "cchunk":
+                first, second = ts[s.inputs[0]].chunk(2, dim=1)
+                y = first + second
             elif s.kind == "add":
                 a, b = s.inputs
                 tb = ts[b]
@@ -199,7 +248,7 @@ def build_dag_model(specs, head="gap", seed=0, input_shape=INPUT_SHAPE):
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 _randomize_bn(m)
-            elif isinstance(m, nn.Conv2d) and m.bias is not None:
+            elif isinstance(m, nn.Conv2d | nn.ConvTranspose2d) and m.bias is not None:
                 with torch.no_grad():
                     m.bias.normal_(0.0, 0.2)
         x = torch.randn(*input_shape)
@@ -208,7 +257,7 @@ def build_dag_model(specs, head="gap", seed=0, input_shape=INPUT_SHAPE):
 
 @st.composite
 def random_dag_specs(draw, min_ops=2, max_ops=7, max_channels=12, allow_depthwise=True,
-                     allow_duplicate_inputs=True):
+                     allow_duplicate_inputs=True, extra=()):
     """Draw a list of ``OpSpec`` forming a valid DAG (see module docstring).
 
     ``allow_duplicate_inputs=False`` forbids ``x + x`` and ``cat([x, x, ...])``
@@ -225,9 +274,11 @@ def random_dag_specs(draw, min_ops=2, max_ops=7, max_channels=12, allow_depthwis
         if i == 0:
             kind = "conv"
         elif allow_duplicate_inputs or len(produced) >= 2:
-            kind = draw(st.sampled_from(["conv", "conv", "conv", "bn", "relu", "add", "cat"]))
+            kind = draw(st.sampled_from(["conv", "conv", "conv", "bn", "relu", "add", "cat", *extra]))
         else:  # add / cat would need two distinct tensors
-            kind = draw(st.sampled_from(["conv", "conv", "conv", "bn", "relu"]))
+            kind = draw(st.sampled_from(["conv", "conv", "conv", "bn", "relu", *extra]))
+        if kind == "cchunk" and not any(chans[t] % 2 == 0 for t in produced):
+            kind = "conv"
         if kind == "conv":
             src = draw(st.sampled_from(list(range(len(chans)))))
             cin = chans[src]
@@ -242,9 +293,15 @@ def random_dag_specs(draw, min_ops=2, max_ops=7, max_channels=12, allow_depthwis
                 bias=draw(st.booleans()), with_bn=draw(st.booleans()),
                 with_relu=draw(st.booleans()),
             )
-        elif kind in ("bn", "relu"):
+        elif kind in ("bn", "relu", "gate", "scale", "hswap"):
             src = draw(st.sampled_from(produced))
             spec = OpSpec(kind, (src,), chans[src])
+        elif kind == "cchunk":
+            src = draw(st.sampled_from([t for t in produced if chans[t] % 2 == 0]))
+            spec = OpSpec(kind, (src,), chans[src] // 2)
+        elif kind == "deconv":
+            spec = OpSpec("deconv", (draw(st.sampled_from(produced)),), draw(st.integers(2, max_channels)),
+                          bias=draw(st.booleans()), with_bn=draw(st.booleans()), with_relu=draw(st.booleans()))
         elif kind == "add":
             a = draw(st.sampled_from(produced))
             b = draw(st.sampled_from([t for t in produced if allow_duplicate_inputs or t != a]))
@@ -269,7 +326,7 @@ def random_dag_specs(draw, min_ops=2, max_ops=7, max_channels=12, allow_depthwis
 
 @st.composite
 def random_dag_models(draw, min_ops=2, max_ops=7, heads=("gap", "flatten"),
-                      input_shape=INPUT_SHAPE, allow_duplicate_inputs=True):
+                      input_shape=INPUT_SHAPE, allow_duplicate_inputs=True, extra=()):
     """Hypothesis strategy: ``(model.eval(), example_input)`` of a random DAG CNN.
 
     ``heads`` restricts the head kinds drawn ("gap": avgpool+flatten+Linear,
@@ -277,7 +334,7 @@ def random_dag_models(draw, min_ops=2, max_ops=7, heads=("gap", "flatten"),
     ``random_dag_specs``.
     """
     specs = draw(random_dag_specs(min_ops=min_ops, max_ops=max_ops,
-                                  allow_duplicate_inputs=allow_duplicate_inputs))
+                                  allow_duplicate_inputs=allow_duplicate_inputs, extra=extra))
     head = draw(st.sampled_from(list(heads)))
     seed = draw(st.integers(0, 2**31 - 1))
     return build_dag_model(specs, head=head, seed=seed, input_shape=input_shape)

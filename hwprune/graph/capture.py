@@ -64,6 +64,12 @@ def capture(model: nn.Module, example_input: torch.Tensor) -> Capture:
     except Exception as exc:  # torch-pruning raises many kinds; each means "cannot trace this model"
         raise CaptureError(f"tracing channel dependencies failed: {type(exc).__name__}: {exc}") from exc
     graph.hwprune_spatial = _spatial_splits_and_concats(graph, shapes)
+    if graph.hwprune_spatial:  # channel concats re-derive their sizes without the spatial ops miscounted
+        for node in graph.module2node.values():
+            if node.type == OPTYPE.CONCAT:
+                node.module.concat_sizes = node.module.offsets = None
+        with tolerant_index_mapping(unmapped):
+            index_mapping.update_index_mapping(graph)
     _isolate_unmappable_concats(graph, unmapped)
     graph.hwprune_unmapped = unmapped
     _check_every_layer_traced(model, graph, shapes)
@@ -231,12 +237,23 @@ def _spatial_splits_and_concats(graph: tp.DependencyGraph, shapes: dict[str, tup
 
 
 def _identity_mapping(node) -> None:
-    """Channels pass ``node`` unchanged: drop any channel offsets torch-pruning gave it (it does so for
-    a split along a negative dim) and keep it from giving them again."""
+    """Channels pass ``node`` unchanged, as through an add: torch-pruning is told so by making it an
+    element-wise node (no offsets; its channel count is its input's, where torch-pruning would sum
+    a concat's inputs or take a split's piece sizes as channel counts), and the offsets and sizes
+    it derived for the node are dropped."""
+    node.type = OPTYPE.ELEMENTWISE
     node.enable_index_mapping = False
-    for dep in [*node.dependencies, *(d for other in (*node.inputs, *node.outputs) for d in other.dependencies
-                                      if d.target is node)]:
-        dep.index_mapping = [INDEX_MAPPING_PLACEHOLDER, INDEX_MAPPING_PLACEHOLDER]
+    for attribute in ("offsets", "concat_sizes", "split_sizes"):
+        if hasattr(node.module, attribute):
+            setattr(node.module, attribute, None)
+    slot, sides = (1, node.inputs) if node.grad_fn.name().startswith("Cat") else (0, node.outputs)
+    for dep in node.dependencies:
+        if dep.target in sides:
+            dep.index_mapping[slot] = INDEX_MAPPING_PLACEHOLDER
+    for other in sides:
+        for dep in other.dependencies:
+            if dep.target is node:
+                dep.index_mapping[slot] = INDEX_MAPPING_PLACEHOLDER
 
 
 def _ndim(graph: tp.DependencyGraph, node, shapes: dict[str, tuple[int, ...]], depth: int = 8) -> int | None:

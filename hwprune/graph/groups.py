@@ -124,6 +124,8 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
                 reasons.append(f"passes a reshape {moved} that splits or reorders channels")
         if target.type == OPTYPE.OUTPUT or (out_pruning and not target.outputs):
             reasons.append("feeds a model output")
+        elif target.name in graph.hwprune_spatial:
+            pass  # a split or concat along height/width: channels pass through unchanged
         elif target.type == OPTYPE.ELEMENTWISE:
             op = target.grad_fn.name()
             if op.startswith(("AddBackward", "SubBackward")):
@@ -131,8 +133,6 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
             mixing = _mixing_reason(op, target.grad_fn)
             if mixing:
                 reasons.append(f"unsupported op {op} ({mixing}) after {cap.module_name(dep.source.module)}")
-        elif target.name in graph.hwprune_spatial:
-            pass  # a split or concat along height/width: channels pass through unchanged
         elif target.type == OPTYPE.CONCAT:
             couplings.add("concat")
         elif target.type in (OPTYPE.SPLIT, OPTYPE.UNBIND):
