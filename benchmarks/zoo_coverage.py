@@ -21,9 +21,16 @@ Each model's hwprune run and torch-pruning run happen in their own subprocess wi
 12 GiB address-space limit; a hang counts as the error "timeout (in STAGE)", running out of that
 memory as "MemoryError" and a crash as "crashed (exit code N)".
 
+``--extra`` runs, instead of the zoo, the model families users bring: YOLO detectors built by the
+ultralytics package from its yaml files (``ultralytics:yolov8n.yaml``, random weights, 640x640)
+and torchvision models round-tripped through ONNX (``onnx-roundtrip:NAME``: exported with the
+TorchScript exporter, loaded back by hwprune's ``onnx:`` spec through onnx2torch). For every model
+the groups are also trial-pruned (``transform.trial``), as ``hwprune analyze`` does: the table
+gives the groups prunable by the trace and after the trial.
+
 Run it from the repository root::
 
-    python benchmarks/zoo_coverage.py [--models resnet18,swin_t] [--timeout 240] [--json out.json]
+    python benchmarks/zoo_coverage.py [--models resnet18,swin_t | --extra] [--timeout 240] [--json out.json]
 """
 
 from __future__ import annotations
@@ -71,6 +78,7 @@ class Row:
     reason: str | None = None
     input_shape: list[int] | None = None
     groups: int | None = None
+    traced_prunable: int | None = None  # prunable by the trace alone, before trial pruning
     prunable_groups: int | None = None
     params_kept_pct: float | None = None
     output_max: float | None = None
@@ -153,12 +161,12 @@ def hwprune_pipeline(name: str, report: Report) -> dict[str, Any]:
 def prune_run_export(name: str, result: dict[str, Any], report: Report) -> None:
     """Analyse, randomly prune, run and export one model, filling ``result``; raises StageError."""
     from hwprune.graph.analyze import analyze
-    from hwprune.models import load_model
     from hwprune.transform.prune import prune
+    from hwprune.transform.trial import prove_prunable
 
     torch.manual_seed(SEED)
     with stage("load", report):
-        loaded = load_model(f"torchvision:{name}")
+        loaded = load_spec(name)
     model, example = loaded.module, loaded.example_input
     result["input_shape"] = list(example.shape)
     with stage("randomize weights", report), torch.no_grad():
@@ -167,7 +175,11 @@ def prune_run_export(name: str, result: dict[str, Any], report: Report) -> None:
         out_shape = first_tensor(model(example)).shape
     with stage("analyze", report):
         analysis = analyze(model, example, name, strict=False)
+    result["params_m"] = analysis.capture.params / 1e6
     result["groups"] = len(analysis.groups)
+    result["traced_prunable"] = len(analysis.prunable())
+    with stage("trial pruning", report):
+        prove_prunable(analysis)
     result["prunable_groups"] = len(analysis.prunable())
     rng = random.Random(SEED)
     keep = {g.id: random_keep(g.channels, g.repeat, rng) for g in analysis.prunable()}
@@ -191,13 +203,27 @@ def torch_pruning_groups(name: str, report: Report) -> dict[str, Any]:
     """torch-pruning alone on a fresh copy: how many groups its DependencyGraph finds."""
     import torch_pruning as tp
 
-    from hwprune.models import load_model
-
     torch.manual_seed(SEED)
-    loaded = load_model(f"torchvision:{name}")
+    loaded = load_spec(name)
     report("build_dependency")
     graph = tp.DependencyGraph().build_dependency(loaded.module, loaded.example_input, verbose=False)
     return {"tp_groups": len(list(graph.get_all_groups()))}
+
+
+def load_spec(name: str):
+    """A zoo name (torchvision), an ``ultralytics:`` spec, or ``onnx-roundtrip:NAME`` (the torchvision
+    model exported to ONNX and loaded back through hwprune's ``onnx:`` spec)."""
+    from hwprune.export.onnx_export import export_onnx
+    from hwprune.models import load_model
+
+    if name.startswith("ultralytics:"):
+        return load_model(name)
+    if name.startswith("onnx-roundtrip:"):
+        original = load_model(f"torchvision:{name.split(':', 1)[1]}")
+        folder = Path(tempfile.mkdtemp(prefix="hwprune-zoo-"))
+        path = export_onnx(original.module, original.example_input, folder / "model.onnx")
+        return load_model(f"onnx:{path}")
+    return load_model(f"torchvision:{name}")
 
 
 Pipeline = Callable[[str, Report], dict[str, Any]]
@@ -242,7 +268,8 @@ def _wait_for_result(receiver: Any, deadline: float) -> dict[str, Any]:
 
 def measure(name: str, timeout: float) -> Row:
     start = time.perf_counter()
-    params = count_params(torchvision.models.get_model(name, weights=None))
+    zoo_name = name.removeprefix("onnx-roundtrip:")
+    params = 0 if ":" in zoo_name else count_params(torchvision.models.get_model(zoo_name, weights=None))
     row = Row(model=name, params_m=params / 1e6, status="skipped")
     if params > MAX_PARAMS:
         row.reason = f">{MAX_PARAMS // 1_000_000}M params"
@@ -276,14 +303,16 @@ def progress_line(index: int, total: int, row: Row) -> str:
 
 
 def results_table(rows: list[Row]) -> Table:
-    table = Table(title="hwprune coverage of the torchvision classification zoo (random 30% prune)")
+    table = Table(title="hwprune coverage (random 30% prune of every prunable group)")
     text_columns = ("model", "hwprune", "torch-pruning groups")
-    for column in ("model", "params M", "groups", "prunable", "params kept %", "max |out|", "onnx max err",
+    for column in ("model", "params M", "groups", "prunable (trace)", "prunable", "params kept %", "max |out|",
+                   "onnx max err",
                    *text_columns[1:]):
         table.add_column(column, justify="left" if column in text_columns else "right")
     for row in rows:
         tp = fmt(row.tp_groups) if row.tp_error is None else f"[red]error[/] ({escape(row.tp_error)})"
-        table.add_row(row.model, f"{row.params_m:.1f}", fmt(row.groups), fmt(row.prunable_groups),
+        table.add_row(row.model, f"{row.params_m:.1f}", fmt(row.groups), fmt(row.traced_prunable),
+                      fmt(row.prunable_groups),
                       fmt(row.params_kept_pct, ".1f"), fmt(row.output_max, ".2g"),
                       fmt(row.onnx_max_err, ".1e"), status_text(row), tp if row.status != "skipped" else "-")
     return table
@@ -313,12 +342,20 @@ def totals_text(summary: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", help="comma-separated model names (default: the whole zoo)")
+    parser.add_argument("--extra", action="store_true",
+                        help="YOLO detectors (ultralytics yaml) and ONNX round trips instead of the zoo")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds per model and per tool")
     parser.add_argument("--json", type=Path, help="also write the rows and totals to this JSON file")
     return parser.parse_args(argv)
 
 
-def model_names(selection: str | None) -> list[str]:
+EXTRA = ("ultralytics:yolov8n.yaml", "ultralytics:yolov8s.yaml", "ultralytics:yolo11n.yaml",
+         "onnx-roundtrip:resnet18", "onnx-roundtrip:mobilenet_v2", "onnx-roundtrip:efficientnet_b0")
+
+
+def model_names(selection: str | None, extra: bool = False) -> list[str]:
+    if extra:
+        return list(EXTRA)
     zoo = torchvision.models.list_models(module=torchvision.models)
     if selection is None:
         return zoo
@@ -333,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     warnings.simplefilter("ignore")
     console = Console(width=None if sys.stdout.isatty() else 240)
-    names = model_names(args.models)
+    names = model_names(args.models, args.extra)
     start = time.perf_counter()
     rows = []
     for index, name in enumerate(names, 1):
