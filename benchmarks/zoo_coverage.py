@@ -58,6 +58,7 @@ from rich.markup import escape
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hwprune.errors import first_line  # noqa: E402
 from tests.zoo import randomize_model  # noqa: E402
 
 MAX_PARAMS = 150_000_000
@@ -90,11 +91,6 @@ class Row:
 
 class StageError(Exception):
     """A failure tagged with the pipeline stage it happened in."""
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 Report = Callable[[str], None]

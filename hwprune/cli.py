@@ -194,14 +194,20 @@ def _print_groups(data: dict) -> None:
                   f"layers), {shared} of them read by several: --unconstrained lets each reader keep its own channels")
 
 
-def _load_and_analyze(args: argparse.Namespace, exclude: Sequence[str] = (), strict: bool = False):
-    """The model named by the common model arguments, loaded and analysed."""
-    from hwprune.graph.analyze import analyze
+def _load(args: argparse.Namespace):
+    """The model named by the common model arguments."""
     from hwprune.models import load_model, parse_input_shape
 
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
-    loaded = load_model(args.model, shape, args.weights, DEFAULT_SEED if args.seed is None else args.seed,
-                        args.trust_pickle)
+    return load_model(args.model, shape, args.weights, DEFAULT_SEED if args.seed is None else args.seed,
+                      args.trust_pickle)
+
+
+def _load_and_analyze(args: argparse.Namespace, exclude: Sequence[str] = (), strict: bool = False):
+    """The model named by the common model arguments, loaded and analysed."""
+    from hwprune.graph.analyze import analyze
+
+    loaded = _load(args)
     return analyze(loaded.module, loaded.example_input, loaded.name, exclude=exclude, strict=strict)
 
 
@@ -259,7 +265,7 @@ def _run_latency(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"{analysis.name} on {target.name}: predicted {prediction.total_ms:.3f} ms ({prediction.source}; "
-          f"{_latency_model_name(predictor.provenance())})")
+          f"{predictor.describe()})")
     if measured is not None:
         error = 100 * (prediction.total_ms - measured) / measured
         print(f"measured {measured:.3f} ms ({target.runtime}, this host); prediction error {error:+.1f}%")
@@ -272,7 +278,6 @@ def _run_compile(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from hwprune.compile import compile_model
-    from hwprune.models import load_model, parse_input_shape
     from hwprune.options import Budget, Options
     from hwprune.targets import load_target
 
@@ -294,10 +299,7 @@ def _run_compile(args: argparse.Namespace) -> int:
                       atol=args.atol, rtol=args.rtol, dynamic_batch=args.dynamic_batch,
                       recalibrate_bn=args.recalibrate_bn, allocation=args.allocation,
                       unconstrained=args.unconstrained)
-    shape = parse_input_shape(args.input_shape) if args.input_shape else None
-    loaded = load_model(args.model, shape, args.weights, DEFAULT_SEED if args.seed is None else args.seed,
-                        args.trust_pickle)
-    report = compile_model(loaded, options, args.out, Console(stderr=True, soft_wrap=True))
+    report = compile_model(_load(args), options, args.out, Console(stderr=True, soft_wrap=True))
     print(_compile_summary(report))
     print(f"wrote {args.out}/: report.json, report.md, plan.json, baseline.onnx, pruned.onnx, pruned.pt, plots/"
           + (", build_engine.sh" if (Path(args.out) / "build_engine.sh").exists() else ""))
@@ -379,14 +381,6 @@ def _run_bench(args: argparse.Namespace) -> int:
         print(f"{status}: {model} {verdict.candidate_ms:.3f} ms vs baseline {verdict.baseline_ms:.3f} ms, ratio "
               f"{verdict.ratio:.3f} (tolerance {1 + verdict.tolerance:.2f}, {verdict.method})")
     return 1 if verdict is not None and verdict.regressed else 0
-
-
-def _latency_model_name(provenance: dict) -> str:
-    if provenance["source"] == "analytic":
-        return "analytic roofline model"
-    if provenance["source"] == "shipped":
-        return f"shipped table {provenance['table']}"
-    return f"table measured on this host with {provenance['runtime']} {provenance['runtime_version']}"
 
 
 def _run_devices(args: argparse.Namespace) -> int:

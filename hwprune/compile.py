@@ -14,10 +14,11 @@ Artefacts are written to a staging folder inside ``out_dir`` and moved into plac
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -29,7 +30,8 @@ from rich.progress import Progress
 from torch import nn
 
 from hwprune.calibration import Calibration, fidelity, load_calibration
-from hwprune.errors import HwpruneError, PlanError
+from hwprune.errors import HwpruneError, PlanError, first_line
+from hwprune.evaluate.batchnorm import recalibrate_batchnorm
 from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.export.verify import verified
 from hwprune.graph.analyze import Analysis, analyze
@@ -83,13 +85,14 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     predictor, table_path = _latency_model(analysis, runtime, options.lut, step, console)
     with step("export baseline"):
         baseline_onnx = export_onnx(analysis.model, x, stage / "baseline.onnx", options.dynamic_batch, slim_available())
-    measurer = Measurer.start(analysis, options, runtime, stage, baseline_onnx, calibration)
+    realiser = Realiser(analysis)
+    measurer = Measurer.start(realiser, options, runtime, stage, baseline_onnx, calibration)
     baseline_predicted = predictor.predict({}).total_ms
     fraction = options.budget.fraction(measurer.baseline_ms if measurer.measurable else baseline_predicted)
     provenance = Provenance(loaded.name, loaded.weights, loaded.seed, list(x.shape), list(options.exclude), digest,
                             target.name, {"kind": options.budget.kind, "value": options.budget.value,
                                           "latency_fraction": fraction}, predictor.provenance(), options.importance)
-    search = _width_search(analysis, predictor, options, calibration, measurer.recalibration, provenance, table_path,
+    search = _width_search(realiser, predictor, options, calibration, measurer.recalibration, provenance, table_path,
                            step, console)
     rounds = refine(partial(_announced, search, step), measurer, fraction, fraction * baseline_predicted,
                     options.refine + 1 if measurer.measurable else 1, partial(_print_round, console, fraction))
@@ -120,6 +123,27 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     return report
 
 
+class Realiser:
+    """``transform.apply.realise`` that keeps the last plan's pruned model: an unconstrained round
+    prices the copy ops of the very plan it returns, and measuring that plan would otherwise
+    apply it to a fresh copy again (10 s each time on densenet169); a deep copy of the kept model
+    is what both get, BatchNorm re-estimated on the copy where asked."""
+
+    def __init__(self, analysis: Analysis):
+        self.analysis = analysis
+        self._last: tuple[str, nn.Module] | None = None
+
+    def __call__(self, plan: Plan, recalibration: Sequence[torch.Tensor] = ()) -> nn.Module:
+        decisions = {k: v for k, v in plan.to_json().items() if k in ("width", "depth", "merge", "sparsity")}
+        key = json.dumps(decisions, sort_keys=True)
+        if self._last is None or self._last[0] != key:
+            self._last = (key, realise(plan, self.analysis))
+        model = copy.deepcopy(self._last[1])
+        if recalibration:
+            recalibrate_batchnorm(model, recalibration)
+        return model
+
+
 @dataclass
 class Realised:
     model: nn.Module
@@ -132,7 +156,7 @@ class Measurer:
     """Realises a round's plan, exports it and, where this host runs the target's runtime, times it
     against the baseline (interleaved): the measurement half of the refinement loop."""
 
-    analysis: Analysis
+    realise: Realiser
     options: Options
     runtime: Runtime
     stage: Path
@@ -142,24 +166,24 @@ class Measurer:
     rounds: int = 0
 
     @classmethod
-    def start(cls, analysis: Analysis, options: Options, runtime: Runtime, stage: Path, baseline_onnx: Path,
+    def start(cls, realiser: Realiser, options: Options, runtime: Runtime, stage: Path, baseline_onnx: Path,
               calibration: Calibration) -> Measurer:
         recalibrate = options.recalibrate_bn == "on" or (options.recalibrate_bn == "auto" and not calibration.random)
         batches = calibration.batches if recalibrate else []
         if runtime.unavailable_reason() is not None:
-            return cls(analysis, options, runtime, stage, batches, None, float("nan"))
+            return cls(realiser, options, runtime, stage, batches, None, float("nan"))
         baseline = runtime.load(baseline_onnx)
         baseline_ms = runtime.time(baseline, 3, 10, 0.5).median_ms
-        return cls(analysis, options, runtime, stage, batches, baseline, baseline_ms)
+        return cls(realiser, options, runtime, stage, batches, baseline, baseline_ms)
 
     @property
     def measurable(self) -> bool:
         return self.baseline is not None
 
     def __call__(self, decision: Decision) -> tuple[float | None, Realised]:
-        model = realise(decision.plan, self.analysis, self.recalibration)
-        path = export_onnx(model, self.analysis.capture.example_input, self.stage / f"pruned-round{self.rounds}.onnx",
-                           self.options.dynamic_batch, slim_available())
+        model = self.realise(decision.plan, self.recalibration)
+        path = export_onnx(model, self.realise.analysis.capture.example_input,
+                           self.stage / f"pruned-round{self.rounds}.onnx", self.options.dynamic_batch, slim_available())
         self.rounds += 1
         if not self.measurable:
             return None, Realised(model, path, None)
@@ -189,10 +213,8 @@ def _latency_model(analysis: Analysis, runtime: Runtime, lut: Path | None, step:
     reason = runtime.unavailable_reason()
     if reason is not None:
         predictor = offline_predictor(analysis, target)
-        used = predictor.provenance()
-        model = (f"shipped table {used['table']}" if used["source"] == "shipped"
-                 else f"analytic roofline for {target.name}")
-        console.print(f"  latency model: {model} ({runtime.name} cannot run here: {reason})")
+        console.print(f"  latency model for {target.name}: {predictor.describe()} ({runtime.name} cannot run here: "
+                      f"{reason})")
         return predictor, None
     table, table_path = open_table(target, lut, create=True)
     with step("profile"), Progress(console=console, transient=True) as progress:
@@ -202,10 +224,11 @@ def _latency_model(analysis: Analysis, runtime: Runtime, lut: Path | None, step:
     return predictor_for(analysis, table, target), table_path
 
 
-def _width_search(analysis: Analysis, predictor: TablePredictor, options: Options, calibration: Calibration,
+def _width_search(realiser: Realiser, predictor: TablePredictor, options: Options, calibration: Calibration,
                   recalibration: list[torch.Tensor], provenance: Provenance, table_path: Path | None, step: Callable,
                   console: Console) -> WidthSearch:
     """Score the groups (and, unconstrained, each segment reader's channels) and set up the search."""
+    analysis = realiser.analysis
     with step("score"), Progress(console=console, transient=True) as progress:
         if calibration.random:
             console.print("  [yellow]warning:[/yellow] no --calib-data: importance and fidelity use random inputs")
@@ -217,15 +240,16 @@ def _width_search(analysis: Analysis, predictor: TablePredictor, options: Option
             started = time.perf_counter()
             scores = reader_scores(analysis, segments(analysis), calibration.batches[0])
             console.print(f"  reader scores of {len(scores)} segments in {time.perf_counter() - started:.1f} s")
-    copies = partial(_copies_ms, analysis, predictor, options.target, table_path) if options.unconstrained else None
+    copies = partial(_copies_ms, realiser, predictor, options.target, table_path) if options.unconstrained else None
     return WidthSearch(analysis, predictor, importance, sensitivity, provenance, options.target.channel_alignment,
                        options.min_keep, options.allocation, calibration.batches, not calibration.random,
                        recalibration, scores, copies)
 
 
-def _copies_ms(analysis: Analysis, predictor: TablePredictor, target: Target, table_path: Path, plan: Plan) -> float:
+def _copies_ms(realiser: Realiser, predictor: TablePredictor, target: Target, table_path: Path, plan: Plan
+               ) -> float:
     """The predicted time of a plan's copy ops (from its realised model), profiling any the table lacks."""
-    signatures = copy_signatures(realise(plan, analysis), analysis.capture.example_input)
+    signatures = copy_signatures(realiser(plan), realiser.analysis.capture.example_input)
     table = predictor.table
     if profile(signatures.values(), table, target):
         table.save(table_path)
@@ -255,7 +279,6 @@ def _step(console: Console, name: str) -> Iterator[None]:
     except HwpruneError:
         raise
     except Exception as exc:  # a bug or an unforeseen model: say where, in one line
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise HwpruneError(f"step '{name}' failed unexpectedly: {type(exc).__name__}: {message[:300]} "
+        raise HwpruneError(f"step '{name}' failed unexpectedly: {first_line(exc, 300)} "
                            "(rerun with --debug for the traceback)") from exc
     console.print(f"  done in {time.perf_counter() - started:.1f} s")

@@ -1,6 +1,13 @@
 """Errors a user can act on: the CLI prints their message in one line and exits with code 2."""
 
 
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """An exception as one line: its type and the first line of its message (cut at ``limit``
+    characters), for reporting a failure hwprune did not foresee without a traceback."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:limit]}" if text else type(exc).__name__
+
+
 class HwpruneError(Exception):
     """Base class of every error caused by the user's input rather than by a bug in hwprune."""
 

@@ -19,7 +19,7 @@ import torch
 import torchvision
 
 from hwprune.calibration import load_calibration
-from hwprune.compile import _copies_ms
+from hwprune.compile import Realiser, _copies_ms
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.segments import segments
 from hwprune.importance.readers import reader_scores
@@ -70,7 +70,8 @@ def first_round_plan(name: str, unconstrained: bool, table: LatencyTable, table_
                             target.name, {"kind": "latency", "value": fraction, "latency_fraction": fraction},
                             predictor.provenance(), "activation")
     scores = reader_scores(analysis, segments(analysis), calibration.batches[0]) if unconstrained else {}
-    copies = (lambda plan: _copies_ms(analysis, predictor, target, table_path, plan)) if unconstrained else None
+    realiser = Realiser(analysis)
+    copies = (lambda plan: _copies_ms(realiser, predictor, target, table_path, plan)) if unconstrained else None
     search = WidthSearch(analysis, predictor, importance, sensitivity, provenance, target.channel_alignment, 0.1,
                          "auto", calibration.batches, False, [], scores, copies)
     return search(fraction * predictor.predict({}).total_ms).plan

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from hwprune.errors import HwpruneError
+from hwprune.errors import HwpruneError, first_line
 from hwprune.evaluate.mask import silenced
 from hwprune.export.onnx_export import export_onnx
 from hwprune.export.verify import verify_onnx
@@ -47,7 +47,7 @@ def check_graph(model: torch.nn.Module, x: torch.Tensor, seed: int) -> Outcome:
     except HwpruneError as exc:
         return Outcome("refused", f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # the point is to catch what nothing else named
-        return Outcome("crash", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return Outcome("crash", first_line(exc))
 
 
 def _check(model: torch.nn.Module, x: torch.Tensor, seed: int) -> Outcome:

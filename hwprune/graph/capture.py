@@ -148,7 +148,7 @@ def _isolate_unmappable_concats(graph: tp.DependencyGraph, unmapped: dict[str, s
     so every group that touches them is reported as not prunable.
     """
     for node in list(graph.module2node.values()):
-        if node.type != OPTYPE.CONCAT or node.name in graph.hwprune_spatial:
+        if node.type != OPTYPE.CONCAT:  # (spatial concats are element-wise nodes by now)
             continue
         if node.module.offsets is None:
             reason = "a concat whose channel offsets torch-pruning could not infer"
@@ -163,18 +163,17 @@ def _isolate_unmappable_concats(graph: tp.DependencyGraph, unmapped: dict[str, s
         unmapped[node.name] = reason
 
 
-def channel_constants_as_parameters(model: nn.Module) -> list[str]:
+def channel_constants_as_parameters(model: nn.Module) -> None:
     """Turn floating buffers of two or more dims held outside normalisation layers (per-channel
     scales, offsets, gates, positional tensors: what models converted from ONNX keep as constants)
-    into frozen parameters, and return their names.
+    into frozen parameters.
 
     torch-pruning follows unwrapped parameters (``x * scale + shift``) and prunes them with the
     channels they meet, but cannot see buffers: a group would shrink and the buffer would not, and
     the pruned model would fail to broadcast. As a parameter (``requires_grad`` False, the same
     name in the state dict) it is traced, pruned and silenced with its group.
     """
-    converted = []
-    for owner_name, owner in model.named_modules():
+    for owner in model.modules():
         if isinstance(owner, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm):
             continue
         for name, buffer in list(owner._buffers.items()):
@@ -182,8 +181,6 @@ def channel_constants_as_parameters(model: nn.Module) -> list[str]:
                 continue
             del owner._buffers[name]
             owner.register_parameter(name, nn.Parameter(buffer.detach().clone(), requires_grad=False))
-            converted.append(f"{owner_name}.{name}" if owner_name else name)
-    return converted
 
 
 @contextlib.contextmanager

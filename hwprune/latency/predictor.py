@@ -77,6 +77,15 @@ class TablePredictor:
                 "graph_optimization_level": table.get("graph_optimization_level"), "layer_scale": self.layer_scale,
                 "rest_ms": self.rest_ms}
 
+    def describe(self) -> str:
+        """The latency model in a few words, for a log line."""
+        provenance = self.provenance()
+        if provenance["source"] == "analytic":
+            return "analytic roofline model"
+        if provenance["source"] == "shipped":
+            return f"shipped table {provenance['table']}"
+        return f"table measured on this host with {provenance['runtime']} {provenance['runtime_version']}"
+
     def _fit(self, anchors: Sequence[Anchor]) -> tuple[float, float, float]:
         """(f, k, r) from the anchors, each >= 0; see the module docstring."""
         if not anchors:

@@ -240,11 +240,6 @@ class TensorRT(Runtime):
     def unavailable_reason(self) -> str | None:
         return unavailable_reason()
 
-    @property
-    def timing_cache(self) -> Path:
-        """One timing cache per target, reused by every build on this host."""
-        return cache_dir() / "latency" / f"{self.target.name}-tensorrt.timing.cache"
-
     def gpu(self) -> str | None:
         if unavailable_reason() is not None:
             return None
@@ -306,5 +301,7 @@ class TensorRT(Runtime):
         return configs[-1].engine.name, f"built with TensorRT {package_version('tensorrt')}"
 
     def _cache(self) -> Path:
-        self.timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        return self.timing_cache
+        """One timing cache per target, reused by every build on this host."""
+        path = cache_dir() / "latency" / f"{self.target.name}-tensorrt.timing.cache"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
+from hwprune.errors import first_line
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.groups import ChannelGroup
 from hwprune.transform.prune import leading_channels, prune
@@ -54,8 +55,7 @@ def _trial(analysis: Analysis, groups: Sequence[ChannelGroup]) -> str | None:
         with torch.no_grad():
             prune(fresh, keep)(x)
     except Exception as exc:  # any failure of the pruned copy is the verdict, reported per group
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return f"{type(exc).__name__}: {message[:200]}"
+        return first_line(exc, 200)
     return None
 
 
