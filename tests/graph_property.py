@@ -61,11 +61,11 @@ def _check(model: torch.nn.Module, x: torch.Tensor, seed: int) -> Outcome:
     keep = {g.id: random_keep(g, rng) for g in groups}
     dropped = {gid: sorted(set(range(analysis.group(gid).channels)) - set(kept)) for gid, kept in keep.items()}
     with silenced(analysis, dropped) as masked, torch.no_grad():
-        reference = masked(x).clone()
+        reference = _cloned(masked(x))
     pruned = prune(analysis, keep).eval()
     with torch.no_grad():
         error = max_abs_diff(reference, pruned(x))
-    scale = max(1.0, float(reference.abs().max()))
+    scale = max(1.0, max(float(t.abs().max()) for t in _tensors(reference)))
     if error > TOLERANCE * scale:
         return Outcome("mismatch", f"removal not exact: max abs error {error:.3g}", len(groups))
     with tempfile.TemporaryDirectory(prefix="hwprune-stress-") as tmp:
@@ -73,3 +73,12 @@ def _check(model: torch.nn.Module, x: torch.Tensor, seed: int) -> Outcome:
     if not verification.ok:
         return Outcome("mismatch", f"ONNX does not match: {verification.worst}", len(groups))
     return Outcome("ok", "", len(groups))
+
+
+def _tensors(output: object) -> list[torch.Tensor]:
+    """The tensors of a model output (a detector returns several)."""
+    return list(output) if isinstance(output, tuple | list) else [output]
+
+
+def _cloned(output: object) -> object:
+    return tuple(t.clone() for t in output) if isinstance(output, tuple | list) else output.clone()

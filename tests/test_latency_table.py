@@ -99,7 +99,7 @@ def staircase_predictor():
     for c in (16, 32, 48, 64):
         table.put(CONV.with_channels(64, c), timing(c / 16))   # output sweep: 1, 2, 3, 4 ms
         table.put(CONV.with_channels(c, 64), timing(2 + c / 32))  # input sweep: 2.5, 3, 3.5, 4 ms
-    layer = Layer("conv", CONV, out_group="b", inputs=(GroupInput("a", 64),))
+    layer = Layer("conv", CONV, out_group="b", inputs=(GroupInput("a", 64, 64),))
     return TablePredictor([layer], table, [Anchor({}, 5.0)]), layer
 
 
@@ -197,7 +197,7 @@ def test_layer_inputs_follow_concatenations_flattens_and_heads():
 
     analysis = analyze(Concat().eval(), torch.randn(1, 3, 8, 8))
     layers = {layer.name: layer for layer in model_layers(analysis)}
-    assert {(g.group, g.size, g.width) for g in layers["mix"].inputs} == {("a", 16, 1), ("b", 32, 1)}
+    assert {(g.group, g.size, g.positions) for g in layers["mix"].inputs} == {("a", 16, 16), ("b", 32, 32)}
     assert layers["mix"].c_in({"a": 8}) == 40 and layers["mix"].c_in({"a": 8, "b": 16}) == 24
-    assert [(g.group, g.size, g.width) for g in layers["head"].inputs] == [("mix", 8, 16)]
+    assert [(g.group, g.size, g.positions) for g in layers["head"].inputs] == [("mix", 8, 128)]
     assert layers["head"].c_in({"mix": 4}) == 64

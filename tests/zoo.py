@@ -486,6 +486,73 @@ def _cat_chunk():
     return _finish(CatChunkNet(), (1, 3, 16, 16))
 
 
+class _Bottleneck(nn.Module):
+    def __init__(self, c, shortcut):
+        super().__init__()
+        self.cv1, self.cv2, self.add = conv_bn_relu(c, c, 3), conv_bn_relu(c, c, 3), shortcut
+
+    def forward(self, x):
+        y = self.cv2(self.cv1(x))
+        return x + y if self.add else y
+
+
+class _C2f(nn.Module):
+    """YOLOv8's C2f: one conv chunked in two, bottlenecks on the second half, all pieces concatenated."""
+
+    def __init__(self, cin, cout, n, shortcut):
+        super().__init__()
+        self.c = cout // 2
+        self.cv1 = conv_bn_relu(cin, 2 * self.c, 1)
+        self.cv2 = conv_bn_relu((2 + n) * self.c, cout, 1)
+        self.m = nn.ModuleList(_Bottleneck(self.c, shortcut) for _ in range(n))
+
+    def forward(self, x):
+        y = list(self.cv1(x).chunk(2, 1))
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+class _SPPF(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.cv1, self.cv2 = conv_bn_relu(c, c // 2, 1), conv_bn_relu(2 * c, c, 1)
+        self.pool = nn.MaxPool2d(5, 1, 2)
+
+    def forward(self, x):
+        y = [self.cv1(x)]
+        y.extend(self.pool(y[-1]) for _ in range(3))
+        return self.cv2(torch.cat(y, 1))
+
+
+class YoloStyleNet(nn.Module):
+    """C2f blocks (with and without residuals), SPPF and a decoupled two-level head whose box and
+    class branches are concatenated, flattened per level, joined along anchors and split again."""
+
+    def __init__(self, boxes=16, classes=5):
+        super().__init__()
+        self.boxes, self.classes = boxes, classes
+        self.stem = conv_bn_relu(3, 16, 3, stride=2)
+        self.c2f_a = _C2f(16, 32, 2, shortcut=True)
+        self.down = conv_bn_relu(32, 48, 3, stride=2)
+        self.c2f_b = _C2f(48, 48, 1, shortcut=False)
+        self.sppf = _SPPF(48)
+        self.box = nn.ModuleList(nn.Sequential(conv_bn_relu(c, 16), nn.Conv2d(16, boxes, 1)) for c in (32, 48))
+        self.cls = nn.ModuleList(nn.Sequential(conv_bn_relu(c, 12), nn.Conv2d(12, classes, 1)) for c in (32, 48))
+
+    def forward(self, x):
+        p3 = self.c2f_a(self.stem(x))
+        p4 = self.sppf(self.c2f_b(self.down(p3)))
+        levels = [torch.cat([box(p), cls(p)], 1) for p, box, cls in zip((p3, p4), self.box, self.cls, strict=True)]
+        joined = torch.cat([level.view(level.shape[0], self.boxes + self.classes, -1) for level in levels], 2)
+        box, cls = joined.split((self.boxes, self.classes), 1)
+        return torch.cat([box, cls.sigmoid()], 1)
+
+
+@_register("yolo_style", "YOLOv8-style: C2f (chunk(2), bottlenecks with and without residual adds, concat of the pieces), SPPF (max-pools concatenated), decoupled box/class head joined along anchors and split")
+def _yolo_style():
+    return _finish(YoloStyleNet(), (1, 3, 32, 32))
+
+
 # --------------------------------------------------------------------------
 # torchvision builds
 # --------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from torch_pruning.ops import OPTYPE
 from hwprune.errors import CaptureError
 from hwprune.graph.attention import convert_multihead_attention
 from hwprune.graph.opaque import opaque_types, traced_whole
+from hwprune.graph.pieces import Piece, splits_as_slices
 
 
 @dataclass
@@ -53,21 +54,29 @@ def capture(model: nn.Module, example_input: torch.Tensor) -> Capture:
         shapes_in, shapes = _run_recording_shapes(model, example_input)
     flops, layer_flops = _flops_by_module(counter)
     channel_constants_as_parameters(model)
+    traced_pieces: list[tuple[object, Piece]] = []
     try:
         unmapped: dict[str, str] = {}
         with traced_whole(model, shapes_in, shapes) as pruners, tolerant_index_mapping(unmapped), \
-                _visible_to_autograd(model):
+                _visible_to_autograd(model), splits_as_slices(traced_pieces):
             # A tuple: given a bare tensor, torch-pruning first tries model(*tensor), which for a batch of
             # one runs the model on an unbatched sample (and traces wrong shapes) without failing.
             graph = tp.DependencyGraph().build_dependency(model, (example_input,), customized_pruners=pruners,
                                                           verbose=False)
     except Exception as exc:  # torch-pruning raises many kinds; each means "cannot trace this model"
         raise CaptureError(f"tracing channel dependencies failed: {type(exc).__name__}: {exc}") from exc
+    by_grad_fn = {id(grad_fn): piece for grad_fn, piece in traced_pieces}
+    graph.hwprune_pieces = {node.name: by_grad_fn[id(node.grad_fn)] for node in graph.module2node.values()
+                            if id(node.grad_fn) in by_grad_fn}
     graph.hwprune_spatial = _spatial_splits_and_concats(graph, shapes)
-    if graph.hwprune_spatial:  # channel concats re-derive their sizes without the spatial ops miscounted
+    if graph.hwprune_spatial or graph.hwprune_pieces:
+        # Channel concats take their sizes from the traced shapes (torch-pruning would count a
+        # slice's input, or a spatial op's summed inputs, as channels) and the mapping is redone.
         for node in graph.module2node.values():
             if node.type == OPTYPE.CONCAT:
-                node.module.concat_sizes = node.module.offsets = None
+                node.module.concat_sizes = _traced_concat_sizes(node)
+                node.module.offsets = None
+        unmapped.clear()
         with tolerant_index_mapping(unmapped):
             index_mapping.update_index_mapping(graph)
     _isolate_unmappable_concats(graph, unmapped)
@@ -205,6 +214,20 @@ def _one_tensor(example: object) -> torch.Tensor:
         raise CaptureError(f"the example input must be one tensor (the model's single input), not "
                            f"{type(example).__name__}{count}")
     return example
+
+
+def _traced_concat_sizes(node) -> list[int] | None:
+    """The channel count of each input of a channel concat, from the shapes autograd recorded; None
+    (torch-pruning infers them) where its inputs are not one node per concatenated tensor."""
+    if len(node.inputs) != len(node.grad_fn.next_functions):
+        return None
+    sizes = []
+    for source in node.inputs:
+        metadata = getattr(source.grad_fn, "_input_metadata", None)
+        if not metadata or len(metadata[0].shape) < 2:
+            return None
+        sizes.append(int(metadata[0].shape[1]))
+    return sizes
 
 
 def _spatial_splits_and_concats(graph: tp.DependencyGraph, shapes: dict[str, tuple[int, ...]]) -> set[str]:

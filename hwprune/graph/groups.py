@@ -11,7 +11,7 @@ meet (``repeat`` for grouped convolutions).
 from __future__ import annotations
 
 import fnmatch
-from collections import Counter
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -53,10 +53,12 @@ class ChannelGroup:
     flops_share: float = 0.0
     params_share: float = 0.0
     producers: list[str] = field(default_factory=list)
+    positions: dict[str, int] = field(default_factory=dict)  # layer -> its channels (out or in) in the group
 
     def to_json(self) -> dict:
         return {"id": self.id, "channels": self.channels, "kind": self.kind, "couplings": self.couplings,
-                "layers": self.layers, "producers": self.producers, "prunable": self.prunable,
+                "layers": self.layers, "producers": self.producers, "positions": self.positions,
+                "prunable": self.prunable,
                 "reason": self.reason, "repeat": self.repeat, "exact_removal": self.exact_removal,
                 "flops_share": round(self.flops_share, 6), "params_share": round(self.params_share, 6)}
 
@@ -74,7 +76,7 @@ def channel_groups(cap: Capture, exclude: Iterable[str] = (), strict: bool = Tru
     groups = []
     visited: set[nn.Module] = set()
     with tolerant_index_mapping(graph.hwprune_unmapped), frozen_index_mapping(graph):
-        for module in list(graph.module2node):
+        for module in _split_producers_first(cap):
             if not isinstance(module, roots) or module in visited:
                 continue
             pruner = graph.get_pruner_of_module(module)
@@ -101,15 +103,18 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
     couplings: set[str] = set()
     layers: list[str] = []
     producers: list[str] = []
+    positions: dict[str, int] = {}
     reasons: list[str] = []
     repeat = 1
     exact = True
     opaque = opaque_types()
+    pieces: dict[int, dict[int, set[int]]] = {}  # split call -> piece -> the root channels it holds
     aliased = _aliased_layer(cap, dg_group)
     if aliased is not None:
         reasons.append(f"{aliased} holds some of its channels more than once in the group (a tensor combined with "
                        "a function of itself), so they cannot be removed one by one")
-    for dep, _idxs in dg_group:
+    for item in dg_group.items:
+        dep = item.dep
         target = dep.target
         module = target.module
         out_pruning = graph.is_out_channel_pruning_fn(dep.handler)
@@ -124,6 +129,12 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
                 reasons.append(f"passes a reshape {moved} that splits or reorders channels")
         if target.type == OPTYPE.OUTPUT or (out_pruning and not target.outputs):
             reasons.append("feeds a model output")
+        elif target.name in graph.hwprune_pieces:
+            couplings.add("split")
+            piece = graph.hwprune_pieces[target.name]
+            pieces.setdefault(piece.call, {}).setdefault(piece.index, set()).update(int(i) for i in item.root_idxs)
+        elif target.type == OPTYPE.SLICE and _channel_slice(target):
+            reasons.append(f"passes a slice [:, {_channel_slice(target)}] along channels fixed in the model's code")
         elif target.name in graph.hwprune_spatial:
             pass  # a split or concat along height/width: channels pass through unchanged
         elif target.type == OPTYPE.ELEMENTWISE:
@@ -151,6 +162,8 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
                 layers.append(name)
             if out_pruning and _has_weight(module) and name not in producers:
                 producers.append(name)
+            if _has_weight(module) and (out_pruning or name not in producers):
+                positions[name] = max(positions.get(name, 0), len(item.idxs))
         if isinstance(module, nn.Conv2d | nn.Conv1d | nn.Conv3d) and module.groups > 1:
             if module.groups == module.in_channels == module.out_channels:
                 couplings.add("depthwise")
@@ -159,6 +172,16 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
                 repeat = max(repeat, module.groups)
         if any(isinstance(m, _FlattenIndexMapping) for m in dep.index_mapping):
             couplings.add("flatten")
+    channels = graph.get_out_channels(root)
+    for call in sorted(pieces):
+        blocks, reason = _piece_blocks(graph, call, pieces[call], int(channels or 0))
+        if reason:
+            reasons.append(reason)
+        elif channels % math.lcm(repeat, blocks):
+            reasons.append(f"a torch.chunk({blocks}) and a grouped convolution ({repeat} groups) tie "
+                           f"{channels} channels into blocks that do not divide them")
+        else:
+            repeat = math.lcm(repeat, blocks)
     excluded = [p for p in producers if any(fnmatch.fnmatchcase(p, pat) for pat in patterns)]
     if excluded:
         reasons.append(f"excluded by the user ({', '.join(excluded)})")
@@ -170,28 +193,87 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
         raise UnsupportedOpError(
             f"group {root_name}: {unsupported[0]}; exclude it with --exclude '{root_name}' "
             "or pass --skip-unsupported to keep such groups unpruned")
-    channels = graph.get_out_channels(root)
     if channels is not None and channels < 2:
         reasons.append("fewer than 2 channels")
     return ChannelGroup(
         id=root_name, channels=int(channels or 0), kind=_primary_kind(couplings), couplings=sorted(couplings),
-        layers=layers, producers=producers, prunable=not reasons, reason="; ".join(dict.fromkeys(reasons)) or None,
+        layers=layers, producers=producers, positions=positions, prunable=not reasons,
+        reason="; ".join(dict.fromkeys(reasons)) or None,
         repeat=repeat, exact_removal=exact, flops_share=_share(layers, cap.layer_flops, cap.flops),
         params_share=_params_share(cap, layers))
 
 
+def _split_producers_first(cap: Capture) -> list[nn.Module]:
+    """The traced modules, those whose output is split along channels first: the group rooted at
+    the split tensor's producer holds every piece, where one rooted at a reader of one piece (a
+    residual partner) would hold that piece alone and leave the others without a group."""
+    graph = cap.dependency_graph
+    first: list[nn.Module] = []
+    for node in graph.module2node.values():
+        if node.name not in graph.hwprune_pieces:
+            continue
+        stack = list(node.inputs)
+        while stack:
+            source = stack.pop()
+            if isinstance(source.module, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear):
+                if source.module not in first:
+                    first.append(source.module)
+            elif source.type in (OPTYPE.ELEMENTWISE, OPTYPE.BN):
+                stack.extend(source.inputs)
+    return first + [m for m in graph.module2node if m not in first]
+
+
+def _piece_blocks(graph: tp.DependencyGraph, call: int, held: dict[int, set[int]],
+                  channels: int) -> tuple[int, str | None]:
+    """For a split the group passes: the number of equal blocks its root channels must keep equal
+    counts in, or the reason it cannot be pruned (fixed sizes, unequal pieces, pieces held by
+    other groups)."""
+    piece = next(p for p in graph.hwprune_pieces.values() if p.call == call)
+    sizes = piece.sizes
+    if not piece.adaptive:
+        return 1, f"passes {piece.describe()}, whose sizes are fixed in the model's code"
+    if len(set(sizes)) != 1:
+        return 1, f"passes {piece.describe()} of unequal pieces {list(sizes)}"
+    size = sizes[0]
+    expected = {k: set(range(k * size, (k + 1) * size)) for k in range(len(sizes))}
+    if sum(sizes) != channels or held != expected:
+        return 1, (f"holds only part of {piece.describe()} (its pieces are not blocks of this group's "
+                   f"{channels} channels)")
+    return len(sizes), None
+
+
 def _aliased_layer(cap: Capture, dg_group: tp.dependency.Group) -> str | None:
-    """The first layer that does not hold every channel of the group equally often, if any: then
-    removing one root channel removes several of the group's (torch-pruning follows both)."""
+    """The first layer that holds only some channels of the group, if any: torch-pruning keeps one
+    root per layer channel, so a layer channel that is two channels of the group (a tensor combined
+    with a function of itself) hides one of them, and removing either removes both. Behind a traced
+    split a layer may hold some pieces only; a reader holding a channel twice (the concat of ``y``
+    and ``y + f(y)``) loses both copies with it, exactly."""
+    graph = cap.dependency_graph
     channels = len(dg_group.items[0].root_idxs)
+    if any(item.dep.target.name in graph.hwprune_pieces for item in dg_group.items):
+        return None
     for item in dg_group.items:
         module = item.dep.target.module
         if not isinstance(module, nn.Module) or next(module.parameters(), None) is None:
             continue
-        counts = Counter(int(c) for c in item.root_idxs)
-        if len(counts) != channels or len(set(counts.values())) != 1:
+        if len({int(c) for c in item.root_idxs}) != channels:
             return cap.module_name(module)
     return None
+
+
+def _channel_slice(node) -> str | None:
+    """``"start:end"`` for a slice along channels written in the model's code (its bounds stay as
+    written when the group shrinks), None for one along another dim."""
+    grad_fn = node.grad_fn
+    sizes = getattr(grad_fn, "_saved_self_sym_sizes", None)
+    dim = getattr(grad_fn, "_saved_dim", None)
+    if sizes is None or dim is None:
+        return f"{node.module.start}:{node.module.end}"
+    rank = len(sizes)
+    dim = dim - 2**64 if dim >= 2**63 else dim
+    if dim % rank != (rank - 1 if rank == 3 else 1):
+        return None
+    return f"{node.module.start}:{node.module.end}"
 
 
 def _unformed_group(cap: Capture, module: nn.Module, channels: int, exc: Exception) -> ChannelGroup:

@@ -11,6 +11,7 @@ prunable. The model itself is never changed: the wrapping lasts only for the tra
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -21,15 +22,28 @@ from hwprune.errors import PlanError
 
 
 def opaque_types() -> tuple[type, ...]:
-    """Module types traced as one fixed-width layer (channels last)."""
-    found: list[type] = []
+    """Module types traced as one fixed-width layer."""
+    return tuple(_channel_dims())
+
+
+def _channel_dims() -> dict[type, int]:
+    """Each opaque type with the dim that holds its channels: torchvision's window attentions work
+    channels last; Ultralytics' PSA attention (YOLO11's C2PSA) works channels first, and its
+    views and splits of q/k/v make torch-pruning's index walk grow without bound (yolo11n ran out
+    of memory). Ultralytics is looked up only once a model of it is loaded (it is then imported)."""
+    found: dict[type, int] = {}
     try:
         from torchvision.models import maxvit, swin_transformer
     except ImportError:
-        return ()
-    found += [swin_transformer.ShiftedWindowAttention, swin_transformer.ShiftedWindowAttentionV2,
-              maxvit.RelativePositionalMultiHeadAttention]
-    return tuple(found)
+        pass
+    else:
+        found.update(dict.fromkeys((swin_transformer.ShiftedWindowAttention,
+                                    swin_transformer.ShiftedWindowAttentionV2,
+                                    maxvit.RelativePositionalMultiHeadAttention), -1))
+    block = sys.modules.get("ultralytics.nn.modules.block")
+    if block is not None and hasattr(block, "Attention"):
+        found[block.Attention] = 1
+    return found
 
 
 class _RunWhole(torch.autograd.Function):
@@ -45,10 +59,10 @@ class _RunWhole(torch.autograd.Function):
 
 
 class FixedWidthPruner(BasePruningFunc):
-    """Reports an opaque module's channel counts (last dim) and refuses to prune it."""
+    """Reports an opaque module's channel counts (along ``dim``) and refuses to prune it."""
 
-    def __init__(self, widths: dict[nn.Module, tuple[int, int]]):
-        super().__init__(pruning_dim=-1)
+    def __init__(self, widths: dict[nn.Module, tuple[int, int]], dim: int):
+        super().__init__(pruning_dim=dim)
         self.widths = widths
 
     def prune_out_channels(self, layer: nn.Module, idxs: list[int]) -> nn.Module:
@@ -67,15 +81,15 @@ class FixedWidthPruner(BasePruningFunc):
 def traced_whole(model: nn.Module, shapes_in: dict[str, tuple], shapes_out: dict[str, tuple]
                  ) -> Iterator[dict[type, FixedWidthPruner]]:
     """Within the block, opaque modules run as one op; yields the pruners to register per type."""
-    types = opaque_types()
-    modules = {name: m for name, m in model.named_modules() if types and isinstance(m, types)}
-    widths = {m: (shapes_in[name][-1], shapes_out[name][-1]) for name, m in modules.items()
+    dims = _channel_dims()
+    modules = {name: m for name, m in model.named_modules() if type(m) in dims}
+    widths = {m: (shapes_in[name][dims[type(m)]], shapes_out[name][dims[type(m)]]) for name, m in modules.items()
               if name in shapes_in and name in shapes_out}
     for module in modules.values():
         original = module.forward
         module.forward = lambda x, _call=original: _RunWhole.apply(_call, x)
     try:
-        yield {t: FixedWidthPruner(widths) for t in {type(m) for m in modules.values()}}
+        yield {t: FixedWidthPruner(widths, dims[t]) for t in {type(m) for m in modules.values()}}
     finally:
         for module in modules.values():
             del module.forward

@@ -10,6 +10,7 @@ A layer's input width is its unpruned width minus what each of those groups remo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 from torch import nn
@@ -22,11 +23,17 @@ from hwprune.latency.signature import OpSignature
 
 @dataclass(frozen=True)
 class GroupInput:
-    """A group whose channels a layer reads: ``size`` units, each ``width`` input positions wide."""
+    """A group whose channels a layer reads: ``size`` units spread over ``positions`` input
+    positions (``size`` for a plain read; ``size`` x the spatial size behind a flatten; a heads'
+    width; one piece of a chunk; a channel read twice)."""
 
     group: str
     size: int
-    width: int = 1
+    positions: int
+
+    def removed(self, keep: int) -> int:
+        """Input positions gone with ``keep`` units kept (units leave every piece evenly)."""
+        return (self.size - keep) * self.positions // self.size
 
 
 @dataclass(frozen=True)
@@ -38,17 +45,17 @@ class Layer:
     out_group: str | None
     inputs: tuple[GroupInput, ...] = ()
     depthwise: bool = False
-    channels_per_unit_out: int = 1
+    out_scale: Fraction = Fraction(1)  # output channels per kept unit: a head's width; 1/2 for half a chunk
 
     def c_out(self, keep: dict[str, int]) -> int:
         """Output width with ``keep[group]`` units kept (absent groups whole)."""
         if self.out_group in keep:
-            return keep[self.out_group] * self.channels_per_unit_out
+            return int(keep[self.out_group] * self.out_scale)
         return self.signature.c_out
 
     def c_in(self, keep: dict[str, int]) -> int:
         """Input width with ``keep[group]`` units kept per group (absent groups whole)."""
-        removed = sum((g.size - keep[g.group]) * g.width for g in self.inputs if g.group in keep)
+        removed = sum(g.removed(keep[g.group]) for g in self.inputs if g.group in keep)
         return self.signature.c_in - removed
 
 
@@ -97,39 +104,37 @@ def model_layers(analysis: Analysis, dtype: str = "fp32") -> list[Layer]:
     """Every timed layer of the analysed (unpruned) model with the groups that size it."""
     signatures = layer_signatures(analysis.model, analysis.capture.example_input, dtype)
     out_group: dict[str, str] = {}
-    out_units: dict[str, int] = {}
-    reads: dict[str, list[tuple[str, int, int | None]]] = {}  # (group, size, width if known)
+    out_scale: dict[str, Fraction] = {}
+    reads: dict[str, list[GroupInput]] = {}
     for group in analysis.groups:
         if group.kind == "heads":
             attention = analysis.model.get_submodule(group.id.removesuffix(":heads"))
             assert isinstance(attention, HeadAttention)
             for name in group.producers:
                 out_group[name] = group.id
-                out_units[name] = attention.head_dim
-            reads.setdefault(group.layers[-1], []).append((group.id, group.channels, attention.head_dim))
+                out_scale[name] = Fraction(attention.head_dim)
+            reads.setdefault(group.layers[-1], []).append(
+                GroupInput(group.id, group.channels, group.channels * attention.head_dim))
             continue
-        for name in group.layers:
-            if name in group.producers:
-                out_group.setdefault(name, group.id)
-            elif group.prunable and all(g != group.id for g, _, _ in reads.get(name, [])):
-                # a group that cannot be pruned never changes a reader's width
-                reads.setdefault(name, []).append((group.id, group.channels, None))
+        for name in group.producers:
+            if name not in out_group:
+                out_group[name] = group.id
+                out_scale[name] = Fraction(group.positions.get(name, group.channels), group.channels)
+        if group.prunable:  # a group that cannot be pruned never changes a reader's width
+            for name, positions in group.positions.items():
+                if name not in group.producers:
+                    reads.setdefault(name, []).append(GroupInput(group.id, group.channels, positions))
     layers = []
     for name, sig in signatures.items():
         depthwise = sig.op == "conv2d" and sig.groups == sig.c_in == sig.c_out and sig.groups > 1
         inputs = () if depthwise else _group_inputs(sig, reads.get(name, []))
-        layers.append(Layer(name, sig, out_group.get(name), inputs, depthwise, out_units.get(name, 1)))
+        layers.append(Layer(name, sig, out_group.get(name), inputs, depthwise, out_scale.get(name, Fraction(1))))
     return layers
 
 
-def _group_inputs(sig: OpSignature, reads: list[tuple[str, int, int | None]]) -> tuple[GroupInput, ...]:
-    """The groups a layer reads, each with how many input positions one of its units spans: given
-    (heads), 1 for each part of a concatenation, or c_in / size for a single flattened group."""
-    if len(reads) == 1 and reads[0][2] is None and sig.c_in % reads[0][1] == 0:
-        group, size, _ = reads[0]
-        return (GroupInput(group, size, sig.c_in // size),)
-    inputs = tuple(GroupInput(group, size, width or 1) for group, size, width in reads)
-    if sum(g.size * g.width for g in inputs) > sig.c_in:
+def _group_inputs(sig: OpSignature, reads: list[GroupInput]) -> tuple[GroupInput, ...]:
+    """The groups a layer reads, checked against its input width."""
+    if sum(g.positions for g in reads) > sig.c_in:
         raise HwpruneError(f"layer reads more grouped channels than its {sig.c_in} inputs: "
-                           f"{', '.join(g.group for g in inputs)}")
-    return inputs
+                           f"{', '.join(g.group for g in reads)}")
+    return tuple(reads)

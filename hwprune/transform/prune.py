@@ -151,6 +151,6 @@ def validate_keep(group: ChannelGroup, indices: Sequence[int]) -> list[int]:
         local = [{i % block for i in kept if i // block == b} for b in range(group.repeat)]
         if any(positions != local[0] for positions in local):
             raise PlanError(
-                f"group {group.id}: a grouped convolution ({group.repeat} groups of {block}) needs the same "
-                "channel positions kept in every group")
+                f"group {group.id}: its channels form {group.repeat} blocks of {block} (a grouped convolution or "
+                "a chunk), which need the same channel positions kept in every block")
     return kept
