@@ -81,6 +81,7 @@ class Row:
     groups: int | None = None
     traced_prunable: int | None = None  # prunable by the trace alone, before trial pruning
     prunable_groups: int | None = None
+    prunable_flops_pct: float | None = None  # share of FLOPs in layers whose output a prunable group sizes
     params_kept_pct: float | None = None
     output_max: float | None = None
     onnx_max_err: float | None = None
@@ -177,6 +178,7 @@ def prune_run_export(name: str, result: dict[str, Any], report: Report) -> None:
     with stage("trial pruning", report):
         prove_prunable(analysis)
     result["prunable_groups"] = len(analysis.prunable())
+    result["prunable_flops_pct"] = prunable_flops_pct(analysis)
     rng = random.Random(SEED)
     keep = {g.id: random_keep(g.channels, g.repeat, rng) for g in analysis.prunable()}
     with stage("prune", report):
@@ -193,6 +195,14 @@ def prune_run_export(name: str, result: dict[str, Any], report: Report) -> None:
     bound = ONNX_RTOL * result["output_max"] if result["output_max"] > 0 else 1e-6
     if err > bound:
         raise StageError(f"onnx mismatch: max abs err {err:.3g} > {bound:.3g}")
+
+
+def prunable_flops_pct(analysis) -> float:
+    """The share of the model's FLOPs in layers whose output width a prunable group sets (after the
+    trial): what width pruning can shrink at the source (their readers shrink with them)."""
+    layers = {name for group in analysis.prunable() for name in group.producers}
+    flops = analysis.capture.layer_flops
+    return 100.0 * sum(flops.get(name, 0) for name in layers) / max(analysis.capture.flops, 1)
 
 
 def torch_pruning_groups(name: str, report: Report) -> dict[str, Any]:
@@ -301,14 +311,14 @@ def progress_line(index: int, total: int, row: Row) -> str:
 def results_table(rows: list[Row]) -> Table:
     table = Table(title="hwprune coverage (random 30% prune of every prunable group)")
     text_columns = ("model", "hwprune", "torch-pruning groups")
-    for column in ("model", "params M", "groups", "prunable (trace)", "prunable", "params kept %", "max |out|",
-                   "onnx max err",
+    for column in ("model", "params M", "groups", "prunable (trace)", "prunable", "FLOPs prunable %",
+                   "params kept %", "max |out|", "onnx max err",
                    *text_columns[1:]):
         table.add_column(column, justify="left" if column in text_columns else "right")
     for row in rows:
         tp = fmt(row.tp_groups) if row.tp_error is None else f"[red]error[/] ({escape(row.tp_error)})"
         table.add_row(row.model, f"{row.params_m:.1f}", fmt(row.groups), fmt(row.traced_prunable),
-                      fmt(row.prunable_groups),
+                      fmt(row.prunable_groups), fmt(row.prunable_flops_pct, ".1f"),
                       fmt(row.params_kept_pct, ".1f"), fmt(row.output_max, ".2g"),
                       fmt(row.onnx_max_err, ".1e"), status_text(row), tp if row.status != "skipped" else "-")
     return table

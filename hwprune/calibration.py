@@ -78,13 +78,23 @@ class Fidelity:
     # output order; ``cosine`` is the first one's. None for a single output.
     per_output: list[float] | None = None
 
+    @property
+    def overall_cosine(self) -> float:
+        """What the search weighs: every output alike (a detector's boxes and its classes)."""
+        return sum(self.per_output) / len(self.per_output) if self.per_output else self.cosine
+
 
 def fidelity(original: nn.Module, pruned: nn.Module, batches: list[torch.Tensor]) -> Fidelity:
     """Mean per-sample cosine similarity of the outputs, and (for N x classes outputs) the share
     of samples whose top-1 class agrees; for several outputs, also each one's cosine."""
     with torch.no_grad():
-        references = [_tensors(original(batch)) for batch in batches]
-        outputs = [_tensors(pruned(batch)) for batch in batches]
+        references = [output_tensors(original(batch)) for batch in batches]
+        outputs = [output_tensors(pruned(batch)) for batch in batches]
+    return compare_all(references, outputs)
+
+
+def compare_all(references: list[list[torch.Tensor]], outputs: list[list[torch.Tensor]]) -> Fidelity:
+    """``fidelity`` from every output already computed, per batch."""
     quality = compare_outputs([r[0] for r in references], [o[0] for o in outputs])
     heads = len(references[0])
     if heads > 1:
@@ -93,12 +103,12 @@ def fidelity(original: nn.Module, pruned: nn.Module, batches: list[torch.Tensor]
     return quality
 
 
-def _tensors(output: object) -> list[torch.Tensor]:
+def output_tensors(output: object) -> list[torch.Tensor]:
     """A model's outputs as a list of tensors, in order (nested tuples and lists flattened)."""
     if isinstance(output, torch.Tensor):
         return [output]
     if isinstance(output, tuple | list):
-        return [t for item in output for t in _tensors(item)]
+        return [t for item in output for t in output_tensors(item)]
     return []
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,7 +34,7 @@ from hwprune.calibration import Calibration, fidelity, load_calibration
 from hwprune.errors import HwpruneError, PlanError, first_line
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm
 from hwprune.export.onnx_export import export_onnx, slim_available
-from hwprune.export.verify import verified
+from hwprune.export.verify import verified, verify_onnx
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.segments import segments
 from hwprune.importance.readers import reader_scores
@@ -44,7 +45,7 @@ from hwprune.latency.copies import copy_signatures
 from hwprune.latency.model_latency import offline_predictor, open_table, predictor_for
 from hwprune.latency.predictor import TablePredictor, op_ms
 from hwprune.latency.profiler import profile
-from hwprune.models import LoadedModel, state_digest
+from hwprune.models import NATIVE_FILES, LoadedModel, save_native, state_digest
 from hwprune.options import Options
 from hwprune.plan import Plan, Provenance
 from hwprune.profiling import profile_model
@@ -58,16 +59,23 @@ from hwprune.targets import Target
 from hwprune.transform.apply import realise
 from hwprune.transform.trial import prove_prunable
 
-ARTEFACTS = ("report.json", "report.md", "plan.json", "pruned.pt", "baseline.onnx", "pruned.onnx", "plots",
-             "build_engine.sh", "baseline.engine", "pruned.engine", "timing.cache")
+ARTEFACTS = ("report.json", "report.md", "plan.json", "pruned.pt", *NATIVE_FILES, "baseline.onnx", "pruned.onnx",
+             "plots", "build_engine.sh", "baseline.engine", "pruned.engine", "timing.cache", "recovered.onnx",
+             "recovered.pt", "recover")
 
 
 def compile_model(loaded: LoadedModel, options: Options, out_dir: str | Path, console: Console | None = None
                   ) -> Report:
     """Run the whole pipeline; returns the report (also written to ``out_dir/report.json``). Log
     lines go to ``console`` (default: stderr, never wrapped, so CI logs keep each line whole)."""
+    console = console or Console(stderr=True, soft_wrap=True)
     with staged(Path(out_dir), ARTEFACTS) as stage:  # report.json moves last: its presence means finished
-        return _compile(loaded, options, stage, console or Console(stderr=True, soft_wrap=True))
+        report = _compile(loaded, options, stage, console)
+        if options.recovery is not None:
+            from hwprune.recover.run import recover
+
+            recover(stage, options.recovery, console)
+        return report
 
 
 def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Console) -> Report:
@@ -84,7 +92,8 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     runtime = runtime_for(target)
     predictor, table_path = _latency_model(analysis, runtime, options.lut, step, console)
     with step("export baseline"):
-        baseline_onnx = export_onnx(analysis.model, x, stage / "baseline.onnx", options.dynamic_batch, slim_available())
+        baseline_onnx, baseline_source = _baseline(loaded, analysis, options, stage)
+        console.print(f"  baseline: {baseline_source}")
     realiser = Realiser(analysis)
     measurer = Measurer.start(realiser, options, runtime, stage, baseline_onnx, calibration)
     baseline_predicted = predictor.predict({}).total_ms
@@ -101,6 +110,9 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     for attempt in rounds:
         attempt.realised.onnx.unlink(missing_ok=True)
     torch.save(chosen.realised.model.state_dict(), stage / "pruned.pt")
+    native = save_native(chosen.realised.model, loaded.name, stage)
+    if native:
+        console.print(f"  {native}: the pruned model in its framework's format")
     with step("verify"):
         verification = verified(chosen.realised.model, stage / "pruned.onnx", x, options.dynamic_batch, options.atol,
                                 options.rtol)
@@ -114,6 +126,7 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     chosen.decision.plan.save(stage / "plan.json")
     report = build_report(loaded, analysis, options, runtime, predictor, search, chosen, rounds, final, engine,
                           verification, quality, calibration.source, time.perf_counter() - started)
+    report.export["baseline"] = baseline_source
     report.copies = copy_counts(stage, chosen.decision.plan.width, lambda: realise(
         chosen.decision.plan, analysis, reorder=False), x, options.dynamic_batch)
     with step("plots and report.md"):
@@ -121,6 +134,23 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
         write_text_atomic(stage / "report.md", markdown(report))
     write_text_atomic(stage / "report.json", json.dumps(report.to_json(), indent=1) + "\n")
     return report
+
+
+def _baseline(loaded: LoadedModel, analysis: Analysis, options: Options, stage: Path) -> tuple[Path, str]:
+    """The ONNX file the pruned model is measured against, and what it is. For an ``onnx:`` model that
+    is the user's own file, once the conversion (which is what gets pruned) is checked to compute
+    what it does: speedup and fidelity are then against the model the user deploys today."""
+    path = stage / "baseline.onnx"
+    if loaded.source_onnx is None:
+        export_onnx(analysis.model, analysis.capture.example_input, path, options.dynamic_batch, slim_available())
+        return path, "exported from the model"
+    shutil.copyfile(loaded.source_onnx, path)
+    check = verify_onnx(analysis.model, path, [analysis.capture.example_input], options.atol, options.rtol)
+    if not check.ok:
+        raise HwpruneError(f"{loaded.source_onnx}: onnx2torch's conversion does not compute what the file does "
+                           f"({check.worst}); cannot measure or prune against it")
+    return path, (f"the user's ONNX file {loaded.source_onnx} (its onnx2torch conversion, which is pruned, matches "
+                  f"it: max abs err {check.max_abs_err:.2g})")
 
 
 class Realiser:

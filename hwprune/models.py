@@ -44,6 +44,7 @@ class LoadedModel:
     example_input: torch.Tensor
     weights: str  # where the weights came from, for the plan's provenance
     seed: int | None  # the seed random weights and the example were drawn with; None: weights from a file
+    source_onnx: Path | None = None  # an onnx: spec's file: the baseline compile measures and checks against
 
 
 def state_digest(module: nn.Module) -> str:
@@ -121,7 +122,8 @@ def _load(spec: str, input_shape: tuple[int, ...] | None, weights: str | None, s
     elif example is None:
         example = torch.randn(shape or DEFAULT_IMAGE_SHAPE)
     seeded = source.startswith("random") or ".py:" in spec  # the weights depend on the seed
-    return LoadedModel(spec, module.eval(), example, source, seed if seeded else None)
+    onnx_file = Path(spec.split(":", 1)[1]) if spec.startswith("onnx:") else None
+    return LoadedModel(spec, module.eval(), example, source, seed if seeded else None, onnx_file)
 
 
 def _load_torchvision(name: str, weights: str | None) -> tuple[nn.Module, tuple[int, ...]]:
@@ -450,6 +452,18 @@ def _ultralytics_checkpoint(path: Path, trust_pickle: bool) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ModelSpecError(f"{path}: not an Ultralytics checkpoint (no 'model' or 'ema' module in it)")
     return model
+
+
+NATIVE_FILES = ("pruned_ultralytics.pt",)  # what save_native may write, for staging and clean-up
+
+
+def save_native(module: nn.Module, spec: str, folder: Path) -> str | None:
+    """Save a pruned model in its framework's own format beside ``pruned.pt``, where it has one: an
+    Ultralytics checkpoint for an ``ultralytics:`` model. Returns the file's name, else None."""
+    if not isinstance(module, UltralyticsDetector):
+        return None
+    save_ultralytics(module, spec, folder / NATIVE_FILES[0])
+    return NATIVE_FILES[0]
 
 
 def save_ultralytics(module: nn.Module, spec: str, path: str | Path) -> None:

@@ -20,11 +20,11 @@ from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.export.verify import Verification, verified
 from hwprune.graph.analyze import analyze
 from hwprune.io import staged
-from hwprune.models import LoadedModel, state_digest
+from hwprune.models import NATIVE_FILES, LoadedModel, save_native, state_digest
 from hwprune.plan import Plan
 from hwprune.transform.apply import realise
 
-ARTEFACTS = ("pruned.onnx", "pruned.pt")
+ARTEFACTS = ("pruned.onnx", "pruned.pt", *NATIVE_FILES)
 
 
 @dataclass
@@ -68,4 +68,5 @@ def apply_plan_file(plan: Plan, plan_name: str, loaded: LoadedModel, calib_data:
         export_onnx(model, x, stage / "pruned.onnx", dynamic_batch, slim_available())
         verification = verified(model, stage / "pruned.onnx", x, dynamic_batch, atol, rtol)
         torch.save(model.state_dict(), stage / "pruned.pt")
+        save_native(model, loaded.name, stage)
     return Applied(model, before, verification)

@@ -83,7 +83,8 @@ def markdown(report: Report) -> str:
         f"# hwprune report: {report.model} on {report.target}",
         "",
         f"Requested: {budget.kind} {budget.value:g} (latency {budget.latency_fraction:.3f} of the "
-        f"baseline, met within ±{100 * budget.tolerance:.0f}%).",
+        f"baseline, met within ±{100 * budget.tolerance:.0f}%). Baseline: "
+        f"{report.export.get('baseline', 'exported from the model')}.",
         "",
         "| | baseline | pruned |",
         "|---|---:|---:|",

@@ -37,7 +37,7 @@ add (the analyzer must prune them exactly or refuse them by name):
 * ``deconv``: a ConvTranspose2d 3x3 (stride 1), optionally with BN and ReLU;
 * ``hswap``: the tensor chunked in two along height and concatenated back swapped (dim 2);
 * ``cchunk``: a tensor with an even channel count chunked in two along channels and the halves
-  added (a split whose sizes are fixed in the code).
+  added (prunable: both halves keep the same positions, so each kept sum keeps both its terms).
 
 The raw input can only feed ``conv`` ops (its 3 channels are not prunable).
 Every tensor that nobody consumes is concatenated (in production order) into

@@ -1,5 +1,6 @@
 """`hwprune compile` and `hwprune apply` end to end on a small residual model (real profiling and timing)."""
 
+import importlib.util
 import json
 import os
 from dataclasses import replace
@@ -239,3 +240,22 @@ def test_artefacts_get_the_usual_mode_and_log_lines_stay_whole(compiled, tmp_pat
     lines = capsys.readouterr().err.splitlines()
     assert any(line.startswith("  latency table ") and line.endswith(" new measurements") for line in lines)
     assert all(path.stat().st_mode & 0o777 == 0o666 & ~mask for path in out.rglob("*") if path.is_file())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ultralytics") is None, reason="ultralytics not installed")
+def test_ultralytics_compile_writes_a_checkpoint_ultralytics_loads(tmp_path):
+    """A detector's compile also writes the pruned model as an Ultralytics checkpoint, which loads
+    back (through hwprune's spec and so through Ultralytics) and computes what the verified ONNX
+    does; the report has each head's cosine. A TensorRT target keeps it quick (nothing measured)."""
+    from hwprune.export.verify import verify_onnx
+    from hwprune.models import load_model
+
+    argv = ["compile", "ultralytics:yolov8n.yaml", "--input-shape", "1,3,64,64", "--target", "jetson-orin-nano",
+            "--latency", "0.8", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert len(report["fidelity"]["per_output"]) == 2 and report["verify"]["ok"]
+    reloaded = load_model(f"ultralytics:{tmp_path / 'pruned_ultralytics.pt'}", input_shape=(1, 3, 64, 64))
+    pruned_params = sum(p.numel() for p in reloaded.module.parameters())
+    assert pruned_params < sum(p.numel() for p in load_model("ultralytics:yolov8n.yaml").module.parameters())
+    assert verify_onnx(reloaded.module, tmp_path / "pruned.onnx", [reloaded.example_input]).ok

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -246,3 +247,34 @@ def test_pruned_detector_saved_for_ultralytics(tmp_path):
     torch.testing.assert_close((raw["boxes"], raw["scores"]), expected)
     with pytest.raises(ModelSpecError):
         save_ultralytics(nn.Linear(2, 2), "ultralytics:yolov8n.yaml", tmp_path / "linear.pt")
+
+
+@needs_onnx2torch
+def test_onnx_compile_measures_against_the_users_own_file(tmp_path, capsys, monkeypatch):
+    """An onnx: model's baseline is the user's file itself (byte for byte), once its conversion is
+    checked to compute what it does; a conversion that differs stops the compile with one line."""
+    from hwprune.cli import main
+    from hwprune.export.onnx_export import export_onnx
+    from hwprune.export.verify import Verification
+
+    torch.manual_seed(0)
+    wide = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),  # enough work to prune
+                         nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)).eval()
+    path = export_onnx(wide, torch.randn(1, 3, 32, 32), tmp_path / "wide.onnx")
+    out = tmp_path / "build"
+    monkeypatch.setenv("HWPRUNE_CACHE", str(tmp_path / "cache"))
+    assert main(["compile", f"onnx:{path}", "--target", "cpu", "--latency", "0.7", "--out", str(out)]) == 0
+    assert (out / "baseline.onnx").read_bytes() == path.read_bytes()
+    report = json.loads((out / "report.json").read_text())
+    assert report["export"]["baseline"].startswith(f"the user's ONNX file {path}")
+    assert f"Baseline: the user's ONNX file {path}" in (out / "report.md").read_text()
+
+    failed = Verification(0.5, 0.5, False, 1e-4, 1e-3, 1, "input 0, output 0 at (0, 1): onnx 1, torch 0.5")
+    monkeypatch.setattr("hwprune.compile.verify_onnx", lambda *args, **kwargs: failed)
+    capsys.readouterr()
+    assert main(["compile", f"onnx:{path}", "--target", "cpu", "--latency", "0.7",
+                 "--out", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # progress lines, then the error
+    assert "conversion does not compute what the file does" in err[-1] and "Traceback" not in "".join(err)
+    assert not (tmp_path / "other" / "report.json").exists()

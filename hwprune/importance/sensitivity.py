@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hwprune.calibration import first_output
+from hwprune.calibration import output_tensors
 from hwprune.evaluate.mask import silenced
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.capture import frozen_index_mapping
@@ -32,7 +32,7 @@ def group_sensitivity(analysis: Analysis, importance: Importance, batch: torch.T
     task = progress.add_task("sensitivity", total=len(groups)) if progress is not None else None
     sensitivity = {}
     with torch.no_grad(), frozen_index_mapping(analysis.capture.dependency_graph):
-        reference = _flat(model(batch))
+        reference = _flat(model(batch))  # every output: a detector's boxes and its classes alike
         for group in groups:
             block = group.channels // group.repeat
             keep_per_block = max(1, round(block * (1 - PROBE_FRACTION)))
@@ -40,13 +40,13 @@ def group_sensitivity(analysis: Analysis, importance: Importance, batch: torch.T
             with silenced(analysis, {group.id: [c for c in range(group.channels) if c not in kept]},
                           recalibration) as probe:
                 probed = _flat(probe(batch))
-            cosine = nn.functional.cosine_similarity(reference, probed, dim=1).mean()
-            sensitivity[group.id] = max(float(1 - cosine), FLOOR)
+            cosine = sum(nn.functional.cosine_similarity(r, p, dim=1).mean() for r, p in zip(reference, probed,
+                                                                                              strict=True))
+            sensitivity[group.id] = max(float(1 - cosine / len(reference)), FLOOR)
             if task is not None:
                 progress.advance(task)
     return sensitivity
 
 
-def _flat(output: object) -> torch.Tensor:
-    tensor = first_output(output)
-    return tensor.reshape(tensor.shape[0], -1).double()
+def _flat(output: object) -> list[torch.Tensor]:
+    return [tensor.reshape(tensor.shape[0], -1).double() for tensor in output_tensors(output)]

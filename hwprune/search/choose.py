@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hwprune.calibration import Fidelity, compare_outputs, first_output
+from hwprune.calibration import Fidelity, compare_all, output_tensors
 from hwprune.evaluate.mask import silenced
 from hwprune.graph.analyze import Analysis
 from hwprune.importance.scores import Importance, select
@@ -33,13 +33,13 @@ class Candidate:
 
     @property
     def score(self) -> float:
-        """Cosine, averaged with top-1 agreement where the outputs are class scores worth ranking:
-        on real inputs (on noise, a random-weight model's class decisions are near-ties that any
-        pruning flips, and ranking by them picks at random)."""
+        """Cosine (every output's alike), averaged with top-1 agreement where the outputs are class
+        scores worth ranking: on real inputs (on noise, a random-weight model's class decisions are
+        near-ties that any pruning flips, and ranking by them picks at random)."""
         agreement = self.quality.top1_agreement
         if agreement is None or self.quality.caveat is not None or not self.real_inputs:
-            return self.quality.cosine
-        return (self.quality.cosine + agreement) / 2
+            return self.quality.overall_cosine
+        return (self.quality.overall_cosine + agreement) / 2
 
 
 def choose(analysis: Analysis, importance: Importance, strategies: dict[str, Callable[[], SearchResult]],
@@ -49,7 +49,7 @@ def choose(analysis: Analysis, importance: Importance, strategies: dict[str, Cal
     the strategies' order)."""
     model = analysis.model.eval()
     with torch.no_grad():
-        references = [first_output(model(batch)) for batch in batches]
+        references = [output_tensors(model(batch)) for batch in batches]
     candidates = []
     for strategy, search in strategies.items():
         result = search()
@@ -59,7 +59,7 @@ def choose(analysis: Analysis, importance: Importance, strategies: dict[str, Cal
             kept = set(select(importance.scores[gid], count, group.repeat))
             dropped[gid] = [c for c in range(group.channels) if c not in kept]
         with silenced(analysis, dropped, recalibration) as masked, torch.no_grad():
-            outputs = [first_output(masked(batch)) for batch in batches]
-        candidates.append(Candidate(strategy, result, compare_outputs(references, outputs), real_inputs))
+            outputs = [output_tensors(masked(batch)) for batch in batches]
+        candidates.append(Candidate(strategy, result, compare_all(references, outputs), real_inputs))
     return sorted(candidates, key=lambda c: -c.score)
 
