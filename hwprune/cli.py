@@ -98,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--atol", type=float, default=1e-4, help="ONNX verification absolute tolerance (1e-4)")
     compile_.add_argument("--rtol", type=float, default=1e-3, help="ONNX verification relative tolerance (1e-3)")
     compile_.add_argument("--lut", metavar="FILE", help="latency table (default: the cache)")
+    _add_recovery_arguments(compile_, prefix="recover-")
     compile_.add_argument("--out", required=True, metavar="DIR", help="output folder")
     compile_.set_defaults(run=_run_compile)
 
@@ -111,6 +112,15 @@ def _parser() -> argparse.ArgumentParser:
     apply.add_argument("--rtol", type=float, default=1e-3, help="ONNX verification relative tolerance (1e-3)")
     apply.add_argument("--out", required=True, metavar="DIR", help="output folder (pruned.onnx, pruned.pt)")
     apply.set_defaults(run=_run_apply)
+
+    recover = sub.add_parser("recover", help="distil a compiled build's pruned model from the unpruned one "
+                                             "(under torchrun: on several processes)")
+    recover.add_argument("build", metavar="BUILD_DIR", help="folder written by hwprune compile (plan.json, pruned.pt)")
+    _add_recovery_arguments(recover, prefix="")
+    recover.add_argument("--resume", action="store_true", help="continue from BUILD_DIR/recover/checkpoint.pt")
+    recover.add_argument("--device", help="cpu, cuda, cuda:N (default: this process's GPU if any, else cpu)")
+    recover.add_argument("--debug", action="store_true", dest="sub_debug", help=argparse.SUPPRESS)
+    recover.set_defaults(run=_run_recover)
 
     bench = sub.add_parser("bench", help="time an ONNX model; with a baseline, exit 1 on a latency regression")
     bench.add_argument("onnx", metavar="MODEL.onnx", help="the model to time")
@@ -150,6 +160,67 @@ def _add_model_arguments(parser: argparse.ArgumentParser, optional: bool = False
     parser.add_argument("--weights", metavar="NAME",
                         help="load pretrained weights (DEFAULT) from the local torch hub cache; never downloads")
     parser.add_argument("--debug", action="store_true", dest="sub_debug", help=argparse.SUPPRESS)
+
+
+def _add_recovery_arguments(parser: argparse.ArgumentParser, prefix: str) -> None:
+    """recover's options; compile takes the same ones named --recover-* (recovery runs when --recover-data is given)."""
+    data_help = ("training data: folder:PATH (one folder per class), module:fn or file.py:fn returning a Dataset or "
+                 "an iterable of batches (tensors or (input, target) pairs)")
+    parser.add_argument(f"--{prefix}data", required=not prefix, metavar="SPEC", help=data_help)
+    parser.add_argument(f"--{prefix}eval-data", metavar="SPEC",
+                        help="data to measure fidelity (and accuracy, with labels) on (default: the training data)")
+    parser.add_argument(f"--{prefix}epochs", type=int, default=5, metavar="N", help="epochs (default: 5)")
+    parser.add_argument(f"--{prefix}lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
+    parser.add_argument(f"--{prefix}batch-size", type=int, default=64, metavar="B",
+                        help="global batch size, shared by the processes (default: 64)")
+    parser.add_argument(f"--{prefix}temperature", type=float, default=4.0, metavar="T",
+                        help="distillation temperature for class scores (default: 4)")
+    parser.add_argument(f"--{prefix}feature-loss", action="store_true",
+                        help="also match the teacher's feature maps at the channels the plan kept")
+    parser.add_argument(f"--{prefix}mean", metavar="M,M,M", help="folder: data normalisation mean (ImageNet's)")
+    parser.add_argument(f"--{prefix}std", metavar="S,S,S", help="folder: data normalisation std (ImageNet's)")
+
+
+def _recover_options(args: argparse.Namespace, prefix: str):
+    from hwprune.recover.data import IMAGENET_MEAN, IMAGENET_STD
+    from hwprune.recover.distill import Recipe
+    from hwprune.recover.run import RecoverOptions
+
+    def value(name: str):
+        return getattr(args, prefix + name)
+
+    if value("epochs") < 1 or value("batch_size") < 1 or value("lr") <= 0 or value("temperature") <= 0:
+        flag = "--" + prefix.replace("_", "-")
+        raise HwpruneError(f"{flag}epochs, {flag}batch-size, {flag}lr and {flag}temperature must be positive")
+    recipe = Recipe(epochs=value("epochs"), lr=value("lr"), temperature=value("temperature"),
+                    batch_size=value("batch_size"), seed=getattr(args, "seed", None) or 0,
+                    feature_loss=value("feature_loss"))
+    return RecoverOptions(value("data"), value("eval_data"), recipe, getattr(args, "resume", False),
+                          getattr(args, "device", None), _floats(value("mean"), IMAGENET_MEAN),
+                          _floats(value("std"), IMAGENET_STD))
+
+
+def _floats(text: str | None, default: tuple[float, ...]) -> tuple[float, ...]:
+    if text is None:
+        return default
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise HwpruneError(f"{text!r}: expected comma-separated numbers") from None
+
+
+def _run_recover(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from hwprune.recover.run import recover
+
+    section = recover(Path(args.build), _recover_options(args, ""), Console(stderr=True, soft_wrap=True))
+    if section.get("onnx"):
+        print(f"wrote {args.build}/: recovered.onnx, recovered.pt, plots/recovery.png; report.json and plan.json "
+              "gained a recovery section")
+    return 0
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
@@ -298,7 +369,8 @@ def _run_compile(args: argparse.Namespace) -> int:
                       Path(args.lut) if args.lut else None, args.refine, exclude=tuple(args.exclude),
                       atol=args.atol, rtol=args.rtol, dynamic_batch=args.dynamic_batch,
                       recalibrate_bn=args.recalibrate_bn, allocation=args.allocation,
-                      unconstrained=args.unconstrained)
+                      unconstrained=args.unconstrained,
+                      recovery=_recover_options(args, "recover_") if args.recover_data else None)
     report = compile_model(_load(args), options, args.out, Console(stderr=True, soft_wrap=True))
     print(_compile_summary(report))
     print(f"wrote {args.out}/: report.json, report.md, plan.json, baseline.onnx, pruned.onnx, pruned.pt, plots/"
@@ -343,6 +415,10 @@ def _run_apply(args: argparse.Namespace) -> int:
     print(f"applied {args.plan} ({len(plan.width)} groups) to {loaded.name}: params {applied.params_before / 1e6:.2f}M"
           f" -> {after / 1e6:.2f}M; verify max abs err {applied.verification.max_abs_err:.2g}; "
           f"wrote {args.out}/: pruned.onnx, pruned.pt")
+    if plan.recovery:
+        print(f"note: {args.plan} records a recovery (distillation on {plan.recovery.get('data')}); the plan alone "
+              "rebuilds the pruned model, not the recovered weights (recovered.pt in its build folder)",
+              file=sys.stderr)
     return 0
 
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hwprune.errors import HwpruneError
 from hwprune.export.verify import DEFAULT_ATOL, DEFAULT_RTOL
 from hwprune.runtime import runtime_for
 from hwprune.search.decide import STRATEGIES
 from hwprune.targets import Target
+
+if TYPE_CHECKING:
+    from hwprune.recover.run import RecoverOptions
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,8 @@ class Options:
     # Unconstrained (UPSCALE) pruning: every dense reader of a segment keeps its own channels, the
     # producers their union; exported reordered, with the copies this needs priced by profiling.
     unconstrained: bool = False
+    # Distil the chosen model from the unpruned one after the search (``hwprune recover`` in the build).
+    recovery: RecoverOptions | None = None
 
     def __post_init__(self) -> None:
         if self.allocation not in ("auto", *STRATEGIES):

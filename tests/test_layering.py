@@ -53,6 +53,7 @@ def stage_imports(source: str) -> set[str]:
     ("runtime", {"graph", "latency", "export", "search", "transform", "importance", "evaluate"}),
     ("evaluate", {"search", "transform", "export"}),
     ("plan", {s for s in map(stage, MODULES) if s not in ("errors", "io", "plan")}),
+    ("recover", {"search", "latency", "importance", "compile"}),
 ])
 def test_a_stage_imports_none_of_what_it_must_not(source, forbidden):
     assert not stage_imports(source) & forbidden

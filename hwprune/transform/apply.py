@@ -32,8 +32,8 @@ def apply_plan(plan: Plan, analysis: Analysis, reorder: bool = True) -> nn.Modul
     for section in ("depth", "merge"):
         if getattr(plan, section):
             raise PlanError(f"the plan's {section} section is not empty; this hwprune cannot apply it yet")
-    if any(plan.sparsity.values()) or plan.recovery:
-        raise PlanError("the plan has sparsity or recovery decisions; this hwprune cannot apply them yet")
+    if any(plan.sparsity.values()):
+        raise PlanError("the plan has sparsity decisions; this hwprune cannot apply them yet")
     width = {gid: WidthDecision(d.keep, d.of, list(d.indices), None if d.readers is None else dict(d.readers))
              for gid, d in plan.width.items()}
     found = {s.group: s for s in segments(analysis)} if any(d.readers for d in width.values()) else {}

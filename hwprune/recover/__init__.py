@@ -1,0 +1,1 @@
+"""Recovery after pruning: distillation from the unpruned model, on one process or many."""

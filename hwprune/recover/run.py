@@ -1,0 +1,317 @@
+"""``hwprune recover BUILD_DIR``: distil a compiled build's pruned model back towards the unpruned one.
+
+The teacher is rebuilt from the plan's provenance (its digest checked), the student from the plan
+and ``pruned.pt`` (so it is exactly the compiled model, BatchNorm re-estimation included). After
+training, rank 0 exports ``recovered.onnx`` (``pruned.onnx`` is left as it was) with
+``recovered.pt``, verifies and measures it against ``baseline.onnx``, and adds a ``recovery``
+section to the report (``report.json`` rewritten last, atomically) and to the plan. A checkpoint
+(student and optimiser state, never the teacher) is written each epoch under ``recover/``;
+``--resume`` continues from it; an interrupted run leaves it and nothing that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from hwprune.calibration import compare_all, output_tensors
+from hwprune.errors import HwpruneError, PlanError
+from hwprune.export.onnx_export import export_onnx, slim_available
+from hwprune.export.verify import verify_onnx
+from hwprune.graph.analyze import analyze
+from hwprune.io import write_text_atomic
+from hwprune.models import load_model
+from hwprune.plan import Plan, load_plan
+from hwprune.reapply import check_model
+from hwprune.recover.data import IMAGENET_MEAN, IMAGENET_STD, TrainingData, open_data
+from hwprune.recover.distill import Recipe, Trained, distil
+from hwprune.recover.world import World, join
+from hwprune.runtime import runtime_for
+from hwprune.targets import load_target
+from hwprune.transform.apply import realise
+
+CHECKPOINT_FORMAT = "hwprune-recovery-checkpoint/1"
+EVAL_BATCHES = 64  # at most this many batches of --eval-data (or of --data when none) for fidelity
+
+
+@dataclass(frozen=True)
+class RecoverOptions:
+    data: str
+    eval_data: str | None = None
+    recipe: Recipe = Recipe()
+    resume: bool = False
+    device: str | None = None
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+
+def recover(build: Path, options: RecoverOptions, console: Console | None = None) -> dict:
+    """Recover the build in ``build``; returns the report's recovery section (on every rank)."""
+    console = console or Console(stderr=True, soft_wrap=True)
+    world = join(options.device)
+    try:
+        return _recover(build, options, console, world)
+    finally:
+        world.leave()
+
+
+def _recover(build: Path, options: RecoverOptions, console: Console, world: World) -> dict:
+    plan, teacher, student, x = _models(build)
+    recipe = options.recipe
+    torch.manual_seed(recipe.seed)
+    data = open_data(options.data, x, recipe.batch_size, recipe.seed, world.rank, world.size, options.mean,
+                     options.std)
+    evaluation = open_data(options.eval_data or options.data, x, recipe.batch_size, recipe.seed, shuffle=False,
+                           mean=options.mean, std=options.std)
+    say = console.print if world.main else (lambda *_a, **_k: None)
+    say(f"recover {plan.provenance.model}: {data.samples} samples from {data.spec} "
+        f"({'labelled' if data.labelled else 'no labels'}), {world.size} process(es) on {world.device}, "
+        f"global batch {recipe.batch_size}, {recipe.epochs} epochs")
+    teacher.to(world.device)
+    student.to(world.device)
+    before = _evaluate(teacher, student, evaluation, world.device)
+    checkpoint_path = build / "recover" / "checkpoint.pt"
+    identity = _plan_identity(plan)
+    progress, state = Trained(), None
+    if options.resume:
+        progress, state = _resume(checkpoint_path, identity, student, recipe)
+        say(f"  resumed after epoch {progress.epoch} of {recipe.epochs}")
+    elif world.main and checkpoint_path.exists():
+        checkpoint_path.unlink()
+
+    def on_epoch(done: Trained, optimiser_state: dict) -> None:
+        say(f"  epoch {done.epoch}/{recipe.epochs}: loss {done.losses[-1]:.4f}, {done.throughput[-1]:.0f} samples/s")
+        if world.main:
+            _save_checkpoint(checkpoint_path, identity, student, recipe, done, optimiser_state)
+
+    with _progress_bar(console, world, recipe.epochs * len(data), progress.epoch * len(data)) as on_batch:
+        distil(teacher, student, data, recipe, world, progress, state, _feature_layers(plan), on_batch=on_batch,
+               on_epoch=on_epoch)
+    after = _evaluate(teacher, student, evaluation, world.device)
+    section = {"data": options.data, "eval_data": options.eval_data or options.data, "samples": data.samples,
+               "processes": world.size, "device": str(world.device), "recipe": asdict(recipe),
+               "loss": progress.losses, "samples_per_second": progress.throughput,
+               "batchnorm": "trained with the student (batch statistics; running statistics updated)",
+               "before": before, "after": after}
+    if world.main:
+        section.update(_publish(build, plan, student.cpu(), x, section, console))
+    world.barrier()
+    return section
+
+
+@contextlib.contextmanager
+def _progress_bar(console: Console, world: World, total: int, done: int) -> Iterator[Callable[[int, float, int], None]]:
+    """A bar with the loss, samples per second and the time left, on rank 0 (the others stay quiet)."""
+    if not world.main:
+        yield lambda *_: None
+        return
+    columns = (TextColumn("distil"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+               TextColumn("{task.fields[rate]} samples/s"), TimeRemainingColumn())
+    started = time.perf_counter()
+    seen = [0]
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("distil", total=total, completed=done, loss="-", rate="-")
+
+        def advance(_index: int, loss: float, samples: int) -> None:
+            seen[0] += samples
+            rate = seen[0] / max(time.perf_counter() - started, 1e-9)
+            bar.update(task, advance=1, loss=f"{loss:.4f}", rate=f"{rate:.0f}")
+
+        yield advance
+
+
+def _models(build: Path) -> tuple[Plan, nn.Module, nn.Module, torch.Tensor]:
+    """The plan, the unpruned teacher (digest checked) and the compiled student, from ``build``."""
+    plan_path = build / "plan.json"
+    if not plan_path.is_file():
+        raise PlanError(f"{build}: no plan.json (run hwprune compile --out {build} first)")
+    plan = load_plan(plan_path)
+    provenance = plan.provenance
+    loaded = load_model(provenance.model, tuple(provenance.input_shape), None, provenance.seed or 0)
+    check_model(plan, loaded, str(plan_path))
+    teacher = loaded.module.eval()
+    analysis = analyze(_copy(teacher), loaded.example_input, loaded.name, exclude=provenance.exclude, strict=False)
+    student = realise(plan, analysis)
+    weights = build / "pruned.pt"
+    if not weights.is_file():
+        raise PlanError(f"{build}: no pruned.pt beside the plan")
+    try:
+        student.load_state_dict(torch.load(weights, weights_only=True))
+    except RuntimeError as exc:
+        raise PlanError(f"{weights}: not the weights of the model {plan_path} describes "
+                        f"({str(exc).splitlines()[0]})") from exc
+    return plan, teacher, student.eval(), loaded.example_input
+
+
+def _copy(module: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(module)
+
+
+def _evaluate(teacher: nn.Module, student: nn.Module, data: TrainingData, device: torch.device) -> dict:
+    """Fidelity of the student to the teacher and, with labels, both models' accuracy."""
+    references, outputs, correct = [], [], {"teacher": 0, "student": 0}
+    counted = 0
+    with torch.no_grad():
+        for index, batch in enumerate(data.epoch(0)):
+            if index == EVAL_BATCHES:
+                break
+            inputs = batch.inputs.to(device)
+            references.append([t.cpu() for t in output_tensors(teacher(inputs))])
+            outputs.append([t.cpu() for t in output_tensors(student(inputs))])
+            if batch.targets is not None and references[-1][0].dim() == 2:
+                correct["teacher"] += int((references[-1][0].argmax(1) == batch.targets).sum())
+                correct["student"] += int((outputs[-1][0].argmax(1) == batch.targets).sum())
+                counted += len(batch.targets)
+    quality = compare_all(references, outputs)
+    found = {"cosine": quality.overall_cosine, "top1_agreement": quality.top1_agreement, "samples": quality.samples}
+    if counted:
+        found["accuracy"] = correct["student"] / counted
+        found["teacher_accuracy"] = correct["teacher"] / counted
+    return found
+
+
+def _plan_identity(plan: Plan) -> str:
+    """What a checkpoint must have been made for: the unpruned weights and the width decisions."""
+    text = json.dumps({"state": plan.provenance.state_sha256, "width": {k: asdict(v) for k, v in plan.width.items()}},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _save_checkpoint(path: Path, identity: str, student: nn.Module, recipe: Recipe, progress: Trained,
+                     optimiser_state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    torch.save({"format": CHECKPOINT_FORMAT, "plan": identity, "recipe": asdict(recipe),
+                "progress": asdict(progress), "student": student.state_dict(), **optimiser_state}, partial)
+    os.replace(partial, path)
+
+
+def _resume(path: Path, identity: str, student: nn.Module, recipe: Recipe) -> tuple[Trained, dict]:
+    if not path.is_file():
+        raise HwpruneError(f"--resume: no checkpoint at {path}")
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception as exc:  # a truncated or foreign file
+        raise HwpruneError(f"--resume: {path} is not a checkpoint ({type(exc).__name__})") from exc
+    if saved.get("format") != CHECKPOINT_FORMAT or saved.get("plan") != identity:
+        raise HwpruneError(f"--resume: {path} was written for another plan or model")
+    if saved["recipe"] != asdict(recipe):
+        raise HwpruneError(f"--resume: {path} was written with another recipe ({saved['recipe']}); pass the same "
+                           "--epochs/--lr/--batch-size/--temperature")
+    student.load_state_dict(saved["student"])
+    return Trained(**saved["progress"]), {"optimiser": saved["optimiser"], "schedule": saved["schedule"]}
+
+
+def _feature_layers(plan: Plan) -> dict[str, list[int]]:
+    """Each pruned group's root layer with the channels the plan kept (unconstrained groups, whose
+    channels the export may reorder, and attention heads are left out)."""
+    return {gid: d.indices for gid, d in plan.width.items()
+            if d.keep < d.of and d.readers is None and not gid.endswith(":heads")}
+
+
+def _publish(build: Path, plan: Plan, student: nn.Module, x: torch.Tensor, section: dict,
+             console: Console) -> dict:
+    """Rank 0: export, verify and measure the recovered model; report, plot and plan; report.json last."""
+    report_path = build / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else None
+    dynamic = bool(report and report.get("export", {}).get("dynamic_batch"))
+    stage = Path(tempfile.mkdtemp(dir=build, prefix=".partial-recover-"))
+    try:
+        onnx = export_onnx(student, x, stage / "recovered.onnx", dynamic, slim_available())
+        verification = verify_onnx(student, onnx, [x])
+        if not verification.ok:
+            raise HwpruneError(f"recovered.onnx does not match the recovered model: {verification.worst}")
+        torch.save(student.state_dict(), stage / "recovered.pt")
+        found = {"onnx": "recovered.onnx", "weights": "recovered.pt", "verify": verification.to_json(),
+                 "measured_speedup": _measure(plan, build / "baseline.onnx", onnx, console)}
+        section = {**section, **found}
+        _plot(section, stage / "recovery.png")
+        for name in ("recovered.onnx", "recovered.pt"):
+            os.replace(stage / name, build / name)
+        (build / "plots").mkdir(exist_ok=True)
+        os.replace(stage / "recovery.png", build / "plots" / "recovery.png")
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    replace(plan, recovery={"data": section["data"], "epochs": section["recipe"]["epochs"],
+                            "recipe": section["recipe"], "weights": "recovered.pt",
+                            "note": "distilled weights: the plan alone rebuilds the pruned model, not these"}
+            ).save(build / "plan.json")
+    markdown = build / "report.md"
+    text = markdown.read_text().split("\n## Recovery\n")[0] if markdown.is_file() else ""
+    write_text_atomic(markdown, text.rstrip("\n") + "\n\n" + recovery_markdown(section))
+    if report is not None:
+        report["recovery"] = section
+        write_text_atomic(report_path, json.dumps(report, indent=1) + "\n")
+    before, after = section["before"], section["after"]
+    accuracy = (f", accuracy {100 * before['accuracy']:.1f}% -> {100 * after['accuracy']:.1f}% (unpruned "
+                f"{100 * after['teacher_accuracy']:.1f}%)" if "accuracy" in after else "")
+    console.print(f"  recovered: cosine {before['cosine']:.4f} -> {after['cosine']:.4f}{accuracy}")
+    return found
+
+
+def _measure(plan: Plan, baseline: Path, recovered: Path, console: Console) -> float | None:
+    """The recovered model's speedup over the baseline, interleaved, where this host runs the target."""
+    runtime = runtime_for(load_target(plan.provenance.target))
+    if runtime.unavailable_reason() is not None or not baseline.is_file():
+        console.print(f"  not measured: {runtime.unavailable_reason() or 'no baseline.onnx in the build'}")
+        return None
+    runners = [runtime.load(baseline), runtime.load(recovered)]
+    try:
+        return 1.0 / runtime.interleaved(runners, rounds=15).ratios[1]
+    finally:
+        for runner in runners:
+            runner.close()
+
+
+def recovery_markdown(section: dict) -> str:
+    before, after = section["before"], section["after"]
+    recipe = section["recipe"]
+    lines = ["## Recovery", "",
+             f"Distilled from the unpruned model for {recipe['epochs']} epochs on {section['samples']} samples of "
+             f"`{section['data']}` ({section['processes']} process(es), global batch {recipe['batch_size']}, AdamW "
+             f"lr {recipe['lr']:g} with a cosine schedule, temperature {recipe['temperature']:g}"
+             f"{', feature loss' if recipe['feature_loss'] else ''}); BatchNorm {section['batchnorm']}.", "",
+             "| | before recovery | after |", "|---|---:|---:|",
+             f"| output cosine to the unpruned model | {before['cosine']:.4f} | {after['cosine']:.4f} |"]
+    if "accuracy" in after:
+        lines.append(f"| accuracy (unpruned: {100 * after['teacher_accuracy']:.1f}%) | "
+                     f"{100 * before['accuracy']:.1f}% | {100 * after['accuracy']:.1f}% |")
+    losses = ", ".join(f"{loss:.4f}" for loss in section["loss"])
+    speed = section.get("measured_speedup")
+    lines += ["", f"Loss per epoch: {losses}. `recovered.onnx` verified (max abs err "
+              f"{section['verify']['max_abs_err']:.2g}); measured speedup "
+              f"{'not measured here' if speed is None else f'{speed:.2f}x'} (the structure is the pruned model's).",
+              "", "![loss](plots/recovery.png)", ""]
+    return "\n".join(lines)
+
+
+def _plot(section: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    epochs = range(1, len(section["loss"]) + 1)
+    ax.plot(epochs, section["loss"], marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("distillation loss")
+    ax.set_title("recovery")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
