@@ -32,6 +32,7 @@ from hwprune.errors import ModelSpecError
 DEFAULT_IMAGE_SHAPE = (1, 3, 224, 224)
 ULTRALYTICS_IMAGE_SHAPE = (1, 3, 640, 640)  # the size Ultralytics' detectors are trained and exported at
 DEFAULT_SEED = 0
+HUB_WEIGHTS = "weights from the torch hub cache"
 ULTRALYTICS_MIN_VERSION = (8, 4, 80)  # the first release whose torch_safe_load(safe_only=True) is weights_only
 
 
@@ -45,6 +46,14 @@ class LoadedModel:
     weights: str  # where the weights came from, for the plan's provenance
     seed: int | None  # the seed random weights and the example were drawn with; None: weights from a file
     source_onnx: Path | None = None  # an onnx: spec's file: the baseline compile measures and checks against
+
+
+def weights_named(source: str) -> str | None:
+    """The ``--weights`` value a recorded weights source was loaded with (``DEFAULT`` for torchvision's
+    hub weights), so a model can be rebuilt from a plan alone; None for every other source."""
+    if source.startswith("torchvision ") and source.endswith(HUB_WEIGHTS):
+        return source.split()[1]
+    return None
 
 
 def state_digest(module: nn.Module) -> str:
@@ -86,7 +95,7 @@ def _load(spec: str, input_shape: tuple[int, ...] | None, weights: str | None, s
     if spec.startswith("torchvision:"):
         module, shape = _load_torchvision(spec.split(":", 1)[1], weights)
         example = None
-        source = source if weights is None else f"torchvision {weights} weights from the torch hub cache"
+        source = source if weights is None else f"torchvision {weights} {HUB_WEIGHTS}"
     elif spec.startswith("timm:"):
         module, shape = _load_timm(spec.split(":", 1)[1], weights)
         example = None

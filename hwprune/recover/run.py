@@ -33,7 +33,7 @@ from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.export.verify import verify_onnx
 from hwprune.graph.analyze import analyze
 from hwprune.io import write_text_atomic
-from hwprune.models import load_model
+from hwprune.models import load_model, weights_named
 from hwprune.plan import Plan, load_plan
 from hwprune.reapply import check_model
 from hwprune.recover.data import IMAGENET_MEAN, IMAGENET_STD, TrainingData, open_data
@@ -140,7 +140,8 @@ def _models(build: Path) -> tuple[Plan, nn.Module, nn.Module, torch.Tensor]:
         raise PlanError(f"{build}: no plan.json (run hwprune compile --out {build} first)")
     plan = load_plan(plan_path)
     provenance = plan.provenance
-    loaded = load_model(provenance.model, tuple(provenance.input_shape), None, provenance.seed or 0)
+    loaded = load_model(provenance.model, tuple(provenance.input_shape), weights_named(provenance.weights),
+                        provenance.seed or 0)
     check_model(plan, loaded, str(plan_path))
     teacher = loaded.module.eval()
     analysis = analyze(_copy(teacher), loaded.example_input, loaded.name, exclude=provenance.exclude, strict=False)
