@@ -145,7 +145,7 @@ def test_linear_ops_are_costed():
     small = OpSignature(op="linear", batch=8, c_in=768, c_out=768, h=197, w=1, dtype="fp16")
     big = replace(small, c_out=3072)
     assert op_kind(small) == "linear" and 0 < predict_ms(small, h100) < predict_ms(big, h100)
-    with pytest.raises(ValueError, match="conv2d and linear"):
+    with pytest.raises(ValueError, match="conv_transpose2d and linear"):
         predict_ms(replace(small, op="attention"), h100)
 
 

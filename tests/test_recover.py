@@ -157,3 +157,25 @@ def test_two_processes_follow_the_one_process_loss_curve(build, tmp_path):
         assert abs(a - b) <= 0.25 * a
     assert two["after"]["accuracy"] >= two["after"]["teacher_accuracy"] - 0.05
     assert result.stdout.count("wrote ") == 1  # rank 0 only
+
+
+def test_image_folder_data(build, tmp_path, capsys):
+    """folder:PATH: one folder per class, resized to the model's input and normalised; the class
+    index is the folder's position in sorted order."""
+    from PIL import Image
+
+    images, labels, _, _ = digits._split()
+    root = tmp_path / "images"
+    for n in range(200):
+        folder = root / f"class{int(labels[n])}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (images[n, 0].clamp(0, 1) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).resize((32, 32)).save(folder / f"{n}.png")
+    argv = ["recover", str(build), "--data", f"folder:{root}", "--eval-data", fn("test"), "--epochs", "1",
+            "--mean", "0", "--std", "1"]
+    assert main(argv) == 0
+    section = json.loads((build / "report.json").read_text())["recovery"]
+    assert section["samples"] == 200 and section["after"]["accuracy"] > 0.5  # labels from the folder names
+    capsys.readouterr()
+    assert main(["recover", str(build), "--data", f"folder:{tmp_path / 'none'}"]) == 2
+    assert "no such folder" in capsys.readouterr().err

@@ -68,8 +68,8 @@ def op_kind(sig: OpSignature) -> str:
     """``linear``, ``depthwise``, ``pointwise`` or ``conv``: which efficiency factor applies."""
     if sig.op == "linear":
         return "linear"
-    if sig.op != "conv2d":
-        raise ValueError(f"the analytic model knows conv2d and linear, not {sig.op!r}")
+    if sig.op not in ("conv2d", "conv_transpose2d"):
+        raise ValueError(f"the analytic model knows conv2d, conv_transpose2d and linear, not {sig.op!r}")
     if sig.groups > 1 and sig.groups == sig.c_in == sig.c_out:
         return "depthwise"
     if sig.kernel == 1 and sig.groups == 1:

@@ -18,7 +18,7 @@ from torch import nn
 from hwprune.errors import HwpruneError
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.attention import HeadAttention
-from hwprune.latency.signature import OpSignature
+from hwprune.latency.signature import CONV_OPS, OpSignature
 
 
 @dataclass(frozen=True)
@@ -60,13 +60,19 @@ class Layer:
 
 
 def layer_signatures(model: nn.Module, example_input: torch.Tensor, dtype: str = "fp32") -> dict[str, OpSignature]:
-    """The OpSignature of every Conv2d and Linear module, from one forward."""
+    """The OpSignature of every Conv2d, ConvTranspose2d and Linear module, from one forward."""
     found: dict[str, OpSignature] = {}
-    for name, (module, shape) in input_shapes(model, example_input, (nn.Conv2d, nn.Linear)).items():
+    kinds = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+    for name, (module, shape) in input_shapes(model, example_input, kinds).items():
         if isinstance(module, nn.Conv2d):
             found[name] = OpSignature(
                 "conv2d", shape[0], module.in_channels, module.out_channels, shape[2], shape[3],
                 module.kernel_size[0], module.stride[0], _padding(module), module.dilation[0], module.groups, dtype)
+        elif isinstance(module, nn.ConvTranspose2d):
+            found[name] = OpSignature(
+                "conv_transpose2d", shape[0], module.in_channels, module.out_channels, shape[2], shape[3],
+                module.kernel_size[0], module.stride[0], module.padding[0], module.dilation[0], module.groups, dtype,
+                output_padding=module.output_padding[0])
         else:
             rows = int(torch.tensor(shape[1:-1]).prod()) if len(shape) > 2 else 1
             found[name] = OpSignature("linear", shape[0], module.in_features, module.out_features, rows, 1,
@@ -126,7 +132,7 @@ def model_layers(analysis: Analysis, dtype: str = "fp32") -> list[Layer]:
                     reads.setdefault(name, []).append(GroupInput(group.id, group.channels, positions))
     layers = []
     for name, sig in signatures.items():
-        depthwise = sig.op == "conv2d" and sig.groups == sig.c_in == sig.c_out and sig.groups > 1
+        depthwise = sig.op in CONV_OPS and sig.groups == sig.c_in == sig.c_out and sig.groups > 1
         inputs = () if depthwise else _group_inputs(sig, reads.get(name, []))
         layers.append(Layer(name, sig, out_group.get(name), inputs, depthwise, out_scale.get(name, Fraction(1))))
     return layers

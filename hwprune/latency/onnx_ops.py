@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from hwprune.errors import HwpruneError
-from hwprune.latency.signature import COPY_OPS, OpSignature
+from hwprune.latency.signature import CONV_OPS, COPY_OPS, OpSignature
 
 OPSET = 17
 
@@ -28,13 +28,14 @@ def identity_model() -> bytes:
 
 def input_shape(sig: OpSignature) -> tuple[int, ...]:
     """The shape of the single-op graph's input ``x``."""
-    if sig.op in ("conv2d", *COPY_OPS):
+    if sig.op in (*CONV_OPS, *COPY_OPS):
         return (sig.batch, sig.c_in, sig.h, sig.w)
     return (sig.batch, sig.h, sig.c_in)
 
 
 def single_op_model(sig: OpSignature) -> bytes:
-    """A serialized ONNX model computing just ``sig`` (conv2d: Conv; linear: MatMul + Add; gather:
+    """A serialized ONNX model computing just ``sig`` (conv2d: Conv; conv_transpose2d: ConvTranspose;
+    linear: MatMul + Add; gather:
     Gather of c_out channels spread over c_in; slice: Slice of the first c_out)."""
     rng = np.random.default_rng(0)
     if sig.op in COPY_OPS:
@@ -46,6 +47,13 @@ def single_op_model(sig: OpSignature) -> bytes:
                                 strides=[sig.stride] * 2, pads=[sig.padding] * 4, dilations=[sig.dilation] * 2,
                                 group=sig.groups)
         nodes = [node]
+        x_shape, y_shape = list(input_shape(sig)), [sig.batch, sig.c_out, oh, ow]
+    elif sig.op == "conv_transpose2d":
+        weight = rng.standard_normal((sig.c_in, sig.c_out // sig.groups, sig.kernel, sig.kernel), dtype=np.float32)
+        oh, ow = sig.out_hw
+        nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], kernel_shape=[sig.kernel, sig.kernel],
+                                  strides=[sig.stride] * 2, pads=[sig.padding] * 4, dilations=[sig.dilation] * 2,
+                                  output_padding=[sig.output_padding] * 2, group=sig.groups)]
         x_shape, y_shape = list(input_shape(sig)), [sig.batch, sig.c_out, oh, ow]
     elif sig.op == "linear":
         weight = rng.standard_normal((sig.c_in, sig.c_out), dtype=np.float32)

@@ -11,13 +11,15 @@ from dataclasses import asdict, dataclass, fields, replace
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 COPY_OPS = ("gather", "slice")
+CONV_OPS = ("conv2d", "conv_transpose2d")
+LATER_FIELDS = ("output_padding",)
 
 
 @dataclass(frozen=True)
 class OpSignature:
-    """One op: ``conv2d`` (h, w = input map), ``linear`` (h = rows per batch item, w = 1), or a
-    channel copy in front of an unconstrained reader: ``gather`` (scattered channels) or ``slice``
-    (one run), c_out of c_in channels of an h x w map."""
+    """One op: ``conv2d`` or ``conv_transpose2d`` (h, w = input map), ``linear`` (h = rows per batch
+    item, w = 1), or a channel copy in front of an unconstrained reader: ``gather`` (scattered
+    channels) or ``slice`` (one run), c_out of c_in channels of an h x w map."""
 
     op: str
     batch: int
@@ -32,9 +34,13 @@ class OpSignature:
     groups: int = 1
     dtype: str = "fp32"
     sparsity: str = "dense"
+    output_padding: int = 0  # conv_transpose2d only
 
     def key(self) -> str:
-        return "|".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+        """Fields added after tables were first written are left out at their default, so those
+        tables' keys stay valid."""
+        return "|".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self)
+                        if f.name not in LATER_FIELDS or getattr(self, f.name) != f.default)
 
     @classmethod
     def from_key(cls, key: str) -> OpSignature:
@@ -47,9 +53,12 @@ class OpSignature:
 
     @property
     def out_hw(self) -> tuple[int, int]:
+        span = self.dilation * (self.kernel - 1) + 1
+        if self.op == "conv_transpose2d":
+            return ((self.h - 1) * self.stride - 2 * self.padding + span + self.output_padding,
+                    (self.w - 1) * self.stride - 2 * self.padding + span + self.output_padding)
         if self.op != "conv2d":
             return self.h, self.w
-        span = self.dilation * (self.kernel - 1) + 1
         return ((self.h + 2 * self.padding - span) // self.stride + 1,
                 (self.w + 2 * self.padding - span) // self.stride + 1)
 
@@ -57,6 +66,8 @@ class OpSignature:
         """Multiply-adds counted as two FLOPs, as torch.utils.flop_counter does (copies: none)."""
         if self.op in COPY_OPS:
             return 0
+        if self.op == "conv_transpose2d":  # every input position scatters into k x k outputs per channel
+            return 2 * self.batch * self.c_in * self.h * self.w * (self.c_out // self.groups) * self.kernel ** 2
         oh, ow = self.out_hw
         per_output = (self.c_in // self.groups) * self.kernel * self.kernel
         return 2 * self.batch * self.c_out * oh * ow * per_output
