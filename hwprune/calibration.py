@@ -77,6 +77,9 @@ class Fidelity:
     # Models with several outputs (a detector's box and class heads): the mean cosine of each, in
     # output order; ``cosine`` is the first one's. None for a single output.
     per_output: list[float] | None = None
+    # Detectors, on the user's images: the share of boxes both models find (same class, IoU >= 0.5),
+    # as F1 over all images; None where the model has no detections() or neither model detects anything.
+    box_agreement: float | None = None
 
     @property
     def overall_cosine(self) -> float:
@@ -91,6 +94,28 @@ def fidelity(original: nn.Module, pruned: nn.Module, batches: list[torch.Tensor]
         references = [output_tensors(original(batch)) for batch in batches]
         outputs = [output_tensors(pruned(batch)) for batch in batches]
     return compare_all(references, outputs)
+
+
+def box_agreement(original: nn.Module, pruned: nn.Module, batches: list[torch.Tensor],
+                  iou: float = 0.5) -> float | None:
+    """F1 of the pruned model's boxes against the original's (see ``Fidelity.box_agreement``): each
+    original box, by descending score, takes the best unmatched pruned box of its class at IoU >= ``iou``."""
+    from torchvision.ops import box_iou
+
+    matched = found = expected = 0
+    for batch in batches:
+        for reference, boxes in zip(original.detections(batch), pruned.detections(batch), strict=True):
+            expected, found = expected + len(reference), found + len(boxes)
+            if not len(reference) or not len(boxes):
+                continue
+            overlap = box_iou(reference[:, :4], boxes[:, :4]) * (reference[:, 5:6] == boxes[:, 5].unsqueeze(0))
+            for index in reference[:, 4].argsort(descending=True):
+                row = overlap[index]  # a view: columns taken by earlier rows are zero here
+                best = int(row.argmax())
+                if row[best] >= iou:
+                    matched += 1
+                    overlap[:, best] = 0
+    return None if expected + found == 0 else 2 * matched / (expected + found)
 
 
 def compare_all(references: list[list[torch.Tensor]], outputs: list[list[torch.Tensor]]) -> Fidelity:

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.progress import Progress
 from torch import nn
 
-from hwprune.calibration import Calibration, fidelity, load_calibration
+from hwprune.calibration import Calibration, box_agreement, fidelity, load_calibration
 from hwprune.errors import HwpruneError, PlanError, first_line
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm
 from hwprune.export.onnx_export import export_onnx, slim_available
@@ -117,6 +117,8 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
         verification = verified(chosen.realised.model, stage / "pruned.onnx", x, options.dynamic_batch, options.atol,
                                 options.rtol)
         quality = fidelity(analysis.model, chosen.realised.model, calibration.batches)
+        if hasattr(analysis.model, "detections") and not calibration.random:  # boxes on the user's images
+            quality.box_agreement = box_agreement(analysis.model, chosen.realised.model, calibration.batches)
         if quality.caveat:
             console.print(f"  [yellow]warning:[/yellow] fidelity: {quality.caveat} (random weights?)")
     final = measurer.final(stage / "pruned.onnx", step)

@@ -356,6 +356,15 @@ class UltralyticsDetector(nn.Module):
         raw = head.forward_head(features, **head.one2many)
         return raw["boxes"], raw["scores"]
 
+    def detections(self, x: torch.Tensor, conf: float = 0.25, iou: float = 0.7) -> list[torch.Tensor]:
+        """Boxes per image after Ultralytics' own decode and NMS at its predict defaults: (n, 6) rows of
+        x1, y1, x2, y2, score, class (what box agreement compares)."""
+        from ultralytics.utils.nms import non_max_suppression
+
+        with torch.no_grad():
+            decoded = self.detector.eval()(x)[0]
+        return non_max_suppression(decoded, conf, iou)
+
 
 def _import_ultralytics(spec: str) -> ModuleType:
     """ultralytics, imported offline. It reads these at import: YOLO_OFFLINE skips its DNS probe, and

@@ -106,6 +106,8 @@ def markdown(report: Report) -> str:
         f"**Fidelity** to the unpruned model on {fid.samples} samples ({fid.inputs}): mean output cosine "
         f"{fid.cosine:.4f}, top-1 agreement {top1}."
         + (" Per output: " + ", ".join(f"{c:.4f}" for c in fid.per_output) + "." if fid.per_output else "")
+        + (f" Box agreement (F1 of boxes of the same class at IoU >= 0.5, on the calibration images): "
+           f"{fid.box_agreement:.3f}." if fid.box_agreement is not None else "")
         + (f" Caveat: {fid.caveat}." if fid.caveat else "")
         + " Without real calibration data this is measured on noise; validate on real data before deploying.",
         "",

@@ -72,6 +72,7 @@ class FidelitySection:
     inputs: str
     caveat: str | None
     per_output: list[float] | None  # each output's cosine, for models with several (detection heads)
+    box_agreement: float | None = None  # detectors on the user's images: F1 of matching boxes
 
 
 @dataclass
@@ -205,7 +206,7 @@ def build_report(loaded: LoadedModel, analysis: Analysis, options, runtime: Runt
                 None if final is None else final.ratio_spread[1]),
         verification,
         FidelitySection(quality.cosine, quality.top1_agreement, quality.samples, calibration_source, quality.caveat,
-                        quality.per_output),
+                        quality.per_output, quality.box_agreement),
         plan.bn_recalibration, search_section, method, final is not None,
         {"kind": latency_model["source"], "fingerprint": table.get("fingerprint"), "created": table.get("created"),
          "host": table.get("host"), "layer_scale": predictor.layer_scale, "rest_ms": predictor.rest_ms},
