@@ -107,8 +107,8 @@ class Residual(nn.Module):
 
 
 def build():
-    return nn.Sequential(block(1, 16), block(16, 32, 2), Residual(32), block(32, 64, 2), Residual(64),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    return nn.Sequential(block(1, 32), block(32, 64, 2), Residual(64), block(64, 128, 2), Residual(128),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
 
 
 def cnn():
@@ -193,7 +193,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", default="0.5,0.7")
     parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--train-epochs", type=int, default=6)
+    parser.add_argument("--train-epochs", type=int, default=4)
     parser.add_argument("--recover-epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--json", type=Path)
@@ -232,7 +232,9 @@ def main() -> None:
                 raise SystemExit(f"compile at {budget} failed")
             report = json.loads((build / "report.json").read_text())
             speedup = report["speedup"]["measured"]
-            row = {"speedup": speedup, "none": accuracy(student_of(build, None), test_x, test_y),
+            row = {"speedup": speedup, "keep": {gid: f"{d['keep']}/{d['of']}" for gid, d in
+                                                json.loads((build / "plan.json").read_text())["width"].items()},
+                   "none": accuracy(student_of(build, None), test_x, test_y),
                    "bn": accuracy(student_of(build, "pruned.pt"), test_x, test_y)}
             started = time.perf_counter()
             section = recover(build, RecoverOptions(f"{data}:train", f"{data}:test", recipe), console)

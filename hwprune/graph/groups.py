@@ -177,7 +177,7 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
         blocks, reason = _piece_blocks(graph, call, pieces[call], int(channels or 0))
         if reason:
             reasons.append(reason)
-        elif channels % math.lcm(repeat, blocks):
+        elif (channels or 0) % math.lcm(repeat, blocks):
             reasons.append(f"a torch.chunk({blocks}) and a grouped convolution ({repeat} groups) tie "
                            f"{channels} channels into blocks that do not divide them")
         else:
