@@ -44,14 +44,18 @@ def splits_as_slices(found: list[tuple[object, Piece]]) -> Iterator[None]:
     """While active, ``Tensor.split``/``Tensor.chunk``/``torch.chunk`` along channels return
     slices, and ``found`` collects (slice grad_fn, Piece) for every piece autograd records.
 
-    Splits along other dims, of tensors of rank 3 (channels first or last is ambiguous there) and
-    of tensors outside autograd run unchanged.
+    Splits along other dims, of tensors of rank 3 (channels first or last is ambiguous there), of
+    tensors outside autograd and of a view's output run unchanged: ShuffleNet chunks the output of
+    its channel shuffle, a view that reorders channels, and traced as slices the index walk through
+    that view and back grows without end (its groups are refused either way).
     """
     original_split, original_chunk, original_torch_chunk = torch.Tensor.split, torch.Tensor.chunk, torch.chunk
     calls = [0]
 
     def as_slices(tensor: torch.Tensor, pieces: tuple[torch.Tensor, ...], dim: int, adaptive: bool):
         if tensor.dim() in (0, 1, 3) or dim % tensor.dim() != CHANNEL_DIM or not tensor.requires_grad:
+            return pieces
+        if tensor.grad_fn is not None and tensor.grad_fn.name().startswith(("View", "UnsafeView", "Reshape")):
             return pieces
         sizes = tuple(int(p.shape[CHANNEL_DIM]) for p in pieces)
         calls[0] += 1
