@@ -50,3 +50,15 @@ def test_split_with_sizes_fixed_in_code_is_refused_by_name():
     for gid in ("branch_a.0", "branch_b.0"):
         group = analysis.group(gid)
         assert not group.prunable and "torch.split([6, 10]) along channels" in group.reason
+
+
+def test_a_chunk_of_a_channel_shuffle_keeps_torch_prunings_split_node():
+    """ShuffleNet chunks the output of its channel shuffle (a view reordering channels). That chunk is
+    not traced as slices (the index walk through the view and back grew without end): the analysis
+    finishes at once, with the groups behind the shuffle refused by name."""
+    import torchvision
+
+    model = torchvision.models.shufflenet_v2_x0_5().eval()
+    analysis = analyze(model, torch.randn(1, 3, 64, 64), "shufflenet", strict=False)
+    assert len(analysis.groups) == 40 and len(analysis.prunable()) == 18
+    assert all(g.reason for g in analysis.groups if not g.prunable)
