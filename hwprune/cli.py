@@ -177,12 +177,13 @@ def _add_recovery_arguments(parser: argparse.ArgumentParser, prefix: str) -> Non
                         help="distillation temperature for class scores (default: 4)")
     parser.add_argument(f"--{prefix}feature-loss", action="store_true",
                         help="also match the teacher's feature maps at the channels the plan kept")
-    parser.add_argument(f"--{prefix}mean", metavar="M,M,M", help="folder: data normalisation mean (ImageNet's)")
-    parser.add_argument(f"--{prefix}std", metavar="S,S,S", help="folder: data normalisation std (ImageNet's)")
+    parser.add_argument(f"--{prefix}mean", metavar="M,M,M",
+                        help="folder: normalisation mean of [0, 1] pixels (default: the model's own: none for "
+                             "ultralytics:, ImageNet's for other 3-channel models, else none)")
+    parser.add_argument(f"--{prefix}std", metavar="S,S,S", help="folder: normalisation std (default: as --mean)")
 
 
 def _recover_options(args: argparse.Namespace, prefix: str):
-    from hwprune.recover.data import IMAGENET_MEAN, IMAGENET_STD
     from hwprune.recover.distill import Recipe
     from hwprune.recover.run import RecoverOptions
 
@@ -196,13 +197,12 @@ def _recover_options(args: argparse.Namespace, prefix: str):
                     batch_size=value("batch_size"), seed=getattr(args, "seed", None) or 0,
                     feature_loss=value("feature_loss"))
     return RecoverOptions(value("data"), value("eval_data"), recipe, getattr(args, "resume", False),
-                          getattr(args, "device", None), _floats(value("mean"), IMAGENET_MEAN),
-                          _floats(value("std"), IMAGENET_STD))
+                          getattr(args, "device", None), _floats(value("mean")), _floats(value("std")))
 
 
-def _floats(text: str | None, default: tuple[float, ...]) -> tuple[float, ...]:
+def _floats(text: str | None) -> tuple[float, ...] | None:
     if text is None:
-        return default
+        return None
     try:
         return tuple(float(v) for v in text.split(","))
     except ValueError:

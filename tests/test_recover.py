@@ -179,3 +179,11 @@ def test_image_folder_data(build, tmp_path, capsys):
     capsys.readouterr()
     assert main(["recover", str(build), "--data", f"folder:{tmp_path / 'none'}"]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_folder_normalisation_follows_the_model_spec():
+    from hwprune.recover.data import IMAGENET_MEAN, IMAGENET_STD, spec_normalisation
+
+    assert spec_normalisation("torchvision:resnet18", 3) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert spec_normalisation("ultralytics:yolov8n.yaml", 3) == ((0.0,) * 3, (1.0,) * 3)  # pixels / 255
+    assert spec_normalisation(MODEL, 1) == ((0.0,), (1.0,))

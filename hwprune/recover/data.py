@@ -3,9 +3,10 @@
 ``--data SPEC`` is ``module:fn`` or ``path/to/file.py:fn`` returning a torch ``Dataset`` (items are
 an input, or (input, target) pairs) or an iterable of batches (tensors, or (input, target) pairs),
 or ``folder:PATH``: an ImageFolder tree (one folder per class), resized to the model's input and
-normalised with ``--mean``/``--std`` (ImageNet's by default). Every process sees the same global
-order (one seeded permutation) and takes its share of each global batch, so the loss curve of N
-processes follows the one-process curve for the same global batch.
+normalised with ``--mean``/``--std`` (by default as the model spec's own preprocessing does).
+Every process sees the same global order (one seeded permutation) and takes its share of each
+global batch, so the loss curve of N processes follows the one-process curve for the same global
+batch.
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ class TrainingData:
 
     def __len__(self) -> int:
         return len(self._loader) if self._loader is not None else len(self._batches)
+
+
+def spec_normalisation(spec: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std a model spec's own preprocessing uses on [0, 1] pixels: none for Ultralytics
+    (it feeds pixels / 255), ImageNet's for other 3-channel models (torchvision's and timm's weights),
+    none for any other channel count."""
+    if channels == 3 and not spec.startswith("ultralytics:"):
+        return IMAGENET_MEAN, IMAGENET_STD
+    return (0.0,) * channels, (1.0,) * channels
 
 
 def open_data(spec: str, example_input: torch.Tensor, batch_size: int, seed: int, rank: int = 0, world: int = 1,

@@ -36,7 +36,7 @@ from hwprune.io import write_text_atomic
 from hwprune.models import load_model, weights_named
 from hwprune.plan import Plan, load_plan
 from hwprune.reapply import check_model
-from hwprune.recover.data import IMAGENET_MEAN, IMAGENET_STD, TrainingData, open_data
+from hwprune.recover.data import TrainingData, open_data, spec_normalisation
 from hwprune.recover.distill import Recipe, Trained, distil
 from hwprune.recover.world import World, join
 from hwprune.runtime import runtime_for
@@ -54,8 +54,8 @@ class RecoverOptions:
     recipe: Recipe = Recipe()
     resume: bool = False
     device: str | None = None
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
+    mean: tuple[float, ...] | None = None  # None: as the model spec's own preprocessing (spec_normalisation)
+    std: tuple[float, ...] | None = None
 
 
 def recover(build: Path, options: RecoverOptions, console: Console | None = None) -> dict:
@@ -72,10 +72,11 @@ def _recover(build: Path, options: RecoverOptions, console: Console, world: Worl
     plan, teacher, student, x = _models(build)
     recipe = options.recipe
     torch.manual_seed(recipe.seed)
-    data = open_data(options.data, x, recipe.batch_size, recipe.seed, world.rank, world.size, options.mean,
-                     options.std)
+    mean, std = spec_normalisation(plan.provenance.model, int(x.shape[1]) if x.dim() > 1 else 1)
+    mean, std = options.mean or mean, options.std or std
+    data = open_data(options.data, x, recipe.batch_size, recipe.seed, world.rank, world.size, mean, std)
     evaluation = open_data(options.eval_data or options.data, x, recipe.batch_size, recipe.seed, shuffle=False,
-                           mean=options.mean, std=options.std)
+                           mean=mean, std=std)
     say = console.print if world.main else (lambda *_a, **_k: None)
     say(f"recover {plan.provenance.model}: {data.samples} samples from {data.spec} "
         f"({'labelled' if data.labelled else 'no labels'}), {world.size} process(es) on {world.device}, "
