@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,15 +15,21 @@ from hwprune.errors import HwpruneError
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same folder and one rename."""
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` fills a temporary file in ``path``'s folder, which then replaces ``path`` in one
+    rename (for any writer: text, ``torch.save``, a figure's ``savefig``)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
     except OSError as exc:
         raise HwpruneError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        write(Path(tmp))
         publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from hwprune.errors import ModelSpecError
+from hwprune.io import write_atomic
 
 DEFAULT_IMAGE_SHAPE = (1, 3, 224, 224)
 ULTRALYTICS_IMAGE_SHAPE = (1, 3, 640, 640)  # the size Ultralytics' detectors are trained and exported at
@@ -502,7 +503,4 @@ def save_ultralytics(module: nn.Module, spec: str, path: str | Path) -> None:
         "epoch": -1, "best_fitness": None, "model": detector, "ema": None, "updates": None, "optimizer": None,
         "train_args": {}, "hwprune": {"source": spec, "state_sha256": state_digest(module)},
     }
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    torch.save(checkpoint, partial)
-    os.replace(partial, path)
+    write_atomic(path, lambda tmp: torch.save(checkpoint, tmp))

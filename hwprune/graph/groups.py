@@ -133,8 +133,8 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
             couplings.add("split")
             piece = graph.hwprune_pieces[target.name]
             pieces.setdefault(piece.call, {}).setdefault(piece.index, set()).update(int(i) for i in item.root_idxs)
-        elif target.type == OPTYPE.SLICE and _channel_slice(target):
-            reasons.append(f"passes a slice [:, {_channel_slice(target)}] along channels fixed in the model's code")
+        elif target.type == OPTYPE.SLICE and (bounds := _channel_slice(target)):
+            reasons.append(f"passes a slice [:, {bounds}] along channels fixed in the model's code")
         elif target.name in graph.hwprune_spatial:
             pass  # a split or concat along height/width: channels pass through unchanged
         elif target.type == OPTYPE.ELEMENTWISE:

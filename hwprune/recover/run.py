@@ -12,11 +12,9 @@ section to the report (``report.json`` rewritten last, atomically) and to the pl
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -32,7 +30,7 @@ from hwprune.errors import HwpruneError, PlanError
 from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.export.verify import verify_onnx
 from hwprune.graph.analyze import analyze
-from hwprune.io import write_text_atomic
+from hwprune.io import staged, write_atomic, write_text_atomic
 from hwprune.models import load_model, weights_named
 from hwprune.plan import Plan, load_plan
 from hwprune.reapply import check_model
@@ -145,7 +143,8 @@ def _models(build: Path) -> tuple[Plan, nn.Module, nn.Module, torch.Tensor]:
                         provenance.seed or 0)
     check_model(plan, loaded, str(plan_path))
     teacher = loaded.module.eval()
-    analysis = analyze(_copy(teacher), loaded.example_input, loaded.name, exclude=provenance.exclude, strict=False)
+    analysis = analyze(copy.deepcopy(teacher), loaded.example_input, loaded.name, exclude=provenance.exclude,
+                       strict=False)
     student = realise(plan, analysis)
     weights = build / "pruned.pt"
     if not weights.is_file():
@@ -156,12 +155,6 @@ def _models(build: Path) -> tuple[Plan, nn.Module, nn.Module, torch.Tensor]:
         raise PlanError(f"{weights}: not the weights of the model {plan_path} describes "
                         f"({str(exc).splitlines()[0]})") from exc
     return plan, teacher, student.eval(), loaded.example_input
-
-
-def _copy(module: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(module)
 
 
 def _evaluate(teacher: nn.Module, student: nn.Module, data: TrainingData, device: torch.device) -> dict:
@@ -196,11 +189,9 @@ def _plan_identity(plan: Plan) -> str:
 
 def _save_checkpoint(path: Path, identity: str, student: nn.Module, recipe: Recipe, progress: Trained,
                      optimiser_state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    torch.save({"format": CHECKPOINT_FORMAT, "plan": identity, "recipe": asdict(recipe),
-                "progress": asdict(progress), "student": student.state_dict(), **optimiser_state}, partial)
-    os.replace(partial, path)
+    checkpoint = {"format": CHECKPOINT_FORMAT, "plan": identity, "recipe": asdict(recipe),
+                  "progress": asdict(progress), "student": student.state_dict(), **optimiser_state}
+    write_atomic(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def _resume(path: Path, identity: str, student: nn.Module, recipe: Recipe) -> tuple[Trained, dict]:
@@ -232,8 +223,7 @@ def _publish(build: Path, plan: Plan, student: nn.Module, x: torch.Tensor, secti
     report_path = build / "report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
     dynamic = bool(report and report.get("export", {}).get("dynamic_batch"))
-    stage = Path(tempfile.mkdtemp(dir=build, prefix=".partial-recover-"))
-    try:
+    with staged(build, ("recovered.onnx", "recovered.pt")) as stage:
         onnx = export_onnx(student, x, stage / "recovered.onnx", dynamic, slim_available())
         verification = verify_onnx(student, onnx, [x])
         if not verification.ok:
@@ -241,14 +231,8 @@ def _publish(build: Path, plan: Plan, student: nn.Module, x: torch.Tensor, secti
         torch.save(student.state_dict(), stage / "recovered.pt")
         found = {"onnx": "recovered.onnx", "weights": "recovered.pt", "verify": verification.to_json(),
                  "measured_speedup": _measure(plan, build / "baseline.onnx", onnx, console)}
-        section = {**section, **found}
-        _plot(section, stage / "recovery.png")
-        for name in ("recovered.onnx", "recovered.pt"):
-            os.replace(stage / name, build / name)
-        (build / "plots").mkdir(exist_ok=True)
-        os.replace(stage / "recovery.png", build / "plots" / "recovery.png")
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    section = {**section, **found}
+    write_atomic(build / "plots" / "recovery.png", lambda tmp: _plot(section, tmp))
     replace(plan, recovery={"data": section["data"], "epochs": section["recipe"]["epochs"],
                             "recipe": section["recipe"], "weights": "recovered.pt",
                             "note": "distilled weights: the plan alone rebuilds the pruned model, not these"}
@@ -315,5 +299,5 @@ def _plot(section: dict, path: Path) -> None:
     ax.set_ylabel("distillation loss")
     ax.set_title("recovery")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")  # the path may be a temporary name
     plt.close(fig)
