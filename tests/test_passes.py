@@ -58,8 +58,8 @@ def test_a_pass_that_breaks_its_promise_is_a_transform_error():
 def test_sections_this_version_cannot_apply_are_refused_whole():
     analysis = setup()
     plan = plan_of(analysis, {})
-    plan.depth = [{"block": "3"}]
-    with pytest.raises(PlanError, match="depth section"):
+    plan.depth = [{"block": "no.such.block"}]
+    with pytest.raises(PlanError, match="not a droppable block"):
         apply_plan(plan, analysis)
     plan.depth, plan.sparsity = [], {"layers": {"3.body.0": "2:4"}, "permutations": {}}
     with pytest.raises(PlanError, match="sparsity"):

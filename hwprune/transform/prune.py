@@ -21,7 +21,7 @@ from hwprune.plan import WidthDecision
 from hwprune.transform.passes import Pass, Surgery, TransformError
 
 
-class PruneChannels(Pass):
+class PruneChannels(Pass[Surgery]):
     """Every group of the plan's width section down to its kept indices (a segment's to its readers'
     union); records, for the reader-selection pass, which inputs of each reader it removed."""
 

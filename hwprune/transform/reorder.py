@@ -172,7 +172,7 @@ def _tour_length(distance: np.ndarray, tour: np.ndarray) -> int:
     return int(distance[tour, np.roll(tour, -1)].sum())
 
 
-class ReorderSegments(Pass):
+class ReorderSegments(Pass[Surgery]):
     """Permute each unconstrained segment's channels (an exact symmetry of the network): the readers'
     union first, in the order ``channel_order`` finds. Renumbers the plan's width decisions to match."""
 

@@ -19,7 +19,7 @@ from hwprune.transform.passes import Pass, Surgery, TransformError
 from hwprune.transform.prune import input_width
 
 
-class SelectReaders(Pass):
+class SelectReaders(Pass[Surgery]):
     name = "select-readers"
 
     def requires(self, surgery: Surgery) -> None:

@@ -1,0 +1,206 @@
+"""Depth and merge: candidates, exact merging after the padding move, dropped blocks, plans, ONNX."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from hwprune.errors import PlanError
+from hwprune.export.onnx_export import export_onnx
+from hwprune.export.verify import verify_onnx
+from hwprune.graph.analyze import analyze
+from hwprune.graph.spans import depth_candidates, layer_count, merged_shape, trace
+from hwprune.transform.apply import apply_plan
+from hwprune.transform.convmath import fold_batchnorm, fold_skip, merge_convs, move_padding
+from hwprune.transform.depth import apply_depth
+from tests.data.small_models import small_resnet
+from tests.pruning_helpers import plan_of
+from tests.zoo import CONV_ZOO, ZOO
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+@st.composite
+def conv_chains(draw) -> tuple[list[nn.Conv2d], int]:
+    """2-4 convs a span may merge: any kernel and padding at stride 1, then 1x1 unpadded after a stride."""
+    channels = draw(st.integers(1, 6))
+    convs, strided = [], False
+    for _ in range(draw(st.integers(2, 4))):
+        depthwise = draw(st.booleans())
+        out = channels if depthwise else draw(st.integers(1, 6))
+        kernel = 1 if strided else draw(st.sampled_from([1, 3, 5]))
+        padding = 0 if strided else draw(st.integers(0, kernel // 2))
+        stride = draw(st.sampled_from([1, 2])) if kernel > 1 or draw(st.booleans()) else 1
+        convs.append(nn.Conv2d(channels, out, kernel, stride, padding, groups=channels if depthwise else 1,
+                               bias=draw(st.booleans())).double())
+        strided = strided or stride > 1
+        channels = out
+    size = draw(st.integers(9, 16))
+    return convs, size
+
+
+@settings(max_examples=60, deadline=None)
+@given(conv_chains(), st.integers(0, 2**16))
+def test_the_merged_conv_equals_the_padding_moved_chain(chain, seed):
+    convs, size = chain
+    torch.manual_seed(seed)
+    for conv in convs:
+        nn.init.normal_(conv.weight)
+        if conv.bias is not None:
+            nn.init.normal_(conv.bias)
+    moved = nn.Sequential(*move_padding(convs))
+    merged = merge_convs(moved)
+    x = torch.randn(2, convs[0].in_channels, size, size, dtype=torch.float64)
+    with torch.no_grad():
+        want, got = moved(x), merged(x)
+    assert got.shape == want.shape
+    assert relative_error(got, want) <= 1e-5
+    assert merged.groups == (merged.in_channels if all(c.groups == c.in_channels == c.out_channels for c in convs)
+                             else 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(conv_chains(), st.integers(0, 2**16))
+def test_the_padding_moved_chain_equals_the_chain_away_from_the_borders(chain, seed):
+    convs, size = chain
+    torch.manual_seed(seed)
+    moved = nn.Sequential(*move_padding(convs))
+    merged = merge_convs(moved)
+    x = torch.randn(1, convs[0].in_channels, size, size, dtype=torch.float64)
+    with torch.no_grad():
+        original, padded = nn.Sequential(*convs)(x), moved(x)
+    assert original.shape == padded.shape
+    # Output positions whose merged window lies inside the image read no padding in either chain.
+    (k, _), (s, _), (p, _) = merged.kernel_size, merged.stride, merged.padding
+    inside = [q for q in range(original.shape[-1]) if q * s - p >= 0 and q * s - p + k - 1 <= size - 1]
+    if inside:
+        rows = slice(inside[0], inside[-1] + 1)
+        assert relative_error(padded[..., rows, rows], original[..., rows, rows]) <= 1e-9
+
+
+def test_folding_batchnorm_uses_each_norms_own_eps():
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    norm = nn.BatchNorm2d(6, eps=0.5).eval()
+    norm.running_var.uniform_(0.01, 0.1)
+    norm.running_mean.normal_()
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        assert relative_error(fold_batchnorm(conv, norm)(x), norm(conv(x))) <= 1e-5
+
+
+def test_a_skip_folds_into_the_centre_tap():
+    for groups in (1, 5):
+        conv = nn.Conv2d(5, 5, 5, padding=2, groups=groups)
+        x = torch.randn(1, 5, 9, 9)
+        with torch.no_grad():
+            assert relative_error(fold_skip(conv)(x), x + conv(x)) <= 1e-5
+    with pytest.raises(ValueError):
+        fold_skip(nn.Conv2d(5, 5, 3, padding=0))
+
+
+def test_mobilenet_v2_spans_and_blocks_are_listed_with_merged_shapes():
+    import torchvision
+
+    found = depth_candidates(torchvision.models.mobilenet_v2().eval())
+    assert found.reason is None
+    assert len(found.blocks) == 10  # the ten inverted residuals with a skip
+    expand_dw = found.span(("features.2.conv.0.0", "features.2.conv.1.0"))
+    assert merged_shape(expand_dw) == "3x3/2 16->96"
+    assert expand_dw.activations == ("features_2_conv_0_2",)
+    whole = found.span(("features.3.conv.0.0", "features.3.conv.1.0", "features.3.conv.2"), skip="add")
+    assert whole is not None and whole.kernel == (3, 3) and not whole.depthwise
+    # A strided conv followed by a 3x3 one never merges.
+    assert found.span(("features.0.0", "features.1.conv.0.0")) is None
+
+
+def test_a_model_fx_cannot_trace_has_no_candidates_and_says_why():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            return self.b(self.a(x)) if x.sum() > 0 else x
+
+    found = depth_candidates(Branchy())
+    assert not found.spans and "cannot trace" in found.reason
+
+
+def non_overlapping(found, with_blocks: bool = True):
+    used, merge, drop = set(), [], []
+    if with_blocks and found.blocks:
+        block = found.blocks[-1]
+        used |= set(block.layers) | {block.add}
+        drop.append({"block": block.name})
+    for span in sorted(found.spans, key=lambda s: len(s.convs)):
+        if used & {*span.convs, span.skip}:
+            continue
+        used |= {*span.convs, span.skip}
+        merge.append({"convs": list(span.convs), "skip": span.skip})
+    return merge, drop
+
+
+@pytest.mark.parametrize("name", [n for n in CONV_ZOO if not n.startswith("tv_")] + ["tv_mobilenet_v2"])
+def test_zoo_merges_and_drops_are_exact_and_export(name, tmp_path):
+    model, x = ZOO[name]()
+    found = depth_candidates(model)
+    if not found.spans and not found.blocks:
+        pytest.skip(f"{name}: no depth candidates ({found.reason or 'none found'})")
+    merge, drop = non_overlapping(found)
+    reference = copy.deepcopy(model)
+    rewritten = apply_depth(copy.deepcopy(model), x, merge, drop)  # its passes check exactness themselves
+    assert layer_count(rewritten) < layer_count(trace(reference))
+    path = export_onnx(rewritten, x, tmp_path / "merged.onnx")
+    assert verify_onnx(rewritten, path, [x, torch.randn_like(x)]).ok
+
+
+def test_a_dropped_block_equals_the_model_with_that_branchs_output_zeroed():
+    model, x = small_resnet()
+    found = depth_candidates(model)
+    for block in found.blocks:
+        zeroed = copy.deepcopy(model)
+        last = zeroed.get_submodule(block.layers[-1])
+        last.register_forward_hook(lambda module, inputs, output: torch.zeros_like(output))
+        dropped = apply_depth(copy.deepcopy(model), x, [], [{"block": block.name}])
+        with torch.no_grad():
+            assert torch.allclose(dropped(x), zeroed(x), atol=1e-6)
+        assert not set(block.layers) & set(dict(dropped.named_modules()))
+
+
+def test_a_plan_with_width_merge_and_depth_applies_and_exports(tmp_path):
+    model, x = small_resnet()
+    analysis = analyze(model, x, "small_resnet")
+    found = depth_candidates(model)
+    merge, drop = non_overlapping(found)
+    assert merge and drop
+    group = analysis.prunable()[0]
+    plan = plan_of(analysis, {group.id: list(range(0, group.channels, 2))})
+    plan.merge, plan.depth = merge, drop
+    pruned = apply_plan(plan, analysis).eval()
+    assert layer_count(pruned) < layer_count(trace(small_resnet()[0]))
+    path = export_onnx(pruned, x, tmp_path / "pruned.onnx")
+    assert verify_onnx(pruned, path, [x]).ok
+
+
+def test_overlapping_or_unknown_entries_are_refused_before_any_layer_changes():
+    model, x = small_resnet()
+    found = depth_candidates(model)
+    block = found.blocks[0]
+    inside = next(s for s in found.spans if set(s.convs) <= set(block.layers))
+    analysis = analyze(model, x, "small_resnet")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = plan_of(analysis, {analysis.prunable()[0].id: [0, 1]})
+    plan.merge, plan.depth = [{"convs": list(inside.convs)}], [{"block": block.name}]
+    with pytest.raises(PlanError, match="merges or goes once"):
+        apply_plan(plan, analysis)
+    plan.merge, plan.depth = [{"convs": ["no.such.conv"]}], []
+    with pytest.raises(PlanError, match="not a legal span"):
+        apply_plan(plan, analysis)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
