@@ -91,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--allocation", choices=("auto", "sensitivity", "structure", "uniform"), default="auto",
                           help="how the budget is shared among channel groups (auto: try each, keep the one whose "
                                "masked outputs stay closest to the original's on the calibration inputs)")
+    compile_.add_argument("--search", choices=("width", "depth", "joint"), default=None,
+                          help="what the search decides: channel widths, depth (convolutions merged with the "
+                               "activations between them removed, residual blocks dropped), or both in one "
+                               "knapsack (default: joint, offered beside the width-only allocations, the most "
+                               "faithful on the calibration inputs winning; width with --unconstrained)")
     compile_.add_argument("--unconstrained", action="store_true",
                           help="UPSCALE-style: every layer reading a shared tensor keeps its own input channels "
                                "(producers keep the union); exported with channels reordered to minimise gathers")
@@ -368,7 +373,7 @@ def _run_compile(args: argparse.Namespace) -> int:
     options = Options(target, budget, args.importance, args.calib_data, args.min_keep,
                       Path(args.lut) if args.lut else None, args.refine, exclude=tuple(args.exclude),
                       atol=args.atol, rtol=args.rtol, dynamic_batch=args.dynamic_batch,
-                      recalibrate_bn=args.recalibrate_bn, allocation=args.allocation,
+                      recalibrate_bn=args.recalibrate_bn, allocation=args.allocation, search=args.search,
                       unconstrained=args.unconstrained,
                       recovery=_recover_options(args, "recover_") if args.recover_data else None)
     report = compile_model(_load(args), options, args.out, Console(stderr=True, soft_wrap=True))

@@ -32,11 +32,11 @@ from torch import nn
 
 from hwprune.calibration import Calibration, box_agreement, fidelity, load_calibration
 from hwprune.errors import HwpruneError, PlanError, first_line
-from hwprune.evaluate.batchnorm import recalibrate_batchnorm
 from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.export.verify import verified, verify_onnx
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.segments import segments
+from hwprune.importance.depth import depth_costs
 from hwprune.importance.readers import reader_scores
 from hwprune.importance.scores import score_groups
 from hwprune.importance.sensitivity import group_sensitivity
@@ -56,7 +56,8 @@ from hwprune.runtime.timing import Comparison
 from hwprune.search.decide import Decision, WidthSearch
 from hwprune.search.refine import Round, pick, refine
 from hwprune.targets import Target
-from hwprune.transform.apply import realise
+from hwprune.transform.apply import finish, realise, realise_unmerged
+from hwprune.transform.depth import unmerged
 from hwprune.transform.trial import prove_prunable
 
 ARTEFACTS = ("report.json", "report.md", "plan.json", "pruned.pt", *NATIVE_FILES, "baseline.onnx", "pruned.onnx",
@@ -169,11 +170,8 @@ class Realiser:
         decisions = {k: v for k, v in plan.to_json().items() if k in ("width", "depth", "merge", "sparsity")}
         key = json.dumps(decisions, sort_keys=True)
         if self._last is None or self._last[0] != key:
-            self._last = (key, realise(plan, self.analysis))
-        model = copy.deepcopy(self._last[1])
-        if recalibration:
-            recalibrate_batchnorm(model, recalibration)
-        return model
+            self._last = (key, realise_unmerged(plan, self.analysis))
+        return finish(plan, self.analysis, copy.deepcopy(self._last[1]), recalibration)
 
 
 @dataclass
@@ -267,15 +265,26 @@ def _width_search(realiser: Realiser, predictor: TablePredictor, options: Option
         importance = score_groups(analysis, options.importance, calibration.batches)
         sensitivity = (group_sensitivity(analysis, importance, calibration.batches[0], progress, recalibration[:4])
                        if options.allocation in ("auto", "sensitivity") else {})
+        costs = {}
+        if options.search != "width" and predictor.options:
+            started = time.perf_counter()
+            costs = depth_costs(analysis.model, analysis.capture.example_input, list(predictor.options.values()),
+                                calibration.batches[0], recalibration[:4], progress)
+            console.print(f"  depth importance of {len(costs)} options (merged spans, dropped blocks) in "
+                          f"{time.perf_counter() - started:.1f} s")
+        elif options.search != "width":
+            console.print("  no depth options: no span merges or block drops this target's latency model prices")
         scores = {}
         if options.unconstrained:
             started = time.perf_counter()
             scores = reader_scores(analysis, segments(analysis), calibration.batches[0])
             console.print(f"  reader scores of {len(scores)} segments in {time.perf_counter() - started:.1f} s")
     copies = partial(_copies_ms, realiser, predictor, options.target, table_path) if options.unconstrained else None
+    x = analysis.capture.example_input
     return WidthSearch(analysis, predictor, importance, sensitivity, provenance, options.target.channel_alignment,
                        options.min_keep, options.allocation, calibration.batches, not calibration.random,
-                       recalibration, scores, copies)
+                       recalibration, scores, copies, options.search, costs,
+                       lambda model, plan: unmerged(model, x, plan.merge, plan.depth))
 
 
 def _copies_ms(realiser: Realiser, predictor: TablePredictor, target: Target, table_path: Path, plan: Plan

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from hwprune.errors import HwpruneError
 from hwprune.export.verify import DEFAULT_ATOL, DEFAULT_RTOL
 from hwprune.runtime import runtime_for
-from hwprune.search.decide import STRATEGIES
+from hwprune.search.decide import SEARCHES, STRATEGIES
 from hwprune.targets import Target
 
 if TYPE_CHECKING:
@@ -69,10 +69,21 @@ class Options:
     unconstrained: bool = False
     # Distil the chosen model from the unpruned one after the search (``hwprune recover`` in the build).
     recovery: RecoverOptions | None = None
+    # What the search decides: channel widths, depth (merged spans, dropped blocks), or both together
+    # (None: joint, or width alone with ``unconstrained``, whose reader copies are priced for width only).
+    search: str | None = None
 
     def __post_init__(self) -> None:
         if self.allocation not in ("auto", *STRATEGIES):
             raise HwpruneError(f"--allocation {self.allocation}: use auto or one of {', '.join(STRATEGIES)}")
+        if self.search is None:
+            self.search = "width" if self.unconstrained else "joint"
+        if self.search not in SEARCHES:
+            raise HwpruneError(f"--search {self.search}: use one of {', '.join(SEARCHES)}")
+        if self.search == "joint" and self.allocation == "uniform":
+            raise HwpruneError("--allocation uniform shares width alone; use it with --search width")
+        if self.search != "width" and self.unconstrained:
+            raise HwpruneError("--unconstrained prices reader copies for width alone; use it with --search width")
         if self.unconstrained:
             runtime_for(self.target).require("--unconstrained needs a target this host can measure: the copy ops it "
                                              "adds are priced by profiling them, and the analytic model has no copy "

@@ -19,7 +19,7 @@ from hwprune.export.onnx_export import export_onnx
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.latency.layers import model_layers
 from hwprune.latency.lut import LatencyTable
-from hwprune.latency.model_latency import ANCHOR_FRACTIONS, anchor_counts, anchor_key, model_key
+from hwprune.latency.model_latency import ANCHOR_FRACTIONS, anchor_counts, anchor_key, depth_choices, model_key
 from hwprune.latency.profiler import profile
 from hwprune.latency.space import profile_signatures
 from hwprune.runtime import runtime_for
@@ -45,7 +45,9 @@ def profile_model(analysis: Analysis, target: Target, table: LatencyTable, progr
     measurements were new."""
     alignment = target.channel_alignment
     groups = {g.id: g for g in analysis.groups}
-    signatures = profile_signatures(model_layers(analysis, target.default_dtype), groups, alignment)
+    layers = model_layers(analysis, target.default_dtype)
+    merged = [layer for option in depth_choices(analysis, layers, target) for layer in option.adds]
+    signatures = profile_signatures(layers + merged, groups, alignment)
     measured = profile(signatures, table, target, progress)
     x = analysis.capture.example_input
     key = model_key(analysis.name, tuple(x.shape))

@@ -116,6 +116,7 @@ def markdown(report: Report) -> str:
         "",
         _copies_line(report.copies),
         "",
+        *_depth_lines(report.depth),
         f"Search: importance {report.search.importance}, {report.search.groups} groups, allocation "
         f"{report.search.strategy}"
         + (f" ({_candidates(report.search.candidates)})" if report.search.candidates else "")
@@ -132,6 +133,24 @@ def markdown(report: Report) -> str:
         lines.append(f"| {n} | {attempt.predicted_budget_ms:.3f} | {attempt.predicted_ms:.3f} | {fraction} |")
     lines += ["", "Plots: " + ", ".join(f"![{name}](plots/{name})" for name in PLOTS), ""]
     return "\n".join(lines)
+
+
+def _depth_lines(depth: dict | None) -> list[str]:
+    """The merged spans and dropped blocks, or nothing when the plan has none."""
+    if not depth or not (depth["merged"] or depth["dropped"]):
+        return []
+    lines = [f"**Depth**: {depth['layers_before']} -> {depth['layers_after']} conv/linear layers; "
+             f"{len(depth['merged'])} span(s) merged, {len(depth['dropped'])} block(s) dropped (cost: 1 - output "
+             "cosine with that choice alone, measured on the calibration inputs; times predicted at the chosen "
+             "widths).", "",
+             "| decision | layers | becomes | predicted ms (parts -> now) | cost |", "|---|---|---|---:|---:|"]
+    for row in depth["merged"]:
+        skip = " + skip" if row.get("skip") else ""
+        lines.append(f"| merged{skip} | {', '.join(row['convs'])} | {row['shape']} | "
+                     f"{row['parts_predicted_ms']:.4f} -> {row['merged_predicted_ms']:.4f} | {row['cost']:.2g} |")
+    for row in depth["dropped"]:
+        lines.append(f"| dropped | {row['block']} | x | {row['parts_predicted_ms']:.4f} -> 0 | {row['cost']:.2g} |")
+    return [*lines, ""]
 
 
 def _copies_line(copies: dict) -> str:

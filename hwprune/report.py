@@ -158,6 +158,9 @@ class Report:
     fingerprint: dict
     seconds: float
     copies: dict | None = None
+    # Depth decisions: layer counts before and after, each merged span and dropped block with its
+    # predicted time and measured fidelity cost (importance.depth).
+    depth: dict | None = None
 
     def to_json(self) -> dict:
         return {"format": FORMAT, **asdict(self)}
@@ -210,10 +213,40 @@ def build_report(loaded: LoadedModel, analysis: Analysis, options, runtime: Runt
         plan.bn_recalibration, search_section, method, final is not None,
         {"kind": latency_model["source"], "fingerprint": table.get("fingerprint"), "created": table.get("created"),
          "host": table.get("host"), "layer_scale": predictor.layer_scale, "rest_ms": predictor.rest_ms},
-        _layer_rows(predictor, decision.search.counts),
+        _layer_rows(predictor, decision.search.counts, decision.search.depth),
         [GroupRow(gid, d.keep, d.of, search.sensitivity.get(gid)) for gid, d in plan.width.items()],
         {"opset": ONNX_OPSET, "dynamic_batch": options.dynamic_batch, "slimmed": slim_available()},
-        Engine(engine_path, engine_note), runtime.fingerprint(), seconds)
+        Engine(engine_path, engine_note), runtime.fingerprint(), seconds, None,
+        depth_section(analysis.model, model, predictor, decision.search, search.depth_costs))
+
+
+def depth_section(original: nn.Module, pruned: nn.Module, predictor: TablePredictor, result, costs: dict[str, float]
+                  ) -> dict:
+    """What depth decisions did: conv/linear layers before and after, and per option its predicted
+    time at the chosen widths (merged conv against its parts; a block's layers saved) and its cost."""
+    view = predictor.with_depth(result.depth)
+    full, taken = predictor.predict(result.counts).layers_ms, view.predict(result.counts).layers_ms
+    merges, drops = [], []
+    for key in sorted(result.depth):
+        option = predictor.options[key]
+        parts_ms = sum(full[name] for name in option.removes)
+        row = {**option.entry, "cost": costs.get(key), "parts_predicted_ms": parts_ms}
+        if option.adds:
+            merged = option.adds[0]
+            sig = merged.signature
+            row.update(merged_predicted_ms=taken[merged.name],
+                       shape=f"{sig.kernel}x{sig.kernel}/{sig.stride} {sig.c_in}->{sig.c_out}"
+                             + (" dw" if merged.depthwise else ""))
+            merges.append(row)
+        else:
+            drops.append(row)
+    return {"layers_before": _timed_layers(original), "layers_after": _timed_layers(pruned), "merged": merges,
+            "dropped": drops, "options_priced": len(predictor.options), "options_costed": len(costs)}
+
+
+def _timed_layers(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.ConvTranspose2d | nn.Linear)
+               for m in model.modules())
 
 
 def copy_counts(stage: Path, width: dict[str, WidthDecision], naive: Callable[[], nn.Module], x: torch.Tensor,
@@ -236,6 +269,8 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-def _layer_rows(predictor: TablePredictor, counts: dict[str, int]) -> list[LayerRow]:
-    before, after = predictor.predict({}).layers_ms, predictor.predict(counts).layers_ms
-    return [LayerRow(name, before[name], after[name]) for name in before]
+def _layer_rows(predictor: TablePredictor, counts: dict[str, int], depth: frozenset[str] = frozenset()
+                ) -> list[LayerRow]:
+    """Per layer, predicted before and after (0 for a layer merged or dropped; a merged conv is a row of its own)."""
+    before, after = predictor.predict({}).layers_ms, predictor.with_depth(depth).predict(counts).layers_ms
+    return [LayerRow(name, before.get(name, 0.0), after.get(name, 0.0)) for name in {**before, **after}]

@@ -55,7 +55,7 @@ def test_compile_writes_a_verified_measured_report(compiled):
     assert budget["met"] == (abs(final - 0.6) <= 0.03 + 1e-9)
     assert report["bn_recalibration"] is False  # random calibration inputs: statistics stay as trained
     candidates = report["search"]["candidates"]
-    assert {c["strategy"] for c in candidates} == {"sensitivity", "structure", "uniform"}
+    assert {c["strategy"] for c in candidates} == {"sensitivity", "structure", "uniform", "joint"}
     assert report["search"]["strategy"] == max(candidates, key=lambda c: c["score"])["strategy"]
 
 

@@ -204,3 +204,82 @@ def test_overlapping_or_unknown_entries_are_refused_before_any_layer_changes():
     with pytest.raises(PlanError, match="not a legal span"):
         apply_plan(plan, analysis)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def small_resnet_search(target_name: str):
+    from hwprune.importance.depth import depth_costs
+    from hwprune.importance.scores import score_groups
+    from hwprune.latency.model_latency import analytic_predictor
+    from hwprune.targets import load_target
+
+    model, x = small_resnet()
+    analysis = analyze(model, x, "small_resnet")
+    target = load_target(target_name)
+    predictor = analytic_predictor(analysis, target)
+    batch = torch.randn(4, *x.shape[1:], generator=torch.Generator().manual_seed(0))
+    importance = score_groups(analysis, "activation", [batch])
+    costs = depth_costs(analysis.model, x, list(predictor.options.values()), batch)
+    return analysis, predictor, importance, costs, target
+
+
+def test_units_hold_every_compatible_set_of_options_once():
+    from hwprune.search.joint import units
+
+    _, predictor, _, _, _ = small_resnet_search("jetson-orin-nano")
+    found = units(predictor.options.values())
+    every = [key for sets in found for chosen in sets for key in chosen]
+    assert set(every) == set(predictor.options)
+    for sets in found:
+        assert sets[0] == frozenset() and len(set(sets)) == len(sets)
+        for chosen in sets:
+            layers = [name for key in chosen for name in predictor.options[key].removes]
+            assert len(layers) == len(set(layers))  # no layer merged or dropped twice
+    # A block and the span of its branch are one unit: dropped, merged, merged with the skip, or neither.
+    assert any(len(sets) == 4 for sets in found)
+
+
+def test_depth_options_change_the_prediction_as_the_layers_they_remove_and_add():
+    _, predictor, _, _, _ = small_resnet_search("jetson-orin-nano")
+    full = predictor.predict({})
+    for key, option in predictor.options.items():
+        view = predictor.with_depth(frozenset({key}))
+        taken = view.predict({})
+        assert set(taken.layers_ms) == (set(full.layers_ms) - option.removes) | {a.name for a in option.adds}
+        if option.kind == "drop":
+            assert taken.total_ms < full.total_ms
+
+
+def test_a_launch_bound_target_reaches_by_depth_what_width_alone_cannot():
+    from hwprune.search.joint import search_joint
+    from hwprune.search.width import search_widths
+
+    analysis, predictor, importance, costs, target = small_resnet_search("jetson-orin-nano")
+    budget = 0.5 * predictor.predict({}).total_ms
+    with pytest.raises(PlanError, match="cannot be met"):
+        search_widths(analysis, predictor, importance, target.channel_alignment, budget)
+    result = search_joint(analysis, predictor, importance, target.channel_alignment, budget, 0.1, None, costs)
+    assert result.depth and result.predicted_ms <= budget
+    only_depth = search_joint(analysis, predictor, importance, target.channel_alignment, 0.8 * budget / 0.5, 0.1,
+                              None, costs, widths=False)
+    assert only_depth.depth and all(n == analysis.group(g).channels for g, n in only_depth.counts.items())
+
+
+def test_compile_on_a_launch_bound_target_merges_or_drops_and_verifies(tmp_path):
+    import json
+
+    from rich.console import Console
+
+    from hwprune.compile import compile_model
+    from hwprune.models import LoadedModel
+    from hwprune.options import Budget, Options
+    from hwprune.targets import load_target
+
+    model, x = small_resnet()
+    report = compile_model(LoadedModel("small_resnet", model, x, "seed 0", 0),
+                           Options(load_target("jetson-orin-nano"), Budget("latency", 0.5)), tmp_path / "out",
+                           Console(quiet=True))
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert plan["merge"] or plan["depth"]
+    assert report.search.strategy == "joint" and report.verify.ok
+    assert report.depth["layers_after"] < report.depth["layers_before"]
+    assert "merged" in (tmp_path / "out" / "report.md").read_text()

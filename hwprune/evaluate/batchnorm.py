@@ -9,7 +9,8 @@ on the digits benchmark it took a 2x-pruned CNN from 10% back to 95% accuracy.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -41,3 +42,14 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
             norm.momentum = momentum
         model.eval()
     return len(norms)
+
+
+@contextmanager
+def restored_batchnorm(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` with every BatchNorm's running statistics put back on exit (around a re-estimation
+    on a view that shares its layers)."""
+    state = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+    try:
+        yield model
+    finally:
+        model.load_state_dict(state, strict=False)

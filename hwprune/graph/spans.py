@@ -94,10 +94,11 @@ class DepthCandidates:
     spans: list[Span] = field(default_factory=list)
     blocks: list[Block] = field(default_factory=list)
     reason: str | None = None  # why there are none, when tracing failed
+    chains: list[tuple[str, ...]] = field(default_factory=list)  # each chain's convs, in order
 
     def to_json(self) -> dict:
-        return {"spans": [s.to_json() for s in self.spans], "blocks": [b.to_json() for b in self.blocks],
-                "reason": self.reason}
+        return {"chains": [list(c) for c in self.chains], "spans": [s.to_json() for s in self.spans],
+                "blocks": [b.to_json() for b in self.blocks], "reason": self.reason}
 
     def span(self, convs: Iterable[str], skip: str | None = None) -> Span | None:
         wanted = tuple(convs)
@@ -129,9 +130,13 @@ def candidates_of(graph: fx.GraphModule, max_kernel: int = MAX_KERNEL) -> DepthC
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
     blocks = _blocks(graph, modules)
-    spans = [span for chain in _chains(graph, modules, calls) for span in _spans(chain, modules, max_kernel)]
-    spans += [s for s in (_with_skip(span, blocks, graph, modules) for span in spans) if s is not None]
-    return DepthCandidates(spans, blocks)
+    chains = _chains(graph, modules, calls)
+    spans = [span for chain in chains for span in _spans(chain, modules, max_kernel)]
+    nodes = {n.name: n for n in graph.graph.nodes}
+    branches = {block: branch_of(nodes[block.add]) for block in blocks}
+    spans += [s for s in (_with_skip(span, branches, modules) for span in spans) if s is not None]
+    merging = [tuple(link.conv for link in chain) for chain in chains]
+    return DepthCandidates(spans, blocks, None, [c for c in merging if any(set(s.convs) <= set(c) for s in spans)])
 
 
 def is_conv(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -222,13 +227,21 @@ def _span(links: list[Link], modules: dict[str, nn.Module], max_kernel: int) -> 
 
 
 def _ancestors(node: fx.Node) -> set[fx.Node]:
+    return _reach(node, lambda n: n.all_input_nodes)
+
+
+def _descendants(node: fx.Node) -> set[fx.Node]:
+    return _reach(node, lambda n: n.users)
+
+
+def _reach(node: fx.Node, step) -> set[fx.Node]:
     seen: set[fx.Node] = set()
-    stack = list(node.all_input_nodes)
+    stack = list(step(node))
     while stack:
         current = stack.pop()
         if current not in seen:
             seen.add(current)
-            stack.extend(current.all_input_nodes)
+            stack.extend(step(current))
     return seen
 
 
@@ -245,7 +258,8 @@ def branch_of(add: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
         above = _ancestors(out)
         if skip not in above:
             continue
-        branch = [n for n in above if skip in _ancestors(n)] + [out]
+        below = _descendants(skip)
+        branch = [n for n in above if n in below] + [out]
         inside = set(branch) | {add}
         if all(set(n.users) <= inside for n in branch) and all(
                 p is skip or p in inside or p.op == "get_attr" for n in branch for p in n.all_input_nodes):
@@ -282,14 +296,13 @@ def _owner(nodes: list[fx.Node]) -> str:
     return common[-1] if common else nodes[0].name
 
 
-def _with_skip(span: Span, blocks: list[Block], graph: fx.GraphModule, modules: dict[str, nn.Module]) -> Span | None:
+def _with_skip(span: Span, branches: dict[Block, tuple[fx.Node, list[fx.Node]]], modules: dict[str, nn.Module]
+               ) -> Span | None:
     """``span`` with its block's skip folded in, where the span is that block's whole branch."""
-    if span.skip or span.stride != (1, 1) or span.in_channels != span.out_channels:
-        return None
-    nodes = {n.name: n for n in graph.graph.nodes}
-    for block in blocks:
-        add = nodes[block.add]
-        skip, branch = branch_of(add)
+    if span.skip or span.stride != (1, 1) or span.in_channels != span.out_channels or any(
+            k != 2 * p + 1 for k, p in zip(span.kernel, span.padding, strict=True)):
+        return None  # the output must keep the input's size for x to add at the centre tap
+    for block, (skip, branch) in branches.items():
         convs = tuple(n.target for n in branch if is_conv(n, modules))
         if convs != span.convs or branch[-1].target not in {span.convs[-1], span.norms[-1]}:
             continue

@@ -6,12 +6,15 @@ module only opens tables and predicts from them, or from the analytic model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from hwprune.errors import HwpruneError
 from hwprune.graph.analyze import Analysis
+from hwprune.graph.spans import depth_candidates
 from hwprune.io import cache_dir
-from hwprune.latency.layers import model_layers
+from hwprune.latency.depth import DepthOption, depth_options
+from hwprune.latency.layers import Layer, model_layers
 from hwprune.latency.lut import LatencyTable, LutError, load_table, new_table
 from hwprune.latency.predictor import Anchor, TablePredictor
 from hwprune.latency.space import channel_choices, profile_signatures
@@ -21,6 +24,9 @@ from hwprune.targets import Target
 
 # The uniformly pruned anchors keep about these fractions of every prunable group.
 ANCHOR_FRACTIONS = (0.5, 0.25)
+# A merged conv the target's analytic model predicts this much slower than its parts is not offered
+# (nor profiled): merging trades FLOPs for layers, which pays only where layers cost more than FLOPs.
+MERGE_SLOWDOWN = 1.25
 
 
 def default_table_path(target: Target) -> Path:
@@ -56,10 +62,29 @@ def anchor_counts(analysis: Analysis, alignment: int, fraction: float) -> dict[s
             for g in analysis.prunable()}
 
 
+def depth_choices(analysis: Analysis, layers: list[Layer], target: Target) -> list[DepthOption]:
+    """The model's depth options worth pricing on ``target``: every droppable block, and every span
+    whose merged conv the analytic model does not predict ``MERGE_SLOWDOWN`` times slower than its
+    convolutions at full width."""
+    from hwprune.latency.analytic import predict_ms
+
+    by_name = {layer.name: layer for layer in layers}
+    kept = []
+    for option in depth_options(analysis, depth_candidates(analysis.model), layers):
+        if option.adds:
+            parts = sum(predict_ms(by_name[name].signature, target) for name in option.removes)
+            if predict_ms(option.adds[0].signature, target) > MERGE_SLOWDOWN * parts:
+                continue
+        kept.append(option)
+    return kept
+
+
 def analytic_predictor(analysis: Analysis, target: Target) -> TablePredictor:
     """A predictor over analytic per-op latencies at the target's default dtype (no whole-model
     calibration: nothing was measured)."""
-    return TablePredictor(model_layers(analysis, target.default_dtype), analytic_table(analysis, target))
+    layers = model_layers(analysis, target.default_dtype)
+    options = depth_choices(analysis, layers, target)
+    return TablePredictor(layers, analytic_table(analysis, target, options), options=options)
 
 
 def offline_predictor(analysis: Analysis, target: Target) -> TablePredictor:
@@ -83,10 +108,11 @@ def predictor_for(analysis: Analysis, table: LatencyTable, target: Target) -> Ta
         if anchor_key(key, fraction) in table.models:
             anchors.append(Anchor(anchor_counts(analysis, target.channel_alignment, fraction),
                                   table.models[anchor_key(key, fraction)]))
-    return TablePredictor(model_layers(analysis, target.default_dtype), table, anchors)
+    layers = model_layers(analysis, target.default_dtype)
+    return TablePredictor(layers, table, anchors, depth_choices(analysis, layers, target))
 
 
-def analytic_table(analysis: Analysis, target: Target) -> LatencyTable:
+def analytic_table(analysis: Analysis, target: Target, options: Sequence[DepthOption] = ()) -> LatencyTable:
     """Every signature the search needs for this model, predicted by the analytic model.
 
     Same shape as a measured table, so the same predictor and search run on it; its provenance
@@ -99,7 +125,8 @@ def analytic_table(analysis: Analysis, target: Target) -> LatencyTable:
     table = LatencyTable({"target": target.name, "runtime": "analytic", "device_runtime": target.runtime,
                           "dtype": target.default_dtype, "model": "roofline, hwprune/latency/analytic.py"},
                          call_overhead_ms=0.0)
-    for sig in profile_signatures(layers, groups, target.channel_alignment):
+    for sig in profile_signatures(layers + [layer for o in options for layer in o.adds], groups,
+                                  target.channel_alignment):
         ms = predict_ms(sig, target)
         table.put(sig, Timing(ms, ms, ms, 0.0, 1))
     return table

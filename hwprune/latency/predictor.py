@@ -25,12 +25,14 @@ staircase): an ``interpolated`` prediction.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from hwprune.errors import HwpruneError
+from hwprune.latency.depth import DepthOption
 from hwprune.latency.layers import Layer
 from hwprune.latency.lut import LatencyTable
 from hwprune.latency.signature import OpSignature
@@ -53,19 +55,53 @@ class Prediction:
 
 
 class TablePredictor:
-    """Predictions for one model's layers from one measured table."""
+    """Predictions for one model's layers from one measured table.
 
-    def __init__(self, layers: list[Layer], table: LatencyTable, anchors: Sequence[Anchor] = ()):
+    ``options`` are the depth choices (merged spans, dropped blocks) the table can price: an option
+    whose merged conv the table lacks is left out (``options`` keeps only the priced ones).
+    ``with_depth`` gives the predictor of the model with some of them taken; the whole-model fit
+    (f, k, r) is the full-depth model's, and the rest term still scales with the activations left.
+    """
+
+    def __init__(self, layers: list[Layer], table: LatencyTable, anchors: Sequence[Anchor] = (),
+                 options: Sequence[DepthOption] = ()):
         self.layers = layers
         self.table = table
         self._by_shape = _index_by_shape(table)
         self._axes = {layer.name: self._measured_axes(layer) for layer in layers}
+        self.options: dict[str, DepthOption] = {}
+        for option in options:
+            try:
+                axes = {layer.name: self._measured_axes(layer) for layer in option.adds}
+            except HwpruneError:
+                continue  # not in the table: a choice this latency model cannot price
+            self._axes.update(axes)
+            self.options[option.key] = option
+        self.depth: frozenset[str] = frozenset()
         self._full_activations = sum(self._activations(layer, {}) for layer in layers)
+        self._index_groups()
+        self.fixed_ms, self.layer_scale, self.rest_ms = self._fit(anchors)
+        self._views: dict[frozenset[str], TablePredictor] = {frozenset(): self}
+
+    def _index_groups(self) -> None:
         self._touching: dict[str, list[Layer]] = {}
-        for layer in layers:
+        for layer in self.layers:
             for group_id in {g.group for g in layer.inputs} | ({layer.out_group} - {None}):
                 self._touching.setdefault(group_id, []).append(layer)
-        self.fixed_ms, self.layer_scale, self.rest_ms = self._fit(anchors)
+
+    def with_depth(self, keys: frozenset[str]) -> TablePredictor:
+        """This predictor for the model with the depth options ``keys`` taken (they must not overlap)."""
+        base = self._views[frozenset()]
+        if keys not in base._views:
+            chosen = [base.options[k] for k in sorted(keys)]
+            removed = frozenset().union(*(o.removes for o in chosen))
+            view = copy.copy(base)
+            view.layers = [layer for layer in base.layers if layer.name not in removed] + [
+                layer for o in chosen for layer in o.adds]
+            view.depth = keys
+            view._index_groups()
+            base._views[keys] = view
+        return base._views[keys]
 
     def provenance(self) -> dict:
         """Which latency model this is, for a plan or report: the measured table's or the analytic one."""
@@ -169,6 +205,12 @@ class TablePredictor:
             activations = sum(self._activations(layer, trial) for layer in touched if layer.out_group == group_id)
             costs.append(self.layer_scale * layers_ms + self.rest_ms * activations / self._full_activations)
         return costs
+
+    def layers_cost(self, layers: Sequence[Layer], keep: dict[str, int]) -> float:
+        """The predicted time of ``layers`` at ``keep`` with their share of the rest (as ``group_costs``)."""
+        ms = sum(self.layer_ms(layer, *self.channels(layer, keep))[0] for layer in layers)
+        activations = sum(self._activations(layer, keep) for layer in layers)
+        return self.layer_scale * ms + self.rest_ms * activations / self._full_activations
 
     def predict(self, keep: dict[str, int], reads: dict[str, int] | None = None) -> Prediction:
         """Latency with ``keep[group_id]`` units kept per group (absent groups stay whole) and, for

@@ -16,8 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from hwprune.calibration import Fidelity, compare_all, output_tensors
+from hwprune.errors import PlanError
+from hwprune.evaluate.batchnorm import recalibrate_batchnorm, restored_batchnorm
 from hwprune.evaluate.mask import silenced
 from hwprune.graph.analyze import Analysis
 from hwprune.importance.scores import Importance, select
@@ -43,23 +46,40 @@ class Candidate:
 
 
 def choose(analysis: Analysis, importance: Importance, strategies: dict[str, Callable[[], SearchResult]],
-           batches: Sequence[torch.Tensor], real_inputs: bool, recalibration: Sequence[torch.Tensor] = ()
-           ) -> list[Candidate]:
+           batches: Sequence[torch.Tensor], real_inputs: bool, recalibration: Sequence[torch.Tensor] = (),
+           depth_view: Callable[[nn.Module, SearchResult], nn.Module] | None = None) -> list[Candidate]:
     """Every strategy's allocation with its masked fidelity on ``batches``, best first (ties keep
-    the strategies' order)."""
+    the strategies' order). A candidate with depth decisions runs as ``depth_view`` of the masked
+    model gives it (blocks dropped, spans' activations removed: what the merged model computes),
+    BatchNorm re-estimated after them."""
     model = analysis.model.eval()
     with torch.no_grad():
         references = [output_tensors(model(batch)) for batch in batches]
     candidates = []
+    refused: list[PlanError] = []
     for strategy, search in strategies.items():
-        result = search()
+        try:
+            result = search()
+        except PlanError as exc:  # this strategy cannot reach the budget; another may (depth on a launch-bound target)
+            refused.append(exc)
+            continue
         dropped = {}
         for gid, count in result.counts.items():
             group = analysis.group(gid)
             kept = set(select(importance.scores[gid], count, group.repeat))
             dropped[gid] = [c for c in range(group.channels) if c not in kept]
-        with silenced(analysis, dropped, recalibration) as masked, torch.no_grad():
-            outputs = [output_tensors(masked(batch)) for batch in batches]
+        if result.depth and depth_view is not None:
+            with silenced(analysis, dropped) as masked, restored_batchnorm(masked), torch.no_grad():
+                viewed = depth_view(masked, result)
+                if recalibration:
+                    recalibrate_batchnorm(viewed, recalibration)
+                outputs = [output_tensors(viewed(batch)) for batch in batches]
+        else:
+            with silenced(analysis, dropped, recalibration) as masked, torch.no_grad():
+                outputs = [output_tensors(masked(batch)) for batch in batches]
         candidates.append(Candidate(strategy, result, compare_all(references, outputs), real_inputs))
+    if not candidates:
+        raise refused[-1] if len(refused) == 1 else PlanError(
+            "; ".join(dict.fromkeys(str(e) for e in refused)))
     return sorted(candidates, key=lambda c: -c.score)
 

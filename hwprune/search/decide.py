@@ -17,16 +17,19 @@ from functools import partial
 
 import numpy as np
 import torch
+from torch import nn
 
 from hwprune.graph.analyze import Analysis
 from hwprune.importance.scores import Importance, select
 from hwprune.latency.predictor import TablePredictor
 from hwprune.plan import Plan, Provenance, WidthDecision
 from hwprune.search.choose import Candidate, choose
+from hwprune.search.joint import search_joint
 from hwprune.search.readers import SegmentMask, reader_masks
 from hwprune.search.width import SearchResult, search_widths, uniform_widths
 
 STRATEGIES = ("sensitivity", "structure", "uniform")
+SEARCHES = ("width", "depth", "joint")
 UNCONSTRAINED_ROUNDS = 4  # searches per round to fit unconstrained masks' real cost into the budget
 CHOICE_BATCHES = 8  # calibration batches the allocation strategies are scored on
 
@@ -59,6 +62,12 @@ class WidthSearch:
     # Unconstrained: each segment reader's channel scores, and the predicted time of a plan's copy ops.
     reader_scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     copies_ms: Callable[[Plan], float] | None = None
+    # Depth: what the search may decide ("width", "depth" or "joint"), each priced depth option's
+    # measured cost (importance.depth), and the model with depth options taken, for choosing by
+    # fidelity (the caller's transform: the search never imports it).
+    search: str = "width"
+    depth_costs: dict[str, float] = field(default_factory=dict)
+    depth_view: Callable[[nn.Module, Plan], nn.Module] | None = None
 
     def __call__(self, predicted_budget: float) -> Decision:
         strategies = self.strategies()
@@ -67,7 +76,7 @@ class WidthSearch:
             candidates = choose(self.analysis, self.importance,
                                 {name: partial(search, predicted_budget) for name, search in strategies.items()},
                                 self.calibration_batches[:CHOICE_BATCHES], self.real_calibration,
-                                self.recalibration_batches)
+                                self.recalibration_batches, self._depth_view)
             strategy, result = candidates[0].strategy, candidates[0].search
         else:
             strategy = self.allocation
@@ -80,14 +89,36 @@ class WidthSearch:
 
     def strategies(self) -> dict[str, Callable[[float], SearchResult]]:
         """The allocation strategies, each a search at a predicted budget: weighted by measured group
-        sensitivity, by how many layer sides a group sizes, or uniform."""
+        sensitivity, by how many layer sides a group sizes, or uniform (width); the joint search of
+        width and depth, weighted by sensitivity; depth alone, every group whole. ``--search width``
+        offers the first three, ``joint`` all four, ``depth`` the last."""
         def strategy(search: Callable[..., SearchResult], **weights) -> Callable[[float], SearchResult]:
             return lambda budget: search(self.analysis, self.predictor, self.importance, self.alignment, budget,
                                          self.min_keep, **weights)
 
-        return {"sensitivity": strategy(search_widths, weights=self.sensitivity),
-                "structure": strategy(search_widths, weights=None),
-                "uniform": strategy(uniform_widths)}
+        width = {"sensitivity": strategy(search_widths, weights=self.sensitivity),
+                 "structure": strategy(search_widths, weights=None),
+                 "uniform": strategy(uniform_widths)}
+        joint = {"joint": strategy(search_joint, weights=self.sensitivity or None, costs=self.depth_costs)}
+        depth = {"depth": strategy(search_joint, weights=None, costs=self.depth_costs, widths=False)}
+        if self.search == "depth":
+            return depth
+        if self.search == "joint" and self.depth_costs:
+            return {**width, **joint} if self.allocation == "auto" else joint
+        return width
+
+    def _depth_view(self, model: nn.Module, result: SearchResult) -> nn.Module:
+        return self.depth_view(model, self.depth_plan(result)) if result.depth and self.depth_view else model
+
+    def depth_plan(self, result: SearchResult) -> Plan:
+        """A plan holding only ``result``'s depth decisions (for the depth view)."""
+        plan = Plan(self.provenance, result.predicted_ms, result.baseline_predicted_ms)
+        plan.merge, plan.depth = self._depth_entries(result.depth)
+        return plan
+
+    def _depth_entries(self, keys: frozenset[str]) -> tuple[list[dict], list[dict]]:
+        options = [self.predictor.options[k] for k in sorted(keys)]
+        return ([o.entry for o in options if o.kind == "merge"], [o.entry for o in options if o.kind == "drop"])
 
     def plan(self, result: SearchResult, predicted_budget: float, masks: dict[str, SegmentMask] | None = None
              ) -> Plan:
@@ -104,7 +135,8 @@ class WidthSearch:
                                                                          group.repeat))
         budget = {**self.provenance.budget, "predicted_budget_ms": predicted_budget}
         provenance = replace(self.provenance, budget=budget)
-        return Plan(provenance, result.predicted_ms, result.baseline_predicted_ms, width,
+        merge, depth = self._depth_entries(result.depth)
+        return Plan(provenance, result.predicted_ms, result.baseline_predicted_ms, width, depth, merge,
                     bn_recalibration=bool(self.recalibration_batches))
 
     def _fit_unconstrained(self, search: Callable[[float], SearchResult], predicted_budget: float,

@@ -46,6 +46,7 @@ class SearchResult:
     objective: float
     rounds: int
     seconds: float
+    depth: frozenset[str] = frozenset()  # depth options taken (``latency.depth`` keys; search.joint)
 
 
 def allowed_counts(analysis: Analysis, alignment: int, min_keep: float) -> dict[str, list[int]]:

@@ -20,18 +20,20 @@ from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.segments import segments
 from hwprune.graph.spans import candidates_of
 from hwprune.plan import Plan, WidthDecision
-from hwprune.transform.depth import apply_depth, resolve, trace_or_refuse
+from hwprune.transform.depth import merged, resolve, trace_or_refuse, unmerged
 from hwprune.transform.passes import Pass, Surgery, run_passes
 from hwprune.transform.prune import PruneChannels
 from hwprune.transform.reorder import ReorderSegments
 from hwprune.transform.select import SelectReaders
 
 
-def apply_plan(plan: Plan, analysis: Analysis, reorder: bool = True) -> nn.Module:
+def apply_plan(plan: Plan, analysis: Analysis, reorder: bool = True, merge: bool = True) -> nn.Module:
     """Prune ``analysis``'s model in place as the plan says, after checking that it fits; unconstrained
     segments are reordered unless ``reorder`` is False (the naive export). ``analysis`` describes the
     unpruned model afterwards, so it must not be used for a second application. With depth or merge
-    decisions the result is a new module (an fx ``GraphModule``), not ``analysis.model``."""
+    decisions the result is a new module (an fx ``GraphModule``), not ``analysis.model``; with
+    ``merge`` False its spans are left unmerged (activations removed, padding moved), the form
+    BatchNorm re-estimation and training see, and ``transform.depth.merged`` finishes them."""
     if any(plan.sparsity.values()):
         raise PlanError("the plan has sparsity decisions; this hwprune cannot apply them yet")
     width = {gid: WidthDecision(d.keep, d.of, list(d.indices), None if d.readers is None else dict(d.readers))
@@ -41,15 +43,28 @@ def apply_plan(plan: Plan, analysis: Analysis, reorder: bool = True) -> nn.Modul
     if plan.merge or plan.depth:  # checked before any layer is touched
         resolve(plan.merge, plan.depth, candidates_of(trace_or_refuse(analysis.model)))
     run_passes([*passes, PruneChannels(), SelectReaders()], Surgery(analysis, width, found))
-    return apply_depth(analysis.model, analysis.capture.example_input, plan.merge, plan.depth)
+    example = analysis.capture.example_input
+    model = unmerged(analysis.model, example, plan.merge, plan.depth)
+    return merged(model, example, plan.merge) if merge else model
 
 
 def realise(plan: Plan, analysis: Analysis, recalibration: Sequence[torch.Tensor] = (), reorder: bool = True
             ) -> nn.Module:
     """``plan`` applied to a fresh copy of the analysed model (which stays whole), in eval mode, with
     BatchNorm statistics re-estimated on ``recalibration`` batches when given."""
+    return finish(plan, analysis, realise_unmerged(plan, analysis, reorder), recalibration)
+
+
+def realise_unmerged(plan: Plan, analysis: Analysis, reorder: bool = True) -> nn.Module:
+    """``plan`` applied to a fresh copy of the analysed model, its spans not yet merged."""
     fresh = analyze(copy.deepcopy(analysis.model), analysis.capture.example_input, analysis.name, strict=False)
-    model = apply_plan(plan, fresh, reorder).eval()
+    return apply_plan(plan, fresh, reorder, merge=False).eval()
+
+
+def finish(plan: Plan, analysis: Analysis, model: nn.Module, recalibration: Sequence[torch.Tensor] = ()
+           ) -> nn.Module:
+    """An unmerged realisation with BatchNorm re-estimated (when given batches), then merged: a
+    BatchNorm folded into a merged conv can no longer be re-estimated."""
     if recalibration:
         recalibrate_batchnorm(model, recalibration)
-    return model
+    return merged(model, analysis.capture.example_input, plan.merge).eval()

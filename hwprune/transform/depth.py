@@ -3,6 +3,9 @@
 They rewrite one torch.fx graph of the (width-pruned) model, driven by the Plan's ``depth`` and
 ``merge`` sections, in this order, each checked before and after:
 
+``unmerged`` runs the first three (the form BatchNorm re-estimation and recovery train), ``merged``
+the last two (exact, so they commute with both):
+
 - ``DropBlocks``: every chosen ``x + f(x)`` becomes ``x``; the branch's layers go.
 - ``FoldBatchNorm``: each span's BatchNorms into their convolutions (exact; checked on the example
   input).
@@ -107,15 +110,43 @@ def resolve(plan_merge: Sequence[dict], plan_depth: Sequence[dict], found: Depth
 def apply_depth(model: nn.Module, example_input: torch.Tensor, plan_merge: Sequence[dict],
                 plan_depth: Sequence[dict]) -> nn.Module:
     """``model`` with the plan's blocks dropped and spans merged (``model`` itself when both are empty)."""
+    return merged(unmerged(model, example_input, plan_merge, plan_depth), example_input, plan_merge)
+
+
+def unmerged(model: nn.Module, example_input: torch.Tensor, plan_merge: Sequence[dict],
+             plan_depth: Sequence[dict]) -> nn.Module:
+    """The plan's depth decisions in trainable form: blocks dropped, each span's activations removed
+    and its padding moved, its convolutions and BatchNorms still apart (what recovery trains and
+    BatchNorm re-estimation sees). It computes what ``merged`` of it computes. ``model``'s own
+    layers are shared, never changed: moved convs are new modules."""
     if not plan_merge and not plan_depth:
         return model
     graph = trace_or_refuse(model)
     spans, blocks = resolve(plan_merge, plan_depth, candidates_of(graph))
     rewrite = Rewrite(graph, example_input, spans, blocks)
-    run_passes([DropBlocks(), FoldBatchNorm(), RemoveActivations(), MovePadding(), MergeConvs()], rewrite)
-    rewrite.graph.delete_all_unused_submodules()
-    rewrite.graph.recompile()
-    return rewrite.graph
+    run_passes([DropBlocks(), RemoveActivations(), MovePadding()], rewrite)
+    return _finish(rewrite.graph)
+
+
+def merged(model: nn.Module, example_input: torch.Tensor, plan_merge: Sequence[dict]) -> nn.Module:
+    """``unmerged``'s result with each span's BatchNorms folded and convolutions merged (exact)."""
+    if not plan_merge:
+        return model
+    graph = trace_or_refuse(model)
+    found = candidates_of(graph)
+    spans = [found.span(e["convs"], e.get("skip")) for e in plan_merge]
+    if any(span is None for span in spans):
+        raise TransformError("a span of the plan is no longer a chain after its activations were removed")
+    rewrite = Rewrite(graph, example_input, spans)
+    run_passes([FoldBatchNorm(), MergeConvs()], rewrite)
+    return _finish(rewrite.graph)
+
+
+def _finish(graph: fx.GraphModule) -> fx.GraphModule:
+    graph.graph.eliminate_dead_code()
+    graph.delete_all_unused_submodules()
+    graph.recompile()
+    return graph
 
 
 def trace_or_refuse(model: nn.Module) -> fx.GraphModule:

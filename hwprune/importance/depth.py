@@ -1,0 +1,69 @@
+"""How much each depth choice costs the model's outputs: take it alone and measure.
+
+For every span (activations inside removed, padding moved to its first conv: exactly what the
+merged conv computes) and every droppable block (branch gone), the model runs on a calibration
+batch, BatchNorm statistics re-estimated when the compile re-estimates them, and the cost is
+1 - mean cosine to the unpruned outputs: the same measure as a channel group's sensitivity
+(``importance.sensitivity``), so the joint search weighs both in one currency. LayerMerge builds
+the same table from accuracy after a short fine-tune per span; that stronger proxy costs a
+training run per candidate, so it is not the default here.
+
+A span that removes no activation and pads nothing after its first conv is exact: cost 0,
+nothing run. The table is keyed by the option's key, so every budget and every refinement round
+of one compile reuses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from hwprune.calibration import output_tensors
+from hwprune.evaluate.batchnorm import recalibrate_batchnorm, restored_batchnorm
+from hwprune.latency.depth import DepthOption
+from hwprune.transform.depth import unmerged
+
+FLOOR = 1e-6  # as for group sensitivity: a choice that changes nothing measurable still costs something
+
+
+def depth_costs(model: nn.Module, example_input: torch.Tensor, options: Sequence[DepthOption],
+                batch: torch.Tensor, recalibration: Sequence[torch.Tensor] = (), progress: object | None = None
+                ) -> dict[str, float]:
+    """Per option key, the output change when that option alone is taken."""
+    model = model.eval()
+    task = progress.add_task("depth importance", total=len(options)) if progress is not None and options else None
+    costs = {}
+    with torch.no_grad():
+        reference = _flat(model(batch))
+        for option in options:
+            if option.kind == "merge" and _exact(model, option):
+                costs[option.key] = 0.0
+            else:
+                with restored_batchnorm(model):  # the view shares the model's BatchNorms
+                    costs[option.key] = _cost(model, example_input, option, batch, reference, recalibration)
+            if task is not None:
+                progress.advance(task)
+    return costs
+
+
+def _cost(model: nn.Module, example_input: torch.Tensor, option: DepthOption, batch: torch.Tensor,
+          reference: list[torch.Tensor], recalibration: Sequence[torch.Tensor]) -> float:
+    merge, depth = ([option.entry], []) if option.kind == "merge" else ([], [option.entry])
+    changed = unmerged(model, example_input, merge, depth)
+    if recalibration:
+        recalibrate_batchnorm(changed, recalibration)
+    outputs = _flat(changed(batch))
+    cosine = sum(nn.functional.cosine_similarity(r, o, dim=1).mean() for r, o in zip(reference, outputs, strict=True))
+    return max(float(1 - cosine / len(reference)), FLOOR)
+
+
+def _exact(model: nn.Module, option: DepthOption) -> bool:
+    convs = option.entry["convs"]
+    return not option.entry["activations"] and all(
+        model.get_submodule(name).padding in ((0, 0), 0) for name in convs[1:])
+
+
+def _flat(output: object) -> list[torch.Tensor]:
+    return [tensor.reshape(tensor.shape[0], -1).double() for tensor in output_tensors(output)]

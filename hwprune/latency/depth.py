@@ -1,0 +1,68 @@
+"""What a depth choice does to the timed layers: a merged span replaces its convolutions by one
+conv of the merged shape; a dropped block removes its branch's layers.
+
+The merged conv is a new op signature (kernel, stride, padding of the span; the first conv's input
+and the last conv's output), sized by the same channel groups as the span's ends, so the width
+search prices it like any other layer: profiled on ``cpu`` (it joins the profile), predicted by
+the analytic model elsewhere. A conv inside a span keeps no width of its own once merged: the
+groups between the span's convs stop costing anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hwprune.graph.analyze import Analysis
+from hwprune.graph.spans import Block, DepthCandidates, Span
+from hwprune.latency.layers import GroupInput, Layer
+from hwprune.latency.signature import OpSignature
+
+
+@dataclass(frozen=True)
+class DepthOption:
+    """One span merged or one block dropped, as the latency model sees it."""
+
+    key: str  # "merge:<first>+...+<last>[ (with skip)]" or "drop:<block>"
+    removes: frozenset[str]  # layers that no longer run
+    adds: tuple[Layer, ...]  # the merged conv (none for a drop)
+    entry: dict  # the Plan's entry for it
+
+    @property
+    def kind(self) -> str:
+        return self.key.split(":", 1)[0]
+
+
+def merge_key(span: Span) -> str:
+    return f"merge:{span.key}"
+
+
+def drop_key(block: Block) -> str:
+    return f"drop:{block.name}"
+
+
+def depth_options(analysis: Analysis, found: DepthCandidates, layers: list[Layer]) -> list[DepthOption]:
+    """Every candidate whose layers the latency model times, as options; spans with a non-square
+    merged kernel are left out (op signatures hold one kernel size)."""
+    by_name = {layer.name: layer for layer in layers}
+    options = []
+    for span in found.spans:
+        if span.kernel[0] != span.kernel[1] or span.stride[0] != span.stride[1] or span.padding[0] != span.padding[1]:
+            continue
+        if not all(c in by_name for c in span.convs):
+            continue
+        first, last = by_name[span.convs[0]], by_name[span.convs[-1]]
+        sig = first.signature
+        merged_sig = OpSignature("conv2d", sig.batch, sig.c_in, last.signature.c_out, sig.h, sig.w, span.kernel[0],
+                                 span.stride[0], span.padding[0], 1, sig.c_in if span.depthwise else 1, sig.dtype)
+        inputs = first.inputs
+        if first.depthwise and not span.depthwise and first.out_group is not None:
+            group = analysis.group(first.out_group)
+            inputs = (GroupInput(group.id, group.channels, sig.c_in),) if group.prunable else ()
+        merged = Layer(merge_key(span), merged_sig, last.out_group, inputs, span.depthwise, last.out_scale)
+        entry = {"convs": list(span.convs), "activations": list(span.activations), "skip": span.skip}
+        options.append(DepthOption(merge_key(span), frozenset(span.convs), (merged,), entry))
+    for block in found.blocks:
+        removed = frozenset(name for name in block.layers if name in by_name)
+        if removed:
+            options.append(DepthOption(drop_key(block), removed, (), {"block": block.name, "add": block.add}))
+    return options
