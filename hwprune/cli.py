@@ -230,6 +230,7 @@ def _run_recover(args: argparse.Namespace) -> int:
 
 def _run_analyze(args: argparse.Namespace) -> int:
     from hwprune.graph.segments import segments
+    from hwprune.graph.spans import depth_candidates
     from hwprune.io import write_text_atomic
     from hwprune.transform.trial import prove_prunable
 
@@ -238,6 +239,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
     data = analysis.to_json()
     data["segments"] = [{"group": s.group, "producers": s.producers, "readers": [r.layer for r in s.readers]}
                         for s in segments(analysis)]
+    data["depth"] = depth_candidates(analysis.model).to_json()
     document = json.dumps(data, indent=2)
     if args.out:
         write_text_atomic(args.out, document + "\n")
@@ -268,6 +270,31 @@ def _print_groups(data: dict) -> None:
     shared = sum(n > 1 for n in readers.values())
     console.print(f"{len(data['groups'])} groups, {prunable} prunable; {len(readers)} segments (read only by dense "
                   f"layers), {shared} of them read by several: --unconstrained lets each reader keep its own channels")
+    _print_depth(console, data["depth"])
+
+
+def _print_depth(console, depth: dict) -> None:
+    """The depth candidates: each chain's legal merged spans, and the droppable blocks; or why none."""
+    from rich.table import Table
+
+    if depth["reason"] or not (depth["spans"] or depth["blocks"]):
+        console.print(f"depth: no convolutions to merge and no residual block to drop "
+                      f"({depth['reason'] or 'no chain of convolutions and no x + f(x) in this model'})")
+        return
+    table = Table(title="depth candidates: merged spans (activations inside removed) and droppable blocks")
+    for column in ("kind", "layers", "becomes", "activations removed"):
+        table.add_column(column)
+    for span in depth["spans"]:
+        kernel, stride = span["kernel"], span["stride"]
+        shape = (f"{kernel[0]}x{kernel[1]}" + (f"/{stride[0]}" if stride != [1, 1] else "")
+                 + (" dw" if span["depthwise"] else "") + f" {span['in_channels']}->{span['out_channels']}")
+        table.add_row("merge + skip" if span["skip"] else "merge", " + ".join(span["convs"]), shape,
+                      str(len(span["activations"])))
+    for block in depth["blocks"]:
+        table.add_row("drop", block["block"], "x", f"({len(block['layers'])} layers go)")
+    console.print(table)
+    console.print(f"depth: {len(depth['chains'])} chains of mergeable convolutions, {len(depth['spans'])} legal spans, "
+                  f"{len(depth['blocks'])} droppable blocks")
 
 
 def _load(args: argparse.Namespace):

@@ -283,3 +283,21 @@ def test_compile_on_a_launch_bound_target_merges_or_drops_and_verifies(tmp_path)
     assert report.search.strategy == "joint" and report.verify.ok
     assert report.depth["layers_after"] < report.depth["layers_before"]
     assert "merged" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_analyze_lists_depth_candidates_and_says_so_when_there_are_none(tmp_path, capsys):
+    import json
+
+    from hwprune.cli import main
+
+    assert main(["analyze", "tests/data/small_models.py:small_resnet", "--json"]) == 0
+    depth = json.loads(capsys.readouterr().out)["depth"]
+    assert len(depth["blocks"]) == 2 and {tuple(s["convs"]) for s in depth["spans"]} == {
+        ("3.body.0", "3.body.3"), ("4.body.0", "4.body.3")}
+    assert main(["analyze", "tests/data/small_models.py:small_resnet"]) == 0
+    assert "2 droppable blocks" in capsys.readouterr().out
+    spec = tmp_path / "mlp.py"
+    spec.write_text("import torch\nfrom torch import nn\n\n\ndef mlp():\n"
+                    "    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), torch.zeros(1, 8)\n")
+    assert main(["analyze", f"{spec}:mlp"]) == 0
+    assert "depth: no convolutions to merge and no residual block to drop" in capsys.readouterr().out
