@@ -301,3 +301,33 @@ def test_analyze_lists_depth_candidates_and_says_so_when_there_are_none(tmp_path
                     "    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), torch.zeros(1, 8)\n")
     assert main(["analyze", f"{spec}:mlp"]) == 0
     assert "depth: no convolutions to merge and no residual block to drop" in capsys.readouterr().out
+
+
+def test_the_span_dp_finds_the_best_cut_within_budget():
+    import itertools
+    import random
+
+    from hwprune.search.spandp import span_dp
+
+    rng = random.Random(0)
+    n = 7
+    times = {(s, e): rng.uniform(0.5, 1.0) * (1 + 0.3 * (e - s)) for s in range(n) for e in range(s + 1, n + 1)
+             if e - s <= 4}
+    values = {(s, e): -rng.uniform(0, 1) for (s, e) in times if e - s > 1}
+    for budget in (3.0, 4.5, 6.0, 9.0):
+        best = None
+        for cuts in itertools.product([0, 1], repeat=n - 1):  # every cut of 0..n into spans
+            points = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [n]
+            spans = list(itertools.pairwise(points))
+            if any(s not in times for s in spans):
+                continue
+            latency = sum(times[s] for s in spans)
+            value = sum(values.get(s, 0.0) for s in spans)
+            if latency <= budget and (best is None or value > best[0]):
+                best = (value, latency)
+        cut = span_dp(times, values, n, budget, bins=20000)
+        if best is None:
+            assert cut is None
+            continue
+        assert cut.latency <= budget + 1e-9
+        assert best[0] - 0.05 <= cut.value <= best[0] + 1e-9  # exact up to the latency grid
