@@ -1,0 +1,260 @@
+"""Depth and merge joint with width: what the joint search buys, on a launch-bound target, on a
+published span table, and measured on this CPU.
+
+    python benchmarks/depth_merge.py [--parts jetson,spantable,cpu,digits] [--json FILE]
+
+- ``jetson``: ``compile torchvision:mobilenet_v2 --target jetson-orin-nano --latency 0.5`` with
+  calibrated random weights (BatchNorm statistics set on noise, so outputs are not degenerate),
+  ``--search width`` against ``--search joint``: parameters kept, conv/linear layers, merges and
+  drops, and output cosine on held-out noise. Predicted by the analytic model (no TensorRT here);
+  its per-layer fixed cost is the profile's ``launch_overhead_us``, whose check against the RTX
+  2080 Ti span table is ``benchmarks/gpu_analytic_check.py``.
+- ``spantable``: the span DP (``search.spandp``) on the published TensorRT span table of
+  MobileNetV2-1.0 (RTX 2080 Ti, ``../shared/data/trt-rtx2080ti-mobilenetv2``), with each span's
+  importance measured here (1 - output cosine with its activations removed and its padding moved,
+  on a MobileNetV2 with calibrated random weights): the spans chosen at the paper's two budgets
+  (1.41x and 1.95x of the table's unmerged latency), their summed table latency, the solve time.
+  Only spans hwprune can merge are offered (its chains stop at residual adds; a span covering a
+  whole residual block folds the skip); the rest of the table is left out and counted.
+- ``cpu``: ``--search width|depth|joint`` at 0.5 and 0.7 on resnet34, mobilenet_v2, efficientnet_b0
+  (calibrated random weights) and a residual CNN built in code: measured latency fraction (each
+  compile refines to within 5% of the request, so the three are at equal measured latency within
+  that), held-out output cosine, merges and drops, joint search time per round.
+- ``digits``: the same three searches on a CNN trained here on scikit-learn's digits, 0.5 and 0.7,
+  with the training images as calibration data: held-out accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from hwprune.calibration import fidelity
+from hwprune.compile import compile_model
+from hwprune.graph.analyze import analyze
+from hwprune.graph.spans import depth_candidates
+from hwprune.importance.depth import depth_costs
+from hwprune.latency.depth import depth_options, merge_key
+from hwprune.latency.layers import model_layers
+from hwprune.models import LoadedModel, load_model
+from hwprune.options import Budget, Options
+from hwprune.runtime.ort import OnnxRuntime
+from hwprune.search.spandp import span_dp
+from hwprune.targets import load_target
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from budget_accuracy import OnnxModule, held_out_batches  # noqa: E402
+
+from tests.zoo import ZOO, randomize_model  # noqa: E402
+
+SPAN_TABLE = ROOT / ".." / "shared" / "data" / "trt-rtx2080ti-mobilenetv2" / "time_fish_gpu1_1228.csv"
+CPU_MODELS = ("resnet34", "mobilenet_v2", "efficientnet_b0", "zoo:resnet_basic")
+SEARCHES = ("width", "depth", "joint")
+
+
+def calibrated(spec: str) -> tuple[str, torch.nn.Module, torch.Tensor]:
+    if spec.startswith("zoo:"):
+        model, x = ZOO[spec[4:]]()
+        name = spec
+    else:
+        loaded = load_model(f"torchvision:{spec}")
+        model, x, name = loaded.module, loaded.example_input, loaded.name
+    with torch.no_grad():
+        model = randomize_model(model, torch.randn((16, *x.shape[1:]))).eval()
+    return name, model, x
+
+
+def compile_one(name: str, model: torch.nn.Module, x: torch.Tensor, target: str, budget: float, search: str,
+                out: Path, calib: str | None = None) -> dict:
+    started = time.perf_counter()
+    try:
+        report = compile_model(LoadedModel(name, copy.deepcopy(model), x, "re-initialised by the benchmark", None),
+                               Options(load_target(target), Budget("latency", budget), calib_data=calib,
+                                       search=search), out, Console(quiet=True))
+    except Exception as exc:  # a search that cannot reach the budget is a result here
+        return {"search": search, "error": str(exc).splitlines()[0]}
+    depth = report.depth
+    rounds = [a.search_seconds for a in report.search.attempts]
+    return {"search": search, "strategy": report.search.strategy, "params": report.pruned.params,
+            "params_before": report.baseline.params, "predicted": 1 / report.speedup.predicted,
+            "measured": None if report.speedup.measured is None else 1 / report.speedup.measured,
+            "layers": (depth["layers_before"], depth["layers_after"]), "merged": len(depth["merged"]),
+            "dropped": len(depth["dropped"]), "search_seconds": max(rounds), "seconds": time.perf_counter() - started}
+
+
+def jetson(console: Console) -> list[dict]:
+    name, model, x = calibrated("mobilenet_v2")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for search in ("width", "joint"):
+            row = compile_one(name, model, x, "jetson-orin-nano", 0.5, search, Path(tmp) / search)
+            if "error" not in row:
+                threads, level = OnnxRuntime(load_target("cpu")).settings
+                quality = fidelity(model, OnnxModule(Path(tmp) / search / "pruned.onnx", threads, level),
+                                   held_out_batches(x))
+                row["cosine"] = quality.cosine
+            rows.append(row)
+            console.print(f"jetson-orin-nano mobilenet_v2 0.5 {search}: {row}")
+    return rows
+
+
+def span_table(console: Console) -> dict:
+    """The span DP on the published table with importance measured here."""
+    rows = list(csv.DictReader(SPAN_TABLE.open()))
+    times = {(int(r["st"]), int(r["end"])): float(r["time"]) for r in rows}
+    name, model, x = calibrated("mobilenet_v2")
+    analysis = analyze(model, x, name, strict=False)
+    numbered = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)][1:-1]  # stem, last: unnumbered
+    n = len(numbered)
+    found = depth_candidates(model)
+    options = {o.key: o for o in depth_options(analysis, found, model_layers(analysis))}
+    offered, keys = {}, {}
+    for (start, end), ms in times.items():
+        if end - start == 1:
+            offered[(start, end)] = ms
+            continue
+        convs = tuple(numbered[start:end])
+        span = found.span(convs) or next((s for s in found.spans if s.convs == convs and s.skip), None)
+        if span is not None and merge_key(span) in options:
+            offered[(start, end)], keys[(start, end)] = ms, merge_key(span)
+    batch = torch.randn((8, *x.shape[1:]), generator=torch.Generator().manual_seed(7))
+    started = time.perf_counter()
+    costs = depth_costs(model, x, [options[k] for k in set(keys.values())], batch)
+    importance_seconds = time.perf_counter() - started
+    values = {span: -costs[key] for span, key in keys.items()}
+    unmerged = sum(times[(p, p + 1)] for p in range(n))
+    result = {"rows": len(times), "offered": len(offered), "importance_seconds": importance_seconds,
+              "unmerged_ms": unmerged, "budgets": {}}
+    for speedup in (1.41, 1.95):
+        budget = unmerged / speedup
+        started = time.perf_counter()
+        cut = span_dp(offered, values, n, budget)
+        seconds = time.perf_counter() - started
+        merged = [s for s in cut.spans if s[1] - s[0] > 1] if cut else []
+        result["budgets"][str(speedup)] = {
+            "budget_ms": budget, "latency_ms": cut.latency if cut else None, "merged": merged,
+            "cost": -cut.value if cut else None, "solve_seconds": seconds}
+        console.print(f"span table, {speedup}x ({budget:.2f} ms of {unmerged:.2f}): "
+                      + (f"{len(merged)} spans merged {merged}, table latency {cut.latency:.2f} ms, summed cost "
+                         f"{-cut.value:.4f}, solved in {seconds:.2f} s" if cut else "no cut fits"))
+    return result
+
+
+def cpu(console: Console, models: list[str], budgets: list[float]) -> list[dict]:
+    rows = []
+    threads, level = OnnxRuntime(load_target("cpu")).settings
+    for spec in models:
+        name, model, x = calibrated(spec)
+        batches = held_out_batches(x)
+        for budget in budgets:
+            with tempfile.TemporaryDirectory() as tmp:
+                for search in SEARCHES:
+                    row = compile_one(name, model, x, "cpu", budget, search, Path(tmp) / search)
+                    if "error" not in row:
+                        quality = fidelity(model, OnnxModule(Path(tmp) / search / "pruned.onnx", threads, level),
+                                           batches)
+                        row["cosine"] = quality.cosine
+                    rows.append({"model": spec, "budget": budget, **row})
+                    console.print(rows[-1])
+    return rows
+
+
+def digits(console: Console, budgets: list[float]) -> list[dict]:
+    from tests.data import digits as data
+
+    trained = data.fit()
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "digits.pt"
+        torch.save(trained.state_dict(), weights)
+        import os
+
+        os.environ["DIGITS_WEIGHTS"] = str(weights)
+        spec = f"{ROOT / 'tests' / 'data' / 'digits.py'}:digits_cnn"
+        loaded = load_model(spec)
+        _, _, test_x, test_y = data._split()
+
+        def accuracy(model: torch.nn.Module) -> float:
+            with torch.no_grad():
+                return float((model(test_x).argmax(1) == test_y).float().mean())
+
+        rows = [{"model": "digits", "budget": None, "search": "unpruned", "accuracy": accuracy(loaded.module)}]
+        for budget in budgets:
+            for search in SEARCHES:
+                out = Path(tmp) / f"{search}-{budget}"
+                row = compile_one(spec, loaded.module, loaded.example_input, "cpu", budget, search, out,
+                                  calib=f"{ROOT / 'tests' / 'data' / 'digits.py'}:unlabelled")
+                if "error" not in row:
+                    from hwprune.plan import load_plan
+                    from hwprune.transform.apply import realise
+
+                    plan = load_plan(out / "plan.json")
+                    model = realise(plan, analyze(loaded.module, loaded.example_input, spec, strict=False))
+                    model.load_state_dict(torch.load(out / "pruned.pt", weights_only=True))
+                    row["accuracy"] = accuracy(model.eval())
+                rows.append({"model": "digits", "budget": budget, **row})
+                console.print(rows[-1])
+    return rows
+
+
+def show(console: Console, title: str, rows: list[dict], quality: str) -> None:
+    table = Table(title=title)
+    for column in ("model", "budget", "search", "measured", "predicted", quality, "params kept", "layers",
+                   "merged", "dropped", "allocation", "search s/round"):
+        table.add_column(column, justify="left" if column in ("model", "search", "allocation") else "right")
+    for r in rows:
+        if "error" in r or r.get("search") == "unpruned":
+            table.add_row(r["model"], str(r.get("budget")), r["search"], r.get("error", "")[:60] or
+                          f"{100 * r['accuracy']:.1f}%")
+            continue
+        measured = "-" if r["measured"] is None else f"{r['measured']:.3f}"
+        value = r.get(quality)
+        table.add_row(r["model"], f"{r['budget']}", r["search"], measured, f"{r['predicted']:.3f}",
+                      "-" if value is None else (f"{100 * value:.1f}%" if quality == "accuracy" else f"{value:.4f}"),
+                      f"{r['params'] / r['params_before']:.2f}", f"{r['layers'][0]}->{r['layers'][1]}",
+                      str(r["merged"]), str(r["dropped"]), r["strategy"], f"{r['search_seconds']:.2f}")
+    console.print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="jetson,spantable,cpu,digits")
+    parser.add_argument("--models", default=",".join(CPU_MODELS))
+    parser.add_argument("--budgets", default="0.5,0.7")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    console = Console(width=200)
+    parts = args.parts.split(",")
+    budgets = [float(b) for b in args.budgets.split(",")]
+    results: dict = {}
+    if "jetson" in parts:
+        results["jetson"] = jetson(console)
+        show(console, "mobilenet_v2 on jetson-orin-nano at 0.5 (analytic, predicted)", [
+            {"model": "mobilenet_v2", "budget": 0.5, **r} for r in results["jetson"]], "cosine")
+    if "spantable" in parts:
+        results["spantable"] = span_table(console)
+    if "cpu" in parts:
+        results["cpu"] = cpu(console, args.models.split(","), budgets)
+        show(console, "cpu (onnxruntime, measured): width vs depth vs joint, calibrated random weights",
+             results["cpu"], "cosine")
+    if "digits" in parts:
+        results["digits"] = digits(console, budgets)
+        show(console, "cpu: a CNN trained on digits, held-out accuracy", results["digits"], "accuracy")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
