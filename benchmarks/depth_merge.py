@@ -1,14 +1,23 @@
 """Depth and merge joint with width: what the joint search buys, on a launch-bound target, on a
 published span table, and measured on this CPU.
 
-    python benchmarks/depth_merge.py [--parts jetson,spantable,cpu,digits] [--json FILE]
+    python benchmarks/depth_merge.py [--parts fixedcost,jetson,spantable,cpu,digits] [--json FILE]
+
+- ``fixedcost``: the per-layer fixed cost a launch-bound target charges, fitted on real TensorRT
+  measurements: on the RTX 2080 Ti span table (``gpu_analytic_check.py``'s fit: one constant per
+  timed layer beside the analytic op time), and on the whole-model torch2trt fp16 latencies of 29
+  torchvision models on Jetson Xavier and Nano (``../shared/data/jetson-trt-fp16-torchvision``):
+  latency = a x GFLOPs + b x activation MB + c x conv/linear layers, by non-negative least squares
+  on relative errors, over the models without channel concatenation or splits (DenseNet,
+  SqueezeNet and ShuffleNet pay for copies that no term here sees).
 
 - ``jetson``: ``compile torchvision:mobilenet_v2 --target jetson-orin-nano --latency 0.5`` with
   calibrated random weights (BatchNorm statistics set on noise, so outputs are not degenerate),
   ``--search width`` against ``--search joint``: parameters kept, conv/linear layers, merges and
-  drops, and output cosine on held-out noise. Predicted by the analytic model (no TensorRT here);
-  its per-layer fixed cost is the profile's ``launch_overhead_us``, whose check against the RTX
-  2080 Ti span table is ``benchmarks/gpu_analytic_check.py``.
+  drops, and output cosine on held-out noise. Predicted by the analytic model (no TensorRT here),
+  once with the profile's per-layer cost as shipped (``launch_overhead_us``, assumed) and once with
+  the cost fitted on the Jetson Xavier rows (the Orin Nano is measured nowhere here; Xavier is the
+  nearest device with data).
 - ``spantable``: the span DP (``search.spandp``) on the published TensorRT span table of
   MobileNetV2-1.0 (RTX 2080 Ti, ``../shared/data/trt-rtx2080ti-mobilenetv2``), with each span's
   importance measured here (1 - output cosine with its activations removed and its padding moved,
@@ -65,6 +74,8 @@ SEARCHES = ("width", "depth", "joint")
 
 
 def calibrated(spec: str) -> tuple[str, torch.nn.Module, torch.Tensor]:
+    """The model with seeded random weights, BatchNorm statistics set on seeded noise."""
+    torch.manual_seed(0)
     if spec.startswith("zoo:"):
         model, x = ZOO[spec[4:]]()
         name = spec
@@ -76,12 +87,13 @@ def calibrated(spec: str) -> tuple[str, torch.nn.Module, torch.Tensor]:
     return name, model, x
 
 
-def compile_one(name: str, model: torch.nn.Module, x: torch.Tensor, target: str, budget: float, search: str,
+def compile_one(name: str, model: torch.nn.Module, x: torch.Tensor, target, budget: float, search: str,
                 out: Path, calib: str | None = None) -> dict:
     started = time.perf_counter()
+    target = load_target(target) if isinstance(target, str) else target
     try:
         report = compile_model(LoadedModel(name, copy.deepcopy(model), x, "re-initialised by the benchmark", None),
-                               Options(load_target(target), Budget("latency", budget), calib_data=calib,
+                               Options(target, Budget("latency", budget), calib_data=calib,
                                        search=search), out, Console(quiet=True))
     except Exception as exc:  # a search that cannot reach the budget is a result here
         return {"search": search, "error": str(exc).splitlines()[0]}
@@ -94,19 +106,83 @@ def compile_one(name: str, model: torch.nn.Module, x: torch.Tensor, target: str,
             "dropped": len(depth["dropped"]), "search_seconds": max(rounds), "seconds": time.perf_counter() - started}
 
 
-def jetson(console: Console) -> list[dict]:
+JETSON_DATA = ROOT / ".." / "shared" / "data" / "jetson-trt-fp16-torchvision"
+# Channel concatenation and splits cost copies that neither FLOPs nor layer counts see: left out of the fit.
+CONCAT_MODELS = ("densenet", "squeezenet", "shufflenet")
+
+
+def fixed_cost(console: Console) -> dict:
+    """Per-layer fixed cost fitted on the span table and on the Jetson whole-model rows."""
+    from gpu_analytic_check import DEFAULT_DATA, TIMES, harness_ms, load_rows, mapped_layers
+
+    from hwprune.latency.predictor import nonnegative_least_squares
+    from hwprune.report import count_flops
+
+    rows = load_rows(DEFAULT_DATA / TIMES)
+    layers, _ = mapped_layers(rows)
+    spans = harness_ms(rows, layers, load_target("rtx-2080ti-trt84-fp32"))
+    singles = sum(r["ms"] for r in rows if r["end"] - r["st"] == 1)
+    result = {"rtx2080ti_span_table_ms": spans, "rtx2080ti_share_of_layer_sum": 50 * spans / singles}
+    console.print(f"RTX 2080 Ti span table (TensorRT 8.4 fp32, batch 128): {spans:.3f} ms per timed layer, "
+                  f"{100 * result['rtx2080ti_share_of_layer_sum']:.0f}% of the 50 layers' summed time")
+    shapes: dict[str, tuple[float, float, int]] = {}
+    for device in ("xavier", "nano"):
+        table = list(csv.DictReader((JETSON_DATA / f"jetson_{device}.csv").open()))
+        features, measured = [], []
+        for row in table:
+            name = row["model"]
+            if name.startswith(CONCAT_MODELS):
+                continue
+            if name not in shapes:
+                model = load_model(f"torchvision:{name}").module.eval()
+                x = torch.zeros(1, 3, 224, 224)
+                activations: list[int] = []
+
+                def record(_module, _inputs, output, into=activations) -> None:
+                    into.append(output.numel())
+
+                hooks = [m.register_forward_hook(record) for m in model.modules()
+                         if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+                flops = count_flops(model, x)
+                for hook in hooks:
+                    hook.remove()
+                shapes[name] = (flops / 1e9, 2 * sum(activations) / 1e6, len(hooks))
+            features.append(shapes[name])
+            measured.append(float(row["latency_ms_tensorrt"]))
+        import numpy
+
+        columns, targets = numpy.array(features), numpy.array(measured)
+        # relative errors: every model's latency counts alike, whatever its size
+        a, b, c = nonnegative_least_squares(columns / targets[:, None], numpy.ones_like(targets))
+        error = numpy.abs(columns @ numpy.array([a, b, c]) - targets) / targets
+        result[device] = {"ms_per_gflop": a, "ms_per_activation_mb": b, "us_per_layer": 1e3 * c,
+                          "mape": float(error.mean()), "models": len(targets)}
+        console.print(f"Jetson {device} (torch2trt fp16, batch 1, {len(targets)} models): {1e3 * c:.1f} us per "
+                      f"conv/linear layer, {a:.3f} ms/GFLOP, {b:.4f} ms/activation MB; fit MAPE "
+                      f"{100 * error.mean():.0f}%")
+    return result
+
+
+def jetson(console: Console, overhead_us: float | None = None) -> list[dict]:
+    from dataclasses import replace
+
     name, model, x = calibrated("mobilenet_v2")
+    target = load_target("jetson-orin-nano")
+    if overhead_us is not None:
+        target = replace(target, analytic=replace(target.analytic, launch_overhead_us=overhead_us))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for search in ("width", "joint"):
-            row = compile_one(name, model, x, "jetson-orin-nano", 0.5, search, Path(tmp) / search)
+            row = compile_one(name, model, x, target, 0.5, search, Path(tmp) / search)
+            row["launch_overhead_us"] = target.analytic.launch_overhead_us
             if "error" not in row:
                 threads, level = OnnxRuntime(load_target("cpu")).settings
                 quality = fidelity(model, OnnxModule(Path(tmp) / search / "pruned.onnx", threads, level),
                                    held_out_batches(x))
                 row["cosine"] = quality.cosine
             rows.append(row)
-            console.print(f"jetson-orin-nano mobilenet_v2 0.5 {search}: {row}")
+            console.print(f"jetson-orin-nano mobilenet_v2 0.5 {search} ({target.analytic.launch_overhead_us:.1f} us "
+                          f"per layer): {row}")
     return rows
 
 
@@ -229,7 +305,7 @@ def show(console: Console, title: str, rows: list[dict], quality: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="jetson,spantable,cpu,digits")
+    parser.add_argument("--parts", default="fixedcost,jetson,spantable,cpu,digits")
     parser.add_argument("--models", default=",".join(CPU_MODELS))
     parser.add_argument("--budgets", default="0.5,0.7")
     parser.add_argument("--json", type=Path)
@@ -239,10 +315,14 @@ def main() -> None:
     parts = args.parts.split(",")
     budgets = [float(b) for b in args.budgets.split(",")]
     results: dict = {}
+    if "fixedcost" in parts:
+        results["fixedcost"] = fixed_cost(console)
     if "jetson" in parts:
-        results["jetson"] = jetson(console)
-        show(console, "mobilenet_v2 on jetson-orin-nano at 0.5 (analytic, predicted)", [
-            {"model": "mobilenet_v2", "budget": 0.5, **r} for r in results["jetson"]], "cosine")
+        fitted = results.get("fixedcost", {}).get("xavier", {}).get("us_per_layer")
+        results["jetson"] = jetson(console) + ([] if fitted is None else jetson(console, fitted))
+        show(console, "mobilenet_v2 on jetson-orin-nano at 0.5 (analytic, predicted; per-layer cost as shipped, "
+                      "then fitted on Xavier)", [{"model": f"mobilenet_v2 ({r['launch_overhead_us']:.1f} us)",
+                                                  "budget": 0.5, **r} for r in results["jetson"]], "cosine")
     if "spantable" in parts:
         results["spantable"] = span_table(console)
     if "cpu" in parts:

@@ -246,12 +246,13 @@ def test_artefacts_get_the_usual_mode_and_log_lines_stay_whole(compiled, tmp_pat
 def test_ultralytics_compile_writes_a_checkpoint_ultralytics_loads(tmp_path):
     """A detector's compile also writes the pruned model as an Ultralytics checkpoint, which loads
     back (through hwprune's spec and so through Ultralytics) and computes what the verified ONNX
-    does; the report has each head's cosine. A TensorRT target keeps it quick (nothing measured)."""
+    does; the report has each head's cosine. A TensorRT target keeps it quick (nothing measured); at 64x64 a
+    GPU is launch-bound (no depth options: Ultralytics' forward does not trace with torch.fx), hence a budget near 1."""
     from hwprune.export.verify import verify_onnx
     from hwprune.models import load_model
 
-    argv = ["compile", "ultralytics:yolov8n.yaml", "--input-shape", "1,3,64,64", "--target", "jetson-orin-nano",
-            "--latency", "0.8", "--out", str(tmp_path)]
+    argv = ["compile", "ultralytics:yolov8n.yaml", "--input-shape", "1,3,64,64", "--target", "a100",
+            "--latency", "0.99", "--out", str(tmp_path)]
     assert main(argv) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert len(report["fidelity"]["per_output"]) == 2 and report["verify"]["ok"]

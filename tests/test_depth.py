@@ -42,7 +42,8 @@ def conv_chains(draw) -> tuple[list[nn.Conv2d], int]:
                                bias=draw(st.booleans())).double())
         strided = strided or stride > 1
         channels = out
-    size = draw(st.integers(9, 16))
+    reach = sum(c.kernel_size[0] - 1 for c in convs) + 1  # the merged kernel: the smallest map it runs on
+    size = draw(st.integers(max(reach, 9), reach + 8))
     return convs, size
 
 
