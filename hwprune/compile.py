@@ -32,6 +32,7 @@ from torch import nn
 
 from hwprune.calibration import Calibration, box_agreement, fidelity, load_calibration
 from hwprune.errors import HwpruneError, PlanError, first_line
+from hwprune.evaluate.batchnorm import recalibrate_batchnorm
 from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.export.verify import verified, verify_onnx
 from hwprune.graph.analyze import Analysis, analyze
@@ -60,9 +61,9 @@ from hwprune.transform.apply import finish, realise, realise_unmerged
 from hwprune.transform.depth import unmerged
 from hwprune.transform.trial import prove_prunable
 
-ARTEFACTS = ("report.json", "report.md", "plan.json", "pruned.pt", *NATIVE_FILES, "baseline.onnx", "pruned.onnx",
-             "plots", "build_engine.sh", "baseline.engine", "pruned.engine", "timing.cache", "recovered.onnx",
-             "recovered.pt", "recover")
+ARTEFACTS = ("report.json", "report.md", "plan.json", "pruned.pt", "pruned_unmerged.pt", *NATIVE_FILES,
+             "baseline.onnx", "pruned.onnx", "plots", "build_engine.sh", "baseline.engine", "pruned.engine",
+             "timing.cache", "recovered.onnx", "recovered.pt", "recover")
 
 
 def compile_model(loaded: LoadedModel, options: Options, out_dir: str | Path, console: Console | None = None
@@ -111,6 +112,9 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     for attempt in rounds:
         attempt.realised.onnx.unlink(missing_ok=True)
     torch.save(chosen.realised.model.state_dict(), stage / "pruned.pt")
+    if chosen.decision.plan.merge:  # what recovery trains: spans apart, activations removed (merged at export)
+        torch.save(realiser(chosen.decision.plan, measurer.recalibration, merge=False).state_dict(),
+                   stage / "pruned_unmerged.pt")
     native = save_native(chosen.realised.model, loaded.name, stage)
     if native:
         console.print(f"  {native}: the pruned model in its framework's format")
@@ -166,12 +170,18 @@ class Realiser:
         self.analysis = analysis
         self._last: tuple[str, nn.Module] | None = None
 
-    def __call__(self, plan: Plan, recalibration: Sequence[torch.Tensor] = ()) -> nn.Module:
+    def __call__(self, plan: Plan, recalibration: Sequence[torch.Tensor] = (), merge: bool = True) -> nn.Module:
+        """The realised plan; with ``merge`` False its spans still apart (BatchNorm re-estimated alike)."""
         decisions = {k: v for k, v in plan.to_json().items() if k in ("width", "depth", "merge", "sparsity")}
         key = json.dumps(decisions, sort_keys=True)
         if self._last is None or self._last[0] != key:
             self._last = (key, realise_unmerged(plan, self.analysis))
-        return finish(plan, self.analysis, copy.deepcopy(self._last[1]), recalibration)
+        model = copy.deepcopy(self._last[1])
+        if not merge:
+            if recalibration:
+                recalibrate_batchnorm(model, recalibration)
+            return model
+        return finish(plan, self.analysis, model, recalibration)
 
 
 @dataclass

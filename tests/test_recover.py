@@ -187,3 +187,29 @@ def test_folder_normalisation_follows_the_model_spec():
     assert spec_normalisation("torchvision:resnet18", 3) == (IMAGENET_MEAN, IMAGENET_STD)
     assert spec_normalisation("ultralytics:yolov8n.yaml", 3) == ((0.0,) * 3, (1.0,) * 3)  # pixels / 255
     assert spec_normalisation(MODEL, 1) == ((0.0,), (1.0,))
+
+
+def test_a_merged_span_trains_apart_and_merges_at_export(compiled, tmp_path, monkeypatch):
+    """A depth-only plan merges the first two convs (their ReLU removed); recovery trains them apart,
+    from the compile's unmerged weights, and exports the merged model, which the plan rebuilds."""
+    from hwprune.graph.analyze import analyze
+    from hwprune.models import load_model
+    from hwprune.plan import load_plan
+    from hwprune.transform.apply import realise
+
+    monkeypatch.setenv("DIGITS_WEIGHTS", str(compiled / "weights.pt"))
+    monkeypatch.setenv("HWPRUNE_CACHE", str(compiled / "cache"))
+    build = tmp_path / "depth"
+    assert main(["compile", MODEL, "--target", "cpu", "--latency", "0.6", "--search", "depth", "--calib-data",
+                 fn("calib"), "--out", str(build)]) == 0
+    plan = load_plan(build / "plan.json")
+    assert plan.merge and (build / "pruned_unmerged.pt").is_file()
+    assert recover(build) == 0
+    section = json.loads((build / "report.json").read_text())["recovery"]
+    assert section["after"]["accuracy"] > section["before"]["accuracy"] and section["verify"]["ok"]
+    loaded = load_model(MODEL)
+    rebuilt = realise(plan, analyze(loaded.module, loaded.example_input, MODEL, strict=False))
+    rebuilt.load_state_dict(torch.load(build / "recovered.pt", weights_only=True))
+    from hwprune.export.verify import verify_onnx
+
+    assert verify_onnx(rebuilt.eval(), build / "recovered.onnx", [loaded.example_input]).ok

@@ -39,7 +39,8 @@ from hwprune.recover.distill import Recipe, Trained, distil
 from hwprune.recover.world import World, join
 from hwprune.runtime import runtime_for
 from hwprune.targets import load_target
-from hwprune.transform.apply import realise
+from hwprune.transform.apply import realise, realise_unmerged
+from hwprune.transform.depth import merged
 
 CHECKPOINT_FORMAT = "hwprune-recovery-checkpoint/1"
 EVAL_BATCHES = 64  # at most this many batches of --eval-data (or of --data when none) for fidelity
@@ -97,8 +98,8 @@ def _recover(build: Path, options: RecoverOptions, console: Console, world: Worl
             _save_checkpoint(checkpoint_path, identity, student, recipe, done, optimiser_state)
 
     with _progress_bar(console, world, recipe.epochs * len(data), progress.epoch * len(data)) as on_batch:
-        distil(teacher, student, data, recipe, world, progress, state, _feature_layers(plan), on_batch=on_batch,
-               on_epoch=on_epoch)
+        distil(teacher, student, data, recipe, world, progress, state, _feature_layers(plan, student),
+               on_batch=on_batch, on_epoch=on_epoch)
     after = _evaluate(teacher, student, evaluation, world.device)
     section = {"data": options.data, "eval_data": options.eval_data or options.data, "samples": data.samples,
                "processes": world.size, "device": str(world.device), "recipe": asdict(recipe),
@@ -106,7 +107,8 @@ def _recover(build: Path, options: RecoverOptions, console: Console, world: Worl
                "batchnorm": "trained with the student (batch statistics; running statistics updated)",
                "before": before, "after": after}
     if world.main:
-        section.update(_publish(build, plan, student.cpu(), x, section, console))
+        student = merged(student.cpu().eval(), x, plan.merge)
+        section.update(_publish(build, plan, student, x, section, console))
     world.barrier()
     return section
 
@@ -145,10 +147,12 @@ def _models(build: Path) -> tuple[Plan, nn.Module, nn.Module, torch.Tensor]:
     teacher = loaded.module.eval()
     analysis = analyze(copy.deepcopy(teacher), loaded.example_input, loaded.name, exclude=provenance.exclude,
                        strict=False)
-    student = realise(plan, analysis)
-    weights = build / "pruned.pt"
+    # Merged spans train apart (activations removed, padding moved) and merge at export: the compile
+    # keeps that form's weights beside the merged ones.
+    student = realise_unmerged(plan, analysis) if plan.merge else realise(plan, analysis)
+    weights = build / ("pruned_unmerged.pt" if plan.merge else "pruned.pt")
     if not weights.is_file():
-        raise PlanError(f"{build}: no pruned.pt beside the plan")
+        raise PlanError(f"{build}: no {weights.name} beside the plan")
     try:
         student.load_state_dict(torch.load(weights, weights_only=True))
     except RuntimeError as exc:
@@ -210,11 +214,15 @@ def _resume(path: Path, identity: str, student: nn.Module, recipe: Recipe) -> tu
     return Trained(**saved["progress"]), {"optimiser": saved["optimiser"], "schedule": saved["schedule"]}
 
 
-def _feature_layers(plan: Plan) -> dict[str, list[int]]:
+def _feature_layers(plan: Plan, student: nn.Module) -> dict[str, list[int]]:
     """Each pruned group's root layer with the channels the plan kept (unconstrained groups, whose
-    channels the export may reorder, and attention heads are left out)."""
+    channels the export may reorder, attention heads, layers of a merged span, whose maps the
+    padding move enlarges, and layers a dropped block took are left out)."""
+    present = dict(student.named_modules())
+    merging = {conv for entry in plan.merge for conv in entry["convs"]}
     return {gid: d.indices for gid, d in plan.width.items()
-            if d.keep < d.of and d.readers is None and not gid.endswith(":heads")}
+            if d.keep < d.of and d.readers is None and not gid.endswith(":heads") and gid in present
+            and gid not in merging}
 
 
 def _publish(build: Path, plan: Plan, student: nn.Module, x: torch.Tensor, section: dict,
