@@ -1,8 +1,9 @@
 """Does `hwprune compile` hit the requested speedup, and is it more faithful than uniform pruning?
 
 For each model and latency budget on the ``cpu`` target: run the whole compile (cached latency
-table, random weights, random calibration inputs) and read the measured speedup from its
-report. Then prune the same weights with torch-pruning's uniform L1-magnitude pruning, with and
+table, random weights, random calibration inputs; ``--search width``: this compares channel
+allocation with uniform channel pruning, depth is ``depth_merge.py``'s) and read the measured
+speedup from its report. Then prune the same weights with torch-pruning's uniform L1-magnitude pruning, with and
 without ``round_to`` (the target's channel alignment), bisecting the pruning ratio until its
 measured latency matches hwprune's (each measured against the same baseline ONNX, interleaved),
 and compare fidelity to the unpruned model (mean cosine of outputs, top-1 agreement) on the same
@@ -124,7 +125,8 @@ def run(name: str, budget: float, target, importance: str, console: Console) -> 
         tmp = Path(tmp)
         started = time.perf_counter()
         model = LoadedModel(loaded.name, copy.deepcopy(original), x, "re-initialised by the benchmark", None)
-        report = compile_model(model, Options(target, Budget("latency", budget), importance=importance), tmp / "out",
+        report = compile_model(model, Options(target, Budget("latency", budget), importance=importance,
+                                              search="width"), tmp / "out",
                                Console(quiet=True))
         seconds = time.perf_counter() - started
         achieved = 1.0 / report.speedup.measured

@@ -123,7 +123,7 @@ def main() -> None:
             for variant in ("unconstrained", "off", "on"):  # the constrained, recalibrated compile last
                 options = Options(target, Budget("latency", budget), importance=args.importance, calib_data=calib,
                                   recalibrate_bn="on" if variant == "unconstrained" else variant,
-                                  unconstrained=variant == "unconstrained")
+                                  unconstrained=variant == "unconstrained", search="width")
                 loaded = LoadedModel("digits_cnn", copy.deepcopy(model), example, "trained on digits", None)
                 report = compile_model(loaded, options, out,
                                        Console(quiet=True))

@@ -11,7 +11,11 @@ hide the model's). For each budget:
   trained), with BatchNorm re-estimated only (the compile's ``pruned.pt``), and after ``hwprune
   recover`` (distillation with labels for ``--recover-epochs``);
 - torch-pruning's uniform L1 pruning with ``round_to=16`` is bisected to the same measured latency,
-  given the same BatchNorm re-estimation and the same distillation recipe.
+  given the same BatchNorm re-estimation and the same distillation recipe;
+- since uniform's latency moves in steps of 16 channels, the bisection rarely lands on the budget:
+  hwprune is compiled again at the fraction uniform reached, the two pruned models are timed against
+  each other in one interleaved run, and that build is recovered with the same recipe, so the
+  comparison at equal latency is made where uniform actually is.
 
 Then the 0.5 build is recovered again by ``torchrun --nproc_per_node 2`` (gloo): its loss curve
 beside the one-process curve (same seeds, same global batch) and the throughput of each.
@@ -41,6 +45,7 @@ from rich.table import Table
 from torch import nn
 
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm
+from hwprune.export.onnx_export import export_onnx
 from hwprune.graph.analyze import analyze
 from hwprune.models import load_model
 from hwprune.plan import load_plan
@@ -48,7 +53,8 @@ from hwprune.recover.data import open_data
 from hwprune.recover.distill import Recipe, Trained, distil
 from hwprune.recover.run import RecoverOptions, recover
 from hwprune.recover.world import World
-from hwprune.runtime.ort import OnnxRuntime, make_session
+from hwprune.runtime.ort import OnnxRuntime, make_session, random_feeds
+from hwprune.runtime.timing import interleave
 from hwprune.targets import load_target
 from hwprune.transform.apply import realise
 
@@ -183,6 +189,35 @@ def student_of(build: Path, weights: str | None) -> nn.Module:
     return model.eval()
 
 
+def compile_and_recover(cli, spec: str, data: str, budget: float, build: Path, recipe: Recipe,
+                        test_x: torch.Tensor, test_y: torch.Tensor, console: Console) -> dict:
+    """``hwprune compile`` at ``budget`` then ``hwprune recover``: speedup and the three accuracies."""
+    code = cli(["compile", spec, "--target", "cpu", "--latency", str(budget), "--search", "width", "--calib-data",
+                f"{data}:calib", "--out", str(build)])
+    if code:
+        raise SystemExit(f"compile at {budget} failed")
+    report = json.loads((build / "report.json").read_text())
+    row = {"speedup": report["speedup"]["measured"],
+           "keep": {gid: f"{d['keep']}/{d['of']}" for gid, d in
+                    json.loads((build / "plan.json").read_text())["width"].items()},
+           "none": accuracy(student_of(build, None), test_x, test_y),
+           "bn": accuracy(student_of(build, "pruned.pt"), test_x, test_y)}
+    started = time.perf_counter()
+    section = recover(build, RecoverOptions(f"{data}:train", f"{data}:test", recipe), console)
+    row["recover_seconds"] = time.perf_counter() - started
+    row["recovered"] = accuracy(student_of(build, "recovered.pt"), test_x, test_y)
+    row["loss"], row["samples_per_second"] = section["loss"], section["samples_per_second"]
+    return row
+
+
+def head_to_head(ours: Path, uniform: nn.Module, x: torch.Tensor, work: Path, threads: int, level: str) -> float:
+    """hwprune's latency over uniform's, both timed in one interleaved run (medians of per-round ratios)."""
+    theirs = make_session(str(export_onnx(uniform, x, work / "uniform.onnx")), threads, level)
+    session = make_session(str(ours), threads, level)
+    feeds = random_feeds(theirs)
+    return interleave([lambda: theirs.run(None, feeds), lambda: session.run(None, feeds)], rounds=30).ratios[1]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -226,22 +261,8 @@ def main() -> None:
 
         for budget in (float(b) for b in args.budgets.split(",")):
             build = work / f"build-{budget}"
-            code = cli(["compile", spec, "--target", "cpu", "--latency", str(budget), "--calib-data",
-                        f"{data}:calib", "--out", str(build)])
-            if code:
-                raise SystemExit(f"compile at {budget} failed")
-            report = json.loads((build / "report.json").read_text())
-            speedup = report["speedup"]["measured"]
-            row = {"speedup": speedup, "keep": {gid: f"{d['keep']}/{d['of']}" for gid, d in
-                                                json.loads((build / "plan.json").read_text())["width"].items()},
-                   "none": accuracy(student_of(build, None), test_x, test_y),
-                   "bn": accuracy(student_of(build, "pruned.pt"), test_x, test_y)}
-            started = time.perf_counter()
-            section = recover(build, RecoverOptions(f"{data}:train", f"{data}:test", recipe), console)
-            row["recover_seconds"] = time.perf_counter() - started
-            row["recovered"] = accuracy(student_of(build, "recovered.pt"), test_x, test_y)
-            row["loss"], row["samples_per_second"] = section["loss"], section["samples_per_second"]
-
+            row = compile_and_recover(cli, spec, data, budget, build, recipe, test_x, test_y, console)
+            speedup = row["speedup"]
             session = make_session(str(build / "baseline.onnx"), threads, level)
             match = matched_uniform(teacher, test_x[:1].clone(), 1.0 / speedup, target.channel_alignment, session,
                                     threads, level, work)
@@ -253,12 +274,19 @@ def main() -> None:
                                                               recipe.seed), recipe, World(0, 1, torch.device("cpu")),
                    Trained())
             row["uniform_recovered"] = accuracy(uniform, test_x, test_y)
+            matched = compile_and_recover(cli, spec, data, round(match["fraction"], 3), work / f"matched-{budget}",
+                                          recipe, test_x, test_y, console)
+            matched["versus_uniform"] = head_to_head(work / f"matched-{budget}" / "pruned.onnx", uniform,
+                                                     test_x[:1].clone(), work, threads, level)
+            row["matched"] = matched
             results["budgets"][str(budget)] = row
             console.print(f"budget {budget}: hwprune {speedup:.2f}x: {100 * row['none']:.2f}% without recovery, "
                           f"{100 * row['bn']:.2f}% BN only, {100 * row['recovered']:.2f}% after "
                           f"{recipe.epochs} epochs ({row['recover_seconds'] / 60:.1f} min); uniform round_to=16 at "
                           f"fraction {row['uniform_fraction']:.3f}: {100 * row['uniform_bn']:.2f}% BN only, "
-                          f"{100 * row['uniform_recovered']:.2f}% after")
+                          f"{100 * row['uniform_recovered']:.2f}% after; hwprune at uniform's fraction: latency "
+                          f"{matched['versus_uniform']:.3f}x uniform's, {100 * matched['bn']:.2f}% BN only, "
+                          f"{100 * matched['recovered']:.2f}% after")
 
         first = work / f"build-{args.budgets.split(',')[0]}"
         two = work / "two-processes"
@@ -276,12 +304,15 @@ def main() -> None:
                         f"({results['train_seconds'] / 60:.1f} min): test accuracy "
                         f"{100 * results['baseline_accuracy']:.2f}%")
     for column in ("budget", "hwprune speedup", "no recovery", "BN only", f"distilled {args.recover_epochs} ep",
-                   "uniform r16 latency", "uniform BN only", "uniform distilled"):
+                   "uniform r16 latency", "uniform BN only", "uniform distilled", "hwprune at uniform's: latency",
+                   "BN only", "distilled"):
         table.add_column(column, justify="right")
     for budget, row in results["budgets"].items():
         table.add_row(budget, f"{row['speedup']:.2f}x", f"{100 * row['none']:.2f}%", f"{100 * row['bn']:.2f}%",
                       f"{100 * row['recovered']:.2f}%", f"{row['uniform_fraction']:.3f}",
-                      f"{100 * row['uniform_bn']:.2f}%", f"{100 * row['uniform_recovered']:.2f}%")
+                      f"{100 * row['uniform_bn']:.2f}%", f"{100 * row['uniform_recovered']:.2f}%",
+                      f"{row['matched']['versus_uniform']:.3f}x uniform", f"{100 * row['matched']['bn']:.2f}%",
+                      f"{100 * row['matched']['recovered']:.2f}%")
     console.print(table)
     one = results["budgets"][args.budgets.split(",")[0]]
     console.print(f"loss per epoch, 1 process: {[round(v, 4) for v in one['loss']]}, "
