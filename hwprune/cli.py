@@ -70,7 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_model_arguments(compile_)
     compile_.add_argument("--target", default="cpu", help="device profile (default: cpu)")
     budget = compile_.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--latency", type=float, metavar="F", help="latency budget as a fraction of the baseline")
+    budget.add_argument("--latency", metavar="F[,F...]",
+                        help="latency budget as a fraction of the baseline; several (0.4,0.5,0.6) compile a "
+                             "frontier: one build folder per point under --out, sharing one analysis, latency "
+                             "table and importance, and frontier.json / frontier.png (latency against fidelity)")
     budget.add_argument("--speedup", type=float, metavar="S", help="required speedup over the baseline")
     budget.add_argument("--budget-ms", type=float, metavar="MS", help="latency budget in milliseconds")
     compile_.add_argument("--importance", default="activation", choices=("l1", "l2", "bn", "taylor", "activation"),
@@ -384,8 +387,9 @@ def _run_compile(args: argparse.Namespace) -> int:
     from hwprune.options import Budget, Options
     from hwprune.targets import load_target
 
-    if args.latency is not None:
-        budget = Budget("latency", args.latency)
+    fractions = _fractions(args.latency) if args.latency is not None else []
+    if fractions:
+        budget = Budget("latency", fractions[0])
     elif args.speedup is not None:
         budget = Budget("speedup", args.speedup)
     else:
@@ -403,11 +407,37 @@ def _run_compile(args: argparse.Namespace) -> int:
                       recalibrate_bn=args.recalibrate_bn, allocation=args.allocation, search=args.search,
                       unconstrained=args.unconstrained,
                       recovery=_recover_options(args, "recover_") if args.recover_data else None)
-    report = compile_model(_load(args), options, args.out, Console(stderr=True, soft_wrap=True))
+    console = Console(stderr=True, soft_wrap=True)
+    if len(fractions) > 1:
+        from hwprune.compile import compile_frontier
+
+        if options.recovery is not None:
+            raise HwpruneError("--recover-data recovers one build: run hwprune recover on the frontier point you pick")
+        for report in compile_frontier(_load(args), options, fractions, args.out, console):
+            print(_compile_summary(report))
+        print(f"wrote {args.out}/: latency-F/ per point ({', '.join(f'{f:g}' for f in fractions)}), frontier.json, "
+              "frontier.png")
+        return 0
+    report = compile_model(_load(args), options, args.out, console)
     print(_compile_summary(report))
     print(f"wrote {args.out}/: report.json, report.md, plan.json, baseline.onnx, pruned.onnx, pruned.pt, plots/"
           + (", build_engine.sh" if (Path(args.out) / "build_engine.sh").exists() else ""))
     return 0
+
+
+def _fractions(text: str) -> list[float]:
+    """``--latency 0.5`` or ``0.4,0.5,0.6``: each a fraction in (0, 1), no repeats, ascending."""
+    from hwprune.options import Budget
+
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise HwpruneError(f"--latency {text}: give a fraction or comma-separated fractions (0.4,0.5)") from None
+    for value in values:
+        Budget("latency", value)  # checks the range
+    if len(set(values)) != len(values):
+        raise HwpruneError(f"--latency {text}: a fraction is repeated")
+    return sorted(values)
 
 
 def _compile_summary(report) -> str:

@@ -21,7 +21,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -47,7 +47,7 @@ from hwprune.latency.model_latency import offline_predictor, open_table, predict
 from hwprune.latency.predictor import TablePredictor, op_ms
 from hwprune.latency.profiler import profile
 from hwprune.models import NATIVE_FILES, LoadedModel, save_native, state_digest
-from hwprune.options import Options
+from hwprune.options import Budget, Options
 from hwprune.plan import Plan, Provenance
 from hwprune.profiling import profile_model
 from hwprune.render import markdown, write_plots
@@ -72,7 +72,8 @@ def compile_model(loaded: LoadedModel, options: Options, out_dir: str | Path, co
     lines go to ``console`` (default: stderr, never wrapped, so CI logs keep each line whole)."""
     console = console or Console(stderr=True, soft_wrap=True)
     with staged(Path(out_dir), ARTEFACTS) as stage:  # report.json moves last: its presence means finished
-        report = _compile(loaded, options, stage, console)
+        shared = _prepare(loaded, options, stage, console)
+        report = _compile_point(shared, options, stage, console)
         if options.recovery is not None:
             from hwprune.recover.run import recover
 
@@ -80,7 +81,50 @@ def compile_model(loaded: LoadedModel, options: Options, out_dir: str | Path, co
         return report
 
 
-def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Console) -> Report:
+def compile_frontier(loaded: LoadedModel, options: Options, fractions: Sequence[float], out_dir: str | Path,
+                     console: Console | None = None) -> list[Report]:
+    """One compile per latency fraction, each in ``out_dir/latency-F/`` with its own search and measured
+    refinement, sharing one analysis, latency table and importance tables; then ``out_dir/frontier.json``
+    and ``frontier.png`` (measured latency against fidelity), written last."""
+    from hwprune.render import write_frontier
+
+    console = console or Console(stderr=True, soft_wrap=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    reports: list[Report] = []
+    shared = None
+    for fraction in fractions:
+        point = replace(options, budget=Budget("latency", fraction))
+        console.print(f"[bold]frontier point: latency {fraction:g}[/bold]")
+        folder = out / f"latency-{fraction:g}"
+        with staged(folder, ARTEFACTS) as stage:
+            shared = shared or _prepare(loaded, point, stage, console)
+            reports.append(_compile_point(shared, point, stage, console))
+        shared.baseline_onnx = folder / "baseline.onnx"  # the staged copy moved here
+    with staged(out, ("frontier.json", "frontier.png")) as stage:
+        write_frontier(reports, fractions, stage)
+    return reports
+
+
+@dataclass
+class Shared:
+    """What every budget of one model's compile shares: analysis, cost model, calibration, scores."""
+
+    loaded: LoadedModel
+    analysis: Analysis
+    runtime: Runtime
+    predictor: TablePredictor
+    table_path: Path | None
+    baseline_onnx: Path  # where the baseline was exported; a frontier's later points copy it
+    baseline_source: str
+    calibration: Calibration
+    digest: str
+    realiser: Realiser
+    search: WidthSearch | None = None
+    started: float = 0.0
+
+
+def _prepare(loaded: LoadedModel, options: Options, stage: Path, console: Console) -> Shared:
     started, step = time.perf_counter(), partial(_step, console)
     target, x = options.target, loaded.example_input
     calibration = load_calibration(options.calib_data, x)  # bad --calib-data fails before any work
@@ -96,15 +140,30 @@ def _compile(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     with step("export baseline"):
         baseline_onnx, baseline_source = _baseline(loaded, analysis, options, stage)
         console.print(f"  baseline: {baseline_source}")
-    realiser = Realiser(analysis)
+    return Shared(loaded, analysis, runtime, predictor, table_path, baseline_onnx, baseline_source, calibration,
+                  digest, Realiser(analysis), started=started)
+
+
+def _compile_point(shared: Shared, options: Options, stage: Path, console: Console) -> Report:
+    step = partial(_step, console)
+    started = time.perf_counter() if shared.search is not None else shared.started
+    loaded, analysis, runtime, predictor = shared.loaded, shared.analysis, shared.runtime, shared.predictor
+    target, x, calibration = options.target, loaded.example_input, shared.calibration
+    if shared.baseline_onnx != stage / "baseline.onnx":
+        shutil.copyfile(shared.baseline_onnx, stage / "baseline.onnx")
+    baseline_onnx, baseline_source = stage / "baseline.onnx", shared.baseline_source
+    realiser = shared.realiser
     measurer = Measurer.start(realiser, options, runtime, stage, baseline_onnx, calibration)
     baseline_predicted = predictor.predict({}).total_ms
     fraction = options.budget.fraction(measurer.baseline_ms if measurer.measurable else baseline_predicted)
-    provenance = Provenance(loaded.name, loaded.weights, loaded.seed, list(x.shape), list(options.exclude), digest,
-                            target.name, {"kind": options.budget.kind, "value": options.budget.value,
-                                          "latency_fraction": fraction}, predictor.provenance(), options.importance)
-    search = _width_search(realiser, predictor, options, calibration, measurer.recalibration, provenance, table_path,
-                           step, console)
+    provenance = Provenance(loaded.name, loaded.weights, loaded.seed, list(x.shape), list(options.exclude),
+                            shared.digest, target.name, {"kind": options.budget.kind, "value": options.budget.value,
+                                                         "latency_fraction": fraction}, predictor.provenance(),
+                            options.importance)
+    if shared.search is None:
+        shared.search = _width_search(realiser, predictor, options, calibration, measurer.recalibration, provenance,
+                                      shared.table_path, step, console)
+    search = replace(shared.search, provenance=provenance)
     rounds = refine(partial(_announced, search, step), measurer, fraction, fraction * baseline_predicted,
                     options.refine + 1 if measurer.measurable else 1, partial(_print_round, console, fraction))
     chosen = pick(rounds, fraction)

@@ -188,3 +188,38 @@ def _speed_line(report: Report) -> str:
             f"Measured with {method['runtime']}{settings}: {method['method']}.")
 
 
+
+
+def write_frontier(reports: list[Report], fractions: list[float], folder: Path) -> None:
+    """``frontier.json`` (one row per point) and ``frontier.png``: measured (else predicted) latency
+    against output cosine, so a user picks a point by looking (Partial Order Pruning's front)."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for fraction, report in zip(fractions, reports, strict=True):
+        measured = report.speedup.measured
+        depth = report.depth or {"merged": [], "dropped": [], "layers_before": None, "layers_after": None}
+        rows.append({"requested": fraction, "folder": f"latency-{fraction:g}",
+                     "measured_fraction": None if measured is None else 1 / measured,
+                     "predicted_fraction": 1 / report.speedup.predicted, "cosine": report.fidelity.cosine,
+                     "top1_agreement": report.fidelity.top1_agreement, "params": report.pruned.params,
+                     "layers": depth["layers_after"], "merged": len(depth["merged"]),
+                     "dropped": len(depth["dropped"]), "met": report.budget.met})
+    (folder / "frontier.json").write_text(json.dumps({"model": reports[0].model, "target": reports[0].target,
+                                                      "points": rows}, indent=1) + "\n")
+    measured = all(r["measured_fraction"] is not None for r in rows)
+    x = [r["measured_fraction"] if measured else r["predicted_fraction"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(x, [r["cosine"] for r in rows], "o-")
+    for r, at in zip(rows, x, strict=True):
+        ax.annotate(f"{r['requested']:g}", (at, r["cosine"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel(("measured" if measured else "predicted") + " latency / baseline")
+    ax.set_ylabel("output cosine to the unpruned model")
+    ax.set_title(f"{_short(reports[0].model)} on {reports[0].target}: latency vs fidelity")
+    fig.tight_layout()
+    _save(fig, folder / "frontier.png", plt)
