@@ -284,6 +284,13 @@ def test_compile_on_a_launch_bound_target_merges_or_drops_and_verifies(tmp_path)
     assert report.search.strategy == "joint" and report.verify.ok
     assert report.depth["layers_after"] < report.depth["layers_before"]
     assert "merged" in (tmp_path / "out" / "report.md").read_text()
+    from hwprune.cli import main  # apply rebuilds the same model from the plan alone
+
+    assert main(["apply", str(tmp_path / "out" / "plan.json"), "tests/data/small_models.py:small_resnet",
+                 "--out", str(tmp_path / "applied")]) == 0
+    compiled = torch.load(tmp_path / "out" / "pruned.pt", weights_only=True)
+    applied = torch.load(tmp_path / "applied" / "pruned.pt", weights_only=True)
+    assert compiled.keys() == applied.keys() and all(torch.equal(compiled[k], applied[k]) for k in compiled)
 
 
 def test_analyze_lists_depth_candidates_and_says_so_when_there_are_none(tmp_path, capsys):
