@@ -148,7 +148,7 @@ def non_overlapping(found, with_blocks: bool = True):
     return merge, drop
 
 
-@pytest.mark.parametrize("name", [n for n in CONV_ZOO if not n.startswith("tv_")] + ["tv_mobilenet_v2"])
+@pytest.mark.parametrize("name", [n for n in CONV_ZOO if not n.startswith("tv_")] + ["tv_mobilenet_v2", "tv_resnet18"])
 def test_zoo_merges_and_drops_are_exact_and_export(name, tmp_path):
     model, x = ZOO[name]()
     found = depth_candidates(model)

@@ -277,7 +277,10 @@ def _blocks(graph: fx.GraphModule, modules: dict[str, nn.Module]) -> list[Block]
         if found is None:
             continue
         _, branch = found
-        layers = tuple(n.target for n in branch if n.op == "call_module")
+        inside = set(branch)
+        # a module also called outside the branch (a ResNet block's one ReLU, used after the add too) stays
+        outside = {n.target for n in graph.graph.nodes if n.op == "call_module" and n not in inside}
+        layers = tuple(dict.fromkeys(n.target for n in branch if n.op == "call_module" and n.target not in outside))
         if not any(isinstance(modules[t], nn.Conv2d | nn.Linear) for t in layers):
             continue
         blocks.append(Block(_owner([node, *branch]), node.name, layers))
