@@ -20,7 +20,7 @@ hide the model's). For each budget:
 Then the 0.5 build is recovered again by ``torchrun --nproc_per_node 2`` (gloo): its loss curve
 beside the one-process curve (same seeds, same global batch) and the throughput of each.
 
-    pip install -e ".[bench]" && python benchmarks/recovery.py [--budgets 0.5,0.7] [--size 32]
+    pip install -e ".[bench]" && python benchmarks/recovery.py [--budgets 0.5,0.7] [--size 32] [--one-process]
 """
 
 from __future__ import annotations
@@ -232,6 +232,7 @@ def main() -> None:
     parser.add_argument("--recover-epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--one-process", action="store_true", help="skip the torchrun run")
     args = parser.parse_args()
     console = Console(width=180)
     ensure_dataset(console)
@@ -288,16 +289,18 @@ def main() -> None:
                           f"{matched['versus_uniform']:.3f}x uniform's, {100 * matched['bn']:.2f}% BN only, "
                           f"{100 * matched['recovered']:.2f}% after")
 
-        first = work / f"build-{args.budgets.split(',')[0]}"
-        two = work / "two-processes"
-        shutil.copytree(first, two)
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                   str(free_port()), "-m", "hwprune", "recover", str(two), "--data", f"{data}:train", "--eval-data",
-                   f"{data}:test", "--epochs", str(recipe.epochs), "--batch-size", str(recipe.batch_size)]
-        subprocess.run(command, check=True, env=dict(os.environ))
-        section = json.loads((two / "report.json").read_text())["recovery"]
-        results["two_processes"] = {"loss": section["loss"], "samples_per_second": section["samples_per_second"],
-                                    "recovered": accuracy(student_of(two, "recovered.pt"), test_x, test_y)}
+        if not args.one_process:
+            first = work / f"build-{args.budgets.split(',')[0]}"
+            two = work / "two-processes"
+            shutil.copytree(first, two)
+            command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                       str(free_port()), "-m", "hwprune", "recover", str(two), "--data", f"{data}:train",
+                       "--eval-data", f"{data}:test", "--epochs", str(recipe.epochs), "--batch-size",
+                       str(recipe.batch_size)]
+            subprocess.run(command, check=True, env=dict(os.environ))
+            section = json.loads((two / "report.json").read_text())["recovery"]
+            results["two_processes"] = {"loss": section["loss"], "samples_per_second": section["samples_per_second"],
+                                        "recovered": accuracy(student_of(two, "recovered.pt"), test_x, test_y)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     table = Table(title=f"Fashion-MNIST {args.size}x{args.size}, CNN trained {args.train_epochs} epochs "
@@ -315,11 +318,12 @@ def main() -> None:
                       f"{100 * row['matched']['recovered']:.2f}%")
     console.print(table)
     one = results["budgets"][args.budgets.split(",")[0]]
-    console.print(f"loss per epoch, 1 process: {[round(v, 4) for v in one['loss']]}, "
-                  f"{[round(v) for v in one['samples_per_second']]} samples/s; 2 processes: "
-                  f"{[round(v, 4) for v in results['two_processes']['loss']]}, "
-                  f"{[round(v) for v in results['two_processes']['samples_per_second']]} samples/s, accuracy "
-                  f"{100 * results['two_processes']['recovered']:.2f}%")
+    if "two_processes" in results:
+        console.print(f"loss per epoch, 1 process: {[round(v, 4) for v in one['loss']]}, "
+                      f"{[round(v) for v in one['samples_per_second']]} samples/s; 2 processes: "
+                      f"{[round(v, 4) for v in results['two_processes']['loss']]}, "
+                      f"{[round(v) for v in results['two_processes']['samples_per_second']]} samples/s, accuracy "
+                      f"{100 * results['two_processes']['recovered']:.2f}%")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
