@@ -99,6 +99,10 @@ def _parser() -> argparse.ArgumentParser:
                                "activations between them removed, residual blocks dropped), or both in one "
                                "knapsack (default: joint, offered beside the width-only allocations, the most "
                                "faithful on the calibration inputs winning; width with --unconstrained)")
+    compile_.add_argument("--depth-distil-steps", type=int, default=0, metavar="N",
+                          help="cost each depth option after N steps of distillation from the unpruned model on "
+                               "the calibration inputs (LayerMerge's stronger proxy; a copy and N steps per "
+                               "option) instead of by its output change alone (default 0)")
     compile_.add_argument("--unconstrained", action="store_true",
                           help="UPSCALE-style: every layer reading a shared tensor keeps its own input channels "
                                "(producers keep the union); exported with channels reordered to minimise gathers")
@@ -405,6 +409,7 @@ def _run_compile(args: argparse.Namespace) -> int:
                       Path(args.lut) if args.lut else None, args.refine, exclude=tuple(args.exclude),
                       atol=args.atol, rtol=args.rtol, dynamic_batch=args.dynamic_batch,
                       recalibrate_bn=args.recalibrate_bn, allocation=args.allocation, search=args.search,
+                      depth_distil_steps=args.depth_distil_steps,
                       unconstrained=args.unconstrained,
                       recovery=_recover_options(args, "recover_") if args.recover_data else None)
     console = Console(stderr=True, soft_wrap=True)

@@ -337,9 +337,12 @@ def _width_search(realiser: Realiser, predictor: TablePredictor, options: Option
         costs = {}
         if options.search != "width" and predictor.options:
             started = time.perf_counter()
+            steps = options.depth_distil_steps
+            training = calibration.batches[1:] or calibration.batches  # the cost is measured on batch 0
             costs = depth_costs(analysis.model, analysis.capture.example_input, list(predictor.options.values()),
-                                calibration.batches[0], recalibration[:4], progress)
-            console.print(f"  depth importance of {len(costs)} options (merged spans, dropped blocks) in "
+                                calibration.batches[0], recalibration[:4], progress, steps, training)
+            console.print(f"  depth importance of {len(costs)} options (merged spans, dropped blocks"
+                          + (f"; each distilled {steps} steps first" if steps else "") + ") in "
                           f"{time.perf_counter() - started:.1f} s")
         elif options.search != "width":
             console.print("  no depth options: no span merges or block drops this target's latency model prices")

@@ -72,10 +72,14 @@ class Options:
     # What the search decides: channel widths, depth (merged spans, dropped blocks), or both together
     # (None: joint, or width alone with ``unconstrained``, whose reader copies are priced for width only).
     search: str | None = None
+    # Depth options' cost after this many distillation steps each (0: the output change alone).
+    depth_distil_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.allocation not in ("auto", *STRATEGIES):
             raise HwpruneError(f"--allocation {self.allocation}: use auto or one of {', '.join(STRATEGIES)}")
+        if self.depth_distil_steps < 0:
+            raise HwpruneError(f"--depth-distil-steps {self.depth_distil_steps}: must be >= 0")
         if self.search is None:
             self.search = "width" if self.unconstrained else "joint"
         if self.search not in SEARCHES:

@@ -360,3 +360,19 @@ def test_a_frontier_compiles_every_point_from_one_analysis(tmp_path, capsys):
     assert main(["compile", "tests/data/small_models.py:small_resnet", "--latency", "0.5,0.5", "--out",
                  str(tmp_path / "x")]) == 2
     assert "repeated" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_a_short_distillation_per_option_lowers_its_cost_and_leaves_the_model_alone():
+    from hwprune.importance.depth import depth_costs
+
+    analysis, predictor, _, plain, _ = small_resnet_search("jetson-orin-nano")
+    model = analysis.model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    generator = torch.Generator().manual_seed(1)
+    training = [torch.randn(8, 3, 64, 64, generator=generator) for _ in range(4)]
+    batch = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    options = [o for o in predictor.options.values() if plain[o.key] > 1e-3]
+    distilled = depth_costs(model, analysis.capture.example_input, options, batch, distil_steps=30,
+                            training=training)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert sum(distilled[o.key] < plain[o.key] for o in options) >= len(options) - 1

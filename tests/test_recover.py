@@ -202,8 +202,8 @@ def test_a_merged_span_trains_apart_and_merges_at_export(compiled, tmp_path, mon
     monkeypatch.setenv("DIGITS_WEIGHTS", str(compiled / "weights.pt"))
     monkeypatch.setenv("HWPRUNE_CACHE", str(compiled / "cache"))
     build = tmp_path / "depth"
-    assert main(["compile", MODEL, "--target", "cpu", "--latency", "0.8", "--refine", "0", "--search", "depth", "--calib-data",
-                 fn("calib"), "--out", str(build)]) == 0
+    assert main(["compile", MODEL, "--target", "cpu", "--latency", "0.8", "--refine", "0", "--search", "depth",
+                 "--calib-data", fn("calib"), "--out", str(build)]) == 0
     plan = load_plan(build / "plan.json")
     assert plan.merge and (build / "pruned_unmerged.pt").is_file()
     assert recover(build) == 0

@@ -5,8 +5,11 @@ merged conv computes) and every droppable block (branch gone), the model runs on
 batch, BatchNorm statistics re-estimated when the compile re-estimates them, and the cost is
 1 - mean cosine to the unpruned outputs: the same measure as a channel group's sensitivity
 (``importance.sensitivity``), so the joint search weighs both in one currency. LayerMerge builds
-the same table from accuracy after a short fine-tune per span; that stronger proxy costs a
-training run per candidate, so it is not the default here.
+the same table from accuracy after a short fine-tune per span; ``distil_steps`` > 0 is that
+stronger proxy: each candidate (a copy of the model with that option taken) is first distilled
+from the unpruned model for that many steps on the calibration batches (recovery's loss, Adam),
+then measured on a batch it was not trained on. It costs a copy and a short training run per
+candidate; the compile states the time.
 
 A span that removes no activation and pads nothing after its first conv is exact: cost 0,
 nothing run. The table is keyed by the option's key, so every budget and every refinement round
@@ -15,6 +18,7 @@ of one compile reuses it.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -23,15 +27,17 @@ from torch import nn
 from hwprune.calibration import output_tensors
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm, restored_batchnorm
 from hwprune.latency.depth import DepthOption
+from hwprune.recover.distill import distillation_loss
 from hwprune.transform.depth import unmerged
 
 FLOOR = 1e-6  # as for group sensitivity: a choice that changes nothing measurable still costs something
 
 
 def depth_costs(model: nn.Module, example_input: torch.Tensor, options: Sequence[DepthOption],
-                batch: torch.Tensor, recalibration: Sequence[torch.Tensor] = (), progress: object | None = None
-                ) -> dict[str, float]:
-    """Per option key, the output change when that option alone is taken."""
+                batch: torch.Tensor, recalibration: Sequence[torch.Tensor] = (), progress: object | None = None,
+                distil_steps: int = 0, training: Sequence[torch.Tensor] = ()) -> dict[str, float]:
+    """Per option key, the output change when that option alone is taken (after ``distil_steps`` of
+    distillation on ``training`` batches, when given)."""
     model = model.eval()
     task = progress.add_task("depth importance", total=len(options)) if progress is not None and options else None
     costs = {}
@@ -42,21 +48,42 @@ def depth_costs(model: nn.Module, example_input: torch.Tensor, options: Sequence
                 costs[option.key] = 0.0
             else:
                 with restored_batchnorm(model):  # the view shares the model's BatchNorms
-                    costs[option.key] = _cost(model, example_input, option, batch, reference, recalibration)
+                    costs[option.key] = _cost(model, example_input, option, batch, reference, recalibration,
+                                              distil_steps, training)
             if task is not None:
                 progress.advance(task)
     return costs
 
 
 def _cost(model: nn.Module, example_input: torch.Tensor, option: DepthOption, batch: torch.Tensor,
-          reference: list[torch.Tensor], recalibration: Sequence[torch.Tensor]) -> float:
+          reference: list[torch.Tensor], recalibration: Sequence[torch.Tensor], distil_steps: int = 0,
+          training: Sequence[torch.Tensor] = ()) -> float:
     merge, depth = ([option.entry], []) if option.kind == "merge" else ([], [option.entry])
-    changed = unmerged(model, example_input, merge, depth)
+    student = copy.deepcopy(model) if distil_steps else model  # trained: never the model's own layers
+    changed = unmerged(student, example_input, merge, depth)
     if recalibration:
         recalibrate_batchnorm(changed, recalibration)
+    if distil_steps:
+        _distil(model, changed, training, distil_steps)
     outputs = _flat(changed(batch))
     cosine = sum(nn.functional.cosine_similarity(r, o, dim=1).mean() for r, o in zip(reference, outputs, strict=True))
     return max(float(1 - cosine / len(reference)), FLOOR)
+
+
+def _distil(teacher: nn.Module, student: nn.Module, batches: Sequence[torch.Tensor], steps: int) -> None:
+    """A short distillation of ``student`` towards ``teacher``: Adam, recovery's loss, BatchNorm frozen."""
+    optimiser = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=1e-4)
+    student.eval()  # BatchNorm keeps the statistics just re-estimated
+    with torch.enable_grad():
+        for step in range(steps):
+            inputs = batches[step % len(batches)]
+            with torch.no_grad():
+                target = output_tensors(teacher(inputs))
+            loss = distillation_loss(target, output_tensors(student(inputs)), None, 1.0)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    student.eval()
 
 
 def _exact(model: nn.Module, option: DepthOption) -> bool:
