@@ -314,21 +314,3 @@ def _with_skip(span: Span, branches: dict[Block, tuple[fx.Node, list[fx.Node]]],
         return Span(span.convs, span.norms, span.activations, span.kernel, span.stride, span.padding,
                     span.in_channels, span.out_channels, span.depthwise, block.add)
     return None
-
-
-def merged_shape(span: Span) -> str:
-    """``3x3/2 dw 32->32`` style: what the span becomes."""
-    kind = " dw" if span.depthwise else ""
-    stride = f"/{span.stride[0]}" if span.stride != (1, 1) else ""
-    return f"{span.kernel[0]}x{span.kernel[1]}{stride}{kind} {span.in_channels}->{span.out_channels}"
-
-
-def layer_count(graph: fx.GraphModule) -> int:
-    """Convolutions and linear layers the graph runs (what a launch-bound target pays for)."""
-    modules = dict(graph.named_modules())
-    return sum(1 for n in graph.graph.nodes if n.op == "call_module"
-               and isinstance(modules[n.target], nn.Conv2d | nn.Linear | nn.Conv1d | nn.Conv3d))
-
-
-__all__ = ["Block", "DepthCandidates", "Link", "Span", "branch_of", "candidates_of", "depth_candidates",
-           "is_activation", "is_conv", "layer_count", "merged_shape", "trace"]
