@@ -37,11 +37,11 @@ from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.export.verify import verified, verify_onnx
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.segments import segments
-from hwprune.importance.depth import depth_costs
+from hwprune.importance.depth import CostTable, depth_costs
 from hwprune.importance.readers import reader_scores
 from hwprune.importance.scores import score_groups
 from hwprune.importance.sensitivity import group_sensitivity
-from hwprune.io import staged, write_text_atomic
+from hwprune.io import cache_dir, staged, write_text_atomic
 from hwprune.latency.copies import copy_signatures
 from hwprune.latency.model_latency import offline_predictor, open_table, predictor_for
 from hwprune.latency.predictor import TablePredictor, op_ms
@@ -339,11 +339,15 @@ def _width_search(realiser: Realiser, predictor: TablePredictor, options: Option
             started = time.perf_counter()
             steps = options.depth_distil_steps
             training = calibration.batches[1:] or calibration.batches  # the cost is measured on batch 0
-            costs = depth_costs(analysis.model, analysis.capture.example_input, list(predictor.options.values()),
-                                calibration.batches[0], recalibration[:4], progress, steps, training)
+            table = CostTable(cache_dir() / "depth", provenance.state_sha256 or "", [*calibration.batches,
+                                                                                       *recalibration[:4]], steps)
+            missing = table.missing(list(predictor.options.values()))
+            table.add(depth_costs(analysis.model, analysis.capture.example_input, missing, calibration.batches[0],
+                                  recalibration[:4], progress, steps, training))
+            costs = {key: table.costs[key] for key in predictor.options}
             console.print(f"  depth importance of {len(costs)} options (merged spans, dropped blocks"
-                          + (f"; each distilled {steps} steps first" if steps else "") + ") in "
-                          f"{time.perf_counter() - started:.1f} s")
+                          + (f"; each distilled {steps} steps first" if steps else "") + f"): {len(missing)} "
+                          f"measured in {time.perf_counter() - started:.1f} s, the rest from {table.path}")
         elif options.search != "width":
             console.print("  no depth options: no span merges or block drops this target's latency model prices")
         scores = {}

@@ -382,3 +382,16 @@ def test_a_short_distillation_per_option_lowers_its_cost_and_leaves_the_model_al
                             training=training)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     assert sum(distilled[o.key] < plain[o.key] for o in options) >= len(options) - 1
+
+
+def test_depth_costs_are_kept_across_compiles_of_the_same_model_and_data(tmp_path, capsys, monkeypatch):
+    from hwprune.cli import main
+
+    monkeypatch.setenv("HWPRUNE_CACHE", str(tmp_path / "cache"))
+    argv = ["compile", "tests/data/small_models.py:small_resnet", "--target", "jetson-orin-nano", "--latency"]
+    assert main([*argv, "0.5", "--out", str(tmp_path / "a")]) == 0
+    assert ": 6 measured" in capsys.readouterr().err
+    assert main([*argv, "0.6", "--out", str(tmp_path / "b")]) == 0  # a new budget: nothing measured again
+    assert ": 0 measured" in capsys.readouterr().err
+    assert main([*argv, "0.6", "--input-shape", "1,3,32,32", "--out", str(tmp_path / "c")]) == 0  # other data
+    assert ": 6 measured" in capsys.readouterr().err

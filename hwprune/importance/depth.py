@@ -12,20 +12,25 @@ then measured on a batch it was not trained on. It costs a copy and a short trai
 candidate; the compile states the time.
 
 A span that removes no activation and pads nothing after its first conv is exact: cost 0,
-nothing run. The table is keyed by the option's key, so every budget and every refinement round
-of one compile reuses it.
+nothing run. The table is keyed by the option's key, so every refinement round and frontier point of
+one compile reuses it; ``CostTable`` keeps it in the user cache across compiles, under a digest of
+the weights, the batches and the proxy, so a new budget for the same model and data costs nothing.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from hwprune.calibration import output_tensors
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm, restored_batchnorm
+from hwprune.io import write_text_atomic
 from hwprune.latency.depth import DepthOption
 from hwprune.recover.distill import distillation_loss
 from hwprune.transform.depth import unmerged
@@ -94,3 +99,27 @@ def _exact(model: nn.Module, option: DepthOption) -> bool:
 
 def _flat(output: object) -> list[torch.Tensor]:
     return [tensor.reshape(tensor.shape[0], -1).double() for tensor in output_tensors(output)]
+
+
+class CostTable:
+    """Depth costs kept in ``$HWPRUNE_CACHE/depth/``: one JSON file per (weights, batches, proxy)."""
+
+    def __init__(self, folder: Path, weights_digest: str, batches: Sequence[torch.Tensor], distil_steps: int):
+        digest = hashlib.sha256(f"{weights_digest}|{distil_steps}|".encode())
+        for tensor in batches:
+            digest.update(f"{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        self.path = folder / f"{digest.hexdigest()[:32]}.json"
+        try:
+            self.costs: dict[str, float] = {k: float(v) for k, v in json.loads(self.path.read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            self.costs = {}  # absent or unreadable: measured again
+
+    def missing(self, options: Sequence[DepthOption]) -> list[DepthOption]:
+        return [o for o in options if o.key not in self.costs]
+
+    def add(self, costs: dict[str, float]) -> None:
+        self.costs.update(costs)
+        if costs:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.path, json.dumps(self.costs, indent=1, sort_keys=True) + "\n")
