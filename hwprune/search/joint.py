@@ -42,9 +42,9 @@ from hwprune.search.width import (
     GRID,
     ROUNDS,
     SearchResult,
-    _greedy_fit,
-    _values,
     allowed_counts,
+    greedy_fit,
+    group_values,
 )
 
 VALUE_PER_COST = math.log(2)
@@ -98,7 +98,7 @@ def search_joint(analysis: Analysis, predictor: TablePredictor, importance: Impo
     options = allowed_counts(analysis, alignment, min_keep)
     if not widths:
         options = {gid: counts[-1:] for gid, counts in options.items()}
-    values = _values(analysis, predictor, importance, options, weights)
+    values = group_values(analysis, predictor, importance, options, weights)
     priced = [o for key, o in predictor.options.items() if key in costs]
     unit_sets = units(priced)
     unit_values = [[-VALUE_PER_COST * sum(costs[k] for k in chosen) for chosen in sets] for sets in unit_sets]
@@ -114,7 +114,7 @@ def search_joint(analysis: Analysis, predictor: TablePredictor, importance: Impo
             break
         counts, depth = proposal
     view = predictor.with_depth(depth)
-    counts = _greedy_fit(view, options, values, counts, budget_ms)
+    counts = greedy_fit(view, options, values, counts, budget_ms)
     objective = sum(values[gid][options[gid].index(n)] for gid, n in counts.items()) + sum(
         -VALUE_PER_COST * costs[k] for k in depth)
     return SearchResult(counts, view.predict(counts).total_ms, predictor.predict({}).total_ms, objective, rounds,

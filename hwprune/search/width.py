@@ -64,7 +64,7 @@ def search_widths(analysis: Analysis, predictor: TablePredictor, importance: Imp
     """Keep counts maximising the objective with predicted latency <= ``budget_ms``."""
     started = time.perf_counter()
     options = allowed_counts(analysis, alignment, min_keep)
-    values = _values(analysis, predictor, importance, options, weights)
+    values = group_values(analysis, predictor, importance, options, weights)
     _check_feasible(predictor, options, budget_ms, min_keep)
     current = {gid: counts[-1] for gid, counts in options.items()}
     rounds = 0
@@ -74,7 +74,7 @@ def search_widths(analysis: Analysis, predictor: TablePredictor, importance: Imp
         if proposal is None or proposal == current:
             break
         current = proposal
-    return _result(predictor, options, values, _greedy_fit(predictor, options, values, current, budget_ms), rounds,
+    return _result(predictor, options, values, greedy_fit(predictor, options, values, current, budget_ms), rounds,
                    started)
 
 
@@ -86,7 +86,7 @@ def uniform_widths(analysis: Analysis, predictor: TablePredictor, importance: Im
     because a per-group weighting can misjudge groups that uniform treats alike."""
     started = time.perf_counter()
     options = allowed_counts(analysis, alignment, min_keep)
-    values = _values(analysis, predictor, importance, options, None)
+    values = group_values(analysis, predictor, importance, options, None)
     _check_feasible(predictor, options, budget_ms, min_keep)
 
     def at(fraction: float) -> dict[str, int]:
@@ -97,10 +97,10 @@ def uniform_widths(analysis: Analysis, predictor: TablePredictor, importance: Im
     for _ in range(BISECTION_STEPS):
         middle = (low + high) / 2
         low, high = (middle, high) if predictor.predict(at(middle)).total_ms <= budget_ms else (low, middle)
-    return _result(predictor, options, values, _greedy_fit(predictor, options, values, at(low), budget_ms), 0, started)
+    return _result(predictor, options, values, greedy_fit(predictor, options, values, at(low), budget_ms), 0, started)
 
 
-def _values(analysis: Analysis, predictor: TablePredictor, importance: Importance, options: dict[str, list[int]],
+def group_values(analysis: Analysis, predictor: TablePredictor, importance: Importance, options: dict[str, list[int]],
             weights: dict[str, float] | None) -> dict[str, list[float]]:
     repeats = {g.id: g.repeat for g in analysis.prunable()}
     weights = weights or {gid: float(n) for gid, n in predictor.layer_sides().items()}
@@ -147,7 +147,7 @@ def _knapsack_round(predictor: TablePredictor, options: dict[str, list[int]], va
     return {gid: options[gid][i] for gid, i in zip(ids, picks, strict=True)}
 
 
-def _greedy_fit(predictor: TablePredictor, options: dict[str, list[int]], values: dict[str, list[float]],
+def greedy_fit(predictor: TablePredictor, options: dict[str, list[int]], values: dict[str, list[float]],
                 current: dict[str, int], budget_ms: float) -> dict[str, int]:
     """Shrink while over budget (least objective lost per ms saved), then grow while it fits
     (most objective gained per ms added); one-group deltas are exact, so no full re-prediction."""
