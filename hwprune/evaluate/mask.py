@@ -9,12 +9,12 @@ Everything here is undone on exit.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
 
-from hwprune.evaluate.batchnorm import recalibrate_batchnorm
+from hwprune.evaluate.batchnorm import recalibrate_batchnorm, restored_batchnorm
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.attention import HeadAttention
 from hwprune.graph.capture import frozen_index_mapping, tolerant_index_mapping
@@ -84,21 +84,18 @@ def silenced(analysis: Analysis, dropped: Mapping[str, Sequence[int]],
     """``analysis.model`` with ``dropped`` channels (per group id) silenced and, given
     ``recalibration`` batches, BatchNorm statistics re-estimated on them; all undone on exit."""
     model = analysis.model
-    statistics = ({k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
-                  if recalibration else {})
     restores = []
-    try:
-        with frozen_index_mapping(analysis.capture.dependency_graph):
-            for gid, channels in dropped.items():
-                restores.append(silence_channels(analysis, analysis.group(gid), channels))
-        if recalibration:
-            recalibrate_batchnorm(model, recalibration)
-        yield model.eval()
-    finally:
-        for restore in reversed(restores):
-            restore()
-        if recalibration:
-            model.load_state_dict(statistics, strict=False)
+    with restored_batchnorm(model) if recalibration else nullcontext(model):
+        try:
+            with frozen_index_mapping(analysis.capture.dependency_graph):
+                for gid, channels in dropped.items():
+                    restores.append(silence_channels(analysis, analysis.group(gid), channels))
+            if recalibration:
+                recalibrate_batchnorm(model, recalibration)
+            yield model.eval()
+        finally:
+            for restore in reversed(restores):
+                restore()
 
 
 @contextmanager

@@ -129,11 +129,10 @@ def candidates_of(graph: fx.GraphModule, max_kernel: int = MAX_KERNEL) -> DepthC
     for node in graph.graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
-    blocks = _blocks(graph, modules)
+    branches = _blocks(graph, modules, calls)
+    blocks = list(branches)
     chains = _chains(graph, modules, calls)
     spans = [span for chain in chains for span in _spans(chain, modules, max_kernel)]
-    nodes = {n.name: n for n in graph.graph.nodes}
-    branches = {block: branch_of(nodes[block.add]) for block in blocks}
     spans += [s for s in (_with_skip(span, branches, modules) for span in spans) if s is not None]
     merging = [tuple(link.conv for link in chain) for chain in chains]
     return DepthCandidates(spans, blocks, None, [c for c in merging if any(set(s.convs) <= set(c) for s in spans)])
@@ -268,8 +267,10 @@ def branch_of(add: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
     return None
 
 
-def _blocks(graph: fx.GraphModule, modules: dict[str, nn.Module]) -> list[Block]:
-    blocks = []
+def _blocks(graph: fx.GraphModule, modules: dict[str, nn.Module], calls: dict[str, int]
+            ) -> dict[Block, tuple[fx.Node, list[fx.Node]]]:
+    """Each droppable block with its skip input and branch nodes."""
+    blocks = {}
     for node in graph.graph.nodes:
         if not _is_add(node):
             continue
@@ -277,13 +278,15 @@ def _blocks(graph: fx.GraphModule, modules: dict[str, nn.Module]) -> list[Block]
         if found is None:
             continue
         _, branch = found
-        inside = set(branch)
+        inside: dict[str, int] = {}
+        for n in branch:
+            if n.op == "call_module":
+                inside[n.target] = inside.get(n.target, 0) + 1
         # a module also called outside the branch (a ResNet block's one ReLU, used after the add too) stays
-        outside = {n.target for n in graph.graph.nodes if n.op == "call_module" and n not in inside}
-        layers = tuple(dict.fromkeys(n.target for n in branch if n.op == "call_module" and n.target not in outside))
+        layers = tuple(target for target, count in inside.items() if count == calls[target])
         if not any(isinstance(modules[t], nn.Conv2d | nn.Linear) for t in layers):
             continue
-        blocks.append(Block(_owner([node, *branch]), node.name, layers))
+        blocks[Block(_owner([node, *branch]), node.name, layers)] = found
     return blocks
 
 

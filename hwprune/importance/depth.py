@@ -30,12 +30,11 @@ from torch import nn
 
 from hwprune.calibration import output_tensors
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm, restored_batchnorm
+from hwprune.importance.sensitivity import flat_outputs, output_change
 from hwprune.io import write_text_atomic
 from hwprune.latency.depth import DepthOption
 from hwprune.recover.distill import distillation_loss
 from hwprune.transform.depth import unmerged
-
-FLOOR = 1e-6  # as for group sensitivity: a choice that changes nothing measurable still costs something
 
 
 def depth_costs(model: nn.Module, example_input: torch.Tensor, options: Sequence[DepthOption],
@@ -47,7 +46,7 @@ def depth_costs(model: nn.Module, example_input: torch.Tensor, options: Sequence
     task = progress.add_task("depth importance", total=len(options)) if progress is not None and options else None
     costs = {}
     with torch.no_grad():
-        reference = _flat(model(batch))
+        reference = flat_outputs(model(batch))
         for option in options:
             if option.kind == "merge" and _exact(model, option):
                 costs[option.key] = 0.0
@@ -70,9 +69,7 @@ def _cost(model: nn.Module, example_input: torch.Tensor, option: DepthOption, ba
         recalibrate_batchnorm(changed, recalibration)
     if distil_steps:
         _distil(model, changed, training, distil_steps)
-    outputs = _flat(changed(batch))
-    cosine = sum(nn.functional.cosine_similarity(r, o, dim=1).mean() for r, o in zip(reference, outputs, strict=True))
-    return max(float(1 - cosine / len(reference)), FLOOR)
+    return output_change(reference, changed(batch))
 
 
 def _distil(teacher: nn.Module, student: nn.Module, batches: Sequence[torch.Tensor], steps: int) -> None:
@@ -96,9 +93,6 @@ def _exact(model: nn.Module, option: DepthOption) -> bool:
     return not option.entry["activations"] and all(
         model.get_submodule(name).padding in ((0, 0), 0) for name in convs[1:])
 
-
-def _flat(output: object) -> list[torch.Tensor]:
-    return [tensor.reshape(tensor.shape[0], -1).double() for tensor in output_tensors(output)]
 
 
 class CostTable:

@@ -32,21 +32,27 @@ def group_sensitivity(analysis: Analysis, importance: Importance, batch: torch.T
     task = progress.add_task("sensitivity", total=len(groups)) if progress is not None else None
     sensitivity = {}
     with torch.no_grad(), frozen_index_mapping(analysis.capture.dependency_graph):
-        reference = _flat(model(batch))  # every output: a detector's boxes and its classes alike
+        reference = flat_outputs(model(batch))  # every output: a detector's boxes and its classes alike
         for group in groups:
             block = group.channels // group.repeat
             keep_per_block = max(1, round(block * (1 - PROBE_FRACTION)))
             kept = set(select(importance.scores[group.id], keep_per_block * group.repeat, group.repeat))
             with silenced(analysis, {group.id: [c for c in range(group.channels) if c not in kept]},
                           recalibration) as probe:
-                probed = _flat(probe(batch))
-            cosine = sum(nn.functional.cosine_similarity(r, p, dim=1).mean() for r, p in zip(reference, probed,
-                                                                                              strict=True))
-            sensitivity[group.id] = max(float(1 - cosine / len(reference)), FLOOR)
+                sensitivity[group.id] = output_change(reference, probe(batch))
             if task is not None:
                 progress.advance(task)
     return sensitivity
 
 
-def _flat(output: object) -> list[torch.Tensor]:
+def flat_outputs(output: object) -> list[torch.Tensor]:
+    """Every output tensor as (batch, values), in float64."""
     return [tensor.reshape(tensor.shape[0], -1).double() for tensor in output_tensors(output)]
+
+
+def output_change(reference: list[torch.Tensor], output: object) -> float:
+    """1 - the mean per-sample cosine to ``reference`` over every output (never below ``FLOOR``): the one
+    measure group sensitivity and depth costs share, so the joint search weighs them alike."""
+    outputs = flat_outputs(output)
+    cosine = sum(nn.functional.cosine_similarity(r, o, dim=1).mean() for r, o in zip(reference, outputs, strict=True))
+    return max(float(1 - cosine / len(reference)), FLOOR)
