@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_model_arguments(profile)
     profile.add_argument("--target", default="cpu", help="device profile (default: cpu)")
     profile.add_argument("--lut", metavar="FILE", help="latency table to extend (default: the cache)")
+    profile.add_argument("--export-ops", metavar="DIR",
+                         help="time nothing: write the single-op ONNX graphs and whole models the search needs, "
+                              "with DIR/manifest.json, for export/profile_ops.py on the device")
+    _add_remote_arguments(profile)
     profile.set_defaults(run=_run_profile)
 
     latency = sub.add_parser("latency", help="predict (and with --measure, measure) a model's latency")
@@ -111,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--rtol", type=float, default=1e-3, help="ONNX verification relative tolerance (1e-3)")
     compile_.add_argument("--lut", metavar="FILE", help="latency table (default: the cache)")
     _add_recovery_arguments(compile_, prefix="recover-")
+    _add_remote_arguments(compile_)
     compile_.add_argument("--out", required=True, metavar="DIR", help="output folder")
     compile_.set_defaults(run=_run_compile)
 
@@ -147,12 +152,38 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--allow-fingerprint-mismatch", action="store_true",
                        help="compare with a record from another host or settings anyway")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_remote_arguments(bench)
     bench.set_defaults(run=_run_bench)
 
     devices = sub.add_parser("devices", help="list the device profiles (targets)")
     devices.add_argument("--json", action="store_true", help="print the profiles as JSON")
     devices.set_defaults(run=_run_devices)
     return parser
+
+
+def _add_remote_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("timing on the device over SSH")
+    group.add_argument("--remote", metavar="USER@HOST[:PORT]",
+                       help="time on this device over SSH (the system's ssh, batch mode, host key checked): the "
+                            "torch-free kit is copied to a temporary folder there, removed afterwards")
+    group.add_argument("--ssh-config", metavar="FILE", help="ssh config file (ssh -F; default: the user's)")
+    group.add_argument("--accept-new-host-key", action="store_true",
+                       help="record the device's host key if known_hosts has none (a changed key is still refused)")
+    group.add_argument("--remote-python", default="python3", metavar="CMD",
+                       help="python on the device, with numpy, onnx and onnxruntime or TensorRT (default: python3)")
+
+
+def _remote(args: argparse.Namespace):
+    """Inside it, every runtime is the device's over SSH where ``--remote`` is given."""
+    from contextlib import nullcontext
+
+    if not args.remote:
+        if args.ssh_config or args.accept_new_host_key or args.remote_python != "python3":
+            raise HwpruneError("--ssh-config, --accept-new-host-key and --remote-python go with --remote USER@HOST")
+        return nullcontext()
+    from hwprune.runtime import remote_device
+
+    return remote_device(args.remote, args.ssh_config, args.accept_new_host_key, args.remote_python)
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
@@ -328,20 +359,32 @@ def _run_profile(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from hwprune.latency.model_latency import open_table
-    from hwprune.profiling import profile_model
+    from hwprune.profiling import export_ops, profile_model
     from hwprune.targets import load_target
     from hwprune.transform.trial import prove_prunable
 
     target = load_target(args.target)
-    table, path = open_table(target, Path(args.lut) if args.lut else None, create=True)
-    analysis = _load_and_analyze(args)
-    prove_prunable(analysis)
-    started = time.perf_counter()
-    with Progress(transient=True) as progress:
-        measured = profile_model(analysis, target, table, progress)
-    table.save(path)
-    print(f"{analysis.name} on {target.name}: measured {measured} new configurations in "
-          f"{time.perf_counter() - started:.1f} s; table {path} holds {len(table.entries)}")
+    if args.export_ops:
+        if args.remote or args.lut:
+            raise HwpruneError("--export-ops writes the ops for the device and times nothing: drop --remote and --lut")
+        analysis = _load_and_analyze(args)
+        prove_prunable(analysis)
+        ops, models = export_ops(analysis, target, Path(args.export_ops))
+        print(f"{analysis.name} on {target.name}: wrote {ops} single-op graphs and {models} whole models to "
+              f"{args.export_ops}/ (manifest.json); on the device: python export/profile_ops.py {args.export_ops} "
+              f"--target {target.name}")
+        return 0
+    with _remote(args) as device:
+        table, path = open_table(target, Path(args.lut) if args.lut else None, create=True)
+        analysis = _load_and_analyze(args)
+        prove_prunable(analysis)
+        started = time.perf_counter()
+        with Progress(transient=True) as progress:
+            measured = profile_model(analysis, target, table, progress)
+        table.save(path)
+        where = f" on {device.label} (work folder removed)" if device is not None else ""
+        print(f"{analysis.name} on {target.name}: measured {measured} new configurations in "
+              f"{time.perf_counter() - started:.1f} s{where}; table {path} holds {len(table.entries)}")
     return 0
 
 
@@ -418,12 +461,15 @@ def _run_compile(args: argparse.Namespace) -> int:
 
         if options.recovery is not None:
             raise HwpruneError("--recover-data recovers one build: run hwprune recover on the frontier point you pick")
-        for report in compile_frontier(_load(args), options, fractions, args.out, console):
+        with _remote(args):
+            reports = compile_frontier(_load(args), options, fractions, args.out, console)
+        for report in reports:
             print(_compile_summary(report))
         print(f"wrote {args.out}/: latency-F/ per point ({', '.join(f'{f:g}' for f in fractions)}), frontier.json, "
               "frontier.png")
         return 0
-    report = compile_model(_load(args), options, args.out, console)
+    with _remote(args):
+        report = compile_model(_load(args), options, args.out, console)
     print(_compile_summary(report))
     print(f"wrote {args.out}/: report.json, report.md, plan.json, baseline.onnx, pruned.onnx, pruned.pt, plots/"
           + (", build_engine.sh" if (Path(args.out) / "build_engine.sh").exists() else ""))
@@ -500,25 +546,27 @@ def _run_bench(args: argparse.Namespace) -> int:
     target = load_target(args.target)
     model = Path(args.onnx)
     verdict = None
-    if args.baseline_model:
-        verdict = bench.compare_models(model, Path(args.baseline_model), target, args.tolerance)
-        result = {"model": str(model), "baseline_model": args.baseline_model, **verdict.to_json()}
-        if args.save:
-            bench.save_record(result, Path(args.save))
-    else:
-        baseline = bench.load_record(Path(args.baseline)) if args.baseline else None
-        current = bench.record(model, target)
-        if args.save:
-            bench.save_record(current, Path(args.save))
-        result = dict(current)
-        if baseline is not None:
-            verdict = bench.compare_to_record(current, baseline, args.tolerance, args.allow_fingerprint_mismatch)
-            result["comparison"] = verdict.to_json()
+    with _remote(args) as device:
+        if args.baseline_model:
+            verdict = bench.compare_models(model, Path(args.baseline_model), target, args.tolerance)
+            result = {"model": str(model), "baseline_model": args.baseline_model, **verdict.to_json()}
+            if args.save:
+                bench.save_record(result, Path(args.save))
+        else:
+            baseline = bench.load_record(Path(args.baseline)) if args.baseline else None
+            current = bench.record(model, target)
+            if args.save:
+                bench.save_record(current, Path(args.save))
+            result = dict(current)
+            if baseline is not None:
+                verdict = bench.compare_to_record(current, baseline, args.tolerance, args.allow_fingerprint_mismatch)
+                result["comparison"] = verdict.to_json()
     if args.json:
         print(json.dumps(result, indent=2))
     elif verdict is None:
         print(f"{model}: median {result['median_ms']:.3f} ms, p90 {result['p90_ms']:.3f} ms, "
-              f"spread {100 * result['spread']:.1f}% ({result['samples']} runs, {target.name})")
+              f"spread {100 * result['spread']:.1f}% ({result['samples']} runs, {target.name}"
+              + (f" on {device.label})" if device is not None else ")"))
     if verdict is not None and not args.json:
         status = "REGRESSION" if verdict.regressed else "ok"
         print(f"{status}: {model} {verdict.candidate_ms:.3f} ms vs baseline {verdict.baseline_ms:.3f} ms, ratio "

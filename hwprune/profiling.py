@@ -62,6 +62,34 @@ def profile_model(analysis: Analysis, target: Target, table: LatencyTable, progr
     return measured
 
 
+def export_ops(analysis: Analysis, target: Target, folder: Path) -> tuple[int, int]:
+    """The single-op graphs and whole models ``profile_model`` would time, written to ``folder`` with
+    a manifest for ``export/profile_ops.py`` on the device; (ops, models) written."""
+    from functools import partial
+
+    from hwprune.latency.onnx_ops import identity_model, input_shape, single_op_model
+    from hwprune.runtime.kit import OpGraph, write_ops
+
+    alignment = target.channel_alignment
+    groups = {g.id: g for g in analysis.groups}
+    layers = model_layers(analysis, target.default_dtype)
+    merged = [layer for option in depth_choices(analysis, layers, target) for layer in option.adds]
+    signatures = profile_signatures(layers + merged, groups, alignment)
+    ops = [OpGraph(s.key(), partial(single_op_model, s), input_shape(s)) for s in signatures]
+    x = analysis.capture.example_input
+    key = model_key(analysis.name, tuple(x.shape))
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
+        models = [(key, export_onnx(analysis.model, x, Path(tmp) / "model.onnx"))]
+        for fraction in ANCHOR_FRACTIONS:
+            counts = anchor_counts(analysis, alignment, fraction)
+            if counts:
+                models.append((anchor_key(key, fraction),
+                               export_onnx(_leading(analysis, counts), x, Path(tmp) / f"keep-{fraction}.onnx")))
+        write_ops(folder, target.name, ops, models, OpGraph("identity", identity_model, (1,), 200))
+    return len(ops), len(models)
+
+
 def _leading(analysis: Analysis, counts: dict[str, int]) -> nn.Module:
     """A copy of the analysed model with the leading ``counts[group]`` channels of each group kept
     (which channels go does not change latency)."""

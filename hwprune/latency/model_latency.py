@@ -29,9 +29,10 @@ ANCHOR_FRACTIONS = (0.5, 0.25)
 MERGE_SLOWDOWN = 1.25
 
 
-def default_table_path(target: Target) -> Path:
-    """Where measured tables live: $HWPRUNE_CACHE, else ~/.cache/hwprune (one file per target)."""
-    return cache_dir() / "latency" / f"{target.name}-{target.runtime}.json"
+def default_table_path(target: Target, where: str | None = None) -> Path:
+    """Where measured tables live: $HWPRUNE_CACHE, else ~/.cache/hwprune (one file per target, and
+    per device where it was measured on one over SSH)."""
+    return cache_dir() / "latency" / f"{target.name}-{target.runtime}{'@' + where if where else ''}.json"
 
 
 def open_table(target: Target, path: Path | None = None, create: bool = False) -> tuple[LatencyTable, Path]:
@@ -39,7 +40,7 @@ def open_table(target: Target, path: Path | None = None, create: bool = False) -
     with ``create``."""
     runtime = runtime_for(target)
     runtime.require("profile on the device, or use the analytic model (hwprune latency without --measure)")
-    path = path or default_table_path(target)
+    path = path or default_table_path(target, runtime.where)
     expected = runtime.provenance()
     if path.exists():
         return load_table(path, expected), path

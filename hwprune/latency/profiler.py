@@ -10,11 +10,13 @@ instead of pretending.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 
 from hwprune.latency.lut import LatencyTable
 from hwprune.latency.onnx_ops import identity_model, input_shape, single_op_model
 from hwprune.latency.signature import OpSignature
 from hwprune.runtime import runtime_for
+from hwprune.runtime.kit import OpGraph
 from hwprune.targets import Target
 
 
@@ -27,8 +29,12 @@ def profile(signatures: Iterable[OpSignature], table: LatencyTable, target: Targ
     if table.call_overhead_ms is None:
         table.call_overhead_ms = runtime.time_graph(identity_model(), (1,), calls=200).median_ms
     task = progress.add_task("profiling", total=len(missing)) if progress is not None and missing else None
-    for sig in missing:
-        table.put(sig, runtime.time_graph(single_op_model(sig), input_shape(sig)))
+
+    def measured(i: int, timing) -> None:
+        table.put(missing[i], timing)
         if task is not None:
             progress.advance(task)
+
+    runtime.time_graphs([OpGraph(sig.key(), partial(single_op_model, sig), input_shape(sig)) for sig in missing],
+                        measured)
     return len(missing)

@@ -9,15 +9,42 @@ the TensorRT half runs on a bare JetPack (``export/trt_build_and_time.py``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
 from hwprune.errors import DeviceError
 from hwprune.runtime.base import Runner, Runtime
 from hwprune.targets import Target
 
-__all__ = ["Runner", "Runtime", "runtime_for"]
+if TYPE_CHECKING:
+    from hwprune.runtime.remote import RemoteSession
+
+__all__ = ["Runner", "Runtime", "remote_device", "runtime_for"]
+
+_REMOTE: list[RemoteSession] = []  # the device every runtime_for answers with, inside remote_device()
+
+
+@contextmanager
+def remote_device(address: str, ssh_config: str | None = None, accept_new_host_key: bool = False,
+                  python: str = "python3") -> Iterator[RemoteSession]:
+    """Inside this block every target is timed on the device at ``address`` over SSH (the kit copied
+    there once, its work folder removed at the end, also on an error or Ctrl-C)."""
+    from hwprune.runtime.remote import RemoteSession
+
+    with RemoteSession(address, ssh_config, accept_new_host_key, python) as session:
+        _REMOTE.append(session)
+        try:
+            yield session
+        finally:
+            _REMOTE.remove(session)
 
 
 def runtime_for(target: Target) -> Runtime:
-    """The runtime that times ``target`` (never another one in its place)."""
+    """The runtime that times ``target`` (never another one in its place): on the device, inside
+    :func:`remote_device`."""
+    if _REMOTE:
+        return _REMOTE[-1].runtime(target)
     if target.runtime == "onnxruntime":
         from hwprune.runtime.ort import OnnxRuntime
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import platform
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from hwprune.errors import HwpruneError
+from hwprune.runtime.kit import OpGraph
 from hwprune.runtime.timing import Comparison, Timing, interleave, time_runs
 from hwprune.targets import Target
 
@@ -32,6 +33,7 @@ class Runtime(ABC):
 
     name: str
     method: dict  # how a single-op latency table is measured with it (recorded in the table)
+    where: str | None = None  # the device it times on, where that is not this host (runtime.remote)
 
     def __init__(self, target: Target):
         self.target = target
@@ -66,6 +68,17 @@ class Runtime(ABC):
     @abstractmethod
     def time_graph(self, graph: bytes, shape: tuple[int, ...], calls: int | None = None) -> Timing:
         """One serialized single-op ONNX graph (input ``x`` of ``shape``) timed as a table entry."""
+
+    def time_graphs(self, graphs: Sequence[OpGraph], done: Callable[[int, Timing], None] | None = None
+                    ) -> list[Timing]:
+        """Many single-op graphs timed as table entries; ``done(i, timing)`` hears of each. A remote
+        runtime times them in one batch on the device."""
+        timings = []
+        for i, op in enumerate(graphs):
+            timings.append(self.time_graph(op.make(), op.shape, op.calls))
+            if done is not None:
+                done(i, timings[-1])
+        return timings
 
     def engines(self, folder: Path, names: Sequence[str], input_shape: tuple[int, ...], max_batch: int | None
                 ) -> tuple[str | None, str]:
