@@ -17,10 +17,11 @@ import torch
 from hwprune.cli import main
 from hwprune.export.onnx_export import export_onnx
 from hwprune.runtime.kit import kit_files
+from hwprune.runtime.remote import RemoteSession
 from tests.test_bench import conv_model
 
 SSHD = "/usr/sbin/sshd"
-MODEL = str(Path(__file__).parent / "data" / "small_models.py") + ":tiny_cnn"
+MODEL = str(Path(__file__).parent / "data" / "small_models.py") + ":small_resnet"
 
 
 def _free_port() -> int:
@@ -81,7 +82,7 @@ def remote(sshd) -> list[str]:
 
 
 def work_folders() -> set[str]:
-    return {p.name for p in Path(os.environ.get("TMPDIR", "/tmp")).glob("hwprune-kit.*")}
+    return {p.name for p in Path("/tmp").glob("hwprune-kit.*")}  # the device's (this host's) work folders
 
 
 def test_an_unknown_host_key_is_refused_in_one_line_and_accepted_only_when_asked(sshd, tmp_path, capsys):
@@ -90,11 +91,13 @@ def test_an_unknown_host_key_is_refused_in_one_line_and_accepted_only_when_asked
     assert main(["bench", str(model), "--remote", address, "--ssh-config", str(unknown)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "host key not known" in err and "--accept-new-host-key" in err
-    assert main(["bench", str(model), "--remote", address, "--ssh-config", str(unknown),
-                 "--accept-new-host-key"]) == 0
-    assert "over SSH" in capsys.readouterr().out
+    before = work_folders()
+    with RemoteSession(address, unknown, accept_new_host_key=True) as session:
+        assert session.folder in {f"{d}/{n}" for d in ("/tmp",) for n in work_folders() - before}
     assert (folder / "known_hosts_empty").read_text().strip()  # recorded: the next run needs no flag
-    assert main(["bench", str(model), "--remote", address, "--ssh-config", str(unknown)]) == 0
+    with RemoteSession(address, unknown) as session:
+        assert session.connection.run("echo hi").strip() == "hi"
+    assert work_folders() == before  # each session's work folder is removed
 
 
 def test_bench_alone_and_against_a_baseline_model_on_the_device(sshd, tmp_path, capsys):
@@ -122,16 +125,17 @@ def test_a_kit_error_on_the_device_is_one_line(sshd, tmp_path, capsys):
     assert "no-such-python" in capsys.readouterr().err
 
 
-def test_profile_on_the_device_writes_a_table_whose_provenance_names_it(sshd, tmp_path, capsys):
-    table = tmp_path / "table.json"
-    assert main(["profile", MODEL, "--target", "cpu", "--lut", str(table), *remote(sshd)]) == 0
+def test_profile_on_the_device_writes_a_table_whose_provenance_names_it(sshd, capsys):
+    """The table goes to the cache, one file per device (the compile below reuses it)."""
+    table = Path(os.environ["HWPRUNE_CACHE"]) / "latency" / "cpu-onnxruntime@127.0.0.1.json"
+    assert main(["profile", MODEL, "--target", "cpu", *remote(sshd)]) == 0
     out = capsys.readouterr().out
-    assert f"on {sshd[0]} over SSH" in out and "measured" in out
+    assert f"on {sshd[0]} over SSH" in out and "measured" in out and str(table) in out
     data = json.loads(table.read_text())
     assert data["provenance"]["measured_on"] == f"{sshd[0]} over SSH"
     assert data["provenance"]["device"]["hostname"] == socket.gethostname()
     assert data["entries"] and data["models"] and data["call_overhead_ms"] > 0
-    assert main(["profile", MODEL, "--target", "cpu", "--lut", str(table), *remote(sshd)]) == 0
+    assert main(["profile", MODEL, "--target", "cpu", *remote(sshd)]) == 0
     assert "measured 0 new" in capsys.readouterr().out  # cached: nothing timed twice
 
 

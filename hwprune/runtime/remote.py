@@ -149,6 +149,10 @@ class RemoteRuntime(Runtime):
         here = self.info.get("measurement") or {"runtime": self.info["name"]}
         return {**here, "runtime": f"{here['runtime']} on {self.session.label}", "measured_on": self.session.label}
 
+    def engines(self, folder: Path, names: Sequence[str], *args, **kwargs) -> tuple[str | None, str]:
+        return None, (f"timed on {self.session.label}: the kit there runs each ONNX file with {self.info['name']} "
+                      "(building its engine there where the runtime needs one); no engine kept here")
+
     def load(self, model: Path) -> Runner:
         import onnx
 
