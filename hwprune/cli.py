@@ -107,6 +107,11 @@ def _parser() -> argparse.ArgumentParser:
                           help="cost each depth option after N steps of distillation from the unpruned model on "
                                "the calibration inputs (LayerMerge's stronger proxy; a copy and N steps per "
                                "option) instead of by its output change alone (default 0)")
+    compile_.add_argument("--sparsity", default="auto", metavar="off|auto|N:M",
+                          help="N:M sparsity per layer, an option of the joint search taken only where its "
+                               "predicted or measured saving beats its fidelity cost (default auto: 2:4 where the "
+                               "target's cost model predicts a gain; N:M: that pattern priced on any target, "
+                               "profiled where this host runs it)")
     compile_.add_argument("--unconstrained", action="store_true",
                           help="UPSCALE-style: every layer reading a shared tensor keeps its own input channels "
                                "(producers keep the union); exported with channels reordered to minimise gathers")
@@ -452,7 +457,7 @@ def _run_compile(args: argparse.Namespace) -> int:
                       Path(args.lut) if args.lut else None, args.refine, exclude=tuple(args.exclude),
                       atol=args.atol, rtol=args.rtol, dynamic_batch=args.dynamic_batch,
                       recalibrate_bn=args.recalibrate_bn, allocation=args.allocation, search=args.search,
-                      depth_distil_steps=args.depth_distil_steps,
+                      depth_distil_steps=args.depth_distil_steps, sparsity=args.sparsity,
                       unconstrained=args.unconstrained,
                       recovery=_recover_options(args, "recover_") if args.recover_data else None)
     console = Console(stderr=True, soft_wrap=True)

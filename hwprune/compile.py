@@ -33,6 +33,7 @@ from torch import nn
 from hwprune.calibration import Calibration, box_agreement, fidelity, load_calibration
 from hwprune.errors import HwpruneError, PlanError, first_line
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm
+from hwprune.export.nm_check import nm_weights
 from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.export.verify import verified, verify_onnx
 from hwprune.graph.analyze import Analysis, analyze
@@ -46,24 +47,28 @@ from hwprune.latency.copies import copy_signatures
 from hwprune.latency.model_latency import offline_predictor, open_table, predictor_for
 from hwprune.latency.predictor import TablePredictor, op_ms
 from hwprune.latency.profiler import profile
+from hwprune.latency.sparse import SparsityMode
 from hwprune.models import NATIVE_FILES, LoadedModel, save_native, state_digest
 from hwprune.options import Budget, Options
 from hwprune.plan import Plan, Provenance
 from hwprune.profiling import profile_model
 from hwprune.render import markdown, write_plots
-from hwprune.report import Report, build_report, copy_counts
+from hwprune.report import Report, build_report, copy_counts, sparsity_section
 from hwprune.runtime import Runner, Runtime, runtime_for
 from hwprune.runtime.timing import Comparison
 from hwprune.search.decide import Decision, WidthSearch
+from hwprune.search.nm import Permutations
 from hwprune.search.refine import Round, pick, refine
 from hwprune.targets import Target
 from hwprune.transform.apply import finish, realise, realise_unmerged
 from hwprune.transform.depth import unmerged
+from hwprune.transform.nm import sparsify
+from hwprune.transform.permute import permutable
 from hwprune.transform.trial import prove_prunable
 
 ARTEFACTS = ("report.json", "report.md", "plan.json", "pruned.pt", "pruned_unmerged.pt", *NATIVE_FILES,
              "baseline.onnx", "pruned.onnx", "plots", "build_engine.sh", "baseline.engine", "pruned.engine",
-             "timing.cache", "recovered.onnx", "recovered.pt", "recover")
+             "timing.cache", "pruned.layers.json", "recovered.onnx", "recovered.pt", "recover")
 
 
 def compile_model(loaded: LoadedModel, options: Options, out_dir: str | Path, console: Console | None = None
@@ -136,7 +141,12 @@ def _prepare(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     if not analysis.prunable():
         raise PlanError(f"{loaded.name}: no prunable channel group (see hwprune analyze)")
     runtime = runtime_for(target)
-    predictor, table_path = _latency_model(analysis, runtime, options.lut, step, console)
+    predictor, table_path = _latency_model(analysis, runtime, options.lut, step, console, options.sparsity_mode)
+    check = predictor.sparsity
+    if check is not None and check.pattern is not None:
+        console.print(f"  N:M {check.pattern}: " + (f"{len(check.offered)} of {check.candidates} layers offered to the "
+                                                    f"search ({check.source})" if check.offered else
+                                                    f"none offered: {check.reason}"))
     with step("export baseline"):
         baseline_onnx, baseline_source = _baseline(loaded, analysis, options, stage)
         console.print(f"  baseline: {baseline_source}")
@@ -185,14 +195,23 @@ def _compile_point(shared: Shared, options: Options, stage: Path, console: Conso
             quality.box_agreement = box_agreement(analysis.model, chosen.realised.model, calibration.batches)
         if quality.caveat:
             console.print(f"  [yellow]warning:[/yellow] fidelity: {quality.caveat} (random weights?)")
+        sparse_layers = chosen.decision.plan.sparsity["layers"]
+        onnx_nm = nm_weights(stage / "pruned.onnx", sparse_layers)
+        if not all(found["nm"] for found in onnx_nm.values()):
+            raise HwpruneError("exported weights are not N:M in " + ", ".join(
+                name for name, found in onnx_nm.items() if not found["nm"]))
     final = measurer.final(stage / "pruned.onnx", step)
     with step("engines"):
         engine = runtime.engines(stage, ("baseline", "pruned"), tuple(x.shape),
-                                 8 * x.shape[0] if options.dynamic_batch else None)
+                                 8 * x.shape[0] if options.dynamic_batch else None,
+                                 sparse=("pruned",) if sparse_layers else ())
     chosen.decision.plan.save(stage / "plan.json")
     report = build_report(loaded, analysis, options, runtime, predictor, search, chosen, rounds, final, engine,
                           verification, quality, calibration.source, time.perf_counter() - started)
     report.export["baseline"] = baseline_source
+    report.sparsity = sparsity_section(predictor, chosen.decision.search,
+                                       search.depth_costs, chosen.decision.plan.sparsity, options.sparsity, onnx_nm,
+                                       runtime.sparse_layers(stage / "pruned.engine"), engine[1])
     report.copies = copy_counts(stage, chosen.decision.plan.width, lambda: realise(
         chosen.decision.plan, analysis, reorder=False), x, options.dynamic_batch)
     with step("plots and report.md"):
@@ -305,22 +324,22 @@ class Measurer:
             pruned.close()
 
 
-def _latency_model(analysis: Analysis, runtime: Runtime, lut: Path | None, step: Callable, console: Console
-                   ) -> tuple[TablePredictor, Path | None]:
+def _latency_model(analysis: Analysis, runtime: Runtime, lut: Path | None, step: Callable, console: Console,
+                   sparsity: SparsityMode | None = None) -> tuple[TablePredictor, Path | None]:
     """The host's measured table (profiled now where it lacks this model), else the analytic model."""
     target = runtime.target
     reason = runtime.unavailable_reason()
     if reason is not None:
-        predictor = offline_predictor(analysis, target)
+        predictor = offline_predictor(analysis, target, sparsity)
         console.print(f"  latency model for {target.name}: {predictor.describe()} ({runtime.name} cannot run here: "
                       f"{reason})")
         return predictor, None
     table, table_path = open_table(target, lut, create=True)
     with step("profile"), Progress(console=console, transient=True) as progress:
-        new = profile_model(analysis, target, table, progress)
+        new = profile_model(analysis, target, table, progress, sparsity)
         table.save(table_path)
     console.print(f"  latency table {table_path}: {new} new measurements")
-    return predictor_for(analysis, table, target), table_path
+    return predictor_for(analysis, table, target, sparsity), table_path
 
 
 def _width_search(realiser: Realiser, predictor: TablePredictor, options: Options, calibration: Calibration,
@@ -345,7 +364,7 @@ def _width_search(realiser: Realiser, predictor: TablePredictor, options: Option
             table.add(depth_costs(analysis.model, analysis.capture.example_input, missing, calibration.batches[0],
                                   recalibration[:4], progress, steps, training))
             costs = {key: table.costs[key] for key in predictor.options}
-            console.print(f"  depth importance of {len(costs)} options (merged spans, dropped blocks"
+            console.print(f"  depth importance of {len(costs)} options (merged spans, dropped blocks, N:M layers"
                           + (f"; each distilled {steps} steps first" if steps else "") + f"): {len(missing)} "
                           f"measured in {time.perf_counter() - started:.1f} s, the rest from {table.path}")
         elif options.search != "width":
@@ -359,8 +378,18 @@ def _width_search(realiser: Realiser, predictor: TablePredictor, options: Option
     x = analysis.capture.example_input
     return WidthSearch(analysis, predictor, importance, sensitivity, provenance, options.target.channel_alignment,
                        options.min_keep, options.allocation, calibration.batches, not calibration.random,
-                       recalibration, scores, copies, options.search, costs,
-                       lambda model, plan: unmerged(model, x, plan.merge, plan.depth))
+                       recalibration, scores, copies, options.search, costs, partial(_depth_view, x),
+                       Permutations(lambda gid: permutable(analysis, gid) is None))
+
+
+def _depth_view(example_input: torch.Tensor, model: nn.Module, plan: Plan) -> nn.Module:
+    """What a plan's depth and N:M decisions make of ``model`` (spans unmerged): the view the search
+    scores; N:M masks go on a copy, never on ``model``'s own weights."""
+    viewed = unmerged(model, example_input, plan.merge, plan.depth)
+    if plan.sparsity["layers"]:
+        viewed = copy.deepcopy(viewed)
+        sparsify(viewed, plan.sparsity["layers"])
+    return viewed
 
 
 def _copies_ms(realiser: Realiser, predictor: TablePredictor, target: Target, table_path: Path, plan: Plan

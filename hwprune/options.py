@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from hwprune.errors import HwpruneError
 from hwprune.export.verify import DEFAULT_ATOL, DEFAULT_RTOL
+from hwprune.latency.sparse import SparsityMode, parse_mode
 from hwprune.runtime import runtime_for
 from hwprune.search.decide import SEARCHES, STRATEGIES
 from hwprune.targets import Target
@@ -74,6 +75,9 @@ class Options:
     search: str | None = None
     # Depth options' cost after this many distillation steps each (0: the output change alone).
     depth_distil_steps: int = 0
+    # N:M sparsity: "off", "auto" (2:4 where the target's cost model predicts or measures a gain) or
+    # "N:M" (that pattern priced wherever the cost model can price it); an option of the joint search.
+    sparsity: str = "auto"
 
     def __post_init__(self) -> None:
         if self.allocation not in ("auto", *STRATEGIES):
@@ -82,6 +86,12 @@ class Options:
             raise HwpruneError(f"--depth-distil-steps {self.depth_distil_steps}: must be >= 0")
         if self.search is None:
             self.search = "width" if self.unconstrained else "joint"
+        try:
+            mode = parse_mode(self.sparsity)
+        except ValueError as exc:
+            raise HwpruneError(str(exc)) from None
+        if mode is not None and mode.explicit and self.search == "width":
+            raise HwpruneError(f"--sparsity {self.sparsity} is an option of the joint search; not with --search width")
         if self.search not in SEARCHES:
             raise HwpruneError(f"--search {self.search}: use one of {', '.join(SEARCHES)}")
         if self.search == "joint" and self.allocation == "uniform":
@@ -92,3 +102,7 @@ class Options:
             runtime_for(self.target).require("--unconstrained needs a target this host can measure: the copy ops it "
                                              "adds are priced by profiling them, and the analytic model has no copy "
                                              "costs")
+
+    @property
+    def sparsity_mode(self) -> SparsityMode | None:
+        return parse_mode(self.sparsity)

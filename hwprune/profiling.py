@@ -22,6 +22,7 @@ from hwprune.latency.lut import LatencyTable
 from hwprune.latency.model_latency import ANCHOR_FRACTIONS, anchor_counts, anchor_key, depth_choices, model_key
 from hwprune.latency.profiler import profile
 from hwprune.latency.space import profile_signatures
+from hwprune.latency.sparse import SparsityMode, sparse_options
 from hwprune.runtime import runtime_for
 from hwprune.runtime.timing import Timing
 from hwprune.targets import Target
@@ -39,15 +40,17 @@ def measure_model(model: nn.Module, example_input: torch.Tensor, target: Target,
             runner.close()
 
 
-def profile_model(analysis: Analysis, target: Target, table: LatencyTable, progress: object | None = None) -> int:
-    """Measure every signature the search may need for this model, and the whole model unpruned and
-    uniformly pruned at each of ``ANCHOR_FRACTIONS`` (the predictor's anchors); returns how many
-    measurements were new."""
+def profile_model(analysis: Analysis, target: Target, table: LatencyTable, progress: object | None = None,
+                  sparsity: SparsityMode | None = None) -> int:
+    """Measure every signature the search may need for this model (with ``sparsity``, its eligible
+    layers' N:M signatures too), and the whole model unpruned and uniformly pruned at each of
+    ``ANCHOR_FRACTIONS`` (the predictor's anchors); returns how many measurements were new."""
     alignment = target.channel_alignment
     groups = {g.id: g for g in analysis.groups}
     layers = model_layers(analysis, target.default_dtype)
-    merged = [layer for option in depth_choices(analysis, layers, target) for layer in option.adds]
-    signatures = profile_signatures(layers + merged, groups, alignment)
+    options = depth_choices(analysis, layers, target) + sparse_options(layers, target, sparsity, measured=True)
+    added = [layer for option in options for layer in option.adds]
+    signatures = profile_signatures(layers + added, groups, alignment)
     measured = profile(signatures, table, target, progress)
     x = analysis.capture.example_input
     key = model_key(analysis.name, tuple(x.shape))

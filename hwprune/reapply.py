@@ -16,6 +16,7 @@ from torch import nn
 
 from hwprune.calibration import load_calibration
 from hwprune.errors import PlanError
+from hwprune.export.nm_check import nm_weights
 from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.export.verify import Verification, verified
 from hwprune.graph.analyze import analyze
@@ -67,6 +68,10 @@ def apply_plan_file(plan: Plan, plan_name: str, loaded: LoadedModel, calib_data:
     with staged(out, ARTEFACTS) as stage:
         export_onnx(model, x, stage / "pruned.onnx", dynamic_batch, slim_available())
         verification = verified(model, stage / "pruned.onnx", x, dynamic_batch, atol, rtol)
+        wrong = [name for name, found in nm_weights(stage / "pruned.onnx", plan.sparsity["layers"]).items()
+                 if not found["nm"]]
+        if wrong:
+            raise PlanError(f"exported weights are not N:M in {', '.join(wrong)}")
         torch.save(model.state_dict(), stage / "pruned.pt")
         save_native(model, loaded.name, stage)
     return Applied(model, before, verification)

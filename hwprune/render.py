@@ -117,6 +117,7 @@ def markdown(report: Report) -> str:
         _copies_line(report.copies),
         "",
         *_depth_lines(report.depth),
+        *_sparsity_lines(report.sparsity),
         f"Search: importance {report.search.importance}, {report.search.groups} groups, allocation "
         f"{report.search.strategy}"
         + (f" ({_candidates(report.search.candidates)})" if report.search.candidates else "")
@@ -150,6 +151,31 @@ def _depth_lines(depth: dict | None) -> list[str]:
                      f"{row['parts_predicted_ms']:.4f} -> {row['merged_predicted_ms']:.4f} | {row['cost']:.2g} |")
     for row in depth["dropped"]:
         lines.append(f"| dropped | {row['block']} | x | {row['parts_predicted_ms']:.4f} -> 0 | {row['cost']:.2g} |")
+    return [*lines, ""]
+
+
+def _sparsity_lines(sparsity: dict | None) -> list[str]:
+    """The N:M layers with their predicted saving, or why none was chosen."""
+    if not sparsity or not sparsity["check"] or sparsity["check"]["pattern"] is None:
+        return []
+    check = sparsity["check"]
+    if not sparsity["layers"]:
+        why = check["reason"] or (f"{check['offered']} layer(s) were offered, and none saved more time than its "
+                                  "fidelity cost was worth to the search")
+        return [f"**N:M sparsity** ({sparsity['mode']}): no layer chosen: {why}.", ""]
+    lines = [f"**N:M sparsity** ({sparsity['mode']}): {len(sparsity['layers'])} layer(s); times {check['source']} "
+             "at the chosen widths; exported weights checked N:M; "
+             + ("engine layers running sparse kernels: " + (", ".join(sparsity["engine"]["sparse_layers"]) or "none")
+                if sparsity["engine"]["built"] else sparsity["engine"]["note"]) + ".", "",
+             "| layer | pattern | dense ms | N:M ms | saving | cost | in engine sparse |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for row in sparsity["layers"]:
+        engine = "-" if row["engine_sparse"] is None else ("yes" if row["engine_sparse"] else "no")
+        lines.append(f"| {row['layer']} | {row['pattern']} | {row['dense_ms']:.4f} | {row['sparse_ms']:.4f} | "
+                     f"{row['saving_ms']:.4f} ({row['source']}) | {row['cost']:.2g} | {engine} |")
+    for group in sparsity["permuted_groups"]:
+        lines.append(f"\nGroup {group['group']} permuted for N:M: retained magnitude {group['retained_identity']:.3f} "
+                     f"-> {group['retained_permuted']:.3f} of dense over {', '.join(group['readers'])}.")
     return [*lines, ""]
 
 

@@ -161,6 +161,10 @@ class Report:
     # Depth decisions: layer counts before and after, each merged span and dropped block with its
     # predicted time and measured fidelity cost (importance.depth).
     depth: dict | None = None
+    # N:M sparsity: what pricing found (and why none, when none), each chosen layer's predicted time
+    # dense and sparse and its cost, each permuted group's retained magnitude, the exported
+    # weights' check, and which layers the built engine really runs sparse (None: not built here).
+    sparsity: dict | None = None
 
     def to_json(self) -> dict:
         return {"format": FORMAT, **asdict(self)}
@@ -229,6 +233,8 @@ def depth_section(original: nn.Module, pruned: nn.Module, predictor: TablePredic
     merges, drops = [], []
     for key in sorted(result.depth):
         option = predictor.options[key]
+        if option.kind == "sparse":
+            continue
         parts_ms = sum(full[name] for name in option.removes)
         row = {**option.entry, "cost": costs.get(key), "parts_predicted_ms": parts_ms}
         if option.adds:
@@ -242,6 +248,39 @@ def depth_section(original: nn.Module, pruned: nn.Module, predictor: TablePredic
             drops.append(row)
     return {"layers_before": _timed_layers(original), "layers_after": _timed_layers(pruned), "merged": merges,
             "dropped": drops, "options_priced": len(predictor.options), "options_costed": len(costs)}
+
+
+def sparsity_section(predictor: TablePredictor, result, costs: dict[str, float], plan_sparsity: dict, mode: str,
+                     onnx_check: dict[str, dict], engine_sparse: list[str] | None, engine_note: str) -> dict:
+    """What N:M did: the pricing check, each chosen layer (predicted dense and N:M time at the chosen
+    widths, labelled by the latency model's source, and its cost), each permuted group's retained
+    magnitude without and with its permutation, and the evidence after export and build."""
+    check = predictor.sparsity
+    view = predictor.with_depth(result.depth)
+    full, taken = predictor.predict(result.counts).layers_ms, view.predict(result.counts).layers_ms
+    rows = []
+    for key in sorted(result.depth):
+        option = predictor.options[key]
+        if option.kind != "sparse":
+            continue
+        layer = option.entry["layer"]
+        dense_ms, sparse_ms = full[layer], taken[option.adds[0].name]
+        node = onnx_check.get(layer, {}).get("node")
+        rows.append({"layer": layer, "pattern": f"{option.entry['n']}:{option.entry['m']}", "cost": costs.get(key),
+                     "dense_ms": dense_ms, "sparse_ms": sparse_ms, "saving_ms": dense_ms - sparse_ms,
+                     "source": check.source if check else None, "onnx_node": node,
+                     "onnx_nm": onnx_check.get(layer, {}).get("nm"),
+                     "engine_sparse": None if engine_sparse is None else any(node and node in name
+                                                                             for name in engine_sparse)})
+    groups = [{"group": gid, "readers": stats["readers"], "dense": stats["dense"],
+               "retained_identity": stats["identity"] / stats["dense"],
+               "retained_permuted": stats["permuted"] / stats["dense"]}
+              for gid, stats in plan_sparsity.get("magnitude", {}).items()]
+    engine = ({"built": False, "note": f"which layers run sparse kernels is known only from a built engine: "
+                                       f"{engine_note}"} if engine_sparse is None else
+              {"built": True, "sparse_layers": engine_sparse})
+    return {"mode": mode, "check": check.to_json() if check else None, "layers": rows, "permuted_groups": groups,
+            "engine": engine}
 
 
 def _timed_layers(model: nn.Module) -> int:

@@ -8,6 +8,10 @@ comment; tests/test_targets.py checks it). Layout of a profile::
     channel_alignment, [threads, graph_optimization_level: onnxruntime targets only]
     [peak_tflops]         fp32, fp16, int8 (dense; int8 in TOPS)
     [peak_tflops_sparse]  2:4 structured-sparsity rates; only where tensor cores accelerate it
+    [sparsity]            layer_speedup, min_channels: what the cost model predicts a 2:4 layer gains
+                          (derated from public end-to-end evidence, not the datasheet's 2x) and
+                          the channel count below which no gain is predicted; only beside
+                          [peak_tflops_sparse]
     [memory]              bandwidth_gbps
     [analytic]            launch_overhead_us, memory_efficiency
     [analytic.efficiency] conv, pointwise, depthwise, linear (fractions of peak compute)
@@ -38,7 +42,7 @@ OP_KINDS = ("conv", "pointwise", "depthwise", "linear")
 ORT_LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
 REQUIRED_FIELDS = ("name", "description", "runtime", "default_dtype", "default_batch", "channel_alignment",
                    "peak_tflops", "memory", "analytic")
-_OPTIONAL_FIELDS = ("peak_tflops_sparse", "threads", "graph_optimization_level")
+_OPTIONAL_FIELDS = ("peak_tflops_sparse", "sparsity", "threads", "graph_optimization_level")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -74,6 +78,10 @@ class Target:
     """onnxruntime intra-op threads (onnxruntime targets only)."""
     graph_optimization_level: str | None = None
     """onnxruntime graph optimisation level (onnxruntime targets only)."""
+    sparse_layer_speedup: float = 1.0
+    """Predicted speedup of a 2:4 layer's compute-bound time (1: none predicted)."""
+    sparse_min_channels: int = 0
+    """Input and output channels a layer needs before a 2:4 gain is predicted."""
     path: str = field(default="", compare=False)
     """The file the profile was read from."""
 
@@ -136,6 +144,17 @@ def _parse(data: dict, stem: str, where: str, path: str) -> Target:
         if rate < peak[dtype]:
             raise DeviceError(f"{where}: peak_tflops_sparse.{dtype} = {rate} is below the dense rate {peak[dtype]}")
 
+    speedup, min_channels = 1.0, 0
+    if "sparsity" in data:
+        if not sparse:
+            raise DeviceError(f"{where}: [sparsity] needs [peak_tflops_sparse] (a device without sparse tensor cores)")
+        table = _table(data, "sparsity", where)
+        _only(table, ("layer_speedup", "min_channels"), f"{where} [sparsity]")
+        speedup = _positive_number(table, "layer_speedup", f"{where} [sparsity]")
+        if speedup < 1:
+            raise DeviceError(f"{where} [sparsity]: layer_speedup = {speedup} is below 1")
+        min_channels = _positive_int(table, "min_channels", f"{where} [sparsity]")
+
     memory = _table(data, "memory", where)
     _only(memory, ("bandwidth_gbps",), f"{where} [memory]")
     bandwidth = _positive_number(memory, "bandwidth_gbps", f"{where} [memory]")
@@ -153,7 +172,8 @@ def _parse(data: dict, stem: str, where: str, path: str) -> Target:
     return Target(name=name, description=description, runtime=runtime, default_dtype=default_dtype,
                   default_batch=default_batch, channel_alignment=channel_alignment, peak_tflops=peak,
                   peak_tflops_sparse=sparse, bandwidth_gbps=bandwidth, analytic=analytic, threads=threads,
-                  graph_optimization_level=level, path=path)
+                  graph_optimization_level=level, sparse_layer_speedup=speedup,
+                  sparse_min_channels=min_channels, path=path)
 
 
 def _analytic(table: dict, where: str) -> AnalyticParams:

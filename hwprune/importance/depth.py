@@ -1,4 +1,4 @@
-"""How much each depth choice costs the model's outputs: take it alone and measure.
+"""How much each depth (or N:M) choice costs the model's outputs: take it alone and measure.
 
 For every span (activations inside removed, padding moved to its first conv: exactly what the
 merged conv computes) and every droppable block (branch gone), the model runs on a calibration
@@ -11,6 +11,10 @@ from the unpruned model for that many steps on the calibration batches (recovery
 then measured on a batch it was not trained on. It costs a copy and a short training run per
 candidate; the compile states the time.
 
+An N:M option masks its layer's weights (magnitude, no channel permutation: the permutation the
+plan may add only keeps more magnitude, so this is the upper bound) and measures the same way; the
+distillation proxy is not applied to it (training would regrow what the mask removed).
+
 A span that removes no activation and pads nothing after its first conv is exact: cost 0,
 nothing run. The table is keyed by the option's key, so every refinement round and frontier point of
 one compile reuses it; ``CostTable`` keeps it in the user cache across compiles, under a digest of
@@ -22,7 +26,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -34,6 +39,7 @@ from hwprune.importance.sensitivity import flat_outputs, output_change
 from hwprune.io import write_text_atomic
 from hwprune.latency.depth import DepthOption
 from hwprune.recover.distill import distillation_loss
+from hwprune.sparsity.masks import nm_mask
 from hwprune.transform.depth import unmerged
 
 
@@ -62,6 +68,11 @@ def depth_costs(model: nn.Module, example_input: torch.Tensor, options: Sequence
 def _cost(model: nn.Module, example_input: torch.Tensor, option: DepthOption, batch: torch.Tensor,
           reference: list[torch.Tensor], recalibration: Sequence[torch.Tensor], distil_steps: int = 0,
           training: Sequence[torch.Tensor] = ()) -> float:
+    if option.kind == "sparse":
+        with _masked(model, option.entry):
+            if recalibration:
+                recalibrate_batchnorm(model, recalibration)
+            return output_change(reference, model(batch))
     merge, depth = ([option.entry], []) if option.kind == "merge" else ([], [option.entry])
     student = copy.deepcopy(model) if distil_steps else model  # trained: never the model's own layers
     changed = unmerged(student, example_input, merge, depth)
@@ -86,6 +97,18 @@ def _distil(teacher: nn.Module, student: nn.Module, batches: Sequence[torch.Tens
             loss.backward()
             optimiser.step()
     student.eval()
+
+
+@contextmanager
+def _masked(model: nn.Module, entry: dict) -> Iterator[None]:
+    """``entry["layer"]``'s weight N:M-masked by magnitude for the duration, then restored."""
+    weight = model.get_submodule(entry["layer"]).weight
+    original = weight.detach().clone()
+    weight.data.mul_(nm_mask(weight, entry["n"], entry["m"]))
+    try:
+        yield
+    finally:
+        weight.data.copy_(original)
 
 
 def _exact(model: nn.Module, option: DepthOption) -> bool:

@@ -17,10 +17,12 @@ Model, per op signature ``sig`` on ``target``::
   tensors too). 17 channels therefore cost as much as 32 when the alignment is 16: the
   staircase. Grouped convs pad to a multiple of ``groups`` that is at least the alignment, so
   the padded op still has whole groups; depthwise convs keep groups == channels.
-- ``peak`` is the dense rate of the signature's dtype; ``sig.sparsity == "2:4"`` uses the
-  ``[peak_tflops_sparse]`` rate where the device has one for that dtype (Ampere and newer) and
-  the op runs on tensor cores (not depthwise); everywhere else 2:4 costs the same as dense.
-  Memory traffic is not reduced for 2:4 (compressed weights are small next to activations).
+- ``peak`` is the dense rate of the signature's dtype. A ``sig.sparsity == "2:4"`` op runs at the
+  dense rate times the profile's ``[sparsity] layer_speedup`` where the device has a sparse rate
+  for that dtype (Ampere and newer), the op runs on tensor cores (not depthwise) and both its
+  channel counts reach ``min_channels``; everywhere else (any other N:M too) it costs the same as
+  dense. The speedup is derated to public end-to-end evidence (about 1.15 on datacenter GPUs, 1.0
+  on Jetson Orin), not the datasheet's 2x peak. Memory traffic is not reduced for 2:4.
 - Everything is one op in isolation: no fusion, no caches, no concurrency between ops.
 
 Every number this module returns is a *prediction by the analytic model*; callers label it so
@@ -95,11 +97,13 @@ def padded(sig: OpSignature, alignment: int) -> OpSignature:
 
 
 def peak_tflops(sig: OpSignature, target: Target) -> float:
-    """The peak rate the op can reach: the sparse rate for a 2:4 op where the device has one."""
+    """The rate the op can reach: the dense peak, times the profile's derated 2:4 speedup for a 2:4
+    op the device's sparse tensor cores run."""
     if sig.dtype not in target.peak_tflops:
         raise DeviceError(f"target {target.name} has no peak rate for dtype {sig.dtype!r}")
-    if sig.sparsity == "2:4" and op_kind(sig) != "depthwise" and sig.dtype in target.peak_tflops_sparse:
-        return target.peak_tflops_sparse[sig.dtype]
+    if (sig.sparsity == "2:4" and op_kind(sig) != "depthwise" and sig.dtype in target.peak_tflops_sparse
+            and min(sig.c_in, sig.c_out) >= target.sparse_min_channels):
+        return target.peak_tflops[sig.dtype] * target.sparse_layer_speedup
     return target.peak_tflops[sig.dtype]
 
 

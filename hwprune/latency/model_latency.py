@@ -18,6 +18,7 @@ from hwprune.latency.layers import Layer, model_layers
 from hwprune.latency.lut import LatencyTable, LutError, load_table, new_table
 from hwprune.latency.predictor import Anchor, TablePredictor
 from hwprune.latency.space import channel_choices, profile_signatures
+from hwprune.latency.sparse import SparsityCheck, SparsityMode, not_offered, sparse_options, worthwhile
 from hwprune.runtime import runtime_for
 from hwprune.runtime.timing import Timing
 from hwprune.targets import Target
@@ -80,15 +81,40 @@ def depth_choices(analysis: Analysis, layers: list[Layer], target: Target) -> li
     return kept
 
 
-def analytic_predictor(analysis: Analysis, target: Target) -> TablePredictor:
+def analytic_predictor(analysis: Analysis, target: Target, sparsity: SparsityMode | None = None) -> TablePredictor:
     """A predictor over analytic per-op latencies at the target's default dtype (no whole-model
     calibration: nothing was measured)."""
     layers = model_layers(analysis, target.default_dtype)
-    options = depth_choices(analysis, layers, target)
-    return TablePredictor(layers, analytic_table(analysis, target, options), options=options)
+    sparse = sparse_options(layers, target, sparsity, measured=False)
+    options = depth_choices(analysis, layers, target) + sparse
+    predictor = TablePredictor(layers, analytic_table(analysis, target, options), options=options)
+    return priced_sparsity(predictor, sparse, sparsity, target, measured=False)
 
 
-def offline_predictor(analysis: Analysis, target: Target) -> TablePredictor:
+def priced_sparsity(predictor: TablePredictor, sparse: Sequence[DepthOption], mode: SparsityMode | None,
+                    target: Target, measured: bool) -> TablePredictor:
+    """``predictor`` with only the sparse options worth taking (``latency.sparse.worthwhile``) and
+    the check that says why, as ``predictor.sparsity``."""
+    priced = [o for o in sparse if o.key in predictor.options]
+    source = "measured" if measured else "predicted"
+    by_name = {layer.name: layer for layer in predictor.layers}
+    dense_ms, sparse_ms = {}, {}
+    for option in priced:
+        layer = by_name[option.entry["layer"]]
+        dense_ms[layer.name] = predictor.layer_ms(layer, layer.signature.c_in, layer.signature.c_out)[0]
+        sparse_ms[option.key] = predictor.layer_ms(option.adds[0], layer.signature.c_in, layer.signature.c_out)[0]
+    kept, check = worthwhile(priced, dense_ms, sparse_ms, mode, target, source, measured)
+    if sparse and not priced:
+        check = SparsityCheck(mode.pattern, "none", len(sparse), [], {}, f"the latency table has no {mode.pattern} "
+                              f"entries for this model (hwprune profile --sparsity {mode.pattern} measures them)")
+    for option in priced:
+        if option not in kept:
+            del predictor.options[option.key]
+    predictor.sparsity = check
+    return predictor
+
+
+def offline_predictor(analysis: Analysis, target: Target, sparsity: SparsityMode | None = None) -> TablePredictor:
     """The cost model of a target this host cannot run: a shipped device-measured table matching the
     target (``latency.shipped``), else the analytic model (conv/linear layers' roofline times;
     other ops are not modelled, so the unpruned prediction is a lower bound). Its ``provenance()``
@@ -96,10 +122,17 @@ def offline_predictor(analysis: Analysis, target: Target) -> TablePredictor:
     from hwprune.latency.shipped import shipped_predictor
 
     shipped = shipped_predictor(analysis, target)
-    return shipped[0] if shipped is not None else analytic_predictor(analysis, target)
+    if shipped is None:
+        return analytic_predictor(analysis, target, sparsity)
+    predictor = shipped[0]
+    reason = not_offered(sparsity, target, measured=True) or (
+        f"the shipped table {shipped[1]['table']} holds dense layers only")
+    predictor.sparsity = SparsityCheck(sparsity.pattern if sparsity else None, "none", 0, [], {}, reason)
+    return predictor
 
 
-def predictor_for(analysis: Analysis, table: LatencyTable, target: Target) -> TablePredictor:
+def predictor_for(analysis: Analysis, table: LatencyTable, target: Target, sparsity: SparsityMode | None = None
+                  ) -> TablePredictor:
     """A predictor for ``analysis``'s model; needs the model profiled into ``table`` first."""
     key = model_key(analysis.name, tuple(analysis.capture.example_input.shape))
     if key not in table.models:
@@ -110,7 +143,9 @@ def predictor_for(analysis: Analysis, table: LatencyTable, target: Target) -> Ta
             anchors.append(Anchor(anchor_counts(analysis, target.channel_alignment, fraction),
                                   table.models[anchor_key(key, fraction)]))
     layers = model_layers(analysis, target.default_dtype)
-    return TablePredictor(layers, table, anchors, depth_choices(analysis, layers, target))
+    sparse = sparse_options(layers, target, sparsity, measured=True)
+    predictor = TablePredictor(layers, table, anchors, depth_choices(analysis, layers, target) + sparse)
+    return priced_sparsity(predictor, sparse, sparsity, target, measured=True)
 
 
 def analytic_table(analysis: Analysis, target: Target, options: Sequence[DepthOption] = ()) -> LatencyTable:

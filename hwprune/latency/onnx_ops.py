@@ -36,7 +36,8 @@ def input_shape(sig: OpSignature) -> tuple[int, ...]:
 def single_op_model(sig: OpSignature) -> bytes:
     """A serialized ONNX model computing just ``sig`` (conv2d: Conv; conv_transpose2d: ConvTranspose;
     linear: MatMul + Add; gather:
-    Gather of c_out channels spread over c_in; slice: Slice of the first c_out)."""
+    Gather of c_out channels spread over c_in; slice: Slice of the first c_out). An N:M signature's
+    weights hold N non-zeros in every M input channels."""
     rng = np.random.default_rng(0)
     if sig.op in COPY_OPS:
         return _copy_model(sig)
@@ -61,6 +62,8 @@ def single_op_model(sig: OpSignature) -> bytes:
         x_shape, y_shape = list(input_shape(sig)), [sig.batch, sig.h, sig.c_out]
     else:
         raise HwpruneError(f"no single-op ONNX graph for op {sig.op!r}")
+    if sig.sparsity != "dense":
+        weight = _nm_zeroed(weight, sig.sparsity, axis=0 if sig.op == "linear" else 1)
     bias = rng.standard_normal((sig.c_out,), dtype=np.float32)
     graph = helper.make_graph(
         nodes, "op", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
@@ -70,6 +73,16 @@ def single_op_model(sig: OpSignature) -> bytes:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def _nm_zeroed(weight: np.ndarray, pattern: str, axis: int) -> np.ndarray:
+    """``weight`` with only the first N of every M consecutive entries along the reduction axis kept:
+    a runtime that accelerates N:M sees the pattern (which entries survive does not change the time)."""
+    n, m = (int(part) for part in pattern.split(":"))
+    keep = (np.arange(weight.shape[axis]) % m) < n
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    return weight * keep.reshape(shape).astype(weight.dtype)
 
 
 def _copy_model(sig: OpSignature) -> bytes:

@@ -36,6 +36,7 @@ from hwprune.latency.depth import DepthOption
 from hwprune.latency.layers import Layer
 from hwprune.latency.lut import LatencyTable
 from hwprune.latency.signature import OpSignature
+from hwprune.latency.sparse import SparsityCheck
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class TablePredictor:
             self._axes.update(axes)
             self.options[option.key] = option
         self.depth: frozenset[str] = frozenset()
+        self.sparsity: SparsityCheck | None = None  # what pricing N:M found (``model_latency.priced_sparsity``)
         self._full_activations = sum(self._activations(layer, {}) for layer in layers)
         self._index_groups()
         self.fixed_ms, self.layer_scale, self.rest_ms = self._fit(anchors)

@@ -41,6 +41,7 @@ from hwprune.runtime import runtime_for
 from hwprune.targets import load_target
 from hwprune.transform.apply import realise, realise_unmerged
 from hwprune.transform.depth import merged
+from hwprune.transform.nm import sparsify
 
 CHECKPOINT_FORMAT = "hwprune-recovery-checkpoint/1"
 EVAL_BATCHES = 64  # at most this many batches of --eval-data (or of --data when none) for fidelity
@@ -98,7 +99,9 @@ def _recover(build: Path, options: RecoverOptions, console: Console, world: Worl
             _save_checkpoint(checkpoint_path, identity, student, recipe, done, optimiser_state)
 
     with _progress_bar(console, world, recipe.epochs * len(data), progress.epoch * len(data)) as on_batch:
+        masks = plan.sparsity["layers"]  # N:M masks hold after every step
         distil(teacher, student, data, recipe, world, progress, state, _feature_layers(plan, student),
+               constraints=[lambda model: sparsify(model, masks)] if masks else (),
                on_batch=on_batch, on_epoch=on_epoch)
     after = _evaluate(teacher, student, evaluation, world.device)
     section = {"data": options.data, "eval_data": options.eval_data or options.data, "samples": data.samples,

@@ -80,11 +80,17 @@ class Runtime(ABC):
                 done(i, timings[-1])
         return timings
 
-    def engines(self, folder: Path, names: Sequence[str], input_shape: tuple[int, ...], max_batch: int | None
-                ) -> tuple[str | None, str]:
+    def engines(self, folder: Path, names: Sequence[str], input_shape: tuple[int, ...], max_batch: int | None,
+                sparse: Sequence[str] = ()) -> tuple[str | None, str]:
         """Engine artefacts for ``folder/NAME.onnx`` (the path of the last one, or None) and a note
-        saying what was done or why not. Runtimes that run ONNX directly build none."""
+        saying what was done or why not; those named in ``sparse`` hold N:M weights the engine may
+        run on sparse kernels. Runtimes that run ONNX directly build none."""
         return None, f"target {self.target.name} runs {self.name}, which runs the ONNX file itself: no engine"
+
+    def sparse_layers(self, engine: Path) -> list[str] | None:
+        """The layers of a built engine that run sparse kernels; None where no such engine was built
+        (runtimes that run ONNX directly have no sparse kernels to report)."""
+        return None
 
     def time(self, runner: Runner, warmup: int = 3, min_runs: int = 10, min_seconds: float = 0.1) -> Timing:
         return time_runs(runner.run, warmup, min_runs, min_seconds)

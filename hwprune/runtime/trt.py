@@ -13,6 +13,7 @@ Written against the TensorRT 10 Python API (JetPack 6 ships 10.3): explicit-batc
 
 from __future__ import annotations
 
+import json
 import shlex
 import tempfile
 from collections.abc import Sequence
@@ -71,8 +72,9 @@ def trtexec_command(config: EngineConfig) -> list[str]:
                f"--memPoolSize=workspace:{config.workspace_mib}", f"--timingCacheFile={config.timing_cache}"]
     if config.fp16:
         command.append("--fp16")
-    if config.sparse_weights:
-        command.append("--sparsity=enable")
+    if config.sparse_weights:  # and the layer information that says which layers run sparse kernels
+        command += ["--sparsity=enable", "--profilingVerbosity=detailed",
+                    f"--exportLayerInfo={layer_info_path(config.engine)}"]
     if config.max_batch is not None:
         rest = config.input_shape[1:]
         command += [f"--minShapes={config.input_name}:{_shape((1, *rest))}",
@@ -146,6 +148,7 @@ def build_engine(config: EngineConfig) -> Path:
         builder_config.set_flag(trt.BuilderFlag.FP16)
     if config.sparse_weights:
         builder_config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+        builder_config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     cached = config.timing_cache.read_bytes() if config.timing_cache.exists() else b""
     builder_config.set_timing_cache(builder_config.create_timing_cache(cached), False)
     if config.max_batch is not None:
@@ -158,7 +161,26 @@ def build_engine(config: EngineConfig) -> Path:
         raise HwpruneError(f"TensorRT failed to build an engine from {config.onnx}")
     config.engine.write_bytes(bytes(serialized))
     config.timing_cache.write_bytes(bytes(builder_config.get_timing_cache().serialize()))
+    if config.sparse_weights:
+        engine = trt.Runtime(logger).deserialize_cuda_engine(bytes(serialized))
+        inspector = engine.create_engine_inspector()
+        layer_info_path(config.engine).write_text(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
     return config.engine
+
+
+def layer_info_path(engine: Path) -> Path:
+    """Where an engine's layer information (TensorRT's engine inspector, JSON) is kept: beside it."""
+    return engine.with_name(engine.stem + ".layers.json")
+
+
+def sparse_layers(info: dict) -> list[str]:
+    """The names of the engine layers whose chosen tactic is a sparse kernel, from the engine
+    inspector's JSON at detailed verbosity (``{"Layers": [{"Name": ..., "TacticName": ...}]}``).
+    TensorRT names its 2:4 kernels with "sparse" in the tactic name (the verbose build log's
+    "picked sparse implementation" lines list the same layers)."""
+    layers = info.get("Layers", [])
+    return [str(layer.get("Name")) for layer in layers
+            if isinstance(layer, dict) and "sparse" in str(layer.get("TacticName", "")).lower()]
 
 
 class _LoadedEngine:
@@ -285,12 +307,13 @@ class TensorRT(Runtime):
                                    timing_cache=self._cache())
             return time_engine(build_engine(config), shape, self.method["warmup"], calls or self.method["runs"])
 
-    def engines(self, folder: Path, names: Sequence[str], input_shape: tuple[int, ...], max_batch: int | None
-                ) -> tuple[str | None, str]:
-        """Build each engine where TensorRT runs; otherwise write ``build_engine.sh`` with the
-        equivalent trtexec lines for the device, and say why."""
+    def engines(self, folder: Path, names: Sequence[str], input_shape: tuple[int, ...], max_batch: int | None,
+                sparse: Sequence[str] = ()) -> tuple[str | None, str]:
+        """Build each engine where TensorRT runs (those in ``sparse`` with 2:4 sparse weights enabled,
+        their layer information beside them); otherwise write ``build_engine.sh`` with the equivalent
+        trtexec lines for the device, and say why."""
         configs = [engine_config(self.target, folder / f"{name}.onnx", folder / f"{name}.engine", input_shape,
-                                 max_batch=max_batch) for name in names]
+                                 sparse=name in sparse, max_batch=max_batch) for name in names]
         reason = unavailable_reason()
         if reason is not None:
             write_text_atomic(folder / "build_engine.sh", build_script(configs, reason))
@@ -299,6 +322,10 @@ class TensorRT(Runtime):
         for config in configs:
             build_engine(config)
         return configs[-1].engine.name, f"built with TensorRT {package_version('tensorrt')}"
+
+    def sparse_layers(self, engine: Path) -> list[str] | None:
+        info = layer_info_path(engine)
+        return sparse_layers(json.loads(info.read_text())) if info.exists() else None
 
     def _cache(self) -> Path:
         """One timing cache per target, reused by every build on this host."""

@@ -25,6 +25,7 @@ from hwprune.latency.predictor import TablePredictor
 from hwprune.plan import Plan, Provenance, WidthDecision
 from hwprune.search.choose import Candidate, choose
 from hwprune.search.joint import search_joint
+from hwprune.search.nm import Permutations
 from hwprune.search.readers import SegmentMask, reader_masks
 from hwprune.search.width import SearchResult, search_widths, uniform_widths
 
@@ -68,6 +69,8 @@ class WidthSearch:
     search: str = "width"
     depth_costs: dict[str, float] = field(default_factory=dict)
     depth_view: Callable[[nn.Module, Plan], nn.Module] | None = None
+    # N:M: the channel permutations of groups feeding the layers the search gave N:M (None: no N:M).
+    permutations: Permutations | None = None
 
     def __call__(self, predicted_budget: float) -> Decision:
         strategies = self.strategies()
@@ -78,8 +81,8 @@ class WidthSearch:
                                 self.calibration_batches[:CHOICE_BATCHES], self.real_calibration,
                                 self.recalibration_batches, self._depth_view)
             strategy, result = candidates[0].strategy, candidates[0].search
-        else:
-            strategy = self.allocation
+        else:  # a named allocation; with --search joint or depth, that search is the one strategy
+            strategy = self.allocation if self.allocation in strategies else next(iter(strategies))
             result = strategies[strategy](predicted_budget)
         if self.reader_scores:
             result, plan = self._fit_unconstrained(strategies[strategy], predicted_budget, result)
@@ -114,11 +117,16 @@ class WidthSearch:
         """A plan holding only ``result``'s depth decisions (for the depth view)."""
         plan = Plan(self.provenance, result.predicted_ms, result.baseline_predicted_ms)
         plan.merge, plan.depth = self._depth_entries(result.depth)
+        plan.sparsity["layers"] = {o.entry["layer"]: {"n": o.entry["n"], "m": o.entry["m"], "criterion": "magnitude"}
+                                   for o in self._sparse(result.depth)}
         return plan
 
     def _depth_entries(self, keys: frozenset[str]) -> tuple[list[dict], list[dict]]:
         options = [self.predictor.options[k] for k in sorted(keys)]
         return ([o.entry for o in options if o.kind == "merge"], [o.entry for o in options if o.kind == "drop"])
+
+    def _sparse(self, keys: frozenset[str]) -> list:
+        return [self.predictor.options[k] for k in sorted(keys) if self.predictor.options[k].kind == "sparse"]
 
     def plan(self, result: SearchResult, predicted_budget: float, masks: dict[str, SegmentMask] | None = None
              ) -> Plan:
@@ -136,7 +144,10 @@ class WidthSearch:
         budget = {**self.provenance.budget, "predicted_budget_ms": predicted_budget}
         provenance = replace(self.provenance, budget=budget)
         merge, depth = self._depth_entries(result.depth)
-        return Plan(provenance, result.predicted_ms, result.baseline_predicted_ms, width, depth, merge,
+        sparse = self._sparse(result.depth)
+        permutations = self.permutations or Permutations(lambda gid: False)  # None: masks without permutation
+        sparsity = permutations.section(self.analysis, self.predictor.layers, sparse, width)
+        return Plan(provenance, result.predicted_ms, result.baseline_predicted_ms, width, depth, merge, sparsity,
                     bn_recalibration=bool(self.recalibration_batches))
 
     def _fit_unconstrained(self, search: Callable[[float], SearchResult], predicted_budget: float,

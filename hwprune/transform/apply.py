@@ -1,9 +1,10 @@
 """A Plan applied to a model: the transform passes in their fixed order.
 
-Order: reorder unconstrained segments (before pruning, while every channel still exists), prune
-channels, select readers' channels; then the depth passes on the pruned model (drop blocks, fold
-BatchNorm, remove activations, move padding, merge convolutions: ``transform/depth.py``). N:M
-sparsity has no pass yet: a plan that asks for it is refused whole rather than half-applied.
+Order: reorder unconstrained segments and permute groups for N:M (before pruning, while every
+channel still exists), prune channels, select readers' channels; then the depth passes on the
+pruned model (drop blocks, remove activations, move padding: ``transform/depth.py``), the N:M
+masks (``transform/nm.py``), and last the merge (fold BatchNorm, merge convolutions). A layer
+that takes N:M is never inside a merged span (the search treats the two as exclusive).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hwprune.graph.segments import segments
 from hwprune.graph.spans import candidates_of
 from hwprune.plan import Plan, WidthDecision
 from hwprune.transform.depth import merged, resolve, trace_or_refuse, unmerged
+from hwprune.transform.nm import PermuteForSparsity, sparsify
 from hwprune.transform.passes import Pass, Surgery, run_passes
 from hwprune.transform.prune import PruneChannels
 from hwprune.transform.reorder import ReorderSegments
@@ -34,17 +36,23 @@ def apply_plan(plan: Plan, analysis: Analysis, reorder: bool = True, merge: bool
     decisions the result is a new module (an fx ``GraphModule``), not ``analysis.model``; with
     ``merge`` False its spans are left unmerged (activations removed, padding moved), the form
     BatchNorm re-estimation and training see, and ``transform.depth.merged`` finishes them."""
-    if any(plan.sparsity.values()):
-        raise PlanError("the plan has sparsity decisions; this hwprune cannot apply them yet")
     width = {gid: WidthDecision(d.keep, d.of, list(d.indices), None if d.readers is None else dict(d.readers))
              for gid, d in plan.width.items()}
     found = {s.group: s for s in segments(analysis)} if any(d.readers for d in width.values()) else {}
     passes: list[Pass] = [ReorderSegments()] if reorder and found else []
+    sparse = plan.sparsity.get("layers", {})
+    merged_convs = {name for entry in plan.merge for name in entry["convs"]}
+    if merged_convs & set(sparse):
+        raise PlanError(f"sparsity: {', '.join(sorted(merged_convs & set(sparse)))} both merged and N:M")
     if plan.merge or plan.depth:  # checked before any layer is touched
         resolve(plan.merge, plan.depth, candidates_of(trace_or_refuse(analysis.model)))
+    permutations = plan.sparsity.get("permutations", {})
+    if permutations:
+        passes.append(PermuteForSparsity(permutations))
     run_passes([*passes, PruneChannels(), SelectReaders()], Surgery(analysis, width, found))
     example = analysis.capture.example_input
     model = unmerged(analysis.model, example, plan.merge, plan.depth)
+    sparsify(model, sparse)
     return merged(model, example, plan.merge) if merge else model
 
 

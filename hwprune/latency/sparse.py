@@ -1,0 +1,138 @@
+"""N:M sparsity as a per-layer option of the joint search: which layers may take it on a target,
+and whether the target's cost model says it is worth anything there.
+
+A sparse option replaces one conv or linear layer by the same layer with an N:M signature
+(``OpSignature.sparsity``), sized by the same groups, so the width search prices it at every
+width like the merged convs of ``latency.depth``; it conflicts with any merge or drop that removes
+the layer. Prices come from where every other price comes from: a measured table (``cpu``: the
+profiler times N:M-zeroed single-op graphs; onnxruntime here runs them no faster) or the analytic
+model (TensorRT targets: the profile's derated ``[sparsity] layer_speedup``, labelled predicted).
+
+Modes (``--sparsity``): ``off``; ``auto`` (2:4, only on targets whose profile has sparse tensor
+cores and predicts a gain, or whose measured table shows one); ``N:M`` (that pattern priced
+wherever the cost model can price it, so ``cpu --sparsity 2:4`` measures it). Either way an
+option is offered only where it saves at least ``MIN_SAVING`` of its layer's time at full width:
+below that a measured difference is timing noise (one onnxruntime thread spreads 2-5% here).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, replace
+
+from hwprune.latency.depth import DepthOption
+from hwprune.latency.layers import Layer
+from hwprune.targets import Target
+
+MIN_SAVING = 0.05
+
+
+@dataclass(frozen=True)
+class SparsityMode:
+    """What ``--sparsity`` asked for: a pattern, and whether it was named (not ``auto``)."""
+
+    n: int
+    m: int
+    explicit: bool
+
+    @property
+    def pattern(self) -> str:
+        return f"{self.n}:{self.m}"
+
+
+def parse_mode(text: str) -> SparsityMode | None:
+    """``off`` -> None, ``auto`` -> 2:4 where it pays, ``N:M`` -> that pattern; ValueError otherwise."""
+    if text == "off":
+        return None
+    if text == "auto":
+        return SparsityMode(2, 4, explicit=False)
+    try:
+        n, m = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise ValueError(f"--sparsity {text!r}: off, auto or N:M (e.g. 2:4)") from None
+    if not 0 < n < m:
+        raise ValueError(f"--sparsity {text!r}: N:M needs 0 < N < M")
+    return SparsityMode(n, m, explicit=True)
+
+
+def sparse_key(layer: str) -> str:
+    return f"sparse:{layer}"
+
+
+def not_offered(mode: SparsityMode | None, target: Target, measured: bool) -> str | None:
+    """Why no layer can take ``mode`` on ``target`` at all, before pricing anything; None if some may."""
+    if mode is None:
+        return "--sparsity off"
+    if mode.explicit or measured and target.sparse_24:
+        return None
+    if not target.sparse_24:
+        return (f"target {target.name} has no sparse tensor cores in its profile ({target.path or 'devices/'}); "
+                f"--sparsity {mode.pattern} prices it anyway" + (" (measured here)" if measured else ""))
+    if target.sparse_layer_speedup <= 1:
+        return (f"target {target.name}'s profile predicts no 2:4 gain ([sparsity] layer_speedup = "
+                f"{target.sparse_layer_speedup}: public reports show none on this device) until a table "
+                f"measured on the device says otherwise")
+    return None
+
+
+def eligible(layer: Layer, mode: SparsityMode, target: Target) -> bool:
+    """A conv (not grouped) or linear layer whose input channels stay whole runs of M at every width."""
+    sig = layer.signature
+    return (sig.op in ("conv2d", "linear") and sig.groups == 1 and not layer.depthwise and sig.sparsity == "dense"
+            and sig.c_in % mode.m == 0 and target.channel_alignment % mode.m == 0
+            and not layer.name.startswith(("merge:", "sparse:")))
+
+
+def sparse_options(layers: list[Layer], target: Target, mode: SparsityMode | None, measured: bool
+                   ) -> list[DepthOption]:
+    """One option per eligible layer (none when :func:`not_offered` says why)."""
+    if not_offered(mode, target, measured) is not None:
+        return []
+    options = []
+    for layer in layers:
+        if eligible(layer, mode, target):
+            sparse = replace(layer, name=sparse_key(layer.name),
+                             signature=replace(layer.signature, sparsity=mode.pattern))
+            options.append(DepthOption(sparse_key(layer.name), frozenset({layer.name}), (sparse,),
+                                       {"layer": layer.name, "n": mode.n, "m": mode.m}))
+    return options
+
+
+@dataclass
+class SparsityCheck:
+    """What pricing found, for the report: how each candidate's time compares with its dense layer."""
+
+    pattern: str | None
+    source: str  # "measured", "predicted" or "none"
+    candidates: int
+    offered: list[str]
+    ratios: dict[str, float]  # sparse / dense time at full width, per candidate layer
+    reason: str | None  # why none is offered (None when some are)
+
+    def to_json(self) -> dict:
+        ratios = list(self.ratios.values())
+        spread = ({"min": min(ratios), "median": statistics.median(ratios), "max": max(ratios)} if ratios else None)
+        return {"pattern": self.pattern, "source": self.source, "candidates": self.candidates,
+                "offered": len(self.offered), "sparse_over_dense": spread, "reason": self.reason}
+
+
+def worthwhile(options: list[DepthOption], dense_ms: dict[str, float], sparse_ms: dict[str, float],
+               mode: SparsityMode | None, target: Target, source: str, measured: bool
+               ) -> tuple[list[DepthOption], SparsityCheck]:
+    """The options that save at least ``MIN_SAVING`` of their layer's time (full width), and the check."""
+    reason = not_offered(mode, target, measured)
+    ratios = {o.entry["layer"]: sparse_ms[o.key] / dense_ms[o.entry["layer"]] for o in options if o.key in sparse_ms}
+    kept = [o for o in options if o.key in sparse_ms and ratios[o.entry["layer"]] <= 1 - MIN_SAVING]
+    if reason is None and not kept:
+        if not ratios:
+            reason = f"no layer can take {mode.pattern} (conv or linear, ungrouped, input channels in runs of {mode.m})"
+        else:
+            values = sorted(ratios.values())
+            reason = (f"{source} on {target.name}: {mode.pattern} layers run at {values[0]:.2f}-{values[-1]:.2f}x "
+                      f"their dense time (median {statistics.median(values):.2f}x, {len(values)} layers); none saves "
+                      f"{MIN_SAVING:.0%} or more")
+            if target.sparse_24 and mode.pattern != "2:4":
+                reason += "; sparse tensor cores run 2:4 only"
+    check = SparsityCheck(mode.pattern if mode else None, source if ratios else "none", len(options),
+                          [o.entry["layer"] for o in kept], ratios, reason)
+    return kept, check

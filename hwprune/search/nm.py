@@ -1,0 +1,84 @@
+"""The plan's sparsity section: the layers the joint search gave N:M, and for each channel group
+that feeds them the permutation that lets their masks keep most weight magnitude.
+
+A permutation belongs to a group (its producers and every reader move together), so it is searched
+on the group's kept channels over all its N:M readers at once: their weights (unpruned, restricted
+to the kept output rows and input columns, in the order pruning leaves them) stacked row-wise, the
+magnitude an N:M mask keeps maximised by ``sparsity.permutation``. Only readers that read the group
+as their whole input take part (a concatenation or a flatten mixes groups in one run of M); a
+group reordered for unconstrained pruning, or one the transform cannot permute exactly, is left in
+place, its readers still masked. The identity's and the permutation's retained magnitude are kept
+beside the order, for the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hwprune.graph.analyze import Analysis
+from hwprune.latency.depth import DepthOption
+from hwprune.latency.layers import Layer
+from hwprune.plan import WidthDecision
+from hwprune.sparsity.masks import columns, retained
+from hwprune.sparsity.permutation import search_permutation
+
+PERMUTATION_SECONDS = 0.5  # per group and round; the search keeps its best order when time is up
+
+
+@dataclass
+class Permutations:
+    """Orders found so far, keyed by (group, kept channels, readers): refinement rounds and frontier
+    points that keep a group the same way reuse them."""
+
+    permutable: Callable[[str], bool]  # the transform's exactness check, passed in (search never imports it)
+    found: dict[tuple, tuple[list[int], dict]] = field(default_factory=dict)
+
+    def section(self, analysis: Analysis, layers: Iterable[Layer], chosen: Iterable[DepthOption],
+                width: dict[str, WidthDecision]) -> dict:
+        """The plan's ``sparsity`` section for the N:M options ``chosen``."""
+        chosen = sorted(chosen, key=lambda o: o.key)
+        if not chosen:
+            return {"layers": {}, "permutations": {}}
+        by_name = {layer.name: layer for layer in layers}
+        entries = {o.entry["layer"]: {"n": o.entry["n"], "m": o.entry["m"], "criterion": "magnitude"} for o in chosen}
+        readers: dict[str, list[Layer]] = {}
+        for name in entries:
+            layer = by_name[name]
+            if len(layer.inputs) == 1 and layer.inputs[0].positions == layer.inputs[0].size == layer.signature.c_in:
+                readers.setdefault(layer.inputs[0].group, []).append(layer)
+        permutations, magnitude = {}, {}
+        for gid, group_readers in sorted(readers.items()):
+            decision = width.get(gid)
+            if decision is not None and decision.readers is not None or not self.permutable(gid):
+                continue
+            key = (gid, tuple(decision.indices) if decision else None, tuple(r.name for r in group_readers))
+            if key not in self.found:
+                self.found[key] = _search(analysis, gid, group_readers, width, entries[group_readers[0].name])
+            order, stats = self.found[key]
+            if stats["permuted"] > stats["identity"]:
+                permutations[gid], magnitude[gid] = order, stats
+        return {"pattern": f"{chosen[0].entry['n']}:{chosen[0].entry['m']}", "layers": entries,
+                "permutations": permutations, "magnitude": magnitude}
+
+
+def _search(analysis: Analysis, gid: str, readers: list[Layer], width: dict[str, WidthDecision], spec: dict
+            ) -> tuple[list[int], dict]:
+    channels = analysis.group(gid).channels
+    kept = sorted(width[gid].indices) if gid in width else list(range(channels))
+    blocks = []
+    for layer in readers:
+        weight = analysis.model.get_submodule(layer.name).weight.detach()
+        if layer.out_group in width:
+            weight = weight[sorted(width[layer.out_group].indices)]
+        blocks.append(columns(weight[:, kept]).abs().float().numpy())
+    matrix = np.concatenate(blocks).astype(np.float64)
+    n, m = spec["n"], spec["m"]
+    order = search_permutation(matrix, n, m, seed=0, max_seconds=PERMUTATION_SECONDS)
+    stats = {"dense": float(matrix.sum()), "identity": retained(matrix, n, m),
+             "permuted": retained(matrix[:, order], n, m), "readers": [r.name for r in readers]}
+    kept_set = set(kept)
+    full = [kept[int(i)] for i in order] + [c for c in range(channels) if c not in kept_set]
+    return full, stats

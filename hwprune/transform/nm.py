@@ -1,0 +1,82 @@
+"""The plan's N:M sparsity applied: each permuted group's channels reordered (before pruning, an
+exact symmetry, like the unconstrained reorder), then each named layer's weights masked.
+
+A permutation belongs to a channel group: it moves the producers' output channels and every
+reader's input channels together (``transform.permute``), so the masked layers see their input
+channels in the order the search found keeps most magnitude. A group reordered for unconstrained
+pruning is never also permuted for N:M (the search does not ask). Masks are taken by magnitude on
+the final weights (after pruning and permutation), so re-applying a plan gives the same zeros;
+recovery re-applies them after every step (:func:`sparsify`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from hwprune.calibration import first_output
+from hwprune.errors import PlanError
+from hwprune.graph.capture import frozen_index_mapping
+from hwprune.plan import WidthDecision
+from hwprune.sparsity.masks import is_nm, nm_mask
+from hwprune.transform.passes import Pass, Surgery, TransformError
+from hwprune.transform.permute import permutable, permute_group
+
+
+class PermuteForSparsity(Pass[Surgery]):
+    """Reorder each group the plan permutes; renumber its width decision to match."""
+
+    name = "permute-for-sparsity"
+
+    def __init__(self, permutations: Mapping[str, list[int]]):
+        self.permutations = permutations
+
+    def requires(self, surgery: Surgery) -> None:
+        for gid, order in self.permutations.items():
+            reason = permutable(surgery.analysis, gid)
+            if reason is not None:
+                raise PlanError(f"sparsity: group {gid} cannot be permuted: {reason}")
+            if sorted(order) != list(range(surgery.analysis.group(gid).channels)):
+                raise PlanError(f"sparsity: the order of group {gid} is not a permutation of its channels")
+            if gid in surgery.width and surgery.width[gid].readers is not None:
+                raise PlanError(f"sparsity: group {gid} is reordered for unconstrained pruning; not also for N:M")
+        with torch.no_grad():
+            self._before = first_output(surgery.analysis.model(surgery.analysis.capture.example_input)).clone()
+
+    def call(self, surgery: Surgery) -> bool:
+        with frozen_index_mapping(surgery.analysis.capture.dependency_graph):  # permuting changes no count
+            for gid, order in self.permutations.items():
+                permute_group(surgery.analysis, gid, order)
+                if gid in surgery.width:
+                    decision = surgery.width[gid]
+                    position = {old: new for new, old in enumerate(order)}
+                    surgery.width[gid] = WidthDecision(decision.keep, decision.of,
+                                                       sorted(position[c] for c in decision.indices))
+        return bool(self.permutations)
+
+    def ensures(self, surgery: Surgery) -> None:
+        with torch.no_grad():
+            after = first_output(surgery.analysis.model(surgery.analysis.capture.example_input))
+        scale = max(1.0, float(self._before.abs().max()))
+        if not torch.allclose(after, self._before, rtol=1e-3, atol=1e-4 * scale):
+            raise TransformError(f"permuting for N:M changed the model's output (max abs diff "
+                                 f"{float((after - self._before).abs().max()):.3g})")
+
+
+@torch.no_grad()
+def sparsify(model: nn.Module, layers: Mapping[str, dict]) -> None:
+    """Mask each named layer's weight N:M along its input channels, in place; checked after."""
+    for name, spec in layers.items():
+        try:
+            weight = model.get_submodule(name).weight
+        except AttributeError:
+            raise PlanError(f"sparsity: the model has no layer {name} with weights") from None
+        n, m = int(spec["n"]), int(spec["m"])
+        if weight.dim() < 2 or weight.shape[1] % m:
+            raise PlanError(f"sparsity: {name} has {weight.shape[1] if weight.dim() > 1 else 0} input channels "
+                            f"per group, not a multiple of {m}")
+        weight.mul_(nm_mask(weight, n, m).to(weight.dtype))
+        if not is_nm(weight, n, m):
+            raise TransformError(f"{name}: weights are not {n}:{m} after masking")
