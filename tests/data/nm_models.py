@@ -29,4 +29,4 @@ def wide_net():
     with torch.no_grad():
         weight = model.b[0].weight
         weight.mul_(nm_mask(weight, 2, 4))
-    return model, torch.randn(32, 3, 16, 16)
+    return model, torch.randn(32, 3, 8, 8)
