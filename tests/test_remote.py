@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
@@ -118,11 +119,20 @@ def test_bench_alone_and_against_a_baseline_model_on_the_device(sshd, tmp_path, 
 def test_a_kit_error_on_the_device_is_one_line(sshd, tmp_path, capsys):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
+    before = work_folders()
     assert main(["bench", str(bad), *remote(sshd)]) == 2
+    assert work_folders() == before  # removed on an error too
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bad.onnx" in err
     assert main(["bench", str(bad), *remote(sshd), "--remote-python", "no-such-python"]) == 2
     assert "no-such-python" in capsys.readouterr().err
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
+    odd = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("NoSuchOp", ["x"], ["y"])], "g", [x],
+                                                        [onnx.helper.make_tensor_value_info("y", 1, [1, 4])]))
+    onnx.save(odd, tmp_path / "odd.onnx")  # read here, refused by onnxruntime on the device
+    assert main(["bench", str(tmp_path / "odd.onnx"), *remote(sshd)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "time_models: error" in err and "odd.onnx" in err
 
 
 def test_profile_on_the_device_writes_a_table_whose_provenance_names_it(sshd, capsys):

@@ -42,6 +42,7 @@ class RemoteSession:
         self.folder: str | None = None
         self._runtimes: dict[str, RemoteRuntime] = {}
         self._files = 0
+        self._local: dict[str, str] = {}  # a file on the device -> the local file it is a copy of
 
     @property
     def label(self) -> str:
@@ -88,6 +89,8 @@ class RemoteSession:
             out = self.connection.run(command, timeout=timeout, what=what)
         except SshError as exc:
             text = str(exc)
+            for there, here in self._local.items():
+                text = text.replace(there, here)
             if "No module named" in text:
                 text += f" (the device's {self.python} lacks it: install numpy, onnx and onnxruntime or TensorRT there)"
             raise SshError(text) from None
@@ -100,6 +103,8 @@ class RemoteSession:
         self._files += 1
         name = f"m{self._files}{suffix}"
         self.connection.put(self.folder, {name: source})
+        if isinstance(source, Path):
+            self._local[self.path(name)] = str(source)
         return self.path(name)
 
     def runtime(self, target: Target) -> RemoteRuntime:
