@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--export-ops", metavar="DIR",
                          help="time nothing: write the single-op ONNX graphs and whole models the search needs, "
                               "with DIR/manifest.json, for export/profile_ops.py on the device")
+    profile.add_argument("--sparsity", default="off", metavar="off|auto|N:M",
+                         help="also measure the eligible layers' N:M signatures (default: off; as compile's "
+                              "--sparsity, which profiles them itself)")
     _add_remote_arguments(profile)
     profile.set_defaults(run=_run_profile)
 
@@ -112,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
                                "predicted or measured saving beats its fidelity cost (default auto: 2:4 where the "
                                "target's cost model predicts a gain; N:M: that pattern priced on any target, "
                                "profiled where this host runs it)")
+    compile_.add_argument("--sparsity-criterion", choices=("magnitude", "activation"), default="magnitude",
+                          help="which weights an N:M mask keeps: the largest by magnitude (default) or by magnitude "
+                               "x the input channel's activation norm on the calibration inputs")
     compile_.add_argument("--unconstrained", action="store_true",
                           help="UPSCALE-style: every layer reading a shared tensor keeps its own input channels "
                                "(producers keep the union); exported with channels reordered to minimise gathers")
@@ -374,7 +380,7 @@ def _run_profile(args: argparse.Namespace) -> int:
             raise HwpruneError("--export-ops writes the ops for the device and times nothing: drop --remote and --lut")
         analysis = _load_and_analyze(args)
         prove_prunable(analysis)
-        ops, models = export_ops(analysis, target, Path(args.export_ops))
+        ops, models = export_ops(analysis, target, Path(args.export_ops), _sparsity_mode(args.sparsity))
         print(f"{analysis.name} on {target.name}: wrote {ops} single-op graphs and {models} whole models to "
               f"{args.export_ops}/ (manifest.json); on the device: python export/profile_ops.py {args.export_ops} "
               f"--target {target.name}")
@@ -385,12 +391,21 @@ def _run_profile(args: argparse.Namespace) -> int:
         prove_prunable(analysis)
         started = time.perf_counter()
         with Progress(transient=True) as progress:
-            measured = profile_model(analysis, target, table, progress)
+            measured = profile_model(analysis, target, table, progress, _sparsity_mode(args.sparsity))
         table.save(path)
         where = f" on {device.label} (work folder removed)" if device is not None else ""
         print(f"{analysis.name} on {target.name}: measured {measured} new configurations in "
               f"{time.perf_counter() - started:.1f} s{where}; table {path} holds {len(table.entries)}")
     return 0
+
+
+def _sparsity_mode(text: str):
+    from hwprune.latency.sparse import parse_mode
+
+    try:
+        return parse_mode(text)
+    except ValueError as exc:
+        raise HwpruneError(str(exc)) from None
 
 
 def _run_latency(args: argparse.Namespace) -> int:
@@ -458,6 +473,7 @@ def _run_compile(args: argparse.Namespace) -> int:
                       atol=args.atol, rtol=args.rtol, dynamic_batch=args.dynamic_batch,
                       recalibrate_bn=args.recalibrate_bn, allocation=args.allocation, search=args.search,
                       depth_distil_steps=args.depth_distil_steps, sparsity=args.sparsity,
+                      sparsity_criterion=args.sparsity_criterion,
                       unconstrained=args.unconstrained,
                       recovery=_recover_options(args, "recover_") if args.recover_data else None)
     console = Console(stderr=True, soft_wrap=True)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import Progress
@@ -39,8 +40,9 @@ from hwprune.export.verify import verified, verify_onnx
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.segments import segments
 from hwprune.importance.depth import CostTable, depth_costs
+from hwprune.importance.nm import input_norms
 from hwprune.importance.readers import reader_scores
-from hwprune.importance.scores import score_groups
+from hwprune.importance.scores import ACTIVATION_BATCHES, score_groups
 from hwprune.importance.sensitivity import group_sensitivity
 from hwprune.io import cache_dir, staged, write_text_atomic
 from hwprune.latency.copies import copy_signatures
@@ -354,15 +356,19 @@ def _width_search(realiser: Realiser, predictor: TablePredictor, options: Option
         sensitivity = (group_sensitivity(analysis, importance, calibration.batches[0], progress, recalibration[:4])
                        if options.allocation in ("auto", "sensitivity") else {})
         costs = {}
+        sparse = [o.entry["layer"] for o in predictor.options.values() if o.kind == "sparse"]
+        scales = (input_norms(analysis.model, sparse, calibration.batches[:ACTIVATION_BATCHES])
+                  if sparse and options.sparsity_criterion == "activation" else {})
         if options.search != "width" and predictor.options:
             started = time.perf_counter()
             steps = options.depth_distil_steps
             training = calibration.batches[1:] or calibration.batches  # the cost is measured on batch 0
             table = CostTable(cache_dir() / "depth", provenance.state_sha256 or "", [*calibration.batches,
-                                                                                       *recalibration[:4]], steps)
+                                                                                       *recalibration[:4]], steps,
+                              options.sparsity_criterion)
             missing = table.missing(list(predictor.options.values()))
             table.add(depth_costs(analysis.model, analysis.capture.example_input, missing, calibration.batches[0],
-                                  recalibration[:4], progress, steps, training))
+                                  recalibration[:4], progress, steps, training, scales))
             costs = {key: table.costs[key] for key in predictor.options}
             console.print(f"  depth importance of {len(costs)} options (merged spans, dropped blocks, N:M layers"
                           + (f"; each distilled {steps} steps first" if steps else "") + f"): {len(missing)} "
@@ -379,7 +385,8 @@ def _width_search(realiser: Realiser, predictor: TablePredictor, options: Option
     return WidthSearch(analysis, predictor, importance, sensitivity, provenance, options.target.channel_alignment,
                        options.min_keep, options.allocation, calibration.batches, not calibration.random,
                        recalibration, scores, copies, options.search, costs, partial(_depth_view, x),
-                       Permutations(lambda gid: permutable(analysis, gid) is None))
+                       Permutations(lambda gid: permutable(analysis, gid) is None,
+                                    {name: norm.numpy().astype(np.float64) for name, norm in scales.items()}))
 
 
 def _depth_view(example_input: torch.Tensor, model: nn.Module, plan: Plan) -> nn.Module:

@@ -78,6 +78,9 @@ class Options:
     # N:M sparsity: "off", "auto" (2:4 where the target's cost model predicts or measures a gain) or
     # "N:M" (that pattern priced wherever the cost model can price it); an option of the joint search.
     sparsity: str = "auto"
+    # Which weights an N:M mask keeps: the largest by magnitude, or by magnitude x the input
+    # channel's activation norm on the calibration inputs ("activation").
+    sparsity_criterion: str = "magnitude"
 
     def __post_init__(self) -> None:
         if self.allocation not in ("auto", *STRATEGIES):
@@ -90,6 +93,8 @@ class Options:
             mode = parse_mode(self.sparsity)
         except ValueError as exc:
             raise HwpruneError(str(exc)) from None
+        if self.sparsity_criterion not in ("magnitude", "activation"):
+            raise HwpruneError(f"--sparsity-criterion {self.sparsity_criterion}: magnitude or activation")
         if mode is not None and mode.explicit and self.search == "width":
             raise HwpruneError(f"--sparsity {self.sparsity} is an option of the joint search; not with --search width")
         if self.search not in SEARCHES:

@@ -20,7 +20,8 @@ from hwprune.graph.analyze import Analysis, analyze
 from hwprune.latency.layers import model_layers
 from hwprune.latency.lut import LatencyTable
 from hwprune.latency.model_latency import ANCHOR_FRACTIONS, anchor_counts, anchor_key, depth_choices, model_key
-from hwprune.latency.profiler import profile
+from hwprune.latency.profiler import profile, profile_pairs
+from hwprune.latency.signature import OpSignature
 from hwprune.latency.space import profile_signatures
 from hwprune.latency.sparse import SparsityMode, sparse_options
 from hwprune.runtime import runtime_for
@@ -44,14 +45,13 @@ def profile_model(analysis: Analysis, target: Target, table: LatencyTable, progr
                   sparsity: SparsityMode | None = None) -> int:
     """Measure every signature the search may need for this model (with ``sparsity``, its eligible
     layers' N:M signatures too), and the whole model unpruned and uniformly pruned at each of
-    ``ANCHOR_FRACTIONS`` (the predictor's anchors); returns how many measurements were new."""
+    ``ANCHOR_FRACTIONS`` (the predictor's anchors); returns how many measurements were new. The N:M
+    signatures at full width, which decide whether N:M is offered at all, are timed against their
+    dense twins alternately (``latency.profiler.profile_pairs``)."""
     alignment = target.channel_alignment
-    groups = {g.id: g for g in analysis.groups}
-    layers = model_layers(analysis, target.default_dtype)
-    options = depth_choices(analysis, layers, target) + sparse_options(layers, target, sparsity, measured=True)
-    added = [layer for option in options for layer in option.adds]
-    signatures = profile_signatures(layers + added, groups, alignment)
-    measured = profile(signatures, table, target, progress)
+    signatures, paired = _signatures(analysis, target, sparsity)
+    measured = profile([s for s in signatures if s not in paired], table, target, progress)
+    measured += profile_pairs(paired, table, target)
     x = analysis.capture.example_input
     key = model_key(analysis.name, tuple(x.shape))
     if key not in table.models:
@@ -65,7 +65,8 @@ def profile_model(analysis: Analysis, target: Target, table: LatencyTable, progr
     return measured
 
 
-def export_ops(analysis: Analysis, target: Target, folder: Path) -> tuple[int, int]:
+def export_ops(analysis: Analysis, target: Target, folder: Path, sparsity: SparsityMode | None = None
+               ) -> tuple[int, int]:
     """The single-op graphs and whole models ``profile_model`` would time, written to ``folder`` with
     a manifest for ``export/profile_ops.py`` on the device; (ops, models) written."""
     from functools import partial
@@ -74,10 +75,7 @@ def export_ops(analysis: Analysis, target: Target, folder: Path) -> tuple[int, i
     from hwprune.runtime.kit import OpGraph, write_ops
 
     alignment = target.channel_alignment
-    groups = {g.id: g for g in analysis.groups}
-    layers = model_layers(analysis, target.default_dtype)
-    merged = [layer for option in depth_choices(analysis, layers, target) for layer in option.adds]
-    signatures = profile_signatures(layers + merged, groups, alignment)
+    signatures, _paired = _signatures(analysis, target, sparsity)
     ops = [OpGraph(s.key(), partial(single_op_model, s), input_shape(s)) for s in signatures]
     x = analysis.capture.example_input
     key = model_key(analysis.name, tuple(x.shape))
@@ -91,6 +89,18 @@ def export_ops(analysis: Analysis, target: Target, folder: Path) -> tuple[int, i
                                export_onnx(_leading(analysis, counts), x, Path(tmp) / f"keep-{fraction}.onnx")))
         write_ops(folder, target.name, ops, models, OpGraph("identity", identity_model, (1,), 200))
     return len(ops), len(models)
+
+
+def _signatures(analysis: Analysis, target: Target, sparsity: SparsityMode | None
+                ) -> tuple[list[OpSignature], list[OpSignature]]:
+    """Every signature the search may price (layers at each aligned width, merged spans, N:M layers),
+    and among them the N:M layers at full width."""
+    layers = model_layers(analysis, target.default_dtype)
+    sparse = sparse_options(layers, target, sparsity, measured=True)
+    added = [layer for option in depth_choices(analysis, layers, target) + sparse for layer in option.adds]
+    groups = {g.id: g for g in analysis.groups}
+    return (profile_signatures(layers + added, groups, target.channel_alignment),
+            [option.adds[0].signature for option in sparse])
 
 
 def _leading(analysis: Analysis, counts: dict[str, int]) -> nn.Module:

@@ -267,6 +267,7 @@ def sparsity_section(predictor: TablePredictor, result, costs: dict[str, float],
         dense_ms, sparse_ms = full[layer], taken[option.adds[0].name]
         node = onnx_check.get(layer, {}).get("node")
         rows.append({"layer": layer, "pattern": f"{option.entry['n']}:{option.entry['m']}", "cost": costs.get(key),
+                     "criterion": plan_sparsity["layers"].get(layer, {}).get("criterion"),
                      "dense_ms": dense_ms, "sparse_ms": sparse_ms, "saving_ms": dense_ms - sparse_ms,
                      "source": check.source if check else None, "onnx_node": node,
                      "onnx_nm": onnx_check.get(layer, {}).get("nm"),

@@ -55,12 +55,19 @@ def test_a_pass_that_breaks_its_promise_is_a_transform_error():
         run_passes([Broken()], Surgery(setup(), {}))
 
 
-def test_sections_this_version_cannot_apply_are_refused_whole():
+def test_sections_that_do_not_fit_are_refused_whole():
     analysis = setup()
-    plan = plan_of(analysis, {})
+    before = {k: v.clone() for k, v in analysis.model.state_dict().items()}
+    group = analysis.prunable()[0]
+    plan = plan_of(analysis, {group.id: list(range(group.channels // 2))})
     plan.depth = [{"block": "no.such.block"}]
     with pytest.raises(PlanError, match="not a droppable block"):
         apply_plan(plan, analysis)
     plan.depth, plan.sparsity = [], {"layers": {"3.body.0": "2:4"}, "permutations": {}}
-    with pytest.raises(PlanError, match="sparsity"):
+    with pytest.raises(PlanError, match="not an N:M entry"):
         apply_plan(plan, analysis)
+    plan.sparsity = {"layers": {"no.such.layer": {"n": 2, "m": 4}}, "permutations": {}}
+    with pytest.raises(PlanError, match="no layer no.such.layer"):
+        apply_plan(plan, analysis)
+    after = analysis.model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)

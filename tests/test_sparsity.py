@@ -16,6 +16,7 @@ from hwprune.errors import PlanError
 from hwprune.export.nm_check import nm_weights
 from hwprune.export.onnx_export import export_onnx
 from hwprune.graph.analyze import analyze
+from hwprune.importance.nm import input_norms
 from hwprune.latency.layers import model_layers
 from hwprune.latency.model_latency import analytic_predictor
 from hwprune.latency.sparse import parse_mode, sparse_options
@@ -129,6 +130,31 @@ def test_a_plan_with_n_m_layers_and_a_group_permutation_applies_exactly_and_expo
     assert not nm_weights(path, {"a.0": {"n": 2, "m": 4}})["a.0"]["nm"]  # the check can fail
     with pytest.raises(Exception, match="no Conv"):
         nm_weights(path, {"nowhere": {"n": 2, "m": 4}})
+
+
+def test_activation_aware_masks_carry_their_scale_in_the_plan_and_apply_with_it():
+    model, x = wide_net()
+    x = x[:2]
+    with torch.no_grad():
+        model.c[0].weight.normal_()
+    analysis = analyze(copy.deepcopy(model), x, "wide")
+    norms = input_norms(analysis.model, ["c.0"], [x])
+    assert norms["c.0"].shape == (512,) and bool((norms["c.0"] >= 0).all())
+    keep = {"b.0": list(range(0, 512, 2))}
+    found = model_layers(analysis, "fp16")
+    options = [o for o in sparse_options(found, load_target("a100"), parse_mode("2:4"), measured=False)
+               if o.entry["layer"] == "c.0"]
+    plan = plan_of(analysis, keep)
+    scales = {"c.0": norms["c.0"].numpy().astype("float64") ** 4}  # sharpened: the criterion must matter
+    plan.sparsity = Permutations(lambda gid: True, scales).section(analysis, found, options, plan.width)
+    entry = plan.sparsity["layers"]["c.0"]
+    assert entry["criterion"] == "activation" and len(entry["scale"]) == 256
+    by_activation = apply_plan(plan, analyze(copy.deepcopy(model), x, "wide")).c[0].weight
+    plan.sparsity["layers"]["c.0"] = {"n": 2, "m": 4, "criterion": "magnitude"}
+    plan.sparsity["permutations"] = dict(plan.sparsity["permutations"])
+    by_magnitude = apply_plan(plan, analyze(copy.deepcopy(model), x, "wide")).c[0].weight
+    assert is_nm(by_activation, 2, 4) and is_nm(by_magnitude, 2, 4)
+    assert not torch.equal(by_activation != 0, by_magnitude != 0)
 
 
 def test_a_plan_that_merges_and_sparsifies_one_layer_or_permutes_a_reordered_group_is_refused():

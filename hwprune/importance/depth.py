@@ -45,9 +45,11 @@ from hwprune.transform.depth import unmerged
 
 def depth_costs(model: nn.Module, example_input: torch.Tensor, options: Sequence[DepthOption],
                 batch: torch.Tensor, recalibration: Sequence[torch.Tensor] = (), progress: object | None = None,
-                distil_steps: int = 0, training: Sequence[torch.Tensor] = ()) -> dict[str, float]:
+                distil_steps: int = 0, training: Sequence[torch.Tensor] = (),
+                scales: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """Per option key, the output change when that option alone is taken (after ``distil_steps`` of
-    distillation on ``training`` batches, when given)."""
+    distillation on ``training`` batches, when given); N:M masks weigh magnitudes by ``scales``
+    (per layer, its input channels' activation norms) where given."""
     model = model.eval()
     task = progress.add_task("depth importance", total=len(options)) if progress is not None and options else None
     costs = {}
@@ -59,7 +61,7 @@ def depth_costs(model: nn.Module, example_input: torch.Tensor, options: Sequence
             else:
                 with restored_batchnorm(model):  # the view shares the model's BatchNorms
                     costs[option.key] = _cost(model, example_input, option, batch, reference, recalibration,
-                                              distil_steps, training)
+                                              distil_steps, training, scales or {})
             if task is not None:
                 progress.advance(task)
     return costs
@@ -67,9 +69,9 @@ def depth_costs(model: nn.Module, example_input: torch.Tensor, options: Sequence
 
 def _cost(model: nn.Module, example_input: torch.Tensor, option: DepthOption, batch: torch.Tensor,
           reference: list[torch.Tensor], recalibration: Sequence[torch.Tensor], distil_steps: int = 0,
-          training: Sequence[torch.Tensor] = ()) -> float:
+          training: Sequence[torch.Tensor] = (), scales: dict[str, torch.Tensor] | None = None) -> float:
     if option.kind == "sparse":
-        with _masked(model, option.entry):
+        with _masked(model, option.entry, (scales or {}).get(option.entry["layer"])):
             if recalibration:
                 recalibrate_batchnorm(model, recalibration)
             return output_change(reference, model(batch))
@@ -100,11 +102,12 @@ def _distil(teacher: nn.Module, student: nn.Module, batches: Sequence[torch.Tens
 
 
 @contextmanager
-def _masked(model: nn.Module, entry: dict) -> Iterator[None]:
-    """``entry["layer"]``'s weight N:M-masked by magnitude for the duration, then restored."""
+def _masked(model: nn.Module, entry: dict, scale: torch.Tensor | None) -> Iterator[None]:
+    """``entry["layer"]``'s weight N:M-masked (by magnitude, times ``scale`` per input channel where
+    given) for the duration, then restored."""
     weight = model.get_submodule(entry["layer"]).weight
     original = weight.detach().clone()
-    weight.data.mul_(nm_mask(weight, entry["n"], entry["m"]))
+    weight.data.mul_(nm_mask(weight, entry["n"], entry["m"], scale))
     try:
         yield
     finally:
@@ -119,10 +122,12 @@ def _exact(model: nn.Module, option: DepthOption) -> bool:
 
 
 class CostTable:
-    """Depth costs kept in ``$HWPRUNE_CACHE/depth/``: one JSON file per (weights, batches, proxy)."""
+    """Depth costs kept in ``$HWPRUNE_CACHE/depth/``: one JSON file per (weights, batches, proxy,
+    N:M criterion)."""
 
-    def __init__(self, folder: Path, weights_digest: str, batches: Sequence[torch.Tensor], distil_steps: int):
-        digest = hashlib.sha256(f"{weights_digest}|{distil_steps}|".encode())
+    def __init__(self, folder: Path, weights_digest: str, batches: Sequence[torch.Tensor], distil_steps: int,
+                 criterion: str = "magnitude"):
+        digest = hashlib.sha256(f"{weights_digest}|{distil_steps}|{criterion}|".encode())
         for tensor in batches:
             digest.update(f"{tuple(tensor.shape)}|".encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

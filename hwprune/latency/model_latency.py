@@ -106,7 +106,8 @@ def priced_sparsity(predictor: TablePredictor, sparse: Sequence[DepthOption], mo
     kept, check = worthwhile(priced, dense_ms, sparse_ms, mode, target, source, measured)
     if sparse and not priced:
         check = SparsityCheck(mode.pattern, "none", len(sparse), [], {}, f"the latency table has no {mode.pattern} "
-                              f"entries for this model (hwprune profile --sparsity {mode.pattern} measures them)")
+                              f"entries for this model (compile --sparsity {mode.pattern} on a host that runs the "
+                              f"target profiles them)")
     for option in priced:
         if option not in kept:
             del predictor.options[option.key]

@@ -34,6 +34,9 @@ class Permutations:
     points that keep a group the same way reuse them."""
 
     permutable: Callable[[str], bool]  # the transform's exactness check, passed in (search never imports it)
+    # Activation-aware masks: per layer, its input channels' activation norms on the unpruned model
+    # (``importance.nm``); empty: masks by magnitude alone.
+    scales: dict[str, np.ndarray] = field(default_factory=dict)
     found: dict[tuple, tuple[list[int], dict]] = field(default_factory=dict)
 
     def section(self, analysis: Analysis, layers: Iterable[Layer], chosen: Iterable[DepthOption],
@@ -56,16 +59,40 @@ class Permutations:
                 continue
             key = (gid, tuple(decision.indices) if decision else None, tuple(r.name for r in group_readers))
             if key not in self.found:
-                self.found[key] = _search(analysis, gid, group_readers, width, entries[group_readers[0].name])
+                self.found[key] = _search(analysis, gid, group_readers, width, entries[group_readers[0].name],
+                                          self.scales)
             order, stats = self.found[key]
             if stats["permuted"] > stats["identity"]:
                 permutations[gid], magnitude[gid] = order, stats
+        for name, entry in entries.items():
+            scale = self._final_scale(analysis, by_name[name], width, permutations)
+            if scale is not None:
+                entry.update(criterion="activation", scale=[float(v) for v in scale])
         return {"pattern": f"{chosen[0].entry['n']}:{chosen[0].entry['m']}", "layers": entries,
                 "permutations": permutations, "magnitude": magnitude}
 
+    def _final_scale(self, analysis: Analysis, layer: Layer, width: dict[str, WidthDecision],
+                     permutations: dict[str, list[int]]) -> np.ndarray | None:
+        """The layer's activation norms in the order its input channels will have in the pruned,
+        permuted model; None (magnitude alone) without norms, or where that order is not one group's."""
+        norms = self.scales.get(layer.name)
+        if norms is None:
+            return None
+        if not layer.inputs:  # the model input: never pruned or permuted
+            return norms
+        read = layer.inputs[0]
+        if len(layer.inputs) > 1 or not read.positions == read.size == layer.signature.c_in:
+            return None
+        channels = analysis.group(read.group).channels
+        kept = sorted(width[read.group].indices) if read.group in width else list(range(channels))
+        order = permutations.get(read.group)
+        if order is not None:
+            kept = order[:len(kept)]
+        return norms[kept]
 
-def _search(analysis: Analysis, gid: str, readers: list[Layer], width: dict[str, WidthDecision], spec: dict
-            ) -> tuple[list[int], dict]:
+
+def _search(analysis: Analysis, gid: str, readers: list[Layer], width: dict[str, WidthDecision], spec: dict,
+            scales: dict[str, np.ndarray]) -> tuple[list[int], dict]:
     channels = analysis.group(gid).channels
     kept = sorted(width[gid].indices) if gid in width else list(range(channels))
     blocks = []
@@ -73,12 +100,14 @@ def _search(analysis: Analysis, gid: str, readers: list[Layer], width: dict[str,
         weight = analysis.model.get_submodule(layer.name).weight.detach()
         if layer.out_group in width:
             weight = weight[sorted(width[layer.out_group].indices)]
-        blocks.append(columns(weight[:, kept]).abs().float().numpy())
+        block = columns(weight[:, kept]).abs().float().numpy()
+        blocks.append(block * scales[layer.name][kept] if layer.name in scales else block)
     matrix = np.concatenate(blocks).astype(np.float64)
     n, m = spec["n"], spec["m"]
     order = search_permutation(matrix, n, m, seed=0, max_seconds=PERMUTATION_SECONDS)
     stats = {"dense": float(matrix.sum()), "identity": retained(matrix, n, m),
-             "permuted": retained(matrix[:, order], n, m), "readers": [r.name for r in readers]}
+             "permuted": retained(matrix[:, order], n, m), "readers": [r.name for r in readers],
+             "weighted_by": "activation" if any(r.name in scales for r in readers) else "magnitude"}
     kept_set = set(kept)
     full = [kept[int(i)] for i in order] + [c for c in range(channels) if c not in kept_set]
     return full, stats

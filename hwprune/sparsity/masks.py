@@ -9,6 +9,8 @@ channels. A conv weight ``[O, I, kh, kw]`` is therefore seen as the matrix ``[O 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -65,8 +67,11 @@ def is_nm(weight: torch.Tensor | np.ndarray, n: int, m: int) -> bool:
     return bool(((blocks != 0).sum(-1) <= n).all())
 
 
-def retained(matrix: np.ndarray, n: int, m: int) -> float:
+def retained(matrix: np.ndarray, n: int, m: int, exact: bool = True) -> float:
     """Sum of the magnitudes an N:M mask keeps in ``matrix`` (``[rows, channels]``, channels a
-    multiple of ``m``): the quantity a channel permutation maximises."""
-    blocks = np.abs(matrix).reshape(matrix.shape[0], -1, m)
-    return float(np.sort(blocks, axis=-1)[..., m - n:].sum())
+    multiple of ``m``): the quantity a channel permutation maximises. ``exact`` sums correctly
+    rounded (``math.fsum``), so the same kept values give the same sum in any column order; the
+    fast float64 sum is for search loops that compare many orders."""
+    blocks = np.abs(np.asarray(matrix, dtype=np.float64)).reshape(matrix.shape[0], -1, m)
+    kept = np.sort(blocks, axis=-1)[..., m - n:]
+    return math.fsum(kept.ravel().tolist()) if exact else float(kept.sum())

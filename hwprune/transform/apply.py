@@ -22,7 +22,7 @@ from hwprune.graph.segments import segments
 from hwprune.graph.spans import candidates_of
 from hwprune.plan import Plan, WidthDecision
 from hwprune.transform.depth import merged, resolve, trace_or_refuse, unmerged
-from hwprune.transform.nm import PermuteForSparsity, sparsify
+from hwprune.transform.nm import PermuteForSparsity, check_layers, sparsify
 from hwprune.transform.passes import Pass, Surgery, run_passes
 from hwprune.transform.prune import PruneChannels
 from hwprune.transform.reorder import ReorderSegments
@@ -44,7 +44,8 @@ def apply_plan(plan: Plan, analysis: Analysis, reorder: bool = True, merge: bool
     merged_convs = {name for entry in plan.merge for name in entry["convs"]}
     if merged_convs & set(sparse):
         raise PlanError(f"sparsity: {', '.join(sorted(merged_convs & set(sparse)))} both merged and N:M")
-    if plan.merge or plan.depth:  # checked before any layer is touched
+    check_layers(analysis.model, sparse)  # checked before any layer is touched
+    if plan.merge or plan.depth:
         resolve(plan.merge, plan.depth, candidates_of(trace_or_refuse(analysis.model)))
     permutations = plan.sparsity.get("permutations", {})
     if permutations:

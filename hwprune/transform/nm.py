@@ -65,18 +65,47 @@ class PermuteForSparsity(Pass[Surgery]):
                                  f"{float((after - self._before).abs().max()):.3g})")
 
 
+def check_layers(model: nn.Module, layers: Mapping[str, dict]) -> None:
+    """PlanError unless every N:M entry names a layer of ``model`` with weights and says N and M:
+    run before any pass, so a plan that cannot be sparsified is refused whole."""
+    for name, spec in layers.items():
+        _pattern(name, spec)
+        try:
+            has_weight = model.get_submodule(name).weight is not None
+        except AttributeError:
+            has_weight = False
+        if not has_weight:
+            raise PlanError(f"sparsity: the model has no layer {name} with weights")
+
+
+def _pattern(name: str, spec: object) -> tuple[int, int]:
+    try:
+        n, m = int(spec["n"]), int(spec["m"])
+    except (TypeError, KeyError, ValueError):
+        raise PlanError(f"sparsity: layer {name}: {spec!r} is not an N:M entry ({{'n': 2, 'm': 4}})") from None
+    if not 0 < n < m:
+        raise PlanError(f"sparsity: layer {name}: {n}:{m} needs 0 < N < M")
+    return n, m
+
+
 @torch.no_grad()
 def sparsify(model: nn.Module, layers: Mapping[str, dict]) -> None:
-    """Mask each named layer's weight N:M along its input channels, in place; checked after."""
+    """Mask each named layer's weight N:M along its input channels (by magnitude, or magnitude x the
+    plan's per-input-channel activation scale), in place; checked after."""
     for name, spec in layers.items():
         try:
             weight = model.get_submodule(name).weight
         except AttributeError:
             raise PlanError(f"sparsity: the model has no layer {name} with weights") from None
-        n, m = int(spec["n"]), int(spec["m"])
+        n, m = _pattern(name, spec)
         if weight.dim() < 2 or weight.shape[1] % m:
             raise PlanError(f"sparsity: {name} has {weight.shape[1] if weight.dim() > 1 else 0} input channels "
                             f"per group, not a multiple of {m}")
-        weight.mul_(nm_mask(weight, n, m).to(weight.dtype))
+        scale = spec.get("scale")
+        if scale is not None and len(scale) != weight.shape[1]:
+            raise PlanError(f"sparsity: {name} reads {weight.shape[1]} input channels; its activation scale has "
+                            f"{len(scale)}")
+        scale = None if scale is None else torch.tensor(scale, dtype=torch.float32)
+        weight.mul_(nm_mask(weight, n, m, scale).to(weight.dtype))
         if not is_nm(weight, n, m):
             raise TransformError(f"{name}: weights are not {n}:{m} after masking")
