@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from torch import nn
 
@@ -148,7 +149,7 @@ def _prepare(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     if check is not None and check.pattern is not None:
         console.print(f"  N:M {check.pattern}: " + (f"{len(check.offered)} of {check.candidates} layers offered to the "
                                                     f"search ({check.source})" if check.offered else
-                                                    f"none offered: {check.reason}"))
+                                                    f"none offered: {escape(check.reason)}"))
     with step("export baseline"):
         baseline_onnx, baseline_source = _baseline(loaded, analysis, options, stage)
         console.print(f"  baseline: {baseline_source}")
@@ -334,7 +335,7 @@ def _latency_model(analysis: Analysis, runtime: Runtime, lut: Path | None, step:
     if reason is not None:
         predictor = offline_predictor(analysis, target, sparsity)
         console.print(f"  latency model for {target.name}: {predictor.describe()} ({runtime.name} cannot run here: "
-                      f"{reason})")
+                      f"{escape(reason)})")
         return predictor, None
     table, table_path = open_table(target, lut, create=True)
     with step("profile"), Progress(console=console, transient=True) as progress:

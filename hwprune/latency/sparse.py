@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 
 from hwprune.latency.depth import DepthOption
 from hwprune.latency.layers import Layer
+from hwprune.sparsity.masks import parse_pattern
 from hwprune.targets import Target
 
 MIN_SAVING = 0.05
@@ -47,11 +48,9 @@ def parse_mode(text: str) -> SparsityMode | None:
     if text == "auto":
         return SparsityMode(2, 4, explicit=False)
     try:
-        n, m = (int(part) for part in text.split(":"))
-    except ValueError:
-        raise ValueError(f"--sparsity {text!r}: off, auto or N:M (e.g. 2:4)") from None
-    if not 0 < n < m:
-        raise ValueError(f"--sparsity {text!r}: N:M needs 0 < N < M")
+        n, m = parse_pattern(text)
+    except ValueError as exc:
+        raise ValueError(f"--sparsity: {exc} (or off, auto)") from None
     return SparsityMode(n, m, explicit=True)
 
 

@@ -172,16 +172,29 @@ def _tour_length(distance: np.ndarray, tour: np.ndarray) -> int:
     return int(distance[tour, np.roll(tour, -1)].sum())
 
 
-class ReorderSegments(Pass[Surgery]):
+class ExactPermutation(Pass[Surgery]):
+    """A pass that only permutes channels: the model's output on the example input is taken before
+    and must be the same after (a permutation is a symmetry; anything else is a bug)."""
+
+    def requires(self, surgery: Surgery) -> None:
+        with torch.no_grad():
+            self._before = first_output(surgery.analysis.model(surgery.analysis.capture.example_input)).clone()
+
+    def ensures(self, surgery: Surgery) -> None:
+        with torch.no_grad():
+            after = first_output(surgery.analysis.model(surgery.analysis.capture.example_input))
+        scale = max(1.0, float(self._before.abs().max()))
+        if not torch.allclose(after, self._before, rtol=1e-3, atol=1e-4 * scale):
+            raise TransformError(f"{self.name} changed the model's output (max abs diff "
+                                 f"{float((after - self._before).abs().max()):.3g})")
+
+
+class ReorderSegments(ExactPermutation):
     """Permute each unconstrained segment's channels (an exact symmetry of the network): the readers'
     union first, in the order ``channel_order`` finds. Renumbers the plan's width decisions to match."""
 
     name = "reorder-segments"
 
-    def requires(self, surgery: Surgery) -> None:
-        x = surgery.analysis.capture.example_input
-        with torch.no_grad():
-            self._before = first_output(surgery.analysis.model(x)).clone()
 
     def call(self, surgery: Surgery) -> bool:
         changed = False
@@ -192,13 +205,6 @@ class ReorderSegments(Pass[Surgery]):
                     changed = True
         return changed
 
-    def ensures(self, surgery: Surgery) -> None:
-        with torch.no_grad():
-            after = first_output(surgery.analysis.model(surgery.analysis.capture.example_input))
-        scale = max(1.0, float(self._before.abs().max()))
-        if not torch.allclose(after, self._before, rtol=1e-3, atol=1e-4 * scale):
-            raise TransformError(f"reordering changed the model's output (max abs diff "
-                                 f"{float((after - self._before).abs().max()):.3g})")
 
 
 def _reorder(surgery: Surgery, gid: str, decision: WidthDecision) -> WidthDecision:
