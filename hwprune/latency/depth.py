@@ -20,11 +20,12 @@ from hwprune.latency.signature import OpSignature
 
 @dataclass(frozen=True)
 class DepthOption:
-    """One span merged or one block dropped, as the latency model sees it."""
+    """One span merged, one block dropped or one layer made N:M (``latency.sparse``): a structural
+    option, as the latency model and the joint search see it."""
 
-    key: str  # "merge:<first>+...+<last>[ (with skip)]" or "drop:<block>"
-    removes: frozenset[str]  # layers that no longer run
-    adds: tuple[Layer, ...]  # the merged conv (none for a drop)
+    key: str  # "merge:<first>+...+<last>[ (with skip)]", "drop:<block>" or "sparse:<layer>"
+    removes: frozenset[str]  # layers that no longer run as they were
+    adds: tuple[Layer, ...]  # the merged conv, or the N:M layer (none for a drop)
     entry: dict  # the Plan's entry for it
 
     @property

@@ -65,8 +65,8 @@ def not_offered(mode: SparsityMode | None, target: Target, measured: bool) -> st
     if mode.explicit or measured and target.sparse_24:
         return None
     if not target.sparse_24:
-        return (f"target {target.name} has no sparse tensor cores in its profile ({target.path or 'devices/'}); "
-                f"--sparsity {mode.pattern} prices it anyway" + (" (measured here)" if measured else ""))
+        return (f"target {target.name} has no sparse tensor cores in its profile; --sparsity {mode.pattern} "
+                f"prices it anyway")
     if target.sparse_layer_speedup <= 1:
         return (f"target {target.name}'s profile predicts no 2:4 gain ([sparsity] layer_speedup = "
                 f"{target.sparse_layer_speedup}: public reports show none on this device) until a table "

@@ -27,6 +27,7 @@ from torch import nn
 
 from hwprune.calibration import compare_all, output_tensors
 from hwprune.errors import HwpruneError, PlanError
+from hwprune.export.nm_check import nm_weights
 from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.export.verify import verify_onnx
 from hwprune.graph.analyze import analyze
@@ -239,6 +240,9 @@ def _publish(build: Path, plan: Plan, student: nn.Module, x: torch.Tensor, secti
         verification = verify_onnx(student, onnx, [x])
         if not verification.ok:
             raise HwpruneError(f"recovered.onnx does not match the recovered model: {verification.worst}")
+        wrong = [name for name, found in nm_weights(onnx, plan.sparsity["layers"]).items() if not found["nm"]]
+        if wrong:
+            raise HwpruneError(f"recovered.onnx: weights are not N:M in {', '.join(wrong)}")
         torch.save(student.state_dict(), stage / "recovered.pt")
         found = {"onnx": "recovered.onnx", "weights": "recovered.pt", "verify": verification.to_json(),
                  "measured_speedup": _measure(plan, build / "baseline.onnx", onnx, console)}

@@ -1,9 +1,10 @@
 """Width and depth in one knapsack: how many channels each group keeps, which spans merge and which
 residual blocks go, under one predicted-latency budget.
 
-The depth options (``latency.depth``) form *units*: the connected components of "these two cannot
-both be taken" (they share a layer: overlapping spans of one chain, a block and the spans inside
-its branch, a span with and without its skip). A unit's choices are its sets of compatible
+The depth options (``latency.depth``; N:M layers, ``latency.sparse``, are options of the same
+kind) form *units*: the connected components of "these two cannot both be taken" (they share a
+layer: overlapping spans of one chain, a block and the spans inside its branch, a span with and
+without its skip, a layer made N:M and a span that merges it away). A unit's choices are its sets of compatible
 options, the empty set first; there are few (a chain of six convs has at most 32 ways to cut it
 into merged runs). Each unit is one more class of the multiple-choice knapsack the width search
 already solves (``search.width``), beside one class per channel group:
