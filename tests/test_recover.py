@@ -216,3 +216,18 @@ def test_a_merged_span_trains_apart_and_merges_at_export(compiled, tmp_path, mon
     from hwprune.export.verify import verify_onnx
 
     assert verify_onnx(rebuilt.eval(), build / "recovered.onnx", [loaded.example_input]).ok
+
+
+def test_n_m_masks_hold_through_recovery_and_the_recovered_onnx_is_checked(build):
+    """A plan whose layers are N:M: the student is masked as the plan builds it, every step re-applies
+    the masks, and recovered.onnx is read back N:M (else recovery fails)."""
+    from hwprune.sparsity.masks import is_nm
+
+    plan = json.loads((build / "plan.json").read_text())
+    plan["sparsity"] = {"layers": {"3.0": {"n": 2, "m": 4}, "6": {"n": 2, "m": 4}}, "permutations": {}}
+    (build / "plan.json").write_text(json.dumps(plan))
+    assert main(["recover", str(build), "--data", fn("train"), "--eval-data", fn("test"), "--epochs", "1"]) == 0
+    weights = torch.load(build / "recovered.pt", weights_only=True)
+    assert is_nm(weights["3.0.weight"], 2, 4) and is_nm(weights["6.weight"], 2, 4)
+    assert not is_nm(weights["1.0.weight"], 2, 4)  # only the named layers
+    assert json.loads((build / "report.json").read_text())["recovery"]["verify"]["ok"]
