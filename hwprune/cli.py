@@ -605,12 +605,12 @@ def _run_devices(args: argparse.Namespace) -> int:
         print(json.dumps([asdict(t) for t in targets], indent=2))
         return 0
     print(f"{'name':<18} {'runtime':<12} {'fp32 TF':>8} {'fp16 TF':>8} {'int8 TOPS':>9} {'GB/s':>7} "
-          f"{'align':>5} {'2:4':>3}  description")
+          f"{'align':>5} {'2:4 (gain)':>10}  description")
     for target in targets:
         peak = target.peak_tflops
+        sparse = f"yes ({target.sparse_layer_speedup:.2f}x)" if target.sparse_24 else "no"
         print(f"{target.name:<18} {target.runtime:<12} {peak['fp32']:>8.4g} {peak['fp16']:>8.4g} {peak['int8']:>9.4g} "
-              f"{target.bandwidth_gbps:>7.4g} {target.channel_alignment:>5} {'yes' if target.sparse_24 else 'no':>3}  "
-              f"{target.description}")
+              f"{target.bandwidth_gbps:>7.4g} {target.channel_alignment:>5} {sparse:>10}  {target.description}")
     return 0
 
 
