@@ -199,7 +199,7 @@ def _compile_point(shared: Shared, options: Options, stage: Path, console: Conso
         if quality.caveat:
             console.print(f"  [yellow]warning:[/yellow] fidelity: {quality.caveat} (random weights?)")
         sparse_layers = chosen.decision.plan.sparsity["layers"]
-        onnx_nm = nm_weights(stage / "pruned.onnx", sparse_layers)
+        onnx_nm = nm_weights(stage / "pruned.onnx", sparse_layers, chosen.realised.model)
         if not all(found["nm"] for found in onnx_nm.values()):
             raise HwpruneError("exported weights are not N:M in " + ", ".join(
                 name for name, found in onnx_nm.items() if not found["nm"]))

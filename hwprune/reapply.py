@@ -68,7 +68,7 @@ def apply_plan_file(plan: Plan, plan_name: str, loaded: LoadedModel, calib_data:
     with staged(out, ARTEFACTS) as stage:
         export_onnx(model, x, stage / "pruned.onnx", dynamic_batch, slim_available())
         verification = verified(model, stage / "pruned.onnx", x, dynamic_batch, atol, rtol)
-        wrong = [name for name, found in nm_weights(stage / "pruned.onnx", plan.sparsity["layers"]).items()
+        wrong = [name for name, found in nm_weights(stage / "pruned.onnx", plan.sparsity["layers"], model).items()
                  if not found["nm"]]
         if wrong:
             raise PlanError(f"exported weights are not N:M in {', '.join(wrong)}")

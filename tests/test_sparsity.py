@@ -203,3 +203,24 @@ def test_compile_on_cpu_with_2_4_measures_it_and_chooses_none_with_the_measured_
     assert report["sparsity"]["layers"] == [] and check["source"] == "measured"
     assert check["offered"] == 0 and check["candidates"] > 0 and "measured on cpu" in check["reason"]
     assert json.loads((out / "plan.json").read_text())["sparsity"]["layers"] == {}
+
+
+def test_a_plan_that_merges_one_span_and_masks_another_layer_exports_it_checked_n_m(tmp_path):
+    """A merged plan's model is a rewritten fx graph whose ONNX node names no longer carry the layer's
+    path: the check finds the N:M layer by its zero pattern instead."""
+    from hwprune.graph.spans import depth_candidates
+
+    model, x = small_resnet()
+    analysis = analyze(copy.deepcopy(model), x, "small")
+    found = depth_candidates(analysis.model)
+    span = found.spans[0]
+    plan = plan_of(analysis, {})
+    plan.merge = [{"convs": list(span.convs), "activations": list(span.activations), "skip": span.skip}]
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and n not in span.convs
+             and m.in_channels % 4 == 0 and m.groups == 1]
+    plan.sparsity = {"layers": {names[-1]: {"n": 2, "m": 4}}, "permutations": {}}
+    pruned = apply_plan(plan, analysis).eval()
+    path = export_onnx(pruned, x, tmp_path / "merged.onnx")
+    found = nm_weights(path, plan.sparsity["layers"], pruned)
+    assert found[names[-1]]["nm"] and len(names) > 1
+    assert not nm_weights(path, {names[0]: {"n": 2, "m": 4}}, pruned)[names[0]]["nm"]  # a dense layer fails

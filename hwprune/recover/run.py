@@ -240,7 +240,7 @@ def _publish(build: Path, plan: Plan, student: nn.Module, x: torch.Tensor, secti
         verification = verify_onnx(student, onnx, [x])
         if not verification.ok:
             raise HwpruneError(f"recovered.onnx does not match the recovered model: {verification.worst}")
-        wrong = [name for name, found in nm_weights(onnx, plan.sparsity["layers"]).items() if not found["nm"]]
+        wrong = [name for name, found in nm_weights(onnx, plan.sparsity["layers"], student).items() if not found["nm"]]
         if wrong:
             raise HwpruneError(f"recovered.onnx: weights are not N:M in {', '.join(wrong)}")
         torch.save(student.state_dict(), stage / "recovered.pt")
