@@ -1,5 +1,5 @@
 """Resolve a model spec (``torchvision:NAME``, ``timm:NAME``, ``file.py:factory``, ``file.pt2``,
-``onnx:FILE.onnx``, ``ultralytics:NAME.yaml``, ``ultralytics:FILE.pt``) to a module.
+``onnx:FILE.onnx``, ``ultralytics:NAME.yaml``, ``ultralytics:FILE.pt``, ``hf:PATH``, ``hf:NAME``) to a module.
 
 Every failure is a :class:`ModelSpecError` whose message names the spec, so the CLI can print one
 line and exit 2 instead of a traceback.
@@ -32,6 +32,7 @@ from hwprune.io import write_atomic
 
 DEFAULT_IMAGE_SHAPE = (1, 3, 224, 224)
 ULTRALYTICS_IMAGE_SHAPE = (1, 3, 640, 640)  # the size Ultralytics' detectors are trained and exported at
+HF_TOKEN_SHAPE = (1, 128)  # batch, sequence: the example token ids of an hf: model
 DEFAULT_SEED = 0
 HUB_WEIGHTS = "weights from the torch hub cache"
 ULTRALYTICS_MIN_VERSION = (8, 4, 80)  # the first release whose torch_safe_load(safe_only=True) is weights_only
@@ -109,6 +110,9 @@ def _load(spec: str, input_shape: tuple[int, ...] | None, weights: str | None, s
         module, shape, checkpoint = _load_ultralytics(spec.split(":", 1)[1], weights, trust_pickle, input_shape)
         example = None
         source = source if checkpoint is None else f"the Ultralytics checkpoint {checkpoint}"
+    elif spec.startswith("hf:"):
+        module, example, source = _load_hf(spec.split(":", 1)[1], weights, input_shape)
+        input_shape = shape = None  # the example already holds token ids of the requested shape
     elif spec.endswith(".pt2"):
         module, example = _load_exported(Path(spec))
         shape = None
@@ -122,7 +126,7 @@ def _load(spec: str, input_shape: tuple[int, ...] | None, weights: str | None, s
         hint = f" (an ONNX file is loaded as onnx:{spec})" if spec.endswith(".onnx") else ""
         raise ModelSpecError(
             f"model spec {spec!r} not understood: use torchvision:NAME, timm:NAME, path/to/file.py:factory, "
-            f"path/to/program.pt2, onnx:FILE.onnx, ultralytics:NAME.yaml or ultralytics:FILE.pt{hint}"
+            f"path/to/program.pt2, onnx:FILE.onnx, ultralytics:NAME.yaml, ultralytics:FILE.pt, hf:PATH or hf:NAME{hint}"
         )
     if input_shape is not None:  # same kind of input as the model's own example, new shape
         if example is None or example.is_floating_point():
@@ -471,6 +475,77 @@ def _ultralytics_checkpoint(path: Path, trust_pickle: bool) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ModelSpecError(f"{path}: not an Ultralytics checkpoint (no 'model' or 'ema' module in it)")
     return model
+
+
+class HFModel(nn.Module):
+    """A Hugging Face transformers model whose forward takes token ids and returns plain tensors: the logits
+    of a model with a head, else the last hidden state (and the pooler's output where the model has a
+    pooler, so that it stays in the traced graph). No cache, no attention mask: the whole sequence is read."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        kwargs = {"use_cache": False} if "use_cache" in self.model.config.to_dict() else {}
+        out = self.model(input_ids=input_ids, return_dict=True, **kwargs)
+        if getattr(out, "logits", None) is not None:
+            return out.logits
+        pooled = getattr(out, "pooler_output", None)
+        return out.last_hidden_state if pooled is None else (out.last_hidden_state, pooled)
+
+
+def _load_hf(target: str, weights: str | None, input_shape: tuple[int, ...] | None
+             ) -> tuple[HFModel, torch.Tensor, str]:
+    """A transformers model from a local folder (config.json and weights) or, by name, from the local Hugging
+    Face cache only: offline (HF_HUB_OFFLINE, ``local_files_only``), eager attention, float32, eval mode.
+    The example: random token ids of shape BATCH,SEQ (default 1,128) below the vocabulary size."""
+    spec = f"hf:{target}"
+    if weights is not None:
+        raise ModelSpecError(f"{spec}: --weights does not apply; the weights are the folder's")
+    if "://" in target:
+        raise ModelSpecError(f"{spec}: hwprune never downloads; give a local folder or a model in the local "
+                             "Hugging Face cache")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import transformers
+    except ImportError:
+        raise ModelSpecError(f"{spec}: transformers is not installed (pip install 'hwprune[hf]')") from None
+    folder = Path(target)
+    local = folder.exists() or target.startswith((".", "/", "~")) or target.count("/") > 1
+    if local and not folder.is_dir():
+        raise ModelSpecError(f"{spec}: no such folder")
+    if local and not (folder / "config.json").is_file():
+        raise ModelSpecError(f"{spec}: the folder has no config.json (write one with save_pretrained)")
+    if input_shape is not None and len(input_shape) != 2:
+        raise ModelSpecError(f"{spec}: --input-shape {','.join(map(str, input_shape))}: give BATCH,SEQ for the "
+                             "token ids")
+    source = str(folder) if local else target
+    try:
+        config = transformers.AutoConfig.from_pretrained(source, local_files_only=True)
+    except OSError as exc:
+        where = "the folder's config.json is unreadable" if local else "not in the local Hugging Face cache " \
+            "(hwprune never downloads; give a folder as hf:PATH)"
+        raise ModelSpecError(f"{spec}: {where}: {_one_line(exc)[:200]}") from exc
+    except ValueError as exc:
+        raise ModelSpecError(f"{spec}: transformers does not know this config: {_one_line(exc)[:200]}") from exc
+    architectures = config.architectures or []
+    auto = None
+    for arch in architectures:
+        auto = getattr(transformers, arch, None)
+        if auto is not None:
+            break
+    auto = auto or transformers.AutoModel
+    try:
+        model = auto.from_pretrained(source, local_files_only=True, attn_implementation="eager",
+                                     dtype=torch.float32)
+    except Exception as exc:  # missing or mismatched weights, unknown classes: one line
+        raise ModelSpecError(f"{spec}: transformers could not load it: {_one_line(exc)[:300]}") from exc
+    vocab = getattr(config, "vocab_size", None)
+    if not vocab:
+        raise ModelSpecError(f"{spec}: its config has no vocab_size; hwprune feeds hf: models token ids")
+    example = torch.randint(0, int(vocab), input_shape or HF_TOKEN_SHAPE, dtype=torch.long)
+    return HFModel(model.float().eval()), example, f"the transformers model {source}"
 
 
 NATIVE_FILES = ("pruned_ultralytics.pt",)  # what save_native may write, for staging and clean-up

@@ -1,0 +1,67 @@
+"""hf: specs: local transformers models (save_pretrained folders), loaded offline and wrapped to return tensors."""
+
+import pytest
+import torch
+
+from hwprune.cli import main
+from hwprune.errors import ModelSpecError
+from hwprune.models import HFModel, load_model
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hf") / "bert"
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=256)
+    transformers.BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_hf_folder_loads_offline_with_token_ids(bert_dir, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    loaded = load_model(f"hf:{bert_dir}", (2, 16))
+    assert isinstance(loaded.module, HFModel)
+    assert loaded.example_input.shape == (2, 16) and loaded.example_input.dtype == torch.long
+    assert int(loaded.example_input.max()) < 1000
+    assert loaded.seed is None and str(bert_dir) in loaded.weights
+    hidden, pooled = loaded.module(loaded.example_input)
+    assert hidden.shape == (2, 16, 64) and pooled.shape == (2, 64)
+    import os
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_hf_default_shape(bert_dir):
+    assert load_model(f"hf:{bert_dir}").example_input.shape == (1, 128)
+
+
+def test_hf_mlp_widths_are_prunable(bert_dir):
+    from hwprune.graph.analyze import analyze
+
+    loaded = load_model(f"hf:{bert_dir}", (1, 16))
+    analysis = analyze(loaded.module, loaded.example_input, loaded.name, strict=False)
+    prunable = {g.id for g in analysis.groups if g.prunable}
+    assert {"model.encoder.layer.0.intermediate.dense", "model.encoder.layer.1.intermediate.dense"} <= prunable
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: f"hf:{tmp / 'missing'}", "no such folder"),
+    (lambda tmp: f"hf:{tmp}", "no config.json"),
+    (lambda tmp: "hf:nobody-hwprune/no-such-model", "not in the local Hugging Face cache"),
+    (lambda tmp: "hf:https://huggingface.co/bert-base-uncased", "never downloads"),
+])
+def test_hf_bad_specs_are_one_line(tmp_path, make, message, capsys):
+    spec = make(tmp_path)
+    with pytest.raises(ModelSpecError, match=message):
+        load_model(spec)
+    assert main(["analyze", spec]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_hf_input_shape_must_be_batch_seq(bert_dir):
+    with pytest.raises(ModelSpecError, match="BATCH,SEQ"):
+        load_model(f"hf:{bert_dir}", (1, 3, 16))
