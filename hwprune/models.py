@@ -16,6 +16,7 @@ import datetime
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 import zipfile
@@ -480,7 +481,8 @@ def _ultralytics_checkpoint(path: Path, trust_pickle: bool) -> nn.Module:
 class HFModel(nn.Module):
     """A Hugging Face transformers model whose forward takes token ids and returns plain tensors: the logits
     of a model with a head, else the last hidden state (and the pooler's output where the model has a
-    pooler, so that it stays in the traced graph). No cache, no attention mask: the whole sequence is read."""
+    pooler, so that it stays in the traced graph). No cache; the attention mask is all ones: the whole sequence
+    is read."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -488,6 +490,10 @@ class HFModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         kwargs = {"use_cache": False} if "use_cache" in self.model.config.to_dict() else {}
+        if "attention_mask" in inspect.signature(self.model.forward).parameters:
+            # an explicit all-ones mask: without one, transformers looks for packed sequences in the position
+            # ids with torch.diff, which the ONNX exporter has no op for
+            kwargs["attention_mask"] = torch.ones_like(input_ids)
         out = self.model(input_ids=input_ids, return_dict=True, **kwargs)
         if getattr(out, "logits", None) is not None:
             return out.logits

@@ -65,3 +65,41 @@ def test_hf_bad_specs_are_one_line(tmp_path, make, message, capsys):
 def test_hf_input_shape_must_be_batch_seq(bert_dir):
     with pytest.raises(ModelSpecError, match="BATCH,SEQ"):
         load_model(f"hf:{bert_dir}", (1, 3, 16))
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hf") / "llama"
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=1024)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def test_llama_gate_and_up_prune_together_attention_kept_whole(llama_dir):
+    """RoPE and grouped-query attention are traced as one op at their width (torch-pruning's index walk
+    through repeat_kv and rotate_half did not finish in 10 minutes); each layer's MLP is one group:
+    gate_proj and up_proj out, down_proj in."""
+    from hwprune.graph.analyze import analyze
+
+    loaded = load_model(f"hf:{llama_dir}", (1, 16))
+    assert loaded.module(loaded.example_input).shape == (1, 16, 1000)
+    analysis = analyze(loaded.module, loaded.example_input, loaded.name, strict=False)
+    mlp = [g for g in analysis.groups if g.prunable]
+    assert len(mlp) == 2 and all(g.channels == 1024 for g in mlp)
+    for g in mlp:
+        layer = g.id.split(".mlp.")[0]
+        assert set(g.layers) == {f"{layer}.mlp.{p}" for p in ("gate_proj", "up_proj", "down_proj")}
+
+
+def test_llama_compiles_exports_and_verifies(llama_dir, tmp_path, capsys):
+    out = tmp_path / "build"
+    code = main(["compile", f"hf:{llama_dir}", "--input-shape", "1,32", "--target", "cpu", "--latency", "0.8",
+                 "--search", "width", "--refine", "0", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err.strip().splitlines()[-1]
+    assert (out / "pruned.onnx").is_file()
+    import json
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["verify"]["ok"] and report["pruned"] != report["baseline"]

@@ -313,17 +313,22 @@ def _run_recording_shapes(model: nn.Module, example_input: torch.Tensor
     stack: list[str] = []
     names = {module: name for name, module in model.named_modules()}
 
-    def enter(module: nn.Module, inputs: tuple) -> None:
+    opaque = opaque_types()
+
+    def enter(module: nn.Module, inputs: tuple, kwargs: dict) -> None:
         stack.append(names.get(module, type(module).__name__))
-        if inputs and isinstance(inputs[0], torch.Tensor):
-            shapes_in[stack[-1]] = tuple(inputs[0].shape)
+        first = inputs[0] if inputs else kwargs.get("hidden_states")  # transformers passes it by name
+        if isinstance(first, torch.Tensor):
+            shapes_in[stack[-1]] = tuple(first.shape)
 
     def leave(module: nn.Module, _inputs: object, output: object) -> None:
         name = stack.pop()
+        if isinstance(output, tuple) and output and isinstance(module, opaque):  # (attention output, weights)
+            output = output[0]
         if isinstance(output, torch.Tensor):
             shapes[name] = tuple(output.shape)
 
-    handles = [m.register_forward_pre_hook(enter) for m in model.modules()]
+    handles = [m.register_forward_pre_hook(enter, with_kwargs=True) for m in model.modules()]
     handles += [m.register_forward_hook(leave) for m in model.modules()]
     try:
         with torch.no_grad():

@@ -43,6 +43,11 @@ def _channel_dims() -> dict[type, int]:
     block = sys.modules.get("ultralytics.nn.modules.block")
     if block is not None and hasattr(block, "Attention"):
         found[block.Attention] = 1
+    for family in ("llama", "qwen2", "qwen3", "mistral"):  # RoPE + grouped-query attention (repeat_kv)
+        modeling = sys.modules.get(f"transformers.models.{family}.modeling_{family}")
+        attention = getattr(modeling, f"{family.capitalize()}Attention", None)
+        if attention is not None:
+            found[attention] = -1
     return found
 
 
@@ -77,6 +82,26 @@ class FixedWidthPruner(BasePruningFunc):
         return self.widths.get(layer, (None, None))[0]
 
 
+def _whole(call):
+    """``call`` as one op from its first input (positional, or ``hidden_states`` as transformers passes it) to
+    its first output; the other arguments pass through, and a tuple output keeps its other items as None."""
+
+    def run(*args, **kwargs):
+        x = args[0] if args else kwargs.pop("hidden_states")
+        rest = args[1:]
+        shaped = {}
+
+        def first(h):
+            out = call(h, *rest, **kwargs)
+            shaped["tuple"] = len(out) if isinstance(out, tuple) else 0
+            return out[0] if isinstance(out, tuple) else out
+
+        y = _RunWhole.apply(first, x)
+        return (y, *[None] * (shaped["tuple"] - 1)) if shaped["tuple"] else y
+
+    return run
+
+
 @contextlib.contextmanager
 def traced_whole(model: nn.Module, shapes_in: dict[str, tuple], shapes_out: dict[str, tuple]
                  ) -> Iterator[dict[type, FixedWidthPruner]]:
@@ -86,8 +111,7 @@ def traced_whole(model: nn.Module, shapes_in: dict[str, tuple], shapes_out: dict
     widths = {m: (shapes_in[name][dims[type(m)]], shapes_out[name][dims[type(m)]]) for name, m in modules.items()
               if name in shapes_in and name in shapes_out}
     for module in modules.values():
-        original = module.forward
-        module.forward = lambda x, _call=original: _RunWhole.apply(_call, x)
+        module.forward = _whole(module.forward)
     try:
         yield {t: FixedWidthPruner(widths, dims[t]) for t in {type(m) for m in modules.values()}}
     finally:
