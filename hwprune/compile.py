@@ -33,7 +33,7 @@ from rich.progress import Progress
 from torch import nn
 
 from hwprune.calibration import Calibration, box_agreement, fidelity, load_calibration
-from hwprune.errors import HwpruneError, PlanError, first_line
+from hwprune.errors import HwpruneError, ModelSpecError, PlanError, first_line
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm
 from hwprune.export.nm_check import nm_weights
 from hwprune.export.onnx_export import export_onnx, slim_available
@@ -187,7 +187,11 @@ def _compile_point(shared: Shared, options: Options, stage: Path, console: Conso
     if chosen.decision.plan.merge:  # what recovery trains: spans apart, activations removed (merged at export)
         torch.save(realiser(chosen.decision.plan, measurer.recalibration, merge=False).state_dict(),
                    stage / "pruned_unmerged.pt")
-    native = save_native(chosen.realised.model, loaded.name, stage)
+    try:
+        native = save_native(chosen.realised.model, loaded.name, stage)
+    except ModelSpecError as exc:  # e.g. an hf: model pruned to different widths per layer
+        native = None
+        console.print(f"  [yellow]note:[/yellow] not saved in its framework's format: {exc}")
     if native:
         console.print(f"  {native}: the pruned model in its framework's format")
     with step("verify"):

@@ -554,12 +554,42 @@ def _load_hf(target: str, weights: str | None, input_shape: tuple[int, ...] | No
     return HFModel(model.float().eval()), example, f"the transformers model {source}"
 
 
-NATIVE_FILES = ("pruned_ultralytics.pt",)  # what save_native may write, for staging and clean-up
+HF_MLP_LAYERS = ("mlp.gate_proj", "mlp.up_proj", "intermediate.dense")  # write config.intermediate_size
+
+
+def save_hf(module: HFModel, folder: Path) -> None:
+    """Write a pruned ``hf:`` model with ``save_pretrained`` into ``folder``, its config's ``intermediate_size``
+    set to the pruned MLP width. A transformers config holds one MLP width for all layers, so this needs the
+    same width in every layer; otherwise (or if anything else changed shape) a ModelSpecError says why. The
+    config is checked by building the model from it and loading the pruned weights strictly."""
+    model = module.model
+    widths = {m.out_features for name, m in model.named_modules()
+              if isinstance(m, nn.Linear) and name.endswith(HF_MLP_LAYERS)}
+    if len(widths) != 1:
+        raise ModelSpecError(f"the pruned MLP widths differ between layers ({sorted(widths)}); a transformers "
+                             "config holds one, so from_pretrained cannot reload it (pruned.pt and pruned.onnx hold "
+                             "it)")
+    config = copy.deepcopy(model.config)
+    config.intermediate_size = widths.pop()
+    rebuilt = type(model)(config)
+    try:
+        rebuilt.load_state_dict(model.state_dict(), strict=True)
+    except RuntimeError as exc:
+        raise ModelSpecError(f"the pruned model does not fit its updated config: {_one_line(exc)[:200]}") from exc
+    rebuilt.save_pretrained(folder)
+
+
+NATIVE_FILES = ("pruned_ultralytics.pt", "pruned_hf")  # what save_native may write, for staging and clean-up
 
 
 def save_native(module: nn.Module, spec: str, folder: Path) -> str | None:
     """Save a pruned model in its framework's own format beside ``pruned.pt``, where it has one: an
-    Ultralytics checkpoint for an ``ultralytics:`` model. Returns the file's name, else None."""
+    Ultralytics checkpoint for an ``ultralytics:`` model, a ``save_pretrained`` folder for an ``hf:`` model
+    whose widths a transformers config can hold (else the ModelSpecError from :func:`save_hf`). Returns the
+    file's name, else None."""
+    if isinstance(module, HFModel):
+        save_hf(module, folder / NATIVE_FILES[1])
+        return NATIVE_FILES[1]
     if not isinstance(module, UltralyticsDetector):
         return None
     save_ultralytics(module, spec, folder / NATIVE_FILES[0])

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from hwprune.calibration import load_calibration
-from hwprune.errors import PlanError
+from hwprune.errors import ModelSpecError, PlanError
 from hwprune.export.nm_check import nm_weights
 from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.export.verify import Verification, verified
@@ -73,5 +73,8 @@ def apply_plan_file(plan: Plan, plan_name: str, loaded: LoadedModel, calib_data:
         if wrong:
             raise PlanError(f"exported weights are not N:M in {', '.join(wrong)}")
         torch.save(model.state_dict(), stage / "pruned.pt")
-        save_native(model, loaded.name, stage)
+        try:
+            save_native(model, loaded.name, stage)
+        except ModelSpecError:  # an hf: model with per-layer widths: pruned.pt and pruned.onnx hold it
+            pass
     return Applied(model, before, verification)

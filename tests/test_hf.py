@@ -103,3 +103,44 @@ def test_llama_compiles_exports_and_verifies(llama_dir, tmp_path, capsys):
 
     report = json.loads((out / "report.json").read_text())
     assert report["verify"]["ok"] and report["pruned"] != report["baseline"]
+    captured = capsys.readouterr()
+    printed = " ".join((captured.out + captured.err).split())
+    assert (out / "pruned_hf").is_dir() or "from_pretrained cannot reload it" in printed
+
+
+def _prune_mlp(module, keep):
+    """Every layer's MLP cut to its first ``keep`` channels, as a homogeneous plan would."""
+    for layer in module.model.model.layers:
+        mlp = layer.mlp
+        for name in ("gate_proj", "up_proj"):
+            old = getattr(mlp, name)
+            new = torch.nn.Linear(old.in_features, keep, bias=False)
+            new.weight.data = old.weight.data[:keep].clone()
+            setattr(mlp, name, new)
+        new = torch.nn.Linear(keep, mlp.down_proj.out_features, bias=False)
+        new.weight.data = mlp.down_proj.weight.data[:, :keep].clone()
+        mlp.down_proj = new
+
+
+def test_homogeneous_widths_reload_with_from_pretrained(llama_dir, tmp_path):
+    from hwprune.models import save_native
+
+    loaded = load_model(f"hf:{llama_dir}", (1, 16))
+    _prune_mlp(loaded.module, 512)
+    assert save_native(loaded.module, loaded.name, tmp_path) == "pruned_hf"
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "pruned_hf", attn_implementation="eager")
+    assert again.config.intermediate_size == 512
+    with torch.no_grad():
+        expected = loaded.module(loaded.example_input)
+        assert torch.allclose(again(loaded.example_input, use_cache=False).logits, expected, atol=1e-5)
+    assert load_model(f"hf:{tmp_path / 'pruned_hf'}", (1, 16)).module.model.config.intermediate_size == 512
+
+
+def test_per_layer_widths_say_they_cannot_reload(llama_dir, tmp_path):
+    from hwprune.models import save_native
+
+    loaded = load_model(f"hf:{llama_dir}", (1, 16))
+    _prune_mlp(loaded.module, 512)
+    loaded.module.model.model.layers[0].mlp.gate_proj = torch.nn.Linear(64, 256, bias=False)
+    with pytest.raises(ModelSpecError, match="differ between layers"):
+        save_native(loaded.module, loaded.name, tmp_path)
