@@ -10,15 +10,13 @@ the L4T release, JetPack, power mode and clocks (null where absent, never guesse
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hwprune.errors import HwpruneError  # noqa: E402
 from hwprune.runtime import runtime_for  # noqa: E402
-from hwprune.runtime.kit import device_facts  # noqa: E402
+from hwprune.runtime.kit import answer, device_facts  # noqa: E402
 from hwprune.targets import load_target  # noqa: E402
 
 
@@ -26,21 +24,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", required=True, help="device profile, e.g. jetson-orin-nano")
     args = parser.parse_args(argv)
-    try:
+
+    def info() -> dict:
         runtime = runtime_for(load_target(args.target))
         reason = runtime.unavailable_reason()
-        info = {"name": runtime.name, "method": runtime.method, "unavailable_reason": reason,
-                "provenance": runtime.provenance(), "device": device_facts(),
-                "python": sys.version.split()[0]}
+        found = {"name": runtime.name, "method": runtime.method, "unavailable_reason": reason,
+                 "provenance": runtime.provenance(), "device": device_facts(), "python": sys.version.split()[0]}
         if reason is None:
-            info["fingerprint"] = runtime.fingerprint()
-            info["measurement"] = runtime.measurement()
-    except HwpruneError as exc:
-        print(f"device_info: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(info))
-    return 0
+            found["fingerprint"] = runtime.fingerprint()
+            found["measurement"] = runtime.measurement()
+        return found
 
+    return answer("device_info", info)
 
 if __name__ == "__main__":
     sys.exit(main())

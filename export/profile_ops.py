@@ -26,7 +26,7 @@ from hwprune.errors import HwpruneError  # noqa: E402
 from hwprune.io import write_text_atomic  # noqa: E402
 from hwprune.latency.lut import FORMAT, new_table  # noqa: E402
 from hwprune.runtime import runtime_for  # noqa: E402
-from hwprune.runtime.kit import device_facts, read_manifest  # noqa: E402
+from hwprune.runtime.kit import answer, device_facts, read_manifest  # noqa: E402
 from hwprune.targets import load_target  # noqa: E402
 
 
@@ -87,14 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", required=True, help="device profile, e.g. jetson-orin-nano")
     parser.add_argument("--out", type=Path, help="the table to write (default: OPS_DIR/table.json)")
     args = parser.parse_args(argv)
-    try:
-        summary = profile(args.folder, args.target, args.out or args.folder / "table.json",
-                          lambda line: print(line, file=sys.stderr, flush=True))
-    except HwpruneError as exc:
-        print(f"profile_ops: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0
+    return answer("profile_ops", lambda: profile(args.folder, args.target, args.out or args.folder / "table.json",
+                                                 lambda line: print(line, file=sys.stderr, flush=True)))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Exit 2 with one line when a model or the runtime is missing. Torch-free.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hwprune.errors import HwpruneError  # noqa: E402
 from hwprune.runtime import runtime_for  # noqa: E402
+from hwprune.runtime.kit import answer  # noqa: E402
 from hwprune.targets import load_target  # noqa: E402
 
 
@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-runs", type=int, default=10, help="timed runs of one model, at least (10)")
     parser.add_argument("--min-seconds", type=float, default=0.1, help="seconds of timed runs, at least (0.1)")
     args = parser.parse_args(argv)
+    return answer("time_models", lambda: _timed(args))
+
+
+def _timed(args: argparse.Namespace) -> dict:
     runners = []
     try:
         runtime = runtime_for(load_target(args.target))
@@ -54,15 +58,10 @@ def main(argv: list[str] | None = None) -> int:
             result = {"timings": [asdict(t) for t in comparison.timings], "ratios": comparison.ratios,
                       "ratio_spread": comparison.ratio_spread}
         result["input_shapes"] = [[list(s) for s in r.input_shapes] for r in runners]
-    except HwpruneError as exc:
-        print(f"time_models: error: {exc}", file=sys.stderr)
-        return 2
+        return result
     finally:
         for runner in runners:
             runner.close()
-    print(json.dumps(result))
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,13 +14,13 @@ with one line when TensorRT, cuda-python or a GPU is missing.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hwprune.errors import HwpruneError  # noqa: E402
+from hwprune.runtime.kit import answer  # noqa: E402
 from hwprune.runtime.trt import build_engine, engine_config, time_engine  # noqa: E402
 from hwprune.targets import load_target  # noqa: E402
 
@@ -33,20 +33,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, help="build an optimisation profile for batch 1..N")
     parser.add_argument("--sparse", action="store_true", help="enable 2:4 sparse weights")
     args = parser.parse_args(argv)
-    try:
-        if not args.onnx.is_file():
-            raise HwpruneError(f"{args.onnx}: file not found")
-        shape = tuple(int(d) for d in args.input_shape.split(","))
-        config = engine_config(load_target(args.target), args.onnx, args.onnx.with_suffix(".engine"), shape,
-                               sparse=args.sparse, max_batch=args.max_batch)
-        timing = time_engine(build_engine(config), shape)
-    except (HwpruneError, ValueError) as exc:
-        print(f"trt_build_and_time: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({"engine": str(config.engine), "median_ms": timing.median_ms, "p90_ms": timing.p90_ms,
-                      "p99_ms": timing.p99_ms, "runs": timing.samples}))
-    return 0
+    return answer("trt_build_and_time", lambda: _built_and_timed(args), errors=(HwpruneError, ValueError))
 
+
+def _built_and_timed(args: argparse.Namespace) -> dict:
+    if not args.onnx.is_file():
+        raise HwpruneError(f"{args.onnx}: file not found")
+    shape = tuple(int(d) for d in args.input_shape.split(","))
+    config = engine_config(load_target(args.target), args.onnx, args.onnx.with_suffix(".engine"), shape,
+                           sparse=args.sparse, max_batch=args.max_batch)
+    timing = time_engine(build_engine(config), shape)
+    return {"engine": str(config.engine), "median_ms": timing.median_ms, "p90_ms": timing.p90_ms,
+            "p99_ms": timing.p99_ms, "runs": timing.samples}
 
 if __name__ == "__main__":
     sys.exit(main())

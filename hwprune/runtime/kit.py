@@ -16,11 +16,12 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hwprune.errors import DeviceError
+from hwprune.errors import DeviceError, HwpruneError
 from hwprune.io import write_text_atomic
 
 OPS_FORMAT = "hwprune-ops/1"
@@ -136,3 +137,14 @@ def kit_files() -> dict[str, Path]:
     files["hwprune/devices/__init__.py"] = devices / "__init__.py"
     return files
 
+
+def answer(script: str, work: Callable[[], dict], errors: tuple[type[Exception], ...] = (HwpruneError,)) -> int:
+    """How every kit script ends: ``work``'s result as one JSON line on stdout, exit 0; or, for one
+    of ``errors``, one line ``SCRIPT: error: ...`` on stderr, exit 2 (what ``runtime.remote`` reads)."""
+    try:
+        result = work()
+    except errors as exc:
+        print(f"{script}: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
