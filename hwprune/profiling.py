@@ -50,7 +50,8 @@ def profile_model(analysis: Analysis, target: Target, table: LatencyTable, progr
     dense twins alternately (``latency.profiler.profile_pairs``)."""
     alignment = target.channel_alignment
     signatures, paired = _signatures(analysis, target, sparsity)
-    measured = profile([s for s in signatures if s not in paired], table, target, progress)
+    timed_in_pairs = set(paired)
+    measured = profile([s for s in signatures if s not in timed_in_pairs], table, target, progress)
     measured += profile_pairs(paired, table, target)
     x = analysis.capture.example_input
     key = model_key(analysis.name, tuple(x.shape))

@@ -4,8 +4,9 @@ BatchNorm folded into a conv at export scales its output rows, which keeps every
 check reads the file as a runtime will. A node is matched to its layer by the module path the
 exporter writes into node names (``/block/block.0/Conv``: the layer ``block.0``), or, where the
 exporter names nodes otherwise (a rewritten fx graph), by the layer's own zero pattern: the node
-whose weight has exactly the zeros of the module's weight. The reduction axis is the
-input-channel axis (Conv ``[O, I, kh, kw]``: 1; Gemm: 1 with ``transB``, else 0; MatMul ``[I, O]``: 0).
+whose weight has exactly the zeros of the module's weight. Weights are read in the module's layout
+(Conv ``[O, I, kh, kw]``; Gemm ``[O, I]`` with ``transB``, else transposed; MatMul transposed) and
+checked by ``sparsity.masks.is_nm``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from hwprune.errors import HwpruneError
+from hwprune.sparsity.masks import is_nm
 
 _WEIGHTED = ("Conv", "Gemm", "MatMul")
 
@@ -45,7 +47,7 @@ def nm_weights(path: str | Path, layers: Mapping[str, dict], model: nn.Module | 
             raise HwpruneError(f"{path}: no Conv, Gemm or MatMul node of layer {name} with constant weights")
         weight = numpy_helper.to_array(initializers[node.input[1]])
         n, m = int(spec["n"]), int(spec["m"])
-        found[name] = {"node": node.name, "nm": _is_nm(weight, _reduction_axis(node), n, m)}
+        found[name] = {"node": node.name, "nm": is_nm(_output_first(node, weight), n, m)}
     return found
 
 
@@ -57,25 +59,15 @@ def _by_zeros(model: nn.Module, name: str, nodes: list[onnx.NodeProto], initiali
     except AttributeError:
         return None
     for node in nodes:
-        weight = numpy_helper.to_array(initializers[node.input[1]])
-        if _reduction_axis(node) == 0:  # [in, out]: the module holds [out, in]
-            weight = weight.T
+        weight = _output_first(node, numpy_helper.to_array(initializers[node.input[1]]))
         if weight.shape == zeros.shape and np.array_equal(weight == 0, zeros):
             return node
     return None
 
 
-def _reduction_axis(node: onnx.NodeProto) -> int:
-    if node.op_type == "Conv":
-        return 1
-    if node.op_type == "Gemm":
-        return 1 if any(a.name == "transB" and a.i == 1 for a in node.attribute) else 0
-    return 0
-
-
-def _is_nm(weight: np.ndarray, axis: int, n: int, m: int) -> bool:
-    moved = np.moveaxis(weight, axis, -1)
-    if moved.shape[-1] % m:
-        return False
-    blocks = moved.reshape(-1, moved.shape[-1] // m, m)
-    return bool(((blocks != 0).sum(-1) <= n).all())
+def _output_first(node: onnx.NodeProto, weight: np.ndarray) -> np.ndarray:
+    """``weight`` in the module's layout, output channels first and input channels second (a Gemm
+    without ``transB`` and a MatMul hold ``[in, out]``)."""
+    if node.op_type == "Conv" or any(a.name == "transB" and a.i == 1 for a in node.attribute):
+        return weight
+    return weight.T

@@ -25,7 +25,7 @@ from hwprune.latency.predictor import TablePredictor
 from hwprune.plan import Plan, Provenance, WidthDecision
 from hwprune.search.choose import Candidate, choose
 from hwprune.search.joint import search_joint
-from hwprune.search.nm import Permutations
+from hwprune.search.nm import Permutations, nm_entries
 from hwprune.search.readers import SegmentMask, reader_masks
 from hwprune.search.width import SearchResult, search_widths, uniform_widths
 
@@ -117,8 +117,7 @@ class WidthSearch:
         """A plan holding only ``result``'s depth decisions (for the depth view)."""
         plan = Plan(self.provenance, result.predicted_ms, result.baseline_predicted_ms)
         plan.merge, plan.depth = self._depth_entries(result.depth)
-        plan.sparsity["layers"] = {o.entry["layer"]: {"n": o.entry["n"], "m": o.entry["m"], "criterion": "magnitude"}
-                                   for o in self._sparse(result.depth)}
+        plan.sparsity["layers"] = nm_entries(self._sparse(result.depth))
         return plan
 
     def _depth_entries(self, keys: frozenset[str]) -> tuple[list[dict], list[dict]]:

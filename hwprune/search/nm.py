@@ -28,6 +28,12 @@ from hwprune.sparsity.permutation import search_permutation
 PERMUTATION_SECONDS = 0.5  # per group and round; the search keeps its best order when time is up
 
 
+def nm_entries(chosen: Iterable[DepthOption]) -> dict[str, dict]:
+    """The plan's N:M entry of each chosen layer, by magnitude (``Permutations.section`` adds the
+    activation scale where it has one)."""
+    return {o.entry["layer"]: {"n": o.entry["n"], "m": o.entry["m"], "criterion": "magnitude"} for o in chosen}
+
+
 @dataclass
 class Permutations:
     """Orders found so far, keyed by (group, kept channels, readers): refinement rounds and frontier
@@ -46,7 +52,7 @@ class Permutations:
         if not chosen:
             return {"layers": {}, "permutations": {}}
         by_name = {layer.name: layer for layer in layers}
-        entries = {o.entry["layer"]: {"n": o.entry["n"], "m": o.entry["m"], "criterion": "magnitude"} for o in chosen}
+        entries = nm_entries(chosen)
         readers: dict[str, list[Layer]] = {}
         for name in entries:
             layer = by_name[name]

@@ -62,12 +62,17 @@ def check_layers(model: nn.Module, layers: Mapping[str, dict]) -> None:
     run before any pass, so a plan that cannot be sparsified is refused whole."""
     for name, spec in layers.items():
         _pattern(name, spec)
-        try:
-            has_weight = model.get_submodule(name).weight is not None
-        except AttributeError:
-            has_weight = False
-        if not has_weight:
-            raise PlanError(f"sparsity: the model has no layer {name} with weights")
+        _weight(model, name)
+
+
+def _weight(model: nn.Module, name: str) -> torch.Tensor:
+    try:
+        weight = model.get_submodule(name).weight
+    except AttributeError:
+        weight = None
+    if weight is None:
+        raise PlanError(f"sparsity: the model has no layer {name} with weights")
+    return weight
 
 
 def _pattern(name: str, spec: object) -> tuple[int, int]:
@@ -85,10 +90,7 @@ def sparsify(model: nn.Module, layers: Mapping[str, dict]) -> None:
     """Mask each named layer's weight N:M along its input channels (by magnitude, or magnitude x the
     plan's per-input-channel activation scale), in place; checked after."""
     for name, spec in layers.items():
-        try:
-            weight = model.get_submodule(name).weight
-        except AttributeError:
-            raise PlanError(f"sparsity: the model has no layer {name} with weights") from None
+        weight = _weight(model, name)
         n, m = _pattern(name, spec)
         if weight.dim() < 2 or weight.shape[1] % m:
             raise PlanError(f"sparsity: {name} has {weight.shape[1] if weight.dim() > 1 else 0} input channels "
