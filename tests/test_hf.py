@@ -93,7 +93,10 @@ def test_llama_gate_and_up_prune_together_attention_kept_whole(llama_dir):
         assert set(g.layers) == {f"{layer}.mlp.{p}" for p in ("gate_proj", "up_proj", "down_proj")}
 
 
-def test_llama_compiles_exports_and_verifies(llama_dir, tmp_path, capsys):
+def test_llama_compiles_exports_and_verifies(llama_dir, tmp_path, capsys, monkeypatch):
+    # its own latency table: entries other tests timed at the same shapes under other load made the
+    # MLP-only floor read above this budget in the full suite
+    monkeypatch.setenv("HWPRUNE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "build"
     code = main(["compile", f"hf:{llama_dir}", "--input-shape", "1,32", "--target", "cpu", "--latency", "0.8",
                  "--search", "width", "--refine", "0", "--out", str(out)])
