@@ -118,6 +118,11 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--sparsity-criterion", choices=("magnitude", "activation"), default="magnitude",
                           help="which weights an N:M mask keeps: the largest by magnitude (default) or by magnitude "
                                "x the input channel's activation norm on the calibration inputs")
+    compile_.add_argument("--widths", choices=("homogeneous", "per-layer"), default=None,
+                          help="homogeneous: the groups with one role in every layer of a layer stack (each "
+                               "transformer layer's MLP, its heads) keep one width, so a transformers config can "
+                               "hold it and from_pretrained reloads the model; per-layer: each group its own "
+                               "(default: homogeneous for hf: models, per-layer otherwise)")
     compile_.add_argument("--unconstrained", action="store_true",
                           help="UPSCALE-style: every layer reading a shared tensor keeps its own input channels "
                                "(producers keep the union); exported with channels reordered to minimise gathers")
@@ -288,7 +293,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
     data = analysis.to_json()
     data["segments"] = [{"group": s.group, "producers": s.producers, "readers": [r.layer for r in s.readers]}
                         for s in segments(analysis)]
-    data["depth"] = depth_candidates(analysis.model).to_json()
+    data["depth"] = depth_candidates(analysis.model, analysis.capture.example_input).to_json()
     document = json.dumps(data, indent=2)
     if args.out:
         write_text_atomic(args.out, document + "\n")
@@ -473,7 +478,7 @@ def _run_compile(args: argparse.Namespace) -> int:
                       atol=args.atol, rtol=args.rtol, dynamic_batch=args.dynamic_batch,
                       recalibrate_bn=args.recalibrate_bn, allocation=args.allocation, search=args.search,
                       depth_distil_steps=args.depth_distil_steps, sparsity=args.sparsity,
-                      sparsity_criterion=args.sparsity_criterion,
+                      sparsity_criterion=args.sparsity_criterion, widths=args.widths,
                       unconstrained=args.unconstrained,
                       recovery=_recover_options(args, "recover_") if args.recover_data else None)
     console = Console(stderr=True, soft_wrap=True)

@@ -40,6 +40,8 @@ from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.export.verify import verified, verify_onnx
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.segments import segments
+from hwprune.graph.spans import depth_candidates
+from hwprune.graph.stack import stack_ties
 from hwprune.importance.depth import CostTable, depth_costs
 from hwprune.importance.nm import input_norms
 from hwprune.importance.readers import reader_scores
@@ -145,6 +147,11 @@ def _prepare(loaded: LoadedModel, options: Options, stage: Path, console: Consol
         raise PlanError(f"{loaded.name}: no prunable channel group (see hwprune analyze)")
     runtime = runtime_for(target)
     predictor, table_path = _latency_model(analysis, runtime, options.lut, step, console, options.sparsity_mode)
+    if options.homogeneous(loaded.name):
+        ties = stack_ties(analysis.groups, depth_candidates(analysis.model, x).blocks)
+        predictor.tie(ties)
+        console.print(f"  widths: homogeneous, {len(ties)} roles tied across layers"
+                      + (f" ({', '.join(sorted(ties))})" if ties else ""))
     check = predictor.sparsity
     if check is not None and check.pattern is not None:
         console.print(f"  N:M {check.pattern}: " + (f"{len(check.offered)} of {check.candidates} layers offered to the "

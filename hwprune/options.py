@@ -81,8 +81,14 @@ class Options:
     # Which weights an N:M mask keeps: the largest by magnitude, or by magnitude x the input
     # channel's activation norm on the calibration inputs ("activation").
     sparsity_criterion: str = "magnitude"
+    # "homogeneous": groups with one role in every layer of a layer stack keep one width together
+    # (``graph.stack.stack_ties``: what a transformers config holds); "per-layer": each its own.
+    # None: homogeneous for hf: models, per-layer otherwise.
+    widths: str | None = None
 
     def __post_init__(self) -> None:
+        if self.widths not in (None, "homogeneous", "per-layer"):
+            raise HwpruneError(f"--widths {self.widths}: homogeneous or per-layer")
         if self.allocation not in ("auto", *STRATEGIES):
             raise HwpruneError(f"--allocation {self.allocation}: use auto or one of {', '.join(STRATEGIES)}")
         if self.depth_distil_steps < 0:
@@ -111,3 +117,7 @@ class Options:
     @property
     def sparsity_mode(self) -> SparsityMode | None:
         return parse_mode(self.sparsity)
+
+    def homogeneous(self, model: str) -> bool:
+        """Whether ``model``'s layers of one role keep one width (see ``widths``)."""
+        return self.widths == "homogeneous" or (self.widths is None and model.startswith("hf:"))

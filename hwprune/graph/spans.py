@@ -15,9 +15,11 @@ leaves ``x`` (what the model computes with the branch's output zeroed). When a s
 such a branch and the merged convolution maps its input channels onto themselves at stride 1,
 the skip folds into the merged kernel's centre tap and the add goes too.
 
-The candidates come from a torch.fx trace, which names every node: a model fx cannot trace
-(data-dependent control flow) has none, and says why. Activations may be modules, shared modules
-or functions; convolutions and BatchNorms must each be called once.
+The candidates come from a torch.fx trace, which names every node. A model fx cannot trace
+(data-dependent control flow, as in every Hugging Face transformer) has no spans; its blocks are
+the layers of its layer stacks, found on the example input (``graph.stack``), or none, with the
+reason. Activations may be modules, shared modules or functions; convolutions and BatchNorms must
+each be called once.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class Block:
     """A residual ``x + f(x)`` whose branch can be dropped."""
 
     name: str  # the innermost module holding the branch and the add
-    add: str  # the add's FX node
+    add: str | None  # the add's FX node; None: the module is a whole layer of a stack (``graph.stack``)
     layers: tuple[str, ...]  # the branch's modules (what dropping removes)
 
     def to_json(self) -> dict:
@@ -113,13 +115,19 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return fx.symbolic_trace(model)
 
 
-def depth_candidates(model: nn.Module, max_kernel: int = MAX_KERNEL) -> DepthCandidates:
-    """Every legal span and droppable block of ``model`` (nothing, with the reason, if fx cannot trace it)."""
+def depth_candidates(model: nn.Module, example_input: torch.Tensor | None = None, max_kernel: int = MAX_KERNEL
+                     ) -> DepthCandidates:
+    """Every legal span and droppable block of ``model``; if fx cannot trace it, the whole layers of
+    its layer stacks (given ``example_input``), or nothing, with the reason."""
     try:
         graph = trace(model)
     except Exception as exc:  # fx raises many kinds; each means "no graph to rewrite"
-        return DepthCandidates(reason=f"torch.fx cannot trace the model ({type(exc).__name__}: "
-                                      f"{str(exc).splitlines()[0] if str(exc) else ''})")
+        from hwprune.graph.stack import stack_blocks  # stack needs Block from here
+
+        blocks = stack_blocks(model, example_input) if example_input is not None else []
+        reason = (f"torch.fx cannot trace the model ({type(exc).__name__}: "
+                  f"{str(exc).splitlines()[0] if str(exc) else ''})")
+        return DepthCandidates(blocks=blocks, reason=None if blocks else reason)
     return candidates_of(graph, max_kernel)
 
 

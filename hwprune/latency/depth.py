@@ -1,5 +1,6 @@
 """What a depth choice does to the timed layers: a merged span replaces its convolutions by one
-conv of the merged shape; a dropped block removes its branch's layers.
+conv of the merged shape; a dropped block removes its branch's layers (a whole layer of a stack,
+every timed op under its path: its projections and its attention core).
 
 The merged conv is a new op signature (kernel, stride, padding of the span; the first conv's input
 and the last conv's output), sized by the same channel groups as the span's ends, so the width
@@ -63,7 +64,8 @@ def depth_options(analysis: Analysis, found: DepthCandidates, layers: list[Layer
         entry = {"convs": list(span.convs), "activations": list(span.activations), "skip": span.skip}
         options.append(DepthOption(merge_key(span), frozenset(span.convs), (merged,), entry))
     for block in found.blocks:
-        removed = frozenset(name for name in block.layers if name in by_name)
+        removed = frozenset(name for name in by_name if name in block.layers or (
+            block.add is None and name.startswith((f"{block.name}.", f"{block.name}:"))))
         if removed:
             options.append(DepthOption(drop_key(block), removed, (), {"block": block.name, "add": block.add}))
     return options

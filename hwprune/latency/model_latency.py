@@ -72,7 +72,7 @@ def depth_choices(analysis: Analysis, layers: list[Layer], target: Target) -> li
 
     by_name = {layer.name: layer for layer in layers}
     kept = []
-    for option in depth_options(analysis, depth_candidates(analysis.model), layers):
+    for option in depth_options(analysis, depth_candidates(analysis.model, analysis.capture.example_input), layers):
         if option.adds:
             parts = sum(predict_ms(by_name[name].signature, target) for name in option.removes)
             if predict_ms(option.adds[0].signature, target) > MERGE_SLOWDOWN * parts:

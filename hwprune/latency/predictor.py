@@ -80,6 +80,8 @@ class TablePredictor:
             self.options[option.key] = option
         self.depth: frozenset[str] = frozenset()
         self.sparsity: SparsityCheck | None = None  # what pricing N:M found (``model_latency.priced_sparsity``)
+        # Groups that keep one count together (``tie``): a key of ``keep`` may name a tie for all its groups.
+        self.ties: dict[str, tuple[str, ...]] = {}
         self._full_activations = sum(self._activations(layer, {}) for layer in layers)
         self._index_groups()
         self.fixed_ms, self.layer_scale, self.rest_ms = self._fit(anchors)
@@ -90,6 +92,24 @@ class TablePredictor:
         for layer in self.layers:
             for group_id in {g.group for g in layer.inputs} | ({layer.out_group} - {None}):
                 self._touching.setdefault(group_id, []).append(layer)
+        for tie, members in self.ties.items():
+            self._touching[tie] = [layer for m in members for layer in self._touching.get(m, [])]
+
+    def tie(self, ties: dict[str, tuple[str, ...]]) -> None:
+        """Price each tie's groups as one: ``keep[tie]`` sets every member's count. Members must size
+        disjoint layers (a layer of each member only), so a tie's cost is the sum of its members'."""
+        for tie, members in ties.items():
+            touched = [layer.name for m in members for layer in self._touching.get(m, [])]
+            if len(touched) != len(set(touched)):
+                raise HwpruneError(f"tie {tie}: its groups size a layer in common")
+        self.ties = dict(ties)
+        self._views = {frozenset(): self}
+        self._index_groups()
+
+    def untie(self, keep: dict[str, int]) -> dict[str, int]:
+        """``keep`` with every tie replaced by its member groups."""
+        members = {m: keep[tie] for tie, ms in self.ties.items() if tie in keep for m in ms}
+        return {**{k: v for k, v in keep.items() if k not in self.ties}, **members}
 
     def with_depth(self, keys: frozenset[str]) -> TablePredictor:
         """This predictor for the model with the depth options ``keys`` taken (they must not overlap)."""
@@ -202,14 +222,16 @@ class TablePredictor:
         touched = self._touching.get(group_id, [])
         costs = []
         for count in counts:
-            trial = {**keep, group_id: count}
+            trial = self.untie({**keep, group_id: count})
             layers_ms = sum(self.layer_ms(layer, *self.channels(layer, trial))[0] for layer in touched)
-            activations = sum(self._activations(layer, trial) for layer in touched if layer.out_group == group_id)
+            outputs = set(self.ties.get(group_id, (group_id,)))
+            activations = sum(self._activations(layer, trial) for layer in touched if layer.out_group in outputs)
             costs.append(self.layer_scale * layers_ms + self.rest_ms * activations / self._full_activations)
         return costs
 
     def layers_cost(self, layers: Sequence[Layer], keep: dict[str, int]) -> float:
         """The predicted time of ``layers`` at ``keep`` with their share of the rest (as ``group_costs``)."""
+        keep = self.untie(keep)
         ms = sum(self.layer_ms(layer, *self.channels(layer, keep))[0] for layer in layers)
         activations = sum(self._activations(layer, keep) for layer in layers)
         return self.layer_scale * ms + self.rest_ms * activations / self._full_activations
@@ -217,6 +239,7 @@ class TablePredictor:
     def predict(self, keep: dict[str, int], reads: dict[str, int] | None = None) -> Prediction:
         """Latency with ``keep[group_id]`` units kept per group (absent groups stay whole) and, for
         unconstrained pruning, ``reads[group_id]`` read by each of its dense readers."""
+        keep = self.untie(keep)
         alone, all_exact = self._layers_ms(keep, reads)
         layers_ms = {name: self.layer_scale * ms for name, ms in alone.items()}
         rest = self.fixed_ms + self.rest_ms * self._activation_ratio(keep)

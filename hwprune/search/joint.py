@@ -46,6 +46,7 @@ from hwprune.search.width import (
     allowed_counts,
     greedy_fit,
     group_values,
+    tied,
 )
 
 VALUE_PER_COST = math.log(2)
@@ -99,7 +100,7 @@ def search_joint(analysis: Analysis, predictor: TablePredictor, importance: Impo
     options = allowed_counts(analysis, alignment, min_keep)
     if not widths:
         options = {gid: counts[-1:] for gid, counts in options.items()}
-    values = group_values(analysis, predictor, importance, options, weights)
+    options, values = tied(options, group_values(analysis, predictor, importance, options, weights), predictor.ties)
     priced = [o for key, o in predictor.options.items() if key in costs]
     unit_sets = units(priced)
     unit_values = [[-VALUE_PER_COST * sum(costs[k] for k in chosen) for chosen in sets] for sets in unit_sets]
@@ -118,8 +119,8 @@ def search_joint(analysis: Analysis, predictor: TablePredictor, importance: Impo
     counts = greedy_fit(view, options, values, counts, budget_ms)
     objective = sum(values[gid][options[gid].index(n)] for gid, n in counts.items()) + sum(
         -VALUE_PER_COST * costs[k] for k in depth)
-    return SearchResult(counts, view.predict(counts).total_ms, predictor.predict({}).total_ms, objective, rounds,
-                        time.perf_counter() - started, depth)
+    return SearchResult(predictor.untie(counts), view.predict(counts).total_ms, predictor.predict({}).total_ms,
+                        objective, rounds, time.perf_counter() - started, depth)
 
 
 def _check_smallest(predictor: TablePredictor, options: dict[str, list[int]], unit_sets: list[list[frozenset[str]]],

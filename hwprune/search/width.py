@@ -59,12 +59,30 @@ def allowed_counts(analysis: Analysis, alignment: int, min_keep: float) -> dict[
     return options
 
 
+def tied(options: dict[str, list[int]], values: dict[str, list[float]], ties: dict[str, tuple[str, ...]]
+         ) -> tuple[dict[str, list[int]], dict[str, list[float]]]:
+    """The search's classes with each tie (``TablePredictor.tie``) one class: its members' counts (they
+    are alike: same channels), its value the sum of theirs (each member keeps its own best channels)."""
+    options, values = dict(options), dict(values)
+    for tie, members in ties.items():
+        present = [m for m in members if m in options]
+        if not present:
+            continue
+        if any(options[m] != options[present[0]] for m in present):
+            raise PlanError(f"tie {tie}: its groups allow different counts")
+        options[tie] = options[present[0]]
+        values[tie] = [sum(values[m][i] for m in present) for i in range(len(options[tie]))]
+        for m in present:
+            del options[m], values[m]
+    return options, values
+
+
 def search_widths(analysis: Analysis, predictor: TablePredictor, importance: Importance, alignment: int,
                   budget_ms: float, min_keep: float = 0.1, weights: dict[str, float] | None = None) -> SearchResult:
     """Keep counts maximising the objective with predicted latency <= ``budget_ms``."""
     started = time.perf_counter()
     options = allowed_counts(analysis, alignment, min_keep)
-    values = group_values(analysis, predictor, importance, options, weights)
+    options, values = tied(options, group_values(analysis, predictor, importance, options, weights), predictor.ties)
     _check_feasible(predictor, options, budget_ms, min_keep)
     current = {gid: counts[-1] for gid, counts in options.items()}
     rounds = 0
@@ -86,7 +104,7 @@ def uniform_widths(analysis: Analysis, predictor: TablePredictor, importance: Im
     because a per-group weighting can misjudge groups that uniform treats alike."""
     started = time.perf_counter()
     options = allowed_counts(analysis, alignment, min_keep)
-    values = group_values(analysis, predictor, importance, options, None)
+    options, values = tied(options, group_values(analysis, predictor, importance, options, None), predictor.ties)
     _check_feasible(predictor, options, budget_ms, min_keep)
 
     def at(fraction: float) -> dict[str, int]:
@@ -119,8 +137,8 @@ def _check_feasible(predictor: TablePredictor, options: dict[str, list[int]], bu
 def _result(predictor: TablePredictor, options: dict[str, list[int]], values: dict[str, list[float]],
             counts: dict[str, int], rounds: int, started: float) -> SearchResult:
     objective = sum(values[gid][options[gid].index(n)] for gid, n in counts.items())
-    return SearchResult(counts, predictor.predict(counts).total_ms, predictor.predict({}).total_ms, objective, rounds,
-                        time.perf_counter() - started)
+    return SearchResult(predictor.untie(counts), predictor.predict(counts).total_ms, predictor.predict({}).total_ms,
+                        objective, rounds, time.perf_counter() - started)
 
 
 def _log_fractions(scores: np.ndarray, counts: list[int], repeat: int) -> list[float]:

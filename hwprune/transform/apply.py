@@ -19,9 +19,9 @@ from hwprune.errors import PlanError
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.segments import segments
-from hwprune.graph.spans import candidates_of
+from hwprune.graph.spans import depth_candidates
 from hwprune.plan import Plan, WidthDecision
-from hwprune.transform.depth import merged, resolve, trace_or_refuse, unmerged
+from hwprune.transform.depth import merged, resolve, unmerged
 from hwprune.transform.nm import PermuteForSparsity, check_layers, sparsify
 from hwprune.transform.passes import Pass, Surgery, run_passes
 from hwprune.transform.prune import PruneChannels
@@ -46,7 +46,7 @@ def apply_plan(plan: Plan, analysis: Analysis, reorder: bool = True, merge: bool
         raise PlanError(f"sparsity: {', '.join(sorted(merged_convs & set(sparse)))} both merged and N:M")
     check_layers(analysis.model, sparse)  # checked before any layer is touched
     if plan.merge or plan.depth:
-        resolve(plan.merge, plan.depth, candidates_of(trace_or_refuse(analysis.model)))
+        resolve(plan.merge, plan.depth, depth_candidates(analysis.model, analysis.capture.example_input))
     permutations = plan.sparsity.get("permutations", {})
     if permutations:
         passes.append(PermuteForSparsity(permutations))

@@ -6,7 +6,8 @@ They rewrite one torch.fx graph of the (width-pruned) model, driven by the Plan'
 ``unmerged`` runs the first three (the form BatchNorm re-estimation and recovery train), ``merged``
 the last two (exact, so they commute with both):
 
-- ``DropBlocks``: every chosen ``x + f(x)`` becomes ``x``; the branch's layers go.
+- ``DropBlocks``: every chosen ``x + f(x)`` becomes ``x``; the branch's layers go (a model fx
+  cannot trace loses whole layers of its layer stacks instead: ``transform.layers``).
 - ``FoldBatchNorm``: each span's BatchNorms into their convolutions (exact; checked on the example
   input).
 - ``RemoveActivations``: the activations inside each span (this is the span's fidelity cost).
@@ -29,8 +30,9 @@ import torch.fx as fx
 from torch import nn
 
 from hwprune.errors import PlanError
-from hwprune.graph.spans import Block, DepthCandidates, Span, branch_of, candidates_of, trace
+from hwprune.graph.spans import Block, DepthCandidates, Span, branch_of, candidates_of, depth_candidates, trace
 from hwprune.transform.convmath import fold_batchnorm, fold_skip, merge_convs, move_padding
+from hwprune.transform.layers import drop_layers
 from hwprune.transform.passes import Pass, TransformError, run_passes
 
 EXACT = 1e-4  # relative to the output's largest magnitude, float32 through a few merged layers
@@ -118,10 +120,15 @@ def unmerged(model: nn.Module, example_input: torch.Tensor, plan_merge: Sequence
     """The plan's depth decisions in trainable form: blocks dropped, each span's activations removed
     and its padding moved, its convolutions and BatchNorms still apart (what recovery trains and
     BatchNorm re-estimation sees). It computes what ``merged`` of it computes. ``model``'s own
-    layers are shared, never changed: moved convs are new modules."""
+    layers are shared, never changed: moved convs are new modules. A model fx cannot trace can
+    only lose whole layers of its layer stacks (``transform.layers``: a copy)."""
     if not plan_merge and not plan_depth:
         return model
-    graph = trace_or_refuse(model)
+    try:
+        graph = trace(model)
+    except Exception:  # fx raises many kinds: no graph, so only stack layers can go
+        _, blocks = resolve(plan_merge, plan_depth, depth_candidates(model, example_input))
+        return drop_layers(model, blocks)
     spans, blocks = resolve(plan_merge, plan_depth, candidates_of(graph))
     rewrite = Rewrite(graph, example_input, spans, blocks)
     run_passes([DropBlocks(), RemoveActivations(), MovePadding()], rewrite)
