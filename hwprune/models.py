@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from hwprune.errors import ModelSpecError
+from hwprune.hf_layout import conv1d_state, linear_from_conv1d, pruned_config
 from hwprune.io import write_atomic
 
 DEFAULT_IMAGE_SHAPE = (1, 3, 224, 224)
@@ -550,33 +551,41 @@ def _load_hf(target: str, weights: str | None, input_shape: tuple[int, ...] | No
     vocab = getattr(config, "vocab_size", None)
     if not vocab:
         raise ModelSpecError(f"{spec}: its config has no vocab_size; hwprune feeds hf: models token ids")
+    linear_from_conv1d(model)  # GPT-2's projections, as the layers the analyzer and pruner know
     example = torch.randint(0, int(vocab), input_shape or HF_TOKEN_SHAPE, dtype=torch.long)
     return HFModel(model.float().eval()), example, f"the transformers model {source}"
 
 
-HF_MLP_LAYERS = ("mlp.gate_proj", "mlp.up_proj", "intermediate.dense")  # write config.intermediate_size
-
-
 def save_hf(module: HFModel, folder: Path) -> None:
-    """Write a pruned ``hf:`` model with ``save_pretrained`` into ``folder``, its config's ``intermediate_size``
-    set to the pruned MLP width. A transformers config holds one MLP width for all layers, so this needs the
-    same width in every layer; otherwise (or if anything else changed shape) a ModelSpecError says why. The
-    config is checked by building the model from it and loading the pruned weights strictly."""
+    """Write a pruned ``hf:`` model with ``save_pretrained`` into ``folder``, its config rewritten from the pruned
+    modules (:func:`hwprune.hf_layout.pruned_config`: MLP width, layers, layer types, heads) and GPT-2's Linear
+    layers saved as the ``Conv1D`` transformers builds. A field that differs between layers is a ModelSpecError
+    saying why from_pretrained cannot reload it. The config is checked by building the model from it, loading the
+    pruned weights strictly and running both on the same tokens; the caller's model is not changed."""
     model = module.model
-    widths = {m.out_features for name, m in model.named_modules()
-              if isinstance(m, nn.Linear) and name.endswith(HF_MLP_LAYERS)}
-    if len(widths) != 1:
-        raise ModelSpecError(f"the pruned MLP widths differ between layers ({sorted(widths)}); a transformers "
-                             "config holds one, so from_pretrained cannot reload it (pruned.pt and pruned.onnx hold "
-                             "it)")
-    config = copy.deepcopy(model.config)
-    config.intermediate_size = widths.pop()
-    rebuilt = type(model)(config)
+    rebuilt = type(model)(pruned_config(model)).eval()
     try:
-        rebuilt.load_state_dict(model.state_dict(), strict=True)
+        rebuilt.load_state_dict(conv1d_state(rebuilt, model.state_dict()), strict=True)
     except RuntimeError as exc:
         raise ModelSpecError(f"the pruned model does not fit its updated config: {_one_line(exc)[:200]}") from exc
+    tokens = torch.randint(0, int(model.config.vocab_size), (1, 8), generator=torch.Generator().manual_seed(0))
+    for a, b in zip(_eval_outputs(module, tokens), _eval_outputs(HFModel(rebuilt), tokens), strict=True):
+        if not torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max())):
+            raise ModelSpecError("the model rebuilt from the updated config computes something else (max abs "
+                                 f"difference {float((a - b).abs().max()):.3g}), so from_pretrained cannot reload it")
     rebuilt.save_pretrained(folder)
+
+
+def _eval_outputs(module: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``module``'s outputs on ``tokens`` in eval mode (no dropout), each submodule's own mode restored after."""
+    modes = {m: m.training for m in module.modules()}
+    try:
+        with torch.no_grad():
+            out = module.eval()(tokens)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    return (out,) if isinstance(out, torch.Tensor) else tuple(out)
 
 
 NATIVE_FILES = ("pruned_ultralytics.pt", "pruned_hf")  # what save_native may write, for staging and clean-up

@@ -43,9 +43,11 @@ def _channel_dims() -> dict[type, int]:
     block = sys.modules.get("ultralytics.nn.modules.block")
     if block is not None and hasattr(block, "Attention"):
         found[block.Attention] = 1
-    for family in ("llama", "qwen2", "qwen3", "mistral"):  # RoPE + grouped-query attention (repeat_kv)
+    # RoPE + grouped-query attention (repeat_kv); GPT-2's q, k and v split from one fused projection (c_attn)
+    for family, name in (("llama", "LlamaAttention"), ("qwen2", "Qwen2Attention"), ("qwen3", "Qwen3Attention"),
+                         ("mistral", "MistralAttention"), ("gpt2", "GPT2Attention")):
         modeling = sys.modules.get(f"transformers.models.{family}.modeling_{family}")
-        attention = getattr(modeling, f"{family.capitalize()}Attention", None)
+        attention = getattr(modeling, name, None)
         if attention is not None:
             found[attention] = -1
     return found
