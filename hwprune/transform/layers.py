@@ -2,7 +2,9 @@
 
 A transformer layer knows its position (``layer_idx`` on its attention, which the KV cache is
 indexed by), so after a deletion every remaining layer whose modules carried their old position
-carries its new one. The pass works on a copy: the caller's model keeps all its layers.
+carries its new one; and a transformers config the model reads as it runs (``num_hidden_layers``,
+``layer_types``: Qwen2 picks each layer's attention mask from it) is cut to the kept layers. The
+pass works on a copy: the caller's model keeps all its layers.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class DropLayers(Pass[LayerStack]):
                         module.layer_idx = new
             owner, _, attribute = parent.rpartition(".")
             setattr(surgery.model.get_submodule(owner), attribute, nn.ModuleList(layer for _, layer in kept))
+            _cut_configs(surgery.model, len(stack), [old for old, _ in kept])
         return bool(by_stack)
 
     def ensures(self, surgery: LayerStack) -> None:
@@ -63,3 +66,17 @@ class DropLayers(Pass[LayerStack]):
             for i, layer in enumerate(surgery.model.get_submodule(parent)):
                 if any(getattr(m, "layer_idx", i) != i for m in layer.modules()):
                     raise TransformError(f"{parent}.{i}: its layer_idx is not its position")
+
+
+def _cut_configs(model: nn.Module, count: int, kept: list[int]) -> None:
+    """Every config of ``model`` that describes a stack of ``count`` layers, cut to the ``kept`` ones."""
+    seen: set[int] = set()
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is None or id(config) in seen or getattr(config, "num_hidden_layers", None) != count:
+            continue
+        seen.add(id(config))
+        types = getattr(config, "layer_types", None)
+        if isinstance(types, list) and len(types) == count:
+            config.layer_types = [types[i] for i in kept]
+        config.num_hidden_layers = len(kept)
