@@ -151,8 +151,23 @@ def test_linear_ops_are_costed():
     small = OpSignature(op="linear", batch=8, c_in=768, c_out=768, h=197, w=1, dtype="fp16")
     big = replace(small, c_out=3072)
     assert op_kind(small) == "linear" and 0 < predict_ms(small, h100) < predict_ms(big, h100)
-    with pytest.raises(ValueError, match="conv_transpose2d and linear"):
-        predict_ms(replace(small, op="attention"), h100)
+    with pytest.raises(ValueError, match="linear and attention"):
+        predict_ms(replace(small, op="pool"), h100)
+
+
+def test_attention_core_is_two_matmuls_and_its_scores_traffic():
+    """B=8, 12 heads of 64, 197 tokens in fp16 on an A100: 2 x 2·B·H·S·S·D FLOPs at linear's efficiency; memory:
+    Q, K, V, the output and the S x S scores moved four times; heads are not padded to the alignment (8)."""
+    a100 = target("a100")
+    sig = OpSignature("attention", 8, 12, 12, 197, 197, kernel=64, dtype="fp16")
+    flops = 2 * 2 * 8 * 12 * 197 * 197 * 64
+    moved = 8 * 12 * (4 * 197 * 64 + 4 * 197 * 197) * 2
+    assert sig.flops() == flops and sig.bytes_moved() == moved and padded(sig, 8) == sig
+    compute = flops / (312e12 * a100.analytic.efficiency["linear"]) * 1e3
+    memory = moved / (2039e9 * a100.analytic.memory_efficiency) * 1e3
+    expected = max(compute, memory) + a100.analytic.launch_overhead_us / 1e3
+    assert predict_ms(sig, a100) == pytest.approx(expected, rel=1e-12)
+    assert predict_ms(replace(sig, c_in=3, c_out=3), a100) < predict_ms(sig, a100)
 
 
 def test_fit_recovers_a_known_scale_and_offset():

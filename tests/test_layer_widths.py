@@ -2,7 +2,8 @@
 
 For each zoo model, prune a random keep-set of every prunable group, then compare each conv and
 linear layer's real (in, out) widths with what ``Layer.c_in`` and the predictor derive from the
-kept counts: concatenations, flattened inputs, attention heads and grouped convolutions included.
+kept counts: concatenations, flattened inputs, attention heads and grouped convolutions included;
+and each attention core's heads with the pruned module's query heads.
 """
 
 import random
@@ -11,6 +12,7 @@ import pytest
 from torch import nn
 
 from hwprune.graph.analyze import analyze
+from hwprune.graph.heads import heads_of
 from hwprune.latency.layers import model_layers
 from hwprune.transform.prune import prune
 from tests.pruning_helpers import random_keep
@@ -27,6 +29,10 @@ def test_predicted_widths_match_the_pruned_model(name):
     counts = {gid: len(kept) for gid, kept in keep.items()}
     pruned = prune(analysis, keep)
     for layer in layers:
+        if layer.signature.op == "attention":
+            attention = heads_of(pruned.get_submodule(layer.name.removesuffix(":core")))
+            assert layer.c_out(counts) == attention.query_heads, layer.name
+            continue
         module = pruned.get_submodule(layer.name)
         real_in, real_out = ((module.in_channels, module.out_channels) if isinstance(module, nn.Conv2d)
                              else (module.in_features, module.out_features))

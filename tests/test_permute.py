@@ -296,8 +296,9 @@ MODULE_KINDS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], dict[str
     "weight_norm_consumer": (_weight_norm_consumer, (1, 3, 8, 8), {"0": "2 computes its weights",
                                                                    "2": "2 computes its weights",
                                                                    "6": "not prunable"}),
+    # embed's group is the residual width (embed and out_proj write it): permuted like any linear layer's
     "attention": (_TinyAttention, (2, 5, 6), {"attention:heads": "attention heads", "attention.v_proj": "not prunable",
-                                              "embed": "not prunable", "head": "not prunable"}),
+                                              "head": "not prunable"}),
 }
 
 

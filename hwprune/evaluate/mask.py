@@ -16,9 +16,9 @@ from torch import nn
 
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm, restored_batchnorm
 from hwprune.graph.analyze import Analysis
-from hwprune.graph.attention import HeadAttention
 from hwprune.graph.capture import frozen_index_mapping, tolerant_index_mapping
 from hwprune.graph.groups import ChannelGroup
+from hwprune.graph.heads import group_heads
 from hwprune.graph.segments import Segment
 
 
@@ -29,11 +29,10 @@ def silence_channels(analysis: Analysis, group: ChannelGroup, dropped: Sequence[
     if not dropped:
         return lambda: None
     targets: list[tuple[torch.Tensor, int, list[int]]] = []  # tensor, dim, indices along it
-    if group.kind == "heads":
-        attention = analysis.model.get_submodule(group.id.removesuffix(":heads"))
-        assert isinstance(attention, HeadAttention)
-        rows = [h * attention.head_dim + d for h in dropped for d in range(attention.head_dim)]
-        targets = [(p, 0, rows) for p in (attention.v_proj.weight, attention.v_proj.bias) if p is not None]
+    if group.kind == "heads":  # a unit's value rows: every query head it serves then adds nothing
+        heads = group_heads(analysis.model, group.id)
+        value = heads.layer(2)
+        targets = [(p, 0, heads.value_rows(dropped)) for p in (value.weight, value.bias) if p is not None]
     else:
         graph = analysis.capture.dependency_graph
         root = analysis.model.get_submodule(group.id)

@@ -3,16 +3,15 @@
 ``nn.MultiheadAttention`` packs q, k and v into one ``in_proj_weight`` whose width must equal the
 embedding width, so a head cannot be removed from it. :class:`HeadAttention` computes the same
 function with separate q/k/v/out projections; removing head ``h`` then means dropping its
-``head_dim`` rows of q, k and v and the matching columns of the output projection, which is
-exact when the head's value rows are zero. The projections are plain nn.Linear layers, so the
-embedding width (their input columns and the output rows) is traced and pruned like any linear
+``head_dim`` rows of q, k and v and the matching columns of the output projection (``graph.heads``
+does it), which is exact when the head's value rows are zero. The projections are plain nn.Linear
+layers, so the embedding width (their input columns and the output rows) is traced and pruned like any linear
 layer; the inner width is only ever pruned in whole heads.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -95,27 +94,11 @@ class HeadAttention(nn.Module):
             mask = mask + _as_additive(key_padding_mask, scores.dtype)[:, None, None, :]
         return mask
 
-    def keep_heads(self, heads: Sequence[int]) -> None:
-        """Physically keep only ``heads`` (in this order): q/k/v rows and out_proj columns."""
-        rows = torch.tensor([h * self.head_dim + d for h in heads for d in range(self.head_dim)], dtype=torch.long)
-        for proj in (self.q_proj, self.k_proj, self.v_proj):
-            _keep_rows(proj, rows)
-        self.out_proj.weight = nn.Parameter(self.out_proj.weight.data[:, rows].clone())
-        self.out_proj.in_features = len(rows)
-        self.num_heads = len(heads)
-
 
 def _as_additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if mask.dtype == torch.bool:
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
     return mask.to(dtype)
-
-
-def _keep_rows(linear: nn.Linear, rows: torch.Tensor) -> None:
-    linear.weight = nn.Parameter(linear.weight.data[rows].clone())
-    if linear.bias is not None:
-        linear.bias = nn.Parameter(linear.bias.data[rows].clone())
-    linear.out_features = len(rows)
 
 
 def convert_multihead_attention(model: nn.Module) -> int:

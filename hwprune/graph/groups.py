@@ -2,10 +2,10 @@
 
 A group is built from one torch-pruning group (a root layer's output channels and every
 dependent slice: BN, residual partners, concat offsets, flatten expansion, consumer inputs)
-or, for attention, from one :class:`HeadAttention` (its heads). hwprune adds what the search
-and the user need: why the channels are coupled, whether they may be pruned and why not,
-how much of the model's FLOPs and parameters they touch, and the constraints a keep-set must
-meet (``repeat`` for grouped convolutions).
+or, for attention, from one module whose inner width is whole heads (``graph.heads``: its
+units). hwprune adds what the search and the user need: why the channels are coupled, whether
+they may be pruned and why not, how much of the model's FLOPs and parameters they touch, and
+the constraints a keep-set must meet (``repeat`` for grouped convolutions).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
 from torch_pruning.ops import OPTYPE
 
 from hwprune.errors import UnsupportedOpError
-from hwprune.graph.attention import HeadAttention
 from hwprune.graph.capture import Capture, frozen_index_mapping, tolerant_index_mapping
+from hwprune.graph.heads import HEADS_SUFFIX, Heads, head_modules
 from hwprune.graph.opaque import opaque_types
 
 # Autograd ops that mix channels, so a channel cannot be removed in front of them without changing
@@ -71,6 +71,7 @@ def channel_groups(cap: Capture, exclude: Iterable[str] = (), strict: bool = Tru
     is reported as not prunable, with the op as the reason.
     """
     patterns = list(exclude)
+    attentions = head_modules(cap.model)
     graph = cap.dependency_graph
     roots = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
     groups = []
@@ -90,13 +91,13 @@ def channel_groups(cap: Capture, exclude: Iterable[str] = (), strict: bool = Tru
                 groups.append(_unformed_group(cap, module, channels, exc))
                 continue
             visited.update(dep.target.module for dep, _ in dg_group if graph.is_out_channel_pruning_fn(dep.handler))
-            groups.append(_from_dependency_group(cap, dg_group, patterns, strict))
-    groups.extend(_head_groups(cap, patterns))
+            groups.append(_from_dependency_group(cap, dg_group, patterns, strict, attentions))
+    groups.extend(_head_groups(cap, patterns, attentions))
     return groups
 
 
 def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns: list[str],
-                           strict: bool) -> ChannelGroup:
+                           strict: bool, attentions: dict[str, Heads]) -> ChannelGroup:
     graph = cap.dependency_graph
     root = dg_group[0].dep.target.module
     root_name = cap.module_name(root)
@@ -185,9 +186,12 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
     excluded = [p for p in producers if any(fnmatch.fnmatchcase(p, pat) for pat in patterns)]
     if excluded:
         reasons.append(f"excluded by the user ({', '.join(excluded)})")
-    attention = _enclosing_attention(cap, producers)
+    hidden = _fixed_hidden(attentions, producers)
+    if hidden is not None:
+        reasons.append(f"the hidden size of a transformers model (written by {hidden}) is kept")
+    attention = _enclosing_attention(attentions, producers)
     if attention is not None:
-        reasons = [f"inner width of attention {attention}: pruned in whole heads ({attention}:heads)"]
+        reasons = [f"inner width of attention {attention}: pruned in whole heads ({attention}{HEADS_SUFFIX})"]
     unsupported = [r for r in reasons if r.startswith("unsupported op")]
     if strict and unsupported and not any(r.startswith(("feeds", "excluded")) for r in reasons):
         raise UnsupportedOpError(
@@ -284,28 +288,32 @@ def _unformed_group(cap: Capture, module: nn.Module, channels: int, exc: Excepti
                         flops_share=_share([name], cap.layer_flops, cap.flops), params_share=_params_share(cap, [name]))
 
 
-def _head_groups(cap: Capture, patterns: list[str]) -> list[ChannelGroup]:
+def _head_groups(cap: Capture, patterns: list[str], attentions: dict[str, Heads]) -> list[ChannelGroup]:
+    """One group per attention module: its units (heads; key/value heads with grouped-query attention)."""
     groups = []
-    for name, module in cap.model.named_modules():
-        if not isinstance(module, HeadAttention):
-            continue
-        layers = [f"{name}.{proj}" for proj in ("q_proj", "k_proj", "v_proj", "out_proj")]
+    for name, heads in attentions.items():
+        layers = [f"{name}.{proj}" for proj in heads.projections]
         excluded = any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
-        reason = "excluded by the user" if excluded else ("fewer than 2 heads" if module.num_heads < 2 else None)
+        unit = "key/value heads" if heads.queries > 1 else "heads"
+        reason = "excluded by the user" if excluded else (f"fewer than 2 {unit}" if heads.units < 2 else None)
         groups.append(ChannelGroup(
-            id=f"{name}:heads", channels=module.num_heads, kind="heads", couplings=["heads"], layers=layers,
+            id=f"{name}{HEADS_SUFFIX}", channels=heads.units, kind="heads", couplings=["heads"], layers=layers,
             producers=layers[:3], prunable=reason is None, reason=reason,
             flops_share=_share([name], cap.layer_flops, cap.flops), params_share=_params_share(cap, [name])))
     return groups
 
 
-def _enclosing_attention(cap: Capture, producers: list[str]) -> str | None:
-    """The HeadAttention whose q/k/v projections are this group's only producers, if any."""
-    parents = {name.rsplit(".", 1)[0] for name in producers if "." in name}
-    if len(parents) != 1 or len(producers) < 2:
-        return None
-    parent = parents.pop()
-    return parent if isinstance(cap.model.get_submodule(parent), HeadAttention) else None
+def _enclosing_attention(attentions: dict[str, Heads], producers: list[str]) -> str | None:
+    """The attention module whose q/k/v projections are this group's only producers, if any."""
+    owners = {f"{name}.{proj}": name for name, heads in attentions.items() for proj in heads.projections[:3]}
+    found = {owners.get(name) for name in producers}
+    return found.pop() if len(producers) >= 2 and len(found) == 1 and None not in found else None
+
+
+def _fixed_hidden(attentions: dict[str, Heads], producers: list[str]) -> str | None:
+    """The output projection among ``producers`` of an attention whose hidden size is kept, if any."""
+    fixed = {f"{name}.{heads.projections[3]}" for name, heads in attentions.items() if heads.fixed_hidden}
+    return next((name for name in producers if name in fixed), None)
 
 
 def _reshape_moves_channels(grad_fn: object) -> str | None:

@@ -1,8 +1,9 @@
 """Per-channel importance of every prunable group, aggregated over the group's coupled layers.
 
 torch-pruning's group importances do the aggregation (every layer a group's channels touch:
-producers, BN, consumers) for conv/linear groups; attention heads are scored here from their
-q/k/v rows and output-projection columns. Each group's scores are divided by their mean, so a
+producers, BN, consumers) for conv/linear groups; attention heads are scored here per unit
+(``graph.heads``: a head, or a key/value head with its query heads) from its q/k/v rows and
+output-projection columns. Each group's scores are divided by their mean, so a
 score of 1 is "an average channel of this group" in every group: the search compares groups
 of different sizes and weight scales on one axis.
 
@@ -29,9 +30,9 @@ from torch import nn
 from hwprune.calibration import first_output
 from hwprune.errors import HwpruneError
 from hwprune.graph.analyze import Analysis
-from hwprune.graph.attention import HeadAttention
 from hwprune.graph.capture import frozen_index_mapping, tolerant_index_mapping
 from hwprune.graph.groups import ChannelGroup
+from hwprune.graph.heads import Heads, group_heads
 from hwprune.graph.segments import segments
 from hwprune.importance.readers import reader_scores
 
@@ -67,9 +68,7 @@ def score_groups(analysis: Analysis, method: str, calibration: Iterable[torch.Te
                         fallbacks.append(group.id)
                         raw = _fallback_l1(analysis, group)
                 elif group.kind == "heads":
-                    attention = model.get_submodule(group.id.removesuffix(":heads"))
-                    assert isinstance(attention, HeadAttention)
-                    raw = _head_scores(attention, method)
+                    raw = _head_scores(group_heads(model, group.id), method)
                 else:
                     raw = _channel_scores(analysis, group.id, group.channels, method)
                     if raw is None or raw.shape != (group.channels,):
@@ -86,9 +85,7 @@ def score_groups(analysis: Analysis, method: str, calibration: Iterable[torch.Te
 
 def _fallback_l1(analysis: Analysis, group: ChannelGroup) -> np.ndarray | None:
     if group.kind == "heads":
-        attention = analysis.model.get_submodule(group.id.removesuffix(":heads"))
-        assert isinstance(attention, HeadAttention)
-        return _head_scores(attention, "l1")
+        return _head_scores(group_heads(analysis.model, group.id), "l1")
     scores = _channel_scores(analysis, group.id, group.channels, "l1")
     if scores is None or scores.shape != (group.channels,):
         # torch-pruning scores no layer of the group, or not one score per channel (a layer that
@@ -132,11 +129,11 @@ def _channel_scores(analysis: Analysis, group_id: str, channels: int, method: st
     return None if result is None else result.detach().abs().double().numpy()
 
 
-def _head_scores(attention: HeadAttention, method: str) -> np.ndarray:
-    """Per head: the norm (or |w x grad|) of its q/k/v rows and its output-projection columns."""
-    heads, dim = attention.num_heads, attention.head_dim
+def _head_scores(heads: Heads, method: str) -> np.ndarray:
+    """Per unit: the norm (or |w x grad|) of its q/k/v rows and its output-projection columns (each unit's
+    rows are one contiguous block of every projection)."""
 
-    def per_head(weight: torch.Tensor, rows: bool) -> torch.Tensor:
+    def per_unit(weight: torch.Tensor, rows: bool) -> torch.Tensor:
         if method == "taylor":
             if weight.grad is None:
                 raise HwpruneError("taylor importance: no gradient reached an attention layer")
@@ -146,11 +143,11 @@ def _head_scores(attention: HeadAttention, method: str) -> np.ndarray:
         else:  # l1, and bn (attention has no BN scale)
             values = weight.abs()
         values = values if rows else values.t()
-        return values.reshape(heads, dim, -1).sum(dim=(1, 2))
+        return values.reshape(heads.units, -1).sum(dim=1)
 
     with torch.no_grad():
-        total = sum(per_head(p.weight, rows=True) for p in (attention.q_proj, attention.k_proj, attention.v_proj))
-        total = total + per_head(attention.out_proj.weight, rows=False)
+        total = sum(per_unit(heads.layer(i).weight, rows=True) for i in range(3))
+        total = total + per_unit(heads.layer(3).weight, rows=False)
     return total.double().numpy()
 
 

@@ -8,10 +8,15 @@ Model, per op signature ``sig`` on ``target``::
     latency   = max(compute, memory) + launch_overhead
 
 - ``kind`` is ``depthwise`` (groups == c_in == c_out > 1), ``pointwise`` (1x1 conv), ``conv``
-  (any other conv, grouped convs included) or ``linear``; each has its own efficiency in the
-  profile's ``[analytic.efficiency]``. Depthwise convs do 9 multiply-adds per 8 bytes moved
-  (fp32, 3x3), far below a GPU's ridge point, so on the GPU profiles they come out memory bound
-  (on the CPU profiles, whose assumed depthwise efficiency is low, compute bound).
+  (any other conv, grouped convs included), ``linear`` or ``attention``; each but attention has its
+  own efficiency in the profile's ``[analytic.efficiency]``. Attention's core is two batched
+  matmuls (2 x 2·B·H·S_q·S_k·D FLOPs), run as GEMMs: it takes ``linear``'s efficiency; its memory
+  traffic adds the S_q x S_k scores written, read and written by the softmax and read again
+  (``OpSignature.bytes_moved``), as unfused ops move them (a fused kernel keeping them on chip is
+  faster than this predicts). Its heads are whole units and are not padded. Depthwise convs do
+  9 multiply-adds per 8 bytes moved (fp32, 3x3), far below a GPU's ridge point, so on the GPU
+  profiles they come out memory bound (on the CPU profiles, whose assumed depthwise efficiency
+  is low, compute bound).
 - Tile quantization: the whole op is costed as if its channels were padded to the alignment,
   FLOPs and bytes alike (TensorRT's vectorised formats such as "channel % 8 == 0" fp16 pad the
   tensors too). 17 channels therefore cost as much as 32 when the alignment is 16: the
@@ -60,18 +65,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from hwprune.errors import DeviceError
-from hwprune.latency.signature import OpSignature
+from hwprune.latency.signature import ATTENTION, OpSignature
 from hwprune.targets import Target
 
 __all__ = ["op_kind", "padded", "peak_tflops", "predict_ms", "scaled", "fit_efficiency"]
 
 
 def op_kind(sig: OpSignature) -> str:
-    """``linear``, ``depthwise``, ``pointwise`` or ``conv``: which efficiency factor applies."""
-    if sig.op == "linear":
-        return "linear"
+    """``linear``, ``attention``, ``depthwise``, ``pointwise`` or ``conv``: which efficiency factor applies
+    (attention takes linear's)."""
+    if sig.op in ("linear", ATTENTION):
+        return sig.op
     if sig.op not in ("conv2d", "conv_transpose2d"):
-        raise ValueError(f"the analytic model knows conv2d, conv_transpose2d and linear, not {sig.op!r}")
+        raise ValueError(f"the analytic model knows conv2d, conv_transpose2d, linear and attention, not {sig.op!r}")
     if sig.groups > 1 and sig.groups == sig.c_in == sig.c_out:
         return "depthwise"
     if sig.kernel == 1 and sig.groups == 1:
@@ -84,8 +90,9 @@ def _round_up(value: int, step: int) -> int:
 
 
 def padded(sig: OpSignature, alignment: int) -> OpSignature:
-    """``sig`` with its channel counts rounded up to the alignment (the tile the kernels work in)."""
-    if alignment <= 1:
+    """``sig`` with its channel counts rounded up to the alignment (the tile the kernels work in); attention's
+    channels are heads, never padded."""
+    if alignment <= 1 or sig.op == ATTENTION:
         return sig
     if op_kind(sig) == "depthwise":
         channels = _round_up(sig.c_in, alignment)
@@ -109,7 +116,8 @@ def peak_tflops(sig: OpSignature, target: Target) -> float:
 
 def compute_ms(sig: OpSignature, target: Target) -> float:
     """Compute-bound time of the (padded) op, ms."""
-    efficiency = target.analytic.efficiency[op_kind(sig)]
+    kind = op_kind(sig)
+    efficiency = target.analytic.efficiency["linear" if kind == ATTENTION else kind]
     flops = padded(sig, target.channel_alignment).flops()
     return flops / (peak_tflops(sig, target) * 1e12 * efficiency) * 1e3
 

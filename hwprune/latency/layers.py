@@ -5,6 +5,10 @@ layer is linked to the group that sets its output channels and to every group wh
 reads (none: the model input; several: a concatenation, as in Inception and DenseNet; one
 spread over many inputs: a flatten in front of a linear layer, or an attention head's width).
 A layer's input width is its unpruned width minus what each of those groups removes.
+
+Each attention module's core (softmax(Q K^T) V, an ``attention`` signature) is timed too, as the
+layer ``<module>:core``, sized by the module's heads group: removing heads saves its time, and
+removing a whole layer, which takes every timed op under the layer's path, takes it with it.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from torch import nn
 
 from hwprune.errors import HwpruneError
 from hwprune.graph.analyze import Analysis
-from hwprune.graph.attention import HeadAttention
-from hwprune.latency.signature import CONV_OPS, OpSignature
+from hwprune.graph.heads import HEADS_SUFFIX, Heads, group_heads
+from hwprune.latency.signature import ATTENTION, CONV_OPS, OpSignature
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class Layer:
     signature: OpSignature
     out_group: str | None
     inputs: tuple[GroupInput, ...] = ()
-    depthwise: bool = False
+    depthwise: bool = False  # one channel axis, c_in = c_out: a depthwise conv, or attention's core (heads)
     out_scale: Fraction = Fraction(1)  # output channels per kept unit: a head's width; 1/2 for half a chunk
 
     def c_out(self, keep: dict[str, int]) -> int:
@@ -112,15 +116,17 @@ def model_layers(analysis: Analysis, dtype: str = "fp32") -> list[Layer]:
     out_group: dict[str, str] = {}
     out_scale: dict[str, Fraction] = {}
     reads: dict[str, list[GroupInput]] = {}
+    cores = []
     for group in analysis.groups:
         if group.kind == "heads":
-            attention = analysis.model.get_submodule(group.id.removesuffix(":heads"))
-            assert isinstance(attention, HeadAttention)
-            for name in group.producers:
+            heads = group_heads(analysis.model, group.id)
+            q, k, v, o = group.layers
+            for name, width in ((q, heads.queries * heads.head_dim), (k, heads.head_dim), (v, heads.head_dim)):
                 out_group[name] = group.id
-                out_scale[name] = Fraction(attention.head_dim)
-            reads.setdefault(group.layers[-1], []).append(
-                GroupInput(group.id, group.channels, group.channels * attention.head_dim))
+                out_scale[name] = Fraction(width)
+            reads.setdefault(o, []).append(GroupInput(group.id, group.channels, heads.query_heads * heads.head_dim))
+            if q in signatures and k in signatures:
+                cores.append(_core(group.id, heads, signatures[q], signatures[k]))
             continue
         for name in group.producers:
             if name not in out_group:
@@ -135,7 +141,16 @@ def model_layers(analysis: Analysis, dtype: str = "fp32") -> list[Layer]:
         depthwise = sig.op in CONV_OPS and sig.groups == sig.c_in == sig.c_out and sig.groups > 1
         inputs = () if depthwise else _group_inputs(sig, reads.get(name, []))
         layers.append(Layer(name, sig, out_group.get(name), inputs, depthwise, out_scale.get(name, Fraction(1))))
-    return layers
+    return layers + cores
+
+
+def _core(group_id: str, heads: Heads, query: OpSignature, key: OpSignature) -> Layer:
+    """The attention core of a heads group's module: the batch and query length of its q projection's input, the
+    key length of its k projection's, its query heads set by the units kept."""
+    sig = OpSignature(ATTENTION, query.batch, heads.query_heads, heads.query_heads, query.h, key.h,
+                      kernel=heads.head_dim, dtype=query.dtype, causal=int(heads.causal))
+    name = f"{group_id.removesuffix(HEADS_SUFFIX)}:core"
+    return Layer(name, sig, group_id, depthwise=True, out_scale=Fraction(heads.queries))
 
 
 def _group_inputs(sig: OpSignature, reads: list[GroupInput]) -> tuple[GroupInput, ...]:

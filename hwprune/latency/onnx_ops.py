@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from hwprune.errors import HwpruneError
-from hwprune.latency.signature import CONV_OPS, COPY_OPS, OpSignature
+from hwprune.latency.signature import ATTENTION, CONV_OPS, COPY_OPS, OpSignature
 
 OPSET = 17
 
@@ -30,17 +30,21 @@ def input_shape(sig: OpSignature) -> tuple[int, ...]:
     """The shape of the single-op graph's input ``x``."""
     if sig.op in (*CONV_OPS, *COPY_OPS):
         return (sig.batch, sig.c_in, sig.h, sig.w)
+    if sig.op == ATTENTION:  # queries, then (cross-attention) keys, along the sequence
+        return (sig.batch, sig.c_in, sig.h if sig.h == sig.w else sig.h + sig.w, sig.kernel)
     return (sig.batch, sig.h, sig.c_in)
 
 
 def single_op_model(sig: OpSignature) -> bytes:
     """A serialized ONNX model computing just ``sig`` (conv2d: Conv; conv_transpose2d: ConvTranspose;
     linear: MatMul + Add; gather:
-    Gather of c_out channels spread over c_in; slice: Slice of the first c_out). An N:M signature's
-    weights hold N non-zeros in every M input channels."""
+    Gather of c_out channels spread over c_in; slice: Slice of the first c_out; attention: see
+    ``_attention_model``). An N:M signature's weights hold N non-zeros in every M input channels."""
     rng = np.random.default_rng(0)
     if sig.op in COPY_OPS:
         return _copy_model(sig)
+    if sig.op == ATTENTION:
+        return _attention_model(sig)
     if sig.op == "conv2d":
         weight = rng.standard_normal((sig.c_out, sig.c_in // sig.groups, sig.kernel, sig.kernel), dtype=np.float32)
         oh, ow = sig.out_hw
@@ -83,6 +87,39 @@ def _nm_zeroed(weight: np.ndarray, pattern: str, axis: int) -> np.ndarray:
     shape = [1] * weight.ndim
     shape[axis] = -1
     return weight * keep.reshape(shape).astype(weight.dtype)
+
+
+def _attention_model(sig: OpSignature) -> bytes:
+    """Attention's core as the exporter writes it unfused: MatMul(Q, K^T), a scale, (causal) an additive mask
+    of the lowest float over the keys after each query's position, Softmax over the keys, MatMul with V. One
+    tensor stands for K and V (the same shapes and work as two); in self-attention Q too, else the input holds
+    Q's rows and then K's, split by two Slices."""
+    queries, keys = "x", "x"
+    nodes, constants = [], [numpy_helper.from_array(np.array(sig.kernel ** -0.5, dtype=np.float32), "scale")]
+    if sig.h != sig.w:
+        queries, keys = "q", "k"
+        for name, start, end in ((queries, 0, sig.h), (keys, sig.h, sig.h + sig.w)):
+            constants += [numpy_helper.from_array(np.array([v], dtype=np.int64), f"{name}_{what}")
+                          for v, what in ((start, "start"), (end, "end"), (2, "axis"))]
+            nodes.append(helper.make_node("Slice", ["x", f"{name}_start", f"{name}_end", f"{name}_axis"], [name]))
+    nodes += [helper.make_node("Transpose", [keys], ["kt"], perm=[0, 1, 3, 2]),
+              helper.make_node("MatMul", [queries, "kt"], ["scores"]),
+              helper.make_node("Mul", ["scores", "scale"], ["scaled"])]
+    if sig.causal:
+        future = np.triu(np.ones((sig.h, sig.w), dtype=bool), k=sig.w - sig.h + 1)
+        mask = np.where(future, np.finfo(np.float32).min, 0).astype(np.float32)[None, None]
+        constants.append(numpy_helper.from_array(mask, "mask"))
+        nodes.append(helper.make_node("Add", ["scaled", "mask"], ["masked"]))
+    nodes += [helper.make_node("Softmax", [nodes[-1].output[0]], ["weights"], axis=-1),
+              helper.make_node("MatMul", ["weights", keys], ["y"])]
+    graph = helper.make_graph(nodes, sig.op, [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape(sig))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                             [sig.batch, sig.c_in, sig.h, sig.kernel])],
+                              initializer=constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
 
 
 def _copy_model(sig: OpSignature) -> bytes:

@@ -11,15 +11,21 @@ from dataclasses import asdict, dataclass, fields, replace
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 COPY_OPS = ("gather", "slice")
+ATTENTION = "attention"
 CONV_OPS = ("conv2d", "conv_transpose2d")
-LATER_FIELDS = ("output_padding",)
+LATER_FIELDS = ("output_padding", "causal")
 
 
 @dataclass(frozen=True)
 class OpSignature:
     """One op: ``conv2d`` or ``conv_transpose2d`` (h, w = input map), ``linear`` (h = rows per batch
-    item, w = 1), or a channel copy in front of an unconstrained reader: ``gather`` (scattered
-    channels) or ``slice`` (one run), c_out of c_in channels of an h x w map."""
+    item, w = 1), a channel copy in front of an unconstrained reader: ``gather`` (scattered
+    channels) or ``slice`` (one run), c_out of c_in channels of an h x w map; or ``attention``, the
+    core of one attention module, softmax(Q K^T / sqrt(D)) V: batch = B, c_in = c_out = its query
+    heads H (heads are its channels, each reading only its own, as a depthwise conv's do), h = the
+    query length, w = the key length, kernel = D, the head width (fixed: only whole heads go), causal = 1
+    when each query reads only the keys up to its own position (a decoder's mask: onnxruntime's softmax
+    over the masked scores measured 6x slower here than over unmasked ones of the same shape)."""
 
     op: str
     batch: int
@@ -35,6 +41,7 @@ class OpSignature:
     dtype: str = "fp32"
     sparsity: str = "dense"
     output_padding: int = 0  # conv_transpose2d only
+    causal: int = 0  # attention only
 
     def key(self) -> str:
         """Fields added after tables were first written are left out at their default, so those
@@ -66,6 +73,8 @@ class OpSignature:
         """Multiply-adds counted as two FLOPs, as torch.utils.flop_counter does (copies: none)."""
         if self.op in COPY_OPS:
             return 0
+        if self.op == ATTENTION:  # Q K^T and then the weights times V: B x H x h x w x D multiply-adds each
+            return 2 * 2 * self.batch * self.c_out * self.h * self.w * self.kernel
         if self.op == "conv_transpose2d":  # every input position scatters into k x k outputs per channel
             return 2 * self.batch * self.c_in * self.h * self.w * (self.c_out // self.groups) * self.kernel ** 2
         oh, ow = self.out_hw
@@ -77,6 +86,10 @@ class OpSignature:
         and writes only what it selects)."""
         if self.op in COPY_OPS:
             return 2 * self.batch * self.c_out * self.h * self.w * BYTES_PER_ELEMENT[self.dtype]
+        if self.op == ATTENTION:  # Q and the output (h rows), K and V (w rows); the h x w scores written by
+            # the first matmul, read and written by the softmax, read by the second (no fused kernel assumed)
+            per_head = 2 * (self.h + self.w) * self.kernel + 4 * self.h * self.w
+            return self.batch * self.c_out * per_head * BYTES_PER_ELEMENT[self.dtype]
         oh, ow = self.out_hw
         weights = self.c_out * (self.c_in // self.groups) * self.kernel * self.kernel
         elements = self.batch * self.c_in * self.h * self.w + weights + self.batch * self.c_out * oh * ow

@@ -2,9 +2,11 @@
 
 A group may keep any multiple of the target's channel alignment (kernels step there: 17
 channels cost what 32 do at an alignment of 16), of its grouped-conv ``repeat``, or all of its
-channels; heads are kept one by one. Each layer is profiled along its output axis (inputs
-full) and along its input axis (outputs full); the predictor combines the two sweeps, so the
-table grows with the sum of the axes' sizes, not their product.
+channels; heads are kept one by one (a unit of grouped-query attention: a key/value head and
+its query heads). Each layer is profiled along its output axis (inputs full) and along its
+input axis (outputs full); the predictor combines the two sweeps, so the table grows with the
+sum of the axes' sizes, not their product. A layer with one channel axis (a depthwise conv;
+attention's core, whose channels are its query heads) is profiled along it alone.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ from torch import nn
 
 from hwprune.errors import PlanError
 from hwprune.graph.analyze import Analysis
-from hwprune.graph.attention import HeadAttention
 from hwprune.graph.capture import frozen_index_mapping, tolerant_index_mapping
 from hwprune.graph.groups import ChannelGroup
+from hwprune.graph.heads import group_heads
 from hwprune.plan import WidthDecision
 from hwprune.transform.passes import Pass, Surgery, TransformError
 
@@ -52,9 +52,10 @@ class PruneChannels(Pass[Surgery]):
         graph = surgery.analysis.capture.dependency_graph
         for gid, decision in surgery.width.items():
             if surgery.analysis.group(gid).kind == "heads":
-                continue
-            root = surgery.analysis.model.get_submodule(gid)
-            width = graph.get_pruner_of_module(root).get_out_channels(root)
+                width = group_heads(surgery.analysis.model, gid).units
+            else:
+                root = surgery.analysis.model.get_submodule(gid)
+                width = graph.get_pruner_of_module(root).get_out_channels(root)
             if width != decision.keep:
                 raise TransformError(f"group {gid}: {width} channels after pruning, the plan keeps {decision.keep}")
 
@@ -114,9 +115,7 @@ def prune(analysis: Analysis, keep: Mapping[str, Sequence[int]]) -> nn.Module:
         if len(kept) == group.channels:
             continue
         if group.kind == "heads":
-            module = analysis.model.get_submodule(group_id.removesuffix(":heads"))
-            assert isinstance(module, HeadAttention)
-            module.keep_heads(kept)
+            group_heads(analysis.model, group_id).keep(kept)
             continue
         root = analysis.model.get_submodule(group_id)
         dropped = sorted(set(range(group.channels)) - set(kept))
