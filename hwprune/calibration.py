@@ -80,6 +80,9 @@ class Fidelity:
     # Detectors, on the user's images: the share of boxes both models find (same class, IoU >= 0.5),
     # as F1 over all images; None where the model has no detections() or neither model detects anything.
     box_agreement: float | None = None
+    # Models whose first output is logits (``returns_logits``: a transformers model with a head): the mean
+    # KL divergence, in nats, from the unpruned model's distribution to the pruned one's at each position.
+    kl: float | None = None
 
     @property
     def overall_cosine(self) -> float:
@@ -89,11 +92,29 @@ class Fidelity:
 
 def fidelity(original: nn.Module, pruned: nn.Module, batches: list[torch.Tensor]) -> Fidelity:
     """Mean per-sample cosine similarity of the outputs, and (for N x classes outputs) the share
-    of samples whose top-1 class agrees; for several outputs, also each one's cosine."""
+    of samples whose top-1 class agrees; for several outputs, also each one's cosine. For a model
+    that returns logits (``returns_logits``), top-1 agreement and KL are taken at every position."""
     with torch.no_grad():
         references = [output_tensors(original(batch)) for batch in batches]
         outputs = [output_tensors(pruned(batch)) for batch in batches]
-    return compare_all(references, outputs)
+    quality = compare_all(references, outputs)
+    if getattr(original, "returns_logits", False):
+        first = [r[0] for r in references], [o[0] for o in outputs]
+        quality.kl = logits_kl(*first)
+        quality.top1_agreement = float(torch.cat([(a.argmax(-1) == b.argmax(-1)).double().flatten()
+                                                  for a, b in zip(*first, strict=True)]).mean())
+    return quality
+
+
+def logits_kl(references: list[torch.Tensor], outputs: list[torch.Tensor]) -> float:
+    """Mean KL(softmax(reference) || softmax(output)) over every position (the last axis is the classes)."""
+    total, positions = 0.0, 0
+    for a, b in zip(references, outputs, strict=True):
+        p_log = torch.log_softmax(a.double(), dim=-1)
+        q_log = torch.log_softmax(b.double(), dim=-1)
+        per_position = (p_log.exp() * (p_log - q_log)).sum(dim=-1)
+        total, positions = total + float(per_position.sum()), positions + per_position.numel()
+    return total / positions
 
 
 def box_agreement(original: nn.Module, pruned: nn.Module, batches: list[torch.Tensor],

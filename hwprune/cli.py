@@ -530,7 +530,8 @@ def _compile_summary(report) -> str:
                   f"({report.engine.reason})")
     return (f"{report.model} on {report.target}: {timing}; params {report.baseline.params / 1e6:.2f}M -> "
             f"{report.pruned.params / 1e6:.2f}M; verify max abs err {report.verify.max_abs_err:.2g}; "
-            f"fidelity cosine {fid.cosine:.4f}, top-1 agreement {top1}")
+            f"fidelity cosine {fid.cosine:.4f}, top-1 agreement {top1}"
+            + ("" if fid.kl is None else f", KL {fid.kl:.3g} nats"))
 
 
 def _run_apply(args: argparse.Namespace) -> int:

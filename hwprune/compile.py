@@ -42,6 +42,7 @@ from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.segments import segments
 from hwprune.graph.spans import depth_candidates
 from hwprune.graph.stack import stack_ties
+from hwprune.hf_layout import heads_fixed
 from hwprune.importance.depth import CostTable, depth_costs
 from hwprune.importance.nm import input_norms
 from hwprune.importance.readers import reader_scores
@@ -53,7 +54,7 @@ from hwprune.latency.model_latency import offline_predictor, open_table, predict
 from hwprune.latency.predictor import TablePredictor, op_ms
 from hwprune.latency.profiler import profile
 from hwprune.latency.sparse import SparsityMode
-from hwprune.models import NATIVE_FILES, LoadedModel, save_native, state_digest
+from hwprune.models import NATIVE_FILES, HFModel, LoadedModel, save_native, state_digest
 from hwprune.options import Budget, Options
 from hwprune.plan import Plan, Provenance
 from hwprune.profiling import profile_model
@@ -143,6 +144,11 @@ def _prepare(loaded: LoadedModel, options: Options, stage: Path, console: Consol
         analysis = analyze(loaded.module, x, loaded.name, exclude=options.exclude, strict=False)
         for gid, error in prove_prunable(analysis).items():
             console.print(f"  [yellow]not pruned:[/yellow] group {gid}: trial pruning failed ({error})")
+    fixed = heads_fixed(loaded.module.model) if isinstance(loaded.module, HFModel) else None
+    if fixed and options.homogeneous(loaded.name):  # homogeneous: the pruned model must reload
+        for group in analysis.prunable():
+            if group.kind == "heads":
+                analysis.refuse(group.id, fixed)
     if not analysis.prunable():
         raise PlanError(f"{loaded.name}: no prunable channel group (see hwprune analyze)")
     runtime = runtime_for(target)

@@ -86,6 +86,15 @@ def pruned_config(model: nn.Module) -> Any:
     return config
 
 
+def heads_fixed(model: nn.Module) -> str | None:
+    """Why ``model``'s config cannot hold a pruned head count (None where it can: it has ``head_dim``)."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "head_dim", None) is not None:
+        return None
+    return (f"a {type(config).__name__} derives the head width from hidden_size / num_attention_heads, so "
+            "from_pretrained could not reload pruned heads (--widths per-layer prunes them for ONNX)")
+
+
 def _one(field: str, values: set) -> Any:
     """The one value of ``field`` across layers; several are a ModelSpecError naming it."""
     if len(values) > 1:

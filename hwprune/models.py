@@ -488,6 +488,10 @@ class HFModel(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        # transformers names a model with a head <Base>For<Task>: its output is logits (fidelity adds KL);
+        # one that can generate is timed in prefill only (decode with a KV cache is not exported)
+        self.returns_logits = "For" in type(model).__name__
+        self.generates = bool(getattr(model, "can_generate", lambda: False)())
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         kwargs = {"use_cache": False} if "use_cache" in self.model.config.to_dict() else {}

@@ -105,6 +105,8 @@ def markdown(report: Report) -> str:
         "",
         f"**Fidelity** to the unpruned model on {fid.samples} samples ({fid.inputs}): mean output cosine "
         f"{fid.cosine:.4f}, top-1 agreement {top1}."
+        + (f" KL divergence from the unpruned model's output distribution, per position: {fid.kl:.4g} nats."
+           if fid.kl is not None else "")
         + (" Per output: " + ", ".join(f"{c:.4f}" for c in fid.per_output) + "." if fid.per_output else "")
         + (f" Box agreement (F1 of boxes of the same class at IoU >= 0.5, on the calibration images): "
            f"{fid.box_agreement:.3f}." if fid.box_agreement is not None else "")
@@ -211,7 +213,8 @@ def _speed_line(report: Report) -> str:
     settings = (f", {method['threads']} thread(s), {method['graph_optimization_level']}"
                 if "threads" in method else "")
     return (f"**Measured speedup {speed.measured:.2f}x** (predicted {speed.predicted:.2f}x{spread_text}). "
-            f"Measured with {method['runtime']}{settings}: {method['method']}.")
+            f"Measured with {method['runtime']}{settings}: {method['method']}."
+            + (f" Phase: {method['phase']}." if "phase" in method else ""))
 
 
 

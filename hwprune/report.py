@@ -73,6 +73,7 @@ class FidelitySection:
     caveat: str | None
     per_output: list[float] | None  # each output's cosine, for models with several (detection heads)
     box_agreement: float | None = None  # detectors on the user's images: F1 of matching boxes
+    kl: float | None = None  # models returning logits: mean KL (nats) from the unpruned model's, per position
 
 
 @dataclass
@@ -190,6 +191,9 @@ def build_report(loaded: LoadedModel, analysis: Analysis, options, runtime: Runt
     measured = None if final is None else 1.0 / final.ratios[1]
     method = ({**runtime.measurement(), "rounds": 30} if final is not None else
               {"runtime": None, "method": f"not measured: {runtime.unavailable_reason() or engine_note}"})
+    if getattr(analysis.model, "generates", False):  # an hf: decoder
+        method["phase"] = (f"prefill, {x.shape[1]} tokens x batch {x.shape[0]} in one forward; decode with a KV "
+                           "cache is not exported, so per-token decode latency is not measured or predicted")
     latency_model = predictor.provenance()
     table = predictor.table.provenance
     decision = chosen.decision
@@ -213,7 +217,7 @@ def build_report(loaded: LoadedModel, analysis: Analysis, options, runtime: Runt
                 None if final is None else final.ratio_spread[1]),
         verification,
         FidelitySection(quality.cosine, quality.top1_agreement, quality.samples, calibration_source, quality.caveat,
-                        quality.per_output, quality.box_agreement),
+                        quality.per_output, quality.box_agreement, quality.kl),
         plan.bn_recalibration, search_section, method, final is not None,
         {"kind": latency_model["source"], "fingerprint": table.get("fingerprint"), "created": table.get("created"),
          "host": table.get("host"), "layer_scale": predictor.layer_scale, "rest_ms": predictor.rest_ms},

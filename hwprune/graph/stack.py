@@ -5,11 +5,13 @@ states to hidden states of the same shape, adding its attention and MLP to a res
 ``h + f(h)``. Removing a layer leaves ``h`` (Shortened LLaMA, Minitron's depth pruning), which is
 the residual block drop the fx analysis finds in CNNs, one level up: the module, not an add node.
 Hugging Face models are not fx-traceable, so these blocks are found with forward hooks on the
-example input, and dropped by deleting list entries (``transform.layers``), never by rewriting a graph.
+example input, and dropped by deleting list entries (:func:`without_layers`, which ``transform.layers``
+applies), never by rewriting a graph.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -20,18 +22,20 @@ from hwprune.graph.spans import Block
 
 
 def stack_blocks(model: nn.Module, example_input: torch.Tensor) -> list[Block]:
-    """Each element of a same-class ``nn.ModuleList`` (two or more) whose first output has its first
-    input's shape on ``example_input``, as a :class:`Block` with no add (the module itself goes)."""
+    """Each layer of a layer stack, as a :class:`Block` with no add (the module itself goes). A stack is
+    a same-class ``nn.ModuleList`` of two or more layers, each fed the one before's output and keeping
+    its shape on ``example_input``, where removing a layer (:func:`without_layers`) computes exactly what
+    the model computes with that layer handing its input on; a list whose layers are read otherwise
+    (YOLO's C2f concatenates every one's output) is no stack."""
     lists = {name: m for name, m in model.named_modules()
              if isinstance(m, nn.ModuleList) and len(m) >= 2 and len({type(c) for c in m}) == 1}
-    shapes: dict[str, tuple[torch.Size, torch.Size]] = {}
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def hook_for(path: str):
         def record(_module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
-            first_in = args[0] if args else kwargs.get("hidden_states")
-            first_out = output[0] if isinstance(output, tuple | list) else output
+            first_in, first_out = _hidden(args, kwargs), _first(output)
             if isinstance(first_in, torch.Tensor) and isinstance(first_out, torch.Tensor):
-                shapes[path] = (first_in.shape, first_out.shape)
+                seen[path] = (first_in, first_out)
         return record
 
     handles = [child.register_forward_hook(hook_for(f"{name}.{i}"), with_kwargs=True)
@@ -45,7 +49,10 @@ def stack_blocks(model: nn.Module, example_input: torch.Tensor) -> list[Block]:
     blocks = []
     for name, stack in lists.items():
         paths = [f"{name}.{i}" for i in range(len(stack))]
-        if not all(p in shapes and shapes[p][0] == shapes[p][1] for p in paths):
+        if not all(p in seen and seen[p][0].shape == seen[p][1].shape for p in paths) or any(
+                seen[b][0] is not seen[a][1] for a, b in zip(paths, paths[1:], strict=False)):
+            continue
+        if not _removal_is_skipping(model, stack[1], paths[1], example_input):
             continue
         for path, child in zip(paths, stack, strict=True):
             layers = tuple(f"{path}.{sub}" for sub, m in child.named_modules()
@@ -53,6 +60,78 @@ def stack_blocks(model: nn.Module, example_input: torch.Tensor) -> list[Block]:
             if layers:
                 blocks.append(Block(path, None, layers))
     return blocks
+
+
+def without_layers(model: nn.Module, paths: Sequence[str]) -> nn.Module:
+    """A copy of ``model`` (sharing its weights) without the stack layers at ``paths``: list entries
+    deleted, each remaining layer's ``layer_idx`` (what the KV cache is indexed by) set to its new
+    position where it was its old one, and every transformers config describing the stack
+    (``num_hidden_layers``, ``layer_types``: Qwen2 picks each layer's mask from it) cut to the kept layers."""
+    model = copy.deepcopy(model, memo={id(t): t for t in (*model.parameters(), *model.buffers())})
+    by_stack: dict[str, set[int]] = {}
+    for path in paths:
+        parent, _, index = path.rpartition(".")
+        by_stack.setdefault(parent, set()).add(int(index))
+    for parent, gone in by_stack.items():
+        stack = model.get_submodule(parent)
+        kept = [(old, layer) for old, layer in enumerate(stack) if old not in gone]
+        for new, (old, layer) in enumerate(kept):
+            for module in layer.modules():
+                if getattr(module, "layer_idx", None) == old:
+                    module.layer_idx = new
+        owner, _, attribute = parent.rpartition(".")
+        setattr(model.get_submodule(owner), attribute, nn.ModuleList(layer for _, layer in kept))
+        _cut_configs(model, len(stack), [old for old, _ in kept])
+    return model
+
+
+def _cut_configs(model: nn.Module, count: int, kept: list[int]) -> None:
+    """Every config of ``model`` that describes a stack of ``count`` layers, cut to the ``kept`` ones."""
+    done: set[int] = set()
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is None or id(config) in done or getattr(config, "num_hidden_layers", None) != count:
+            continue
+        done.add(id(config))
+        types = getattr(config, "layer_types", None)
+        if isinstance(types, list) and len(types) == count:
+            config.layer_types = [types[i] for i in kept]
+        config.num_hidden_layers = len(kept)
+
+
+def _removal_is_skipping(model: nn.Module, layer: nn.Module, path: str, example_input: torch.Tensor) -> bool:
+    """Whether the model without ``layer`` computes what it computes with ``layer`` handing its input on."""
+    def hand_on(_module: nn.Module, args: tuple, kwargs: dict, output: object) -> object:
+        hidden = _hidden(args, kwargs)
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    handle = layer.register_forward_hook(hand_on, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            skipped = _flat(model(example_input))
+    finally:
+        handle.remove()
+    try:
+        with torch.no_grad():
+            removed = _flat(without_layers(model, [path])(example_input))
+    except Exception:  # the model cannot run without it: not a stack layer
+        return False
+    scale = float(skipped.abs().max()) or 1.0
+    return removed.shape == skipped.shape and float((removed - skipped).abs().max()) <= 1e-5 * scale
+
+
+def _hidden(args: tuple, kwargs: dict) -> object:
+    return args[0] if args else kwargs.get("hidden_states")
+
+
+def _first(output: object) -> object:
+    return output[0] if isinstance(output, tuple | list) else output
+
+
+def _flat(output: object) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output.flatten()
+    return torch.cat([_flat(item) for item in output if isinstance(item, torch.Tensor | tuple | list)])
 
 
 def stack_ties(groups: Sequence[ChannelGroup], blocks: Sequence[Block]) -> dict[str, tuple[str, ...]]:

@@ -1,0 +1,159 @@
+"""Transformers from Hugging Face configs through ``hf:PATH``: pruned to a measured latency budget on ``cpu``.
+
+Three small models with random weights (BERT-style masked LM, GPT-2-style and Llama-style with
+grouped-query attention), each written with ``save_pretrained`` and compiled from that folder:
+
+    hwprune compile hf:FOLDER --target cpu --latency 0.6 --input-shape 1,128
+
+For each: the measured latency fraction (onnxruntime, one thread, interleaved against the
+unpruned model: W2.1's definition, met within 5%), the ONNX check, and the pruned model
+reloaded from ``pruned_hf/`` with ``from_pretrained`` and compared with ``pruned.onnx`` on the same tokens.
+
+Then the Llama-style model three ways at the same budget: ``--search depth`` (whole layers),
+``--search width`` (heads and MLP widths, the same in every layer) and ``--search joint``; the three
+pruned ONNX models are timed head to head (30 interleaved rounds) so they are compared at equal
+measured latency, with each one's output cosine, top-1 agreement and KL divergence to the unpruned
+model on a fixed token set (the compile's fidelity on 4 random batches) and what it removed.
+Latency is prefill (the whole sequence in one forward); decode with a KV cache is not exported.
+
+    pip install -e ".[dev]" && python benchmarks/transformers.py [--latency 0.6] [--seq 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy
+import torch
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _models(hidden: int, layers: int, vocab: int) -> dict[str, object]:
+    import transformers
+
+    return {
+        "bert": transformers.BertForMaskedLM(transformers.BertConfig(
+            vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=8,
+            intermediate_size=4 * hidden)),
+        "gpt2": transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=8, n_inner=4 * hidden, n_positions=512)),
+        "llama": transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=8,
+            num_key_value_heads=2, intermediate_size=4 * hidden)),
+    }
+
+
+def _compile(folder: Path, out: Path, latency: float, seq: int, search: str | None) -> dict:
+    from hwprune.cli import main
+
+    args = ["compile", f"hf:{folder}", "--target", "cpu", "--latency", str(latency), "--input-shape", f"1,{seq}",
+            "--out", str(out)] + (["--search", search] if search else [])
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log):
+        code = main(args)
+    if code != 0:
+        raise SystemExit(f"compile {folder.name} {search or ''} failed: {log.getvalue().strip().splitlines()[-1]}")
+    return json.loads((out / "report.json").read_text())
+
+
+def _reloads(out: Path, seq: int) -> str:
+    """``pruned_hf`` through from_pretrained against ``pruned.onnx`` on the same tokens."""
+    import onnxruntime
+    import transformers
+
+    folder = out / "pruned_hf"
+    if not folder.is_dir():
+        return "not saved (widths differ between layers)"
+    model = transformers.AutoModelForMaskedLM if "Bert" in json.loads((folder / "config.json").read_text())[
+        "architectures"][0] else transformers.AutoModelForCausalLM
+    again = model.from_pretrained(folder, attn_implementation="eager").eval()
+    tokens = torch.randint(0, again.config.vocab_size, (1, seq), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = again(tokens, attention_mask=torch.ones_like(tokens)).logits.numpy()
+    session = onnxruntime.InferenceSession(str(out / "pruned.onnx"), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(None, {session.get_inputs()[0].name: tokens.numpy()})[0]
+    error = float(numpy.abs(logits - onnx_logits).max())
+    return f"reloaded, max abs diff to pruned.onnx {error:.2g}"
+
+
+def _removed(out: Path) -> str:
+    plan = json.loads((out / "plan.json").read_text())
+    dropped = [e["block"].rsplit(".", 1)[-1] for e in plan["depth"]]
+    widths = sorted({f"{g.rsplit('.', 1)[-1].split(':')[-1]} {d['keep']}/{d['of']}" for g, d in plan["width"].items()})
+    return (f"layers dropped {dropped or 'none'}; " if plan["depth"] else "") + (", ".join(widths) or "widths whole")
+
+
+def _head_to_head(paths: list[Path], rounds: int = 30) -> list[float]:
+    from hwprune.runtime import runtime_for
+    from hwprune.targets import load_target
+
+    runtime = runtime_for(load_target("cpu"))
+    sessions = [runtime.load(p) for p in paths]
+    try:
+        comparison = runtime.interleaved(sessions, rounds=rounds)
+    finally:
+        for s in sessions:
+            s.close()
+    return [t.median_ms for t in comparison.timings]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--latency", type=float, default=0.6)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=4000)
+    args = parser.parse_args()
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    torch.manual_seed(0)
+    work = Path(tempfile.mkdtemp(prefix="hwprune-transformers-"))
+    os.environ.setdefault("HWPRUNE_CACHE", str(work / "cache"))
+    table = Table(title=f"compile --target cpu --latency {args.latency} (seq {args.seq}, prefill, 1 thread)")
+    for column in ("model", "baseline ms", "pruned ms", "measured fraction", "within 5%", "verify", "cosine",
+                   "KL (nats)", "reload", "removed"):
+        table.add_column(column)
+    folders = {}
+    for name, model in _models(args.hidden, args.layers, args.vocab).items():
+        folders[name] = work / name
+        model.save_pretrained(folders[name])
+        out = work / f"{name}-build"
+        report = _compile(folders[name], out, args.latency, args.seq, None)
+        base, pruned = report["baseline"]["latency_ms"]["median"], report["pruned"]["latency_ms"]["median"]
+        fid = report["fidelity"]
+        table.add_row(name, f"{base:.2f}", f"{pruned:.2f}", f"{pruned / base:.3f}", str(report["budget"]["met"]),
+                      str(report["verify"]["ok"]), f"{fid['cosine']:.4f}",
+                      "n/a" if fid.get("kl") is None else f"{fid['kl']:.3g}", _reloads(out, args.seq), _removed(out))
+        console.print(table)
+    ways = Table(title=f"Llama-style, three searches at --latency {args.latency}, timed head to head "
+                       "(30 interleaved rounds)")
+    for column in ("search", "own measured fraction", "head-to-head ms", "cosine", "top-1 agreement", "KL (nats)",
+                   "removed"):
+        ways.add_column(column)
+    builds, reports = [], []
+    for search in ("depth", "width", "joint"):
+        out = work / f"llama-{search}"
+        reports.append(_compile(folders["llama"], out, args.latency, args.seq, search))
+        builds.append(out)
+    times = _head_to_head([b / "pruned.onnx" for b in builds])
+    for search, out, report, ms in zip(("depth", "width", "joint"), builds, reports, times, strict=True):
+        fid = report["fidelity"]
+        fraction = report["pruned"]["latency_ms"]["median"] / report["baseline"]["latency_ms"]["median"]
+        ways.add_row(search, f"{fraction:.3f}", f"{ms:.3f}", f"{fid['cosine']:.4f}",
+                     f"{100 * fid['top1_agreement']:.1f}%", f"{fid['kl']:.3g}", _removed(out))
+    console.print(ways)
+    console.print(f"head-to-head spread: slowest / fastest = {max(times) / min(times):.3f}; builds in {work}")
+
+
+if __name__ == "__main__":
+    main()
