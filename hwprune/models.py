@@ -490,7 +490,7 @@ class HFModel(nn.Module):
         self.model = model
         # transformers names a model with a head <Base>For<Task>: its output is logits (fidelity adds KL);
         # one that can generate is timed in prefill only (decode with a KV cache is not exported)
-        self.returns_logits = "For" in type(model).__name__
+        self.returns_logits = "For" in type(model).__name__ or "LMHead" in type(model).__name__  # GPT2LMHeadModel
         self.generates = bool(getattr(model, "can_generate", lambda: False)())
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:

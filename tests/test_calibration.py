@@ -82,3 +82,35 @@ def test_a_model_with_several_outputs_gets_each_outputs_cosine():
     flipped = fidelity(TwoHeads(), TwoHeads(flip=True), batches)
     assert flipped.per_output == pytest.approx([1.0, -1.0]) and flipped.cosine == pytest.approx(1.0)
     assert fidelity(nn.Identity(), nn.Identity(), batches).per_output is None
+
+
+class _TokenLogits(nn.Module):
+    """Logits per position, as an hf: language model returns them."""
+
+    returns_logits = True
+
+    def __init__(self, shift: float = 0.0):
+        super().__init__()
+        self.embed = nn.Embedding(10, 5)
+        self.shift = shift
+
+    def forward(self, ids):
+        logits = self.embed(ids)
+        return logits + self.shift * torch.arange(5.0)
+
+
+def test_logit_models_get_kl_and_per_position_top1():
+    torch.manual_seed(0)
+    original = _TokenLogits()
+    tokens = [torch.randint(0, 10, (2, 7))]
+    same = fidelity(original, original, tokens)
+    assert same.kl == pytest.approx(0.0, abs=1e-12) and same.top1_agreement == 1.0
+    changed = _TokenLogits(shift=1.0)
+    changed.embed = original.embed
+    other = fidelity(original, changed, tokens)
+    p = torch.log_softmax(original(tokens[0]).double(), -1)
+    q = torch.log_softmax(changed(tokens[0]).double(), -1)
+    assert other.kl == pytest.approx(float((p.exp() * (p - q)).sum(-1).mean()))
+    assert other.kl > 0 and other.samples == 2
+    expected = float((p.argmax(-1) == q.argmax(-1)).double().mean())
+    assert other.top1_agreement == pytest.approx(expected)
