@@ -125,6 +125,13 @@ def test_depth_compile_drops_layers_and_reloads(llama_dir, tmp_path, capsys, mon
     dropped = unmerged(pruned.module, x, [], plan["depth"])
     with torch.no_grad():
         assert torch.allclose(again(x, use_cache=False).logits, dropped(x), atol=1e-5)
+    # recovery distils the logits at every position (KL), and the dropped layers stay dropped
+    (tmp_path / "tokens.py").write_text("import torch\n\ndef batches():\n    g = torch.Generator().manual_seed(1)\n"
+                                        "    return [torch.randint(0, 500, (4, 32), generator=g) for _ in range(8)]\n")
+    code = main(["recover", str(out), "--data", f"{tmp_path / 'tokens.py'}:batches", "--epochs", "2", "--lr", "1e-3"])
+    assert code == 0, capsys.readouterr().err.strip().splitlines()[-1]
+    recovery = json.loads((out / "report.json").read_text())["recovery"]
+    assert recovery["verify"]["ok"] and recovery["after"]["kl"] < recovery["before"]["kl"]
 
 
 def test_dropping_a_layer_cuts_the_live_config(tmp_path):

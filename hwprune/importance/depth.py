@@ -94,7 +94,8 @@ def _distil(teacher: nn.Module, student: nn.Module, batches: Sequence[torch.Tens
             inputs = batches[step % len(batches)]
             with torch.no_grad():
                 target = output_tensors(teacher(inputs))
-            loss = distillation_loss(target, output_tensors(student(inputs)), None, 1.0)
+            loss = distillation_loss(target, output_tensors(student(inputs)), None, 1.0,
+                                     getattr(teacher, "returns_logits", False))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -1,8 +1,9 @@
 """Knowledge distillation from the unpruned model (teacher) into the pruned one (student).
 
-Loss per batch, summed: for each class-score output (N x C), KL(teacher/T || student/T) x T^2
-(Hinton et al.); for any other output (detection heads, embeddings), the mean squared error scaled
-by the teacher output's mean square, so outputs of any magnitude weigh alike; with labels, the task's
+Loss per batch, summed: for each class-score output (N x C, or a language model's logits at every
+position: B x S x vocabulary, as Minitron distils), KL(teacher/T || student/T) x T^2 (Hinton et al.);
+for any other output (detection heads, embeddings), the mean squared error scaled by the teacher
+output's mean square, so outputs of any magnitude weigh alike; with labels, the task's
 cross-entropy on the first class-score output; with ``feature_loss``, the same scaled error between
 the student's feature maps and the teacher's at the channels the plan kept (each pruned group's
 root layer). AdamW with a cosine schedule over all steps.
@@ -50,14 +51,15 @@ class Trained:
 
 
 def distillation_loss(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], targets: torch.Tensor | None,
-                      temperature: float) -> torch.Tensor:
-    """The distillation loss of one batch (see the module docstring)."""
+                      temperature: float, token_logits: bool = False) -> torch.Tensor:
+    """The distillation loss of one batch (see the module docstring); ``token_logits``: a 3-D output is
+    logits at every position (a language model's B x S x vocabulary), so it takes the KL term too, per position."""
     loss = student[0].new_zeros(())
     for t, s in zip(teacher, student, strict=True):
-        if t.dim() == 2 and t.shape[1] > 1:
-            kl = nn.functional.kl_div(nn.functional.log_softmax(s / temperature, dim=1),
-                                      nn.functional.log_softmax(t / temperature, dim=1), log_target=True,
-                                      reduction="batchmean")
+        if t.shape[-1] > 1 and (t.dim() == 2 or (token_logits and t.dim() == 3)):
+            kl = nn.functional.kl_div(nn.functional.log_softmax(s.reshape(-1, s.shape[-1]) / temperature, dim=-1),
+                                      nn.functional.log_softmax(t.reshape(-1, t.shape[-1]) / temperature, dim=-1),
+                                      log_target=True, reduction="batchmean")
             loss = loss + kl * temperature ** 2
         else:
             loss = loss + scaled_error(s, t)
@@ -138,7 +140,8 @@ def distil(teacher: nn.Module, student: nn.Module, data: TrainingData, recipe: R
                 if not checked:
                     check_targets(batch, teacher_out, data.spec)
                     checked = True
-                loss = distillation_loss(teacher_out, output_tensors(model(inputs)), targets, recipe.temperature)
+                loss = distillation_loss(teacher_out, output_tensors(model(inputs)), targets, recipe.temperature,
+                                         getattr(teacher, "returns_logits", False))
                 if taps is not None:
                     loss = loss + taps.loss()
                 optimiser.zero_grad(set_to_none=True)

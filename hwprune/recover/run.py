@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from hwprune.calibration import compare_all, output_tensors
+from hwprune.calibration import compare_all, logits_kl, output_tensors
 from hwprune.errors import HwpruneError, PlanError
 from hwprune.export.nm_check import nm_weights
 from hwprune.export.onnx_export import export_onnx, slim_available
@@ -182,6 +182,8 @@ def _evaluate(teacher: nn.Module, student: nn.Module, data: TrainingData, device
                 counted += len(batch.targets)
     quality = compare_all(references, outputs)
     found = {"cosine": quality.overall_cosine, "top1_agreement": quality.top1_agreement, "samples": quality.samples}
+    if getattr(teacher, "returns_logits", False):  # a language model: KL per position, as compile reports it
+        found["kl"] = logits_kl([r[0] for r in references], [o[0] for o in outputs])
     if counted:
         found["accuracy"] = correct["student"] / counted
         found["teacher_accuracy"] = correct["teacher"] / counted
@@ -261,7 +263,8 @@ def _publish(build: Path, plan: Plan, student: nn.Module, x: torch.Tensor, secti
     before, after = section["before"], section["after"]
     accuracy = (f", accuracy {100 * before['accuracy']:.1f}% -> {100 * after['accuracy']:.1f}% (unpruned "
                 f"{100 * after['teacher_accuracy']:.1f}%)" if "accuracy" in after else "")
-    console.print(f"  recovered: cosine {before['cosine']:.4f} -> {after['cosine']:.4f}{accuracy}")
+    kl = f", KL {before['kl']:.3g} -> {after['kl']:.3g} nats" if "kl" in after else ""
+    console.print(f"  recovered: cosine {before['cosine']:.4f} -> {after['cosine']:.4f}{kl}{accuracy}")
     return found
 
 
@@ -289,6 +292,8 @@ def recovery_markdown(section: dict) -> str:
              f"{', feature loss' if recipe['feature_loss'] else ''}); BatchNorm {section['batchnorm']}.", "",
              "| | before recovery | after |", "|---|---:|---:|",
              f"| output cosine to the unpruned model | {before['cosine']:.4f} | {after['cosine']:.4f} |"]
+    if "kl" in after:
+        lines.append(f"| KL divergence per position (nats) | {before['kl']:.4g} | {after['kl']:.4g} |")
     if "accuracy" in after:
         lines.append(f"| accuracy (unpruned: {100 * after['teacher_accuracy']:.1f}%) | "
                      f"{100 * before['accuracy']:.1f}% | {100 * after['accuracy']:.1f}% |")
