@@ -204,7 +204,7 @@ def _remote(args: argparse.Namespace):
 
 def _add_model_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
     spec = ("torchvision:NAME, timm:NAME, path/to/file.py:factory, path/to/program.pt2, onnx:FILE.onnx, "
-            "ultralytics:NAME.yaml or ultralytics:FILE.pt")
+            "ultralytics:NAME.yaml, ultralytics:FILE.pt, hf:PATH or hf:NAME (a local transformers model)")
     if optional:
         parser.add_argument("model", metavar="MODEL", nargs="?", help=spec + " (default: the plan's)")
     else:
@@ -518,6 +518,8 @@ def _fractions(text: str) -> list[float]:
 
 
 def _compile_summary(report) -> str:
+    from hwprune.decode import decode_summary
+
     fid, speed = report.fidelity, report.speedup
     top1 = "n/a" if fid.top1_agreement is None else f"{100 * fid.top1_agreement:.1f}%"
     if speed.measured is not None:
@@ -531,7 +533,8 @@ def _compile_summary(report) -> str:
     return (f"{report.model} on {report.target}: {timing}; params {report.baseline.params / 1e6:.2f}M -> "
             f"{report.pruned.params / 1e6:.2f}M; verify max abs err {report.verify.max_abs_err:.2g}; "
             f"fidelity cosine {fid.cosine:.4f}, top-1 agreement {top1}"
-            + ("" if fid.kl is None else f", KL {fid.kl:.3g} nats"))
+            + ("" if fid.kl is None else f", KL {fid.kl:.3g} nats")
+            + ("" if report.decode is None else f"; {decode_summary(report.decode)}"))
 
 
 def _run_apply(args: argparse.Namespace) -> int:
