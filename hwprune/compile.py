@@ -33,6 +33,7 @@ from rich.progress import Progress
 from torch import nn
 
 from hwprune.calibration import Calibration, box_agreement, fidelity, load_calibration
+from hwprune.decode import DECODE_FILES, decode_section, decode_summary
 from hwprune.errors import HwpruneError, ModelSpecError, PlanError, first_line
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm
 from hwprune.export.nm_check import nm_weights
@@ -74,7 +75,7 @@ from hwprune.transform.trial import prove_prunable
 
 ARTEFACTS = ("report.json", "report.md", "plan.json", "pruned.pt", "pruned_unmerged.pt", *NATIVE_FILES,
              "baseline.onnx", "pruned.onnx", "plots", "build_engine.sh", "baseline.engine", "pruned.engine",
-             "timing.cache", "pruned.layers.json", "recovered.onnx", "recovered.pt", "recover")
+             "timing.cache", "pruned.layers.json", "recovered.onnx", "recovered.pt", "recover", *DECODE_FILES)
 
 
 def compile_model(loaded: LoadedModel, options: Options, out_dir: str | Path, console: Console | None = None
@@ -221,13 +222,19 @@ def _compile_point(shared: Shared, options: Options, stage: Path, console: Conso
             raise HwpruneError("exported weights are not N:M in " + ", ".join(
                 name for name, found in onnx_nm.items() if not found["nm"]))
     final = measurer.final(stage / "pruned.onnx", step)
+    decode = None
+    if getattr(analysis.model, "generates", False):  # an hf: decoder: its per-token latency, after prefill's
+        with step("decode step with a KV cache: export, verify, measure (interleaved)"):
+            decode = decode_section(analysis.model, chosen.realised.model, runtime, stage, x.shape[0], x.shape[1],
+                                    slim_available(), options.atol, options.rtol)
+            console.print(f"  {escape(decode_summary(decode))}")
     with step("engines"):
         engine = runtime.engines(stage, ("baseline", "pruned"), tuple(x.shape),
                                  8 * x.shape[0] if options.dynamic_batch else None,
                                  sparse=("pruned",) if sparse_layers else ())
     chosen.decision.plan.save(stage / "plan.json")
     report = build_report(loaded, analysis, options, runtime, predictor, search, chosen, rounds, final, engine,
-                          verification, quality, calibration.source, time.perf_counter() - started)
+                          verification, quality, calibration.source, time.perf_counter() - started, decode)
     report.export["baseline"] = baseline_source
     report.sparsity = sparsity_section(predictor, chosen.decision.search,
                                        search.depth_costs, chosen.decision.plan.sparsity, options.sparsity, onnx_nm,

@@ -489,7 +489,7 @@ class HFModel(nn.Module):
         super().__init__()
         self.model = model
         # transformers names a model with a head <Base>For<Task>: its output is logits (fidelity adds KL);
-        # one that can generate is timed in prefill only (decode with a KV cache is not exported)
+        # one that can generate is searched in prefill, and compile also measures its decode step (hwprune.decode)
         self.returns_logits = "For" in type(model).__name__ or "LMHead" in type(model).__name__  # GPT2LMHeadModel
         self.generates = bool(getattr(model, "can_generate", lambda: False)())
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hwprune.report import CandidateRow, Report, Side
+from hwprune.report import CandidateRow, DecodeSection, Report, Side
 
 PLOTS = ("layer_latency.png", "channels_kept.png", "predicted_vs_measured.png")
 
@@ -99,6 +99,7 @@ def markdown(report: Report) -> str:
         f"**Not measured**: {report.engine.reason}. Predicted speedup {speed.predicted:.2f}x by the "
         f"{speed.predicted_by} latency model only; measure on the device before relying on it.",
         "",
+        *_decode_lines(report.decode),
         f"**Verification**: the exported `pruned.onnx` matches the pruned PyTorch model on {verify.inputs} random "
         f"inputs: max abs error {verify.max_abs_err:.3g} (atol {verify.atol:g}, rtol {verify.rtol:g}): "
         f"{'pass' if verify.ok else 'FAIL'}.",
@@ -154,6 +155,26 @@ def _depth_lines(depth: dict | None) -> list[str]:
     for row in depth["dropped"]:
         lines.append(f"| dropped | {row['block']} | x | {row['parts_predicted_ms']:.4f} -> 0 | {row['cost']:.2g} |")
     return [*lines, ""]
+
+
+def _decode_lines(decode: DecodeSection | None) -> list[str]:
+    """A decoder's per-token decode latency with a KV cache, baseline and pruned, or why it is not measured."""
+    if decode is None:
+        return []
+    where = f"one token per step against a KV cache of {decode.past_length} past positions, batch {decode.batch}"
+    layers = {name: len(shapes) for name, shapes in decode.past_shapes.items()}
+    verify = "; ".join(f"{name} max abs error {v['max_abs_err']:.3g} on {v['inputs']} random tokens and caches "
+                       f"({'pass' if v['ok'] else 'FAIL'})" for name, v in decode.verify.items())
+    checked = f" Decode steps (`{'`, `'.join(decode.files)}`) against PyTorch: {verify}." if verify else ""
+    if not decode.measured:
+        return [f"**Decode** ({where}): not measured: {decode.reason}.{checked}", ""]
+    base, pruned = decode.baseline_ms, decode.pruned_ms
+    return [f"**Decode** ({where}; {decode.search}): measured speedup {decode.speedup:.2f}x per token "
+            f"(spread of the per-round ratio {100 * decode.ratio_spread:.1f}%, {decode.rounds} interleaved rounds); "
+            f"cached layers {layers.get('baseline')} -> {layers.get('pruned')}.{checked}", "",
+            "| per token | baseline | pruned |", "|---|---:|---:|",
+            f"| measured decode median (ms) | {base.median:.3f} | {pruned.median:.3f} |",
+            f"| measured decode p90 (ms) | {base.p90:.3f} | {pruned.p90:.3f} |", ""]
 
 
 def _sparsity_lines(sparsity: dict | None) -> list[str]:

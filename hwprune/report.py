@@ -133,6 +133,31 @@ class Engine:
 
 
 @dataclass
+class DecodeSection:
+    """Per-token decode latency of an ``hf:`` decoder with a KV cache of ``past_length`` positions (the prefill's
+    sequence length) at ``batch``, baseline and pruned, timed interleaved after the search (which targets
+    prefill). ``reason``: why it was not exported, verified or measured, one line; no number stands in for it."""
+
+    batch: int
+    past_length: int
+    measured: bool
+    reason: str | None
+    baseline_ms: LatencyStats | None
+    pruned_ms: LatencyStats | None
+    ratio: float | None  # median over rounds of (pruned / baseline)
+    ratio_spread: float | None
+    rounds: int
+    past_shapes: dict[str, list[list[int]]]  # per model, each cached layer's past keys' shape (values alike)
+    verify: dict[str, dict]  # per model, the exported step against PyTorch on random tokens and caches
+    files: list[str]
+    search: str = "the search targets prefill latency; decode is measured after it, not searched for"
+
+    @property
+    def speedup(self) -> float | None:
+        return None if not self.ratio else 1.0 / self.ratio
+
+
+@dataclass
 class Report:
     """The evidence of one compile: what was asked, what was measured and predicted, and by what."""
 
@@ -166,6 +191,7 @@ class Report:
     # dense and sparse and its cost, each permuted group's retained magnitude, the exported
     # weights' check, and which layers the built engine really runs sparse (None: not built here).
     sparsity: dict | None = None
+    decode: DecodeSection | None = None  # hf: decoders: per-token decode latency with a KV cache
 
     def to_json(self) -> dict:
         return {"format": FORMAT, **asdict(self)}
@@ -174,8 +200,9 @@ class Report:
 def build_report(loaded: LoadedModel, analysis: Analysis, options, runtime: Runtime, predictor: TablePredictor,
                  search: WidthSearch, chosen: Round, rounds: list[Round], final: Comparison | None,
                  engine: tuple[str | None, str], verification: Verification, quality: Fidelity,
-                 calibration_source: str, seconds: float) -> Report:
-    """The report of a compile (``copies`` filled in by the caller, which has the exports)."""
+                 calibration_source: str, seconds: float, decode: DecodeSection | None = None) -> Report:
+    """The report of a compile (``copies`` filled in by the caller, which has the exports); ``decode``: an
+    ``hf:`` decoder's decode step, measured or why not."""
     x = analysis.capture.example_input
     target = options.target
     plan, model = chosen.decision.plan, chosen.realised.model
@@ -192,8 +219,7 @@ def build_report(loaded: LoadedModel, analysis: Analysis, options, runtime: Runt
     method = ({**runtime.measurement(), "rounds": 30} if final is not None else
               {"runtime": None, "method": f"not measured: {runtime.unavailable_reason() or engine_note}"})
     if getattr(analysis.model, "generates", False):  # an hf: decoder
-        method["phase"] = (f"prefill, {x.shape[1]} tokens x batch {x.shape[0]} in one forward; decode with a KV "
-                           "cache is not exported, so per-token decode latency is not measured or predicted")
+        method["phase"] = _phase(x.shape[0], x.shape[1], decode)
     latency_model = predictor.provenance()
     table = predictor.table.provenance
     decision = chosen.decision
@@ -225,7 +251,18 @@ def build_report(loaded: LoadedModel, analysis: Analysis, options, runtime: Runt
         [GroupRow(gid, d.keep, d.of, search.sensitivity.get(gid)) for gid, d in plan.width.items()],
         {"opset": ONNX_OPSET, "dynamic_batch": options.dynamic_batch, "slimmed": slim_available()},
         Engine(engine_path, engine_note), runtime.fingerprint(), seconds, None,
-        depth_section(analysis.model, model, predictor, decision.search, search.depth_costs))
+        depth_section(analysis.model, model, predictor, decision.search, search.depth_costs), decode=decode)
+
+
+def _phase(batch: int, tokens: int, decode: DecodeSection | None) -> str:
+    """What a decoder's measurement timed: prefill always, decode where its step was exported and measured."""
+    prefill = f"prefill, {tokens} tokens x batch {batch} in one forward"
+    if decode is not None and decode.measured:
+        return (f"{prefill}, and decode, one token per step against a KV cache of {decode.past_length} past "
+                f"positions x batch {decode.batch}: both measured (decode in its own section); the latency model "
+                "predicts, and the search targets, prefill latency only")
+    why = decode.reason if decode is not None else "not exported"
+    return f"{prefill}; per-token decode with a KV cache is not measured ({why}), nor predicted"
 
 
 def depth_section(original: nn.Module, pruned: nn.Module, predictor: TablePredictor, result, costs: dict[str, float]

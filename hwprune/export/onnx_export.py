@@ -32,16 +32,23 @@ def slim_available() -> bool:
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path, dynamic_batch: bool = False,
                 slim: bool = False) -> Path:
     """Export ``model`` on ``example_input`` (TorchScript exporter) to ``path``; returns the path."""
+    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+    return export_named(model, (example_input,), path, ["input"], ["output"], axes, slim)
+
+
+def export_named(model: nn.Module, args: tuple[torch.Tensor, ...], path: str | Path, input_names: list[str],
+                 output_names: list[str], dynamic_axes: dict | None = None, slim: bool = False) -> Path:
+    """Export ``model`` on the inputs ``args``, named, to ``path`` atomically; returns the path. For models
+    of several inputs and outputs (a decode step's token and cache tensors)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model.eval(), (example_input,), tmp, opset_version=ONNX_OPSET, dynamo=False,
-                              input_names=["input"], output_names=["output"], dynamic_axes=axes)
+            torch.onnx.export(model.eval(), args, tmp, opset_version=ONNX_OPSET, dynamo=False,
+                              input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes)
         if slim:
             _slim(Path(tmp))
         publish(tmp, path)

@@ -7,6 +7,7 @@ element is reported either way, so a pass is a number, not a boolean.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,20 +36,21 @@ class Verification:
         return dict(vars(self))
 
 
-def verify_onnx(model: nn.Module, path: str | Path, inputs: list[torch.Tensor], atol: float = DEFAULT_ATOL,
-                rtol: float = DEFAULT_RTOL) -> Verification:
+def verify_onnx(model: nn.Module, path: str | Path, inputs: Sequence[torch.Tensor | tuple[torch.Tensor, ...]],
+                atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> Verification:
     """Compare ``path`` run by onnxruntime's CPU provider (numerics, whatever the target) with ``model``
-    on every input."""
+    on every input: a tensor, or a tuple of tensors for a model of several inputs (fed in order)."""
     session = make_session(path, *VERIFY_SETTINGS)
-    input_name = session.get_inputs()[0].name
+    input_names = [item.name for item in session.get_inputs()]
     max_abs = max_rel = 0.0
     ok = True
     worst = "no outputs"
     with torch.no_grad():
         for n, x in enumerate(inputs):
-            expected = model(x)
+            args = (x,) if isinstance(x, torch.Tensor) else tuple(x)
+            expected = model(*args)
             expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
-            produced = session.run(None, {input_name: x.numpy()})
+            produced = session.run(None, {name: a.numpy() for name, a in zip(input_names, args, strict=True)})
             for k, (want, got) in enumerate(zip(expected, produced, strict=True)):
                 want = want.detach().numpy()
                 error = np.abs(got - want)
