@@ -44,7 +44,7 @@ from hwprune.graph.segments import segments
 from hwprune.graph.spans import depth_candidates
 from hwprune.graph.stack import stack_ties
 from hwprune.hf_layout import heads_fixed
-from hwprune.importance.depth import CostTable, depth_costs
+from hwprune.importance.depth import CostTable, block_influence, depth_costs
 from hwprune.importance.nm import input_norms
 from hwprune.importance.readers import reader_scores
 from hwprune.importance.scores import ACTIVATION_BATCHES, score_groups
@@ -380,7 +380,7 @@ def _width_search(realiser: Realiser, predictor: TablePredictor, options: Option
         importance = score_groups(analysis, options.importance, calibration.batches)
         sensitivity = (group_sensitivity(analysis, importance, calibration.batches[0], progress, recalibration[:4])
                        if options.allocation in ("auto", "sensitivity") else {})
-        costs = {}
+        costs, influence = {}, {}
         sparse = [o.entry["layer"] for o in predictor.options.values() if o.kind == "sparse"]
         scales = (input_norms(analysis.model, sparse, calibration.batches[:ACTIVATION_BATCHES])
                   if sparse and options.sparsity_criterion == "activation" else {})
@@ -395,6 +395,9 @@ def _width_search(realiser: Realiser, predictor: TablePredictor, options: Option
             table.add(depth_costs(analysis.model, analysis.capture.example_input, missing, calibration.batches[0],
                                   recalibration[:4], progress, steps, training, scales))
             costs = {key: table.costs[key] for key in predictor.options}
+            layers = [o.entry["block"] for o in predictor.options.values()
+                      if o.kind == "drop" and o.entry["add"] is None]
+            influence = block_influence(analysis.model, layers, calibration.batches[0]) if layers else {}
             console.print(f"  depth importance of {len(costs)} options (merged spans, dropped blocks, N:M layers"
                           + (f"; each distilled {steps} steps first" if steps else "") + f"): {len(missing)} "
                           f"measured in {time.perf_counter() - started:.1f} s, the rest from {table.path}")
@@ -411,7 +414,8 @@ def _width_search(realiser: Realiser, predictor: TablePredictor, options: Option
                        options.min_keep, options.allocation, calibration.batches, not calibration.random,
                        recalibration, scores, copies, options.search, costs, partial(_depth_view, x),
                        Permutations(lambda gid: permutable(analysis, gid) is None,
-                                    {name: norm.numpy().astype(np.float64) for name, norm in scales.items()}))
+                                    {name: norm.numpy().astype(np.float64) for name, norm in scales.items()}),
+                       influence)
 
 
 def _depth_view(example_input: torch.Tensor, model: nn.Module, plan: Plan) -> nn.Module:

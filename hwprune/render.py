@@ -140,9 +140,11 @@ def markdown(report: Report) -> str:
 
 
 def _depth_lines(depth: dict | None) -> list[str]:
-    """The merged spans and dropped blocks, or nothing when the plan has none."""
-    if not depth or not (depth["merged"] or depth["dropped"]):
+    """The merged spans and dropped blocks (nothing when the plan has none), and a layer stack's scores."""
+    if not depth:
         return []
+    if not (depth["merged"] or depth["dropped"]):
+        return _stack_lines(depth.get("stack_layers") or [])
     lines = [f"**Depth**: {depth['layers_before']} -> {depth['layers_after']} conv/linear layers; "
              f"{len(depth['merged'])} span(s) merged, {len(depth['dropped'])} block(s) dropped (cost: 1 - output "
              "cosine with that choice alone, measured on the calibration inputs; times predicted at the chosen "
@@ -154,6 +156,19 @@ def _depth_lines(depth: dict | None) -> list[str]:
                      f"{row['parts_predicted_ms']:.4f} -> {row['merged_predicted_ms']:.4f} | {row['cost']:.2g} |")
     for row in depth["dropped"]:
         lines.append(f"| dropped | {row['block']} | x | {row['parts_predicted_ms']:.4f} -> 0 | {row['cost']:.2g} |")
+    return [*lines, "", *_stack_lines(depth.get("stack_layers") or [])]
+
+
+def _stack_lines(rows: list[dict]) -> list[str]:
+    """Every layer of a layer stack with its block influence and its measured cost, least influential first."""
+    if not rows:
+        return []
+    lines = ["Layers of the stack, least influential first (block influence: 1 - cosine of the layer's input and "
+             "output hidden states, Minitron's ranking; cost: 1 - output cosine with the layer removed, what the "
+             "search weighs):", "", "| layer | block influence | cost | dropped |", "|---|---:|---:|---|"]
+    for row in rows:
+        cost = "n/a" if row["cost"] is None else f"{row['cost']:.3g}"
+        lines.append(f"| {row['block']} | {row['influence']:.3g} | {cost} | {'yes' if row['dropped'] else ''} |")
     return [*lines, ""]
 
 

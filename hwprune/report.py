@@ -251,7 +251,8 @@ def build_report(loaded: LoadedModel, analysis: Analysis, options, runtime: Runt
         [GroupRow(gid, d.keep, d.of, search.sensitivity.get(gid)) for gid, d in plan.width.items()],
         {"opset": ONNX_OPSET, "dynamic_batch": options.dynamic_batch, "slimmed": slim_available()},
         Engine(engine_path, engine_note), runtime.fingerprint(), seconds, None,
-        depth_section(analysis.model, model, predictor, decision.search, search.depth_costs), decode=decode)
+        depth_section(analysis.model, model, predictor, decision.search, search.depth_costs, search.influence),
+        decode=decode)
 
 
 def _phase(batch: int, tokens: int, decode: DecodeSection | None) -> str:
@@ -265,10 +266,11 @@ def _phase(batch: int, tokens: int, decode: DecodeSection | None) -> str:
     return f"{prefill}; per-token decode with a KV cache is not measured ({why}), nor predicted"
 
 
-def depth_section(original: nn.Module, pruned: nn.Module, predictor: TablePredictor, result, costs: dict[str, float]
-                  ) -> dict:
+def depth_section(original: nn.Module, pruned: nn.Module, predictor: TablePredictor, result, costs: dict[str, float],
+                  influence: dict[str, float] | None = None) -> dict:
     """What depth decisions did: conv/linear layers before and after, and per option its predicted
-    time at the chosen widths (merged conv against its parts; a block's layers saved) and its cost."""
+    time at the chosen widths (merged conv against its parts; a block's layers saved) and its cost;
+    for a layer stack, every layer's block influence beside its cost, whether dropped or not."""
     view = predictor.with_depth(result.depth)
     full, taken = predictor.predict(result.counts).layers_ms, view.predict(result.counts).layers_ms
     merges, drops = [], []
@@ -287,8 +289,12 @@ def depth_section(original: nn.Module, pruned: nn.Module, predictor: TablePredic
             merges.append(row)
         else:
             drops.append(row)
+    dropped = {row["block"] for row in drops}
+    stack = [{"block": name, "influence": score, "cost": costs.get(f"drop:{name}"), "dropped": name in dropped}
+             for name, score in sorted((influence or {}).items(), key=lambda item: item[1])]
     return {"layers_before": _timed_layers(original), "layers_after": _timed_layers(pruned), "merged": merges,
-            "dropped": drops, "options_priced": len(predictor.options), "options_costed": len(costs)}
+            "dropped": drops, "options_priced": len(predictor.options), "options_costed": len(costs),
+            "stack_layers": stack}
 
 
 def sparsity_section(predictor: TablePredictor, result, costs: dict[str, float], plan_sparsity: dict, mode: str,

@@ -118,6 +118,11 @@ def test_depth_compile_drops_layers_and_reloads(llama_dir, tmp_path, capsys, mon
     plan = json.loads((out / "plan.json").read_text())
     report = json.loads((out / "report.json").read_text())
     assert plan["depth"] and all(e["add"] is None for e in plan["depth"]) and report["verify"]["ok"]
+    stack = report["depth"]["stack_layers"]  # every layer's block influence beside its measured cost
+    assert sorted(r["block"] for r in stack) == [f"model.model.layers.{i}" for i in range(4)]
+    assert all(0 < r["influence"] <= 2 and r["cost"] is not None for r in stack)
+    assert {r["block"] for r in stack if r["dropped"]} == {e["block"] for e in plan["depth"]}
+    assert "block influence" in (out / "report.md").read_text()
     again = transformers.AutoModelForCausalLM.from_pretrained(out / "pruned_hf", attn_implementation="eager")
     assert again.config.num_hidden_layers == 4 - len(plan["depth"])
     pruned = load_model(f"hf:{llama_dir}", (1, 32))

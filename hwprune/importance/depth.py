@@ -85,6 +85,30 @@ def _cost(model: nn.Module, example_input: torch.Tensor, option: DepthOption, ba
     return output_change(reference, changed(batch))
 
 
+def block_influence(model: nn.Module, layers: Sequence[str], batch: torch.Tensor) -> dict[str, float]:
+    """Per stack layer (``graph.stack``), 1 - the mean cosine between its input and output hidden states
+    on ``batch``, over every position: Minitron's and ShortGPT's layer importance, which ranks layers by how
+    little they turn the residual stream. One forward; reported beside each layer's measured output change."""
+    seen: dict[str, float] = {}
+
+    def hook_for(name: str):
+        def record(_module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            out = output[0] if isinstance(output, tuple) else output
+            cosine = nn.functional.cosine_similarity(hidden.double(), out.double(), dim=-1)
+            seen[name] = 1.0 - float(cosine.mean())
+        return record
+
+    handles = [model.get_submodule(name).register_forward_hook(hook_for(name), with_kwargs=True) for name in layers]
+    try:
+        with torch.no_grad():
+            model(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
 def _distil(teacher: nn.Module, student: nn.Module, batches: Sequence[torch.Tensor], steps: int) -> None:
     """A short distillation of ``student`` towards ``teacher``: Adam, recovery's loss, BatchNorm frozen."""
     optimiser = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=1e-4)

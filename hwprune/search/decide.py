@@ -71,6 +71,8 @@ class WidthSearch:
     depth_view: Callable[[nn.Module, Plan], nn.Module] | None = None
     # N:M: the channel permutations of groups feeding the layers the search gave N:M (None: no N:M).
     permutations: Permutations | None = None
+    # Stack layers (transformers): each one's block influence (importance.depth), reported beside its cost.
+    influence: dict[str, float] = field(default_factory=dict)
 
     def __call__(self, predicted_budget: float) -> Decision:
         strategies = self.strategies()
