@@ -20,6 +20,9 @@ from torch import nn
 
 from hwprune.errors import ModelSpecError
 
+# families whose embedding width is ``hidden_size`` and whose attention reads ``getattr(config, "head_dim", ...)``
+# (transformers 5.24), so a head width that is no longer hidden_size / heads can be written (Qwen2 has no such field)
+HIDDEN_FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
 # the first projection of each layer's MLP (by module-name suffix) and the config field that holds its width
 MLP_FIELDS = {"mlp.gate_proj": "intermediate_size", "mlp.up_proj": "intermediate_size",
               "intermediate.dense": "intermediate_size", "mlp.c_fc": "n_inner"}
@@ -74,9 +77,11 @@ def layer_stack(model: nn.Module) -> nn.ModuleList | None:
 
 
 def pruned_config(model: nn.Module) -> Any:
-    """A copy of ``model.config`` with every field the pruned modules' shapes hold set from them: MLP width,
-    number of layers, layer types, attention heads (and key/value heads)."""
+    """A copy of ``model.config`` with every field the pruned modules' shapes hold set from them: hidden size,
+    MLP width, number of layers, layer types, attention heads (and key/value heads, and head width)."""
     config = copy.deepcopy(model.config)
+    if getattr(config, "model_type", None) in HIDDEN_FAMILIES:
+        config.hidden_size = model.get_input_embeddings().embedding_dim
     for name, value in _mlp_width(model).items():
         setattr(config, name, value)
     stack = layer_stack(model)
@@ -87,9 +92,10 @@ def pruned_config(model: nn.Module) -> Any:
 
 
 def heads_fixed(model: nn.Module) -> str | None:
-    """Why ``model``'s config cannot hold a pruned head count (None where it can: it has ``head_dim``)."""
+    """Why ``model``'s config cannot hold a pruned head count (None where it can: it has ``head_dim``, or its
+    attention reads one where written)."""
     config = getattr(model, "config", None)
-    if config is None or getattr(config, "head_dim", None) is not None:
+    if config is None or getattr(config, "head_dim", None) is not None or _reads_head_dim(config):
         return None
     return (f"a {type(config).__name__} derives the head width from hidden_size / num_attention_heads, so "
             "from_pretrained could not reload pruned heads (--widths per-layer prunes them for ONNX)")
@@ -143,7 +149,8 @@ def _set_layers(config: Any, stack: nn.ModuleList) -> None:
 def _set_heads(config: Any, model: nn.Module) -> None:
     """``num_attention_heads`` (and ``num_key_value_heads`` where the config has it) from each attention's q (and
     k) projection width over its head width. Where the config holds no ``head_dim``, transformers derives it as
-    hidden_size / num_attention_heads, so a head count that does not give back the modules' head width is refused."""
+    hidden_size / num_attention_heads: ``head_dim`` is written where the attention reads it (Qwen2), and elsewhere
+    a head count that does not give back the modules' head width is refused."""
     heads: set[int] = set()
     kv_heads: set[int] = set()
     head_dims: set[int] = set()
@@ -161,12 +168,18 @@ def _set_heads(config: Any, model: nn.Module) -> None:
     if not heads:
         return
     count, head_dim = _one("num_attention_heads", heads), _one("head_dim", head_dims)
-    if getattr(config, "head_dim", None) is not None:
+    derived = config.hidden_size == count * head_dim
+    if getattr(config, "head_dim", None) is not None or (not derived and _reads_head_dim(config)):
         config.head_dim = head_dim
-    elif config.hidden_size != count * head_dim:
+    elif not derived:
         raise ModelSpecError(f"num_attention_heads: the pruned attention has {count} heads of {head_dim}, but a "
                              f"{type(config).__name__} derives the head width from hidden_size / num_attention_heads, "
                              "so from_pretrained cannot reload it (pruned.pt and pruned.onnx hold it)")
     config.num_attention_heads = count
     if getattr(config, "num_key_value_heads", None) is not None:
         config.num_key_value_heads = _one("num_key_value_heads", kv_heads)
+
+
+def _reads_head_dim(config: Any) -> bool:
+    """Whether the model's attention takes its head width from a ``head_dim`` written into the config."""
+    return getattr(config, "model_type", None) in HIDDEN_FAMILIES

@@ -78,15 +78,16 @@ def llama_dir(tmp_path_factory):
 
 
 def test_llama_gate_and_up_prune_together_attention_traced_whole(llama_dir):
-    """RoPE and grouped-query attention are traced as one op at their width (torch-pruning's index walk
-    through repeat_kv and rotate_half did not finish in 10 minutes), pruned in heads (tests/test_hf_heads.py);
-    each layer's MLP is one group: gate_proj and up_proj out, down_proj in."""
+    """RoPE and grouped-query attention are traced as one op (torch-pruning's index walk through repeat_kv
+    and rotate_half did not finish in 10 minutes), pruned in heads (tests/test_hf_heads.py) and at its ends
+    by the hidden-size group (tests/test_hf_hidden.py); each layer's MLP is one group: gate_proj and up_proj
+    out, down_proj in."""
     from hwprune.graph.analyze import analyze
 
     loaded = load_model(f"hf:{llama_dir}", (1, 16))
     assert loaded.module(loaded.example_input).shape == (1, 16, 1000)
     analysis = analyze(loaded.module, loaded.example_input, loaded.name, strict=False)
-    mlp = [g for g in analysis.groups if g.prunable and g.kind != "heads"]
+    mlp = [g for g in analysis.groups if g.prunable and g.kind not in ("heads", "residual")]
     assert len(mlp) == 2 and all(g.channels == 1024 for g in mlp)
     for g in mlp:
         layer = g.id.split(".mlp.")[0]

@@ -3,7 +3,9 @@
 A silenced channel outputs exactly 0, which is what physical removal computes, so silencing
 lets importance and search see a candidate's output without changing the model for good
 (sensitivity, the choice among allocations), and lets the tests check surgery against it.
-Everything here is undone on exit.
+An RMSNorm over the channels (a transformers decoder's hidden size) is the exception: its
+statistics change with the channel count, so it is also rescaled to compute what the pruned
+norm does (``graph.hidden.silence_norm``). Everything here is undone on exit.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from hwprune.evaluate.batchnorm import recalibrate_batchnorm, restored_batchnorm
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.capture import frozen_index_mapping, tolerant_index_mapping
 from hwprune.graph.groups import ChannelGroup
-from hwprune.graph.heads import group_heads
+from hwprune.graph.heads import group_heads, heads_of
+from hwprune.graph.hidden import rms_norm_types, silence_norm
 from hwprune.graph.segments import Segment
 
 
@@ -29,6 +32,7 @@ def silence_channels(analysis: Analysis, group: ChannelGroup, dropped: Sequence[
     if not dropped:
         return lambda: None
     targets: list[tuple[torch.Tensor, int, list[int]]] = []  # tensor, dim, indices along it
+    undo_norms: list[Callable[[], None]] = []
     if group.kind == "heads":  # a unit's value rows: every query head it serves then adds nothing
         heads = group_heads(analysis.model, group.id)
         value = heads.layer(2)
@@ -39,8 +43,11 @@ def silence_channels(analysis: Analysis, group: ChannelGroup, dropped: Sequence[
         with tolerant_index_mapping(graph.hwprune_unmapped):
             pruning_group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels,
                                                     dropped)
+        norms = rms_norm_types()
         for dep, idxs in pruning_group:
-            if graph.is_out_channel_pruning_fn(dep.handler):
+            if norms and isinstance(dep.target.module, norms):
+                undo_norms.append(silence_norm(dep.target.module, list(idxs)))
+            elif graph.is_out_channel_pruning_fn(dep.handler):
                 targets += _output_tensors(dep.target, list(idxs))
     saved = [(param, dim, idxs, param.index_select(dim, _index(idxs)).clone()) for param, dim, idxs in targets]
     for param, dim, idxs in targets:
@@ -50,20 +57,28 @@ def silence_channels(analysis: Analysis, group: ChannelGroup, dropped: Sequence[
     def restore() -> None:
         for param, dim, idxs, values in reversed(saved):
             param.index_copy_(dim, _index(idxs), values)
+        for undo in reversed(undo_norms):
+            undo()
 
     return restore
 
 
 def _output_tensors(target, idxs: list[int]) -> list[tuple[torch.Tensor, int, list[int]]]:
     """The tensors that make output channels ``idxs`` of a torch-pruning node, with the dim they
-    sit on: a layer's weight and bias (a transposed convolution's weight holds outputs in dim 1),
-    or a bare parameter combined with the channels (``x * scale + shift`` outside any layer), so
-    that silenced channels compute what removed ones do."""
+    sit on: a layer's weight and bias (a transposed convolution's weight and an embedding's hold
+    outputs in dim 1; an attention traced whole, its output projection's), or a bare parameter
+    combined with the channels (``x * scale + shift`` outside any layer), so that silenced
+    channels compute what removed ones do."""
     module = target.module
     if isinstance(module, nn.Parameter):
         return [(module, target.pruning_dim, idxs)]
     if not isinstance(module, nn.Module):
         return []
+    if isinstance(module, nn.Embedding):
+        return [(module.weight, 1, idxs)]
+    heads = heads_of(module)
+    if heads is not None:  # reached as a node only when traced whole: its ends are the hidden size
+        module = heads.layer(3)
     found = []
     for name in ("weight", "bias"):
         param = getattr(module, name, None)

@@ -22,8 +22,9 @@ from torch_pruning.ops import OPTYPE
 
 from hwprune.errors import UnsupportedOpError
 from hwprune.graph.capture import Capture, frozen_index_mapping, tolerant_index_mapping
-from hwprune.graph.heads import HEADS_SUFFIX, Heads, head_modules
-from hwprune.graph.opaque import opaque_types
+from hwprune.graph.heads import HEADS_SUFFIX, Heads, grouped_query_types, head_modules
+from hwprune.graph.hidden import rms_norm_types
+from hwprune.graph.opaque import fixed_width_types
 
 # Autograd ops that mix channels, so a channel cannot be removed in front of them without changing
 # every output. Reductions are listed separately: they are fine unless they reduce the channel dim.
@@ -108,7 +109,9 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
     reasons: list[str] = []
     repeat = 1
     exact = True
-    opaque = opaque_types()
+    embeddings: list[str] = []  # token embeddings writing the group: with attention ends, the hidden size
+    passes_ends = False
+    fixed, norms = fixed_width_types(), rms_norm_types()
     pieces: dict[int, dict[int, set[int]]] = {}  # split call -> piece -> the root channels it holds
     aliased = _aliased_layer(cap, dg_group)
     if aliased is not None:
@@ -122,7 +125,7 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
         if target.name in graph.hwprune_unmapped:
             reasons.append(f"torch-pruning could not map channels at {target.name} "
                            f"({graph.hwprune_unmapped[target.name]})")
-        if opaque and isinstance(module, opaque):
+        if fixed and isinstance(module, fixed):
             reasons.append(f"passes {cap.module_name(module)} ({type(module).__name__}), kept at its width")
         if target.type == OPTYPE.RESHAPE and not any(isinstance(m, _FlattenIndexMapping) for m in dep.index_mapping):
             moved = _reshape_moves_channels(target.grad_fn)
@@ -155,7 +158,19 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
             exact = False  # the norm's statistics run over these channels: removal is never exact
         elif target.type == OPTYPE.EMBED:
             couplings.add("embedding")
-        if isinstance(module, nn.Module) and target.type not in (OPTYPE.ELEMENTWISE, OPTYPE.CONCAT,
+            embeddings.append(cap.module_name(module))
+        elif norms and isinstance(module, norms):
+            couplings.add("norm")
+            exact = False  # RMSNorm: its mean of squares runs over these channels
+        ends = _attention_ends(cap, module, out_pruning, attentions)
+        if ends:  # an attention traced whole: its projections hold the channels
+            passes_ends = True
+            for name, width in ends.items():
+                layers.append(name)
+                positions[name] = width
+                if out_pruning:
+                    producers.append(name)
+        elif isinstance(module, nn.Module) and target.type not in (OPTYPE.ELEMENTWISE, OPTYPE.CONCAT,
                                                                  OPTYPE.SPLIT, OPTYPE.RESHAPE, OPTYPE.OUTPUT,
                                                                  OPTYPE.SLICE, OPTYPE.UNBIND, OPTYPE.EXPAND):
             name = cap.module_name(module)
@@ -199,6 +214,8 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
             "or pass --skip-unsupported to keep such groups unpruned")
     if channels is not None and channels < 2:
         reasons.append("fewer than 2 channels")
+    if passes_ends and len(embeddings) == 1:
+        root_name = embeddings[0]  # a decoder's hidden size, named by the embedding that writes it
     return ChannelGroup(
         id=root_name, channels=int(channels or 0), kind=_primary_kind(couplings), couplings=sorted(couplings),
         layers=layers, producers=producers, positions=positions, prunable=not reasons,
@@ -308,6 +325,19 @@ def _enclosing_attention(attentions: dict[str, Heads], producers: list[str]) -> 
     owners = {f"{name}.{proj}": name for name, heads in attentions.items() for proj in heads.projections[:3]}
     found = {owners.get(name) for name in producers}
     return found.pop() if len(producers) >= 2 and len(found) == 1 and None not in found else None
+
+
+def _attention_ends(cap: Capture, module: object, out_pruning: bool, attentions: dict[str, Heads]
+                    ) -> dict[str, int]:
+    """For a grouped-query attention (traced as one op, ``graph.hidden``), the projections at the end a group
+    holds, with their widths: o_proj's outputs, or the q/k/v projections' inputs; empty for any other module."""
+    if not isinstance(module, grouped_query_types()):
+        return {}
+    name = cap.module_name(module)
+    heads = attentions[name]
+    if out_pruning:
+        return {f"{name}.{heads.projections[3]}": heads.layer(3).out_features}
+    return {f"{name}.{proj}": heads.layer(i).in_features for i, proj in enumerate(heads.projections[:3])}
 
 
 def _fixed_hidden(attentions: dict[str, Heads], producers: list[str]) -> str | None:

@@ -9,7 +9,8 @@ importance, the latency model and pruning have one code path for all of them:
 - transformers' Llama, Qwen2, Qwen3 and Mistral attention: grouped-query, ``num_key_value_groups`` query heads
   share one key/value head (``repeat_kv`` pairs query head h with key/value head h // groups), so a unit is one
   key/value head with its query heads and pruning keeps the ratio; RoPE and Qwen3's q_norm/k_norm act within a
-  head, so slicing whole heads is exact. Their forward reads only ``head_dim`` and ``num_key_value_groups``;
+  head, so slicing whole heads is exact. Their forward reads only ``head_dim`` and ``num_key_value_groups``, so
+  their ends (the model's hidden size) are pruned too, by the hidden-size group (``graph.hidden``);
 - transformers' BERT and RoBERTa self-attention (``BertAttention``: ``self.query/key/value`` and
   ``output.dense``), one head a unit; ``num_attention_heads`` and ``all_head_size`` are updated.
 
@@ -40,7 +41,8 @@ class Heads:
     """A view of one attention module as it is now: ``units`` prunable units of ``queries`` query heads of
     ``head_dim`` each (and one key/value head each). ``projections`` are the q, k, v and output projections'
     names relative to the module. ``fixed_hidden``: the output projection's width (the model's hidden size)
-    is kept, because a transformers config holds one hidden size; HeadAttention's is pruned like any linear's.
+    is kept (BERT's: its LayerNorm hidden size is not pruned yet); HeadAttention's is pruned like any linear's,
+    the grouped-query attentions' through their ends (``graph.hidden``).
     ``causal``: each query reads only the keys up to its position (HeadAttention's masks come with each call,
     so it is taken as unmasked)."""
 
@@ -87,11 +89,11 @@ def heads_of(module: nn.Module) -> Heads | None:
     if isinstance(module, HeadAttention):
         return Heads(module, ("q_proj", "k_proj", "v_proj", "out_proj"), head_dim=module.head_dim,
                      units=module.num_heads, queries=1, fixed_hidden=False, causal=False, _count=_set_num_heads)
-    if isinstance(module, _loaded(GROUPED_QUERY)):
+    if isinstance(module, grouped_query_types()):
         dim = module.head_dim
         return Heads(module, ("q_proj", "k_proj", "v_proj", "o_proj"), head_dim=dim,
                      units=module.k_proj.out_features // dim, queries=module.num_key_value_groups,
-                     fixed_hidden=True, causal=bool(getattr(module, "is_causal", True)), _count=_unread)
+                     fixed_hidden=False, causal=bool(getattr(module, "is_causal", True)), _count=_unread)
     if isinstance(module, _loaded(SELF_ATTENTION)) and not getattr(module, "is_cross_attention", False):
         dim = module.self.attention_head_size
         return Heads(module, ("self.query", "self.key", "self.value", "output.dense"), head_dim=dim,
@@ -111,6 +113,11 @@ def group_heads(model: nn.Module, group_id: str) -> Heads:
     if heads is None:
         raise PlanError(f"group {group_id}: its module is not an attention module hwprune prunes in heads")
     return heads
+
+
+def grouped_query_types() -> tuple[type, ...]:
+    """transformers' grouped-query attention classes among those loaded."""
+    return _loaded(GROUPED_QUERY)
 
 
 def _rows(units: Sequence[int], width: int) -> list[int]:

@@ -1,11 +1,13 @@
-"""Blocks hwprune keeps at their width and traces as one layer.
+"""Blocks hwprune traces as one layer: kept at their width, or pruned at their ends.
 
 Some blocks move channels in ways the dependency tracer cannot follow (window attention that
 rolls, partitions and re-assembles tokens), and tracing their insides makes it fail or explode.
 While the dependency graph is traced, each such module runs inside one autograd Function, so
-the trace sees a single op from its input to its output; a pruner registered for it reports its
-widths and refuses to change them, and every group that touches it is reported as not
-prunable. The model itself is never changed: the wrapping lasts only for the trace.
+the trace sees a single op from its input to its output. For most, a pruner registered for it
+reports its widths and refuses to change them, and every group that touches it is reported as
+not prunable; transformers' grouped-query attention and RMSNorm get pruners that prune their
+ends (``graph.hidden``: the hidden size). The model itself is never changed: the wrapping lasts
+only for the trace.
 """
 
 from __future__ import annotations
@@ -19,15 +21,21 @@ from torch import nn
 from torch_pruning.pruner.function import BasePruningFunc
 
 from hwprune.errors import PlanError
+from hwprune.graph.hidden import whole_pruners
 
 
 def opaque_types() -> tuple[type, ...]:
-    """Module types traced as one fixed-width layer."""
+    """Module types traced as one layer."""
+    return (*_channel_dims(), *whole_pruners())
+
+
+def fixed_width_types() -> tuple[type, ...]:
+    """Module types traced as one layer and kept at their width."""
     return tuple(_channel_dims())
 
 
 def _channel_dims() -> dict[type, int]:
-    """Each opaque type with the dim that holds its channels: torchvision's window attentions work
+    """Each fixed-width type with the dim that holds its channels: torchvision's window attentions work
     channels last; Ultralytics' PSA attention (YOLO11's C2PSA) works channels first, and its
     views and splits of q/k/v make torch-pruning's index walk grow without bound (yolo11n ran out
     of memory). Ultralytics is looked up only once a model of it is loaded (it is then imported)."""
@@ -43,13 +51,10 @@ def _channel_dims() -> dict[type, int]:
     block = sys.modules.get("ultralytics.nn.modules.block")
     if block is not None and hasattr(block, "Attention"):
         found[block.Attention] = 1
-    # RoPE + grouped-query attention (repeat_kv); GPT-2's q, k and v split from one fused projection (c_attn)
-    for family, name in (("llama", "LlamaAttention"), ("qwen2", "Qwen2Attention"), ("qwen3", "Qwen3Attention"),
-                         ("mistral", "MistralAttention"), ("gpt2", "GPT2Attention")):
-        modeling = sys.modules.get(f"transformers.models.{family}.modeling_{family}")
-        attention = getattr(modeling, name, None)
-        if attention is not None:
-            found[attention] = -1
+    # GPT-2's q, k and v split from one fused projection (c_attn)
+    modeling = sys.modules.get("transformers.models.gpt2.modeling_gpt2")
+    if modeling is not None and hasattr(modeling, "GPT2Attention"):
+        found[modeling.GPT2Attention] = -1
     return found
 
 
@@ -106,16 +111,17 @@ def _whole(call):
 
 @contextlib.contextmanager
 def traced_whole(model: nn.Module, shapes_in: dict[str, tuple], shapes_out: dict[str, tuple]
-                 ) -> Iterator[dict[type, FixedWidthPruner]]:
+                 ) -> Iterator[dict[type, BasePruningFunc]]:
     """Within the block, opaque modules run as one op; yields the pruners to register per type."""
-    dims = _channel_dims()
-    modules = {name: m for name, m in model.named_modules() if type(m) in dims}
+    dims, ends = _channel_dims(), whole_pruners()
+    modules = {name: m for name, m in model.named_modules() if type(m) in dims or type(m) in ends}
     widths = {m: (shapes_in[name][dims[type(m)]], shapes_out[name][dims[type(m)]]) for name, m in modules.items()
-              if name in shapes_in and name in shapes_out}
+              if type(m) in dims and name in shapes_in and name in shapes_out}
     for module in modules.values():
         module.forward = _whole(module.forward)
     try:
-        yield {t: FixedWidthPruner(widths, dims[t]) for t in {type(m) for m in modules.values()}}
+        yield {t: ends[t] if t in ends else FixedWidthPruner(widths, dims[t])
+               for t in {type(m) for m in modules.values()}}
     finally:
         for module in modules.values():
             del module.forward

@@ -106,9 +106,11 @@ def prune(analysis: Analysis, keep: Mapping[str, Sequence[int]]) -> nn.Module:
     """Keep only ``keep[group_id]`` channels of each named group; returns the (same) pruned model.
 
     The model is changed in place and ``analysis`` describes the unpruned model afterwards, so it
-    must not be used for a second prune.
+    must not be used for a second prune. A parameter several modules share (tied word embeddings:
+    the embedding's and lm_head's weight) stays one parameter (:func:`_retie`).
     """
     checked = {group_id: validate_keep(analysis.group(group_id), indices) for group_id, indices in keep.items()}
+    ties = _shared_parameters(analysis.model)
     graph = analysis.capture.dependency_graph
     for group_id, kept in checked.items():
         group = analysis.group(group_id)
@@ -122,7 +124,31 @@ def prune(analysis: Analysis, keep: Mapping[str, Sequence[int]]) -> nn.Module:
         pruner = graph.get_pruner_of_module(root)
         with tolerant_index_mapping(graph.hwprune_unmapped):
             graph.get_pruning_group(root, pruner.prune_out_channels, dropped).prune()
+    _retie(analysis.model, ties)
     return analysis.model
+
+
+def _shared_parameters(model: nn.Module) -> list[list[tuple[nn.Module, str]]]:
+    """Each parameter held by more than one module (or name), as the places that hold it."""
+    places: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            places.setdefault(id(param), []).append((module, name))
+    return [held for held in places.values() if len(held) > 1]
+
+
+def _retie(model: nn.Module, ties: list[list[tuple[nn.Module, str]]]) -> None:
+    """Share each tied parameter again after surgery: torch-pruning slices every module's reference to it on its
+    own, so each tie now holds equal slices (checked: a tie pruned two ways is an error) of which one is kept."""
+    for places in ties:
+        first, *others = (getattr(module, name) for module, name in places)
+        for (module, name), param in zip(places[1:], others, strict=True):
+            if param is first:
+                continue
+            if param.shape != first.shape or not bool((param == first).all()):
+                raise TransformError(f"a tied parameter ({type(module).__name__}.{name}) was pruned differently "
+                                     f"in the modules sharing it ({tuple(param.shape)} against {tuple(first.shape)})")
+            setattr(module, name, first)
 
 
 def leading_channels(group: ChannelGroup, count: int) -> list[int]:
