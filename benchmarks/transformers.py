@@ -48,7 +48,8 @@ def _models(hidden: int, layers: int, vocab: int) -> dict[str, object]:
             vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=8,
             intermediate_size=4 * hidden)),
         "gpt2": transformers.GPT2LMHeadModel(transformers.GPT2Config(
-            vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=8, n_inner=4 * hidden, n_positions=512)),
+            vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=8, n_inner=4 * hidden, n_positions=512,
+            bos_token_id=0, eos_token_id=0)),
         "llama": transformers.LlamaForCausalLM(transformers.LlamaConfig(
             vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=8,
             num_key_value_heads=2, intermediate_size=4 * hidden)),
@@ -143,7 +144,7 @@ def main() -> None:
         table.add_row(name, f"{base:.2f}", f"{pruned:.2f}", f"{_fraction(report):.3f}", str(report["budget"]["met"]),
                       str(report["verify"]["ok"]), f"{fid['cosine']:.4f}",
                       "n/a" if fid.get("kl") is None else f"{fid['kl']:.3g}", _reloads(out, args.seq), _removed(out))
-        console.print(table)
+    console.print(table)
     ways = Table(title=f"Llama-style at equal measured latency: depth-only first (--latency {args.latency}), then "
                        "width-only and joint at the fraction it reached, timed head to head (30 interleaved rounds)")
     for column in ("search", "--latency", "own measured fraction", "head-to-head ms", "cosine", "top-1 agreement",
