@@ -16,7 +16,8 @@ timed head to head against it (30 interleaved rounds) and recompiled at a correc
 more than 5% apart (at most 3 tries); then all three are timed together. For each: output cosine,
 top-1 agreement and KL divergence to the unpruned model on a fixed token set (the compile's
 fidelity on 4 random batches) and what it removed.
-Latency is prefill (the whole sequence in one forward); decode with a KV cache is not exported.
+The search targets prefill (the whole sequence in one forward); each decoder's compile also times
+one decode step against a KV cache of the sequence length (baseline and pruned, interleaved).
 
     pip install -e ".[dev]" && python benchmarks/transformers.py [--latency 0.6] [--seq 128]
 """
@@ -96,6 +97,16 @@ def _removed(out: Path) -> str:
     return (f"layers dropped {dropped or 'none'}; " if plan["depth"] else "") + (", ".join(widths) or "widths whole")
 
 
+def _decode(report: dict) -> str:
+    """Per-token decode latency against the KV cache, baseline -> pruned (medians), or why none."""
+    decode = report.get("decode")
+    if not decode:
+        return "n/a (encoder)"
+    if not decode.get("pruned_ms"):
+        return f"not measured: {decode.get('reason')}"
+    return f"{decode['baseline_ms']['median']:.3f} -> {decode['pruned_ms']['median']:.3f}"
+
+
 def _fraction(report: dict) -> float:
     return report["pruned"]["latency_ms"]["median"] / report["baseline"]["latency_ms"]["median"]
 
@@ -131,7 +142,7 @@ def main() -> None:
     os.environ.setdefault("HWPRUNE_CACHE", str(work / "cache"))
     table = Table(title=f"compile --target cpu --latency {args.latency} (seq {args.seq}, prefill, 1 thread)")
     for column in ("model", "baseline ms", "pruned ms", "measured fraction", "within 5%", "verify", "cosine",
-                   "KL (nats)", "reload", "removed"):
+                   "KL (nats)", "decode ms/token", "reload", "removed"):
         table.add_column(column)
     folders = {}
     for name, model in _models(args.hidden, args.layers, args.vocab).items():
@@ -143,12 +154,13 @@ def main() -> None:
         fid = report["fidelity"]
         table.add_row(name, f"{base:.2f}", f"{pruned:.2f}", f"{_fraction(report):.3f}", str(report["budget"]["met"]),
                       str(report["verify"]["ok"]), f"{fid['cosine']:.4f}",
-                      "n/a" if fid.get("kl") is None else f"{fid['kl']:.3g}", _reloads(out, args.seq), _removed(out))
+                      "n/a" if fid.get("kl") is None else f"{fid['kl']:.3g}", _decode(report), _reloads(out, args.seq),
+                      _removed(out))
     console.print(table)
     ways = Table(title=f"Llama-style at equal measured latency: depth-only first (--latency {args.latency}), then "
                        "width-only and joint at the fraction it reached, timed head to head (30 interleaved rounds)")
     for column in ("search", "--latency", "own measured fraction", "head-to-head ms", "cosine", "top-1 agreement",
-                   "KL (nats)", "removed"):
+                   "KL (nats)", "decode ms/token", "removed"):
         ways.add_column(column)
     depth_out = work / "llama-depth"
     depth_report = _compile(folders["llama"], depth_out, args.latency, args.seq, "depth")
@@ -167,7 +179,7 @@ def main() -> None:
     for (search, (out, report, fraction)), ms in zip(builds.items(), times, strict=True):
         fid = report["fidelity"]
         ways.add_row(search, f"{fraction:.3f}", f"{_fraction(report):.3f}", f"{ms:.3f}", f"{fid['cosine']:.4f}",
-                     f"{100 * fid['top1_agreement']:.1f}%", f"{fid['kl']:.3g}", _removed(out))
+                     f"{100 * fid['top1_agreement']:.1f}%", f"{fid['kl']:.3g}", _decode(report), _removed(out))
     console.print(ways)
     console.print(f"head-to-head spread: slowest / fastest = {max(times) / min(times):.3f}; builds in {work}")
 
