@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from hwprune.graph.groups import ChannelGroup
+from hwprune.graph.hooks import run_hooked
 from hwprune.graph.spans import Block
 
 
@@ -38,14 +39,8 @@ def stack_blocks(model: nn.Module, example_input: torch.Tensor) -> list[Block]:
                 seen[path] = (first_in, first_out)
         return record
 
-    handles = [child.register_forward_hook(hook_for(f"{name}.{i}"), with_kwargs=True)
-               for name, stack in lists.items() for i, child in enumerate(stack)]
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_hooked(model, example_input, {child: hook_for(f"{name}.{i}") for name, stack in lists.items()
+                                       for i, child in enumerate(stack)}, with_kwargs=True)
     blocks = []
     for name, stack in lists.items():
         paths = [f"{name}.{i}" for i in range(len(stack))]
@@ -105,12 +100,7 @@ def _removal_is_skipping(model: nn.Module, layer: nn.Module, path: str, example_
         hidden = _hidden(args, kwargs)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
-    handle = layer.register_forward_hook(hand_on, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            skipped = _flat(model(example_input))
-    finally:
-        handle.remove()
+    skipped = _flat(run_hooked(model, example_input, {layer: hand_on}, with_kwargs=True))
     try:
         with torch.no_grad():
             removed = _flat(without_layers(model, [path])(example_input))

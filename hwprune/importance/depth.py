@@ -35,6 +35,7 @@ from torch import nn
 
 from hwprune.calibration import output_tensors
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm, restored_batchnorm
+from hwprune.graph.hooks import run_hooked
 from hwprune.importance.sensitivity import flat_outputs, output_change
 from hwprune.io import write_text_atomic
 from hwprune.latency.depth import DepthOption
@@ -99,13 +100,7 @@ def block_influence(model: nn.Module, layers: Sequence[str], batch: torch.Tensor
             seen[name] = 1.0 - float(cosine.mean())
         return record
 
-    handles = [model.get_submodule(name).register_forward_hook(hook_for(name), with_kwargs=True) for name in layers]
-    try:
-        with torch.no_grad():
-            model(batch)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_hooked(model, batch, {model.get_submodule(name): hook_for(name) for name in layers}, with_kwargs=True)
     return seen
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from hwprune.errors import HwpruneError
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.heads import HEADS_SUFFIX, Heads, group_heads
+from hwprune.graph.hooks import run_hooked
 from hwprune.latency.signature import ATTENTION, CONV_OPS, OpSignature
 
 
@@ -94,13 +95,7 @@ def input_shapes(model: nn.Module, example_input: torch.Tensor, kinds: tuple[typ
             found[name] = (module, tuple(inputs[0].shape))
         return record
 
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in model.named_modules() if isinstance(m, kinds)]
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_hooked(model, example_input, {m: hook_for(n) for n, m in model.named_modules() if isinstance(m, kinds)})
     return found
 
 
