@@ -1,19 +1,23 @@
 """Calibration inputs (for Taylor importance and fidelity) and the fidelity measures themselves.
 
 ``--calib-data SPEC`` names a function (``module:fn`` or ``path/to/file.py:fn``) returning an
-iterable of input batches (tensors, or (input, label) pairs whose labels are ignored). Without
-it, seeded random batches shaped like the example input stand in (the caller warns): good enough
-for latency and exactness, a weak proxy for what real data exercises.
+iterable of input batches (tensors, or (input, label) pairs whose labels are ignored), or, for an
+``hf:`` model, ``text:FILE``: the file's text tokenized with the model's own tokenizer (from its
+folder or the local cache) and cut into batches of the example's shape. Without it, seeded random
+batches shaped like the example input stand in (the caller warns): good enough for latency and
+exactness, a weak proxy for what real data exercises.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from hwprune.errors import ModelSpecError
+from hwprune.errors import ModelSpecError, first_line
 from hwprune.models import user_function
 
 RANDOM_BATCHES = 4
@@ -27,8 +31,10 @@ class Calibration:
     random: bool = False
 
 
-def load_calibration(spec: str | None, example_input: torch.Tensor, limit: int = 16) -> Calibration:
-    """Up to ``limit`` batches from ``spec``, or seeded random batches when it is None."""
+def load_calibration(spec: str | None, example_input: torch.Tensor, limit: int = 16, model: str | None = None
+                     ) -> Calibration:
+    """Up to ``limit`` batches from ``spec``, or seeded random batches when it is None; ``model`` (the
+    model spec) says where a ``text:`` spec's tokenizer is."""
     if spec is None:
         generator = torch.Generator().manual_seed(0)
         shape = (RANDOM_BATCH_SIZE, *example_input.shape[1:])
@@ -39,6 +45,8 @@ def load_calibration(spec: str | None, example_input: torch.Tensor, limit: int =
             batches = [torch.randint(0, high, shape, generator=generator, dtype=example_input.dtype)
                        for _ in range(RANDOM_BATCHES)]
         return Calibration(batches, f"random ({RANDOM_BATCHES} batches of {RANDOM_BATCH_SIZE}, seed 0)", random=True)
+    if spec.startswith("text:"):
+        return Calibration(_text_batches(spec, example_input, model, limit), spec)
     if ":" not in spec:
         raise ModelSpecError(f"--calib-data {spec!r}: use module:function or path/to/file.py:function")
     source, name = spec.rsplit(":", 1)
@@ -64,6 +72,31 @@ def load_calibration(spec: str | None, example_input: torch.Tensor, limit: int =
     return Calibration(batches, spec)
 
 
+def _text_batches(spec: str, example_input: torch.Tensor, model: str | None, limit: int) -> list[torch.Tensor]:
+    """``text:FILE`` tokenized by the ``hf:`` model's tokenizer, in consecutive windows of the example's
+    sequence length, ``example_input.shape[0]`` windows a batch (a short text gives fewer batches)."""
+    path = Path(spec.removeprefix("text:"))
+    if model is None or not model.startswith("hf:"):
+        raise ModelSpecError(f"--calib-data {spec}: text is for hf: models (tokenized with their tokenizer)")
+    if not path.is_file():
+        raise ModelSpecError(f"--calib-data {spec}: no such file")
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model.removeprefix("hf:"), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelSpecError(f"--calib-data {spec}: {model} has no tokenizer to read text with "
+                             f"({first_line(exc, 200)})") from exc
+    ids = torch.tensor(tokenizer(path.read_text(), add_special_tokens=False)["input_ids"], dtype=torch.long)
+    batch, length = example_input.shape[0], example_input.shape[1]
+    windows = ids[:len(ids) // length * length].reshape(-1, length)
+    batches = [windows[i:i + batch] for i in range(0, len(windows) - batch + 1, batch)][:limit]
+    if not batches:
+        raise ModelSpecError(f"--calib-data {spec}: {len(ids)} tokens, fewer than one batch of "
+                             f"{batch} x {length}")
+    return batches
+
+
 @dataclass
 class Fidelity:
     """How closely a pruned model follows the original on the same inputs (no labels needed)."""
@@ -83,6 +116,8 @@ class Fidelity:
     # Models whose first output is logits (``returns_logits``: a transformers model with a head): the mean
     # KL divergence, in nats, from the unpruned model's distribution to the pruned one's at each position.
     kl: float | None = None
+    # A language model on the user's text: perplexity of the next token, unpruned and pruned.
+    perplexity: dict[str, float] | None = None
 
     @property
     def overall_cosine(self) -> float:
@@ -90,10 +125,11 @@ class Fidelity:
         return sum(self.per_output) / len(self.per_output) if self.per_output else self.cosine
 
 
-def fidelity(original: nn.Module, pruned: nn.Module, batches: list[torch.Tensor]) -> Fidelity:
+def fidelity(original: nn.Module, pruned: nn.Module, batches: list[torch.Tensor], text: bool = False) -> Fidelity:
     """Mean per-sample cosine similarity of the outputs, and (for N x classes outputs) the share
     of samples whose top-1 class agrees; for several outputs, also each one's cosine. For a model
-    that returns logits (``returns_logits``), top-1 agreement and KL are taken at every position."""
+    that returns logits (``returns_logits``), top-1 agreement and KL are taken at every position;
+    for one that generates, on real ``text`` (token batches of the user's), both models' perplexity."""
     with torch.no_grad():
         references = [output_tensors(original(batch)) for batch in batches]
         outputs = [output_tensors(pruned(batch)) for batch in batches]
@@ -103,7 +139,19 @@ def fidelity(original: nn.Module, pruned: nn.Module, batches: list[torch.Tensor]
         quality.kl = logits_kl(*first)
         quality.top1_agreement = float(torch.cat([(a.argmax(-1) == b.argmax(-1)).double().flatten()
                                                   for a, b in zip(*first, strict=True)]).mean())
+        if text and getattr(original, "generates", False):
+            quality.perplexity = {"baseline": perplexity(first[0], batches), "pruned": perplexity(first[1], batches)}
     return quality
+
+
+def perplexity(logits: list[torch.Tensor], tokens: list[torch.Tensor]) -> float:
+    """exp of the mean cross-entropy of each next token under the logits at the position before it."""
+    total, count = 0.0, 0
+    for scores, ids in zip(logits, tokens, strict=True):
+        losses = nn.functional.cross_entropy(scores[:, :-1].reshape(-1, scores.shape[-1]).double(),
+                                             ids[:, 1:].reshape(-1), reduction="sum")
+        total, count = total + float(losses), count + ids[:, 1:].numel()
+    return math.exp(total / count)
 
 
 def logits_kl(references: list[torch.Tensor], outputs: list[torch.Tensor]) -> float:

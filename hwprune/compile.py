@@ -139,7 +139,7 @@ class Shared:
 def _prepare(loaded: LoadedModel, options: Options, stage: Path, console: Console) -> Shared:
     started, step = time.perf_counter(), partial(_step, console)
     target, x = options.target, loaded.example_input
-    calibration = load_calibration(options.calib_data, x)  # bad --calib-data fails before any work
+    calibration = load_calibration(options.calib_data, x, model=loaded.name)  # bad --calib-data fails first
     digest = state_digest(loaded.module)
     with step("analyze and trial-prune"):
         analysis = analyze(loaded.module, x, loaded.name, exclude=options.exclude, strict=False)
@@ -211,7 +211,8 @@ def _compile_point(shared: Shared, options: Options, stage: Path, console: Conso
     with step("verify"):
         verification = verified(chosen.realised.model, stage / "pruned.onnx", x, options.dynamic_batch, options.atol,
                                 options.rtol)
-        quality = fidelity(analysis.model, chosen.realised.model, calibration.batches)
+        quality = fidelity(analysis.model, chosen.realised.model, calibration.batches,
+                           text=not calibration.random)
         if hasattr(analysis.model, "detections") and not calibration.random:  # boxes on the user's images
             quality.box_agreement = box_agreement(analysis.model, chosen.realised.model, calibration.batches)
         if quality.caveat:

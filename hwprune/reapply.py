@@ -61,7 +61,7 @@ def apply_plan_file(plan: Plan, plan_name: str, loaded: LoadedModel, calib_data:
         if not calib_data:
             raise PlanError(f"{plan_name}: the compile re-estimated BatchNorm statistics on calibration data; pass "
                             "the same --calib-data to reproduce its model")
-        batches = load_calibration(calib_data, x).batches
+        batches = load_calibration(calib_data, x, model=loaded.name).batches
     analysis = analyze(loaded.module, x, loaded.name, exclude=plan.provenance.exclude, strict=False)
     before = sum(p.numel() for p in analysis.model.parameters())
     model = realise(plan, analysis, batches)

@@ -108,6 +108,8 @@ def markdown(report: Report) -> str:
         f"{fid.cosine:.4f}, top-1 agreement {top1}."
         + (f" KL divergence from the unpruned model's output distribution, per position: {fid.kl:.4g} nats."
            if fid.kl is not None else "")
+        + (f" Perplexity of the next token on the calibration text: {fid.perplexity['baseline']:.4g} unpruned, "
+           f"{fid.perplexity['pruned']:.4g} pruned." if fid.perplexity else "")
         + (" Per output: " + ", ".join(f"{c:.4f}" for c in fid.per_output) + "." if fid.per_output else "")
         + (f" Box agreement (F1 of boxes of the same class at IoU >= 0.5, on the calibration images): "
            f"{fid.box_agreement:.3f}." if fid.box_agreement is not None else "")

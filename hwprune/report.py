@@ -74,6 +74,7 @@ class FidelitySection:
     per_output: list[float] | None  # each output's cosine, for models with several (detection heads)
     box_agreement: float | None = None  # detectors on the user's images: F1 of matching boxes
     kl: float | None = None  # models returning logits: mean KL (nats) from the unpruned model's, per position
+    perplexity: dict[str, float] | None = None  # a language model on the user's text: unpruned and pruned
 
 
 @dataclass
@@ -243,7 +244,7 @@ def build_report(loaded: LoadedModel, analysis: Analysis, options, runtime: Runt
                 None if final is None else final.ratio_spread[1]),
         verification,
         FidelitySection(quality.cosine, quality.top1_agreement, quality.samples, calibration_source, quality.caveat,
-                        quality.per_output, quality.box_agreement, quality.kl),
+                        quality.per_output, quality.box_agreement, quality.kl, quality.perplexity),
         plan.bn_recalibration, search_section, method, final is not None,
         {"kind": latency_model["source"], "fingerprint": table.get("fingerprint"), "created": table.get("created"),
          "host": table.get("host"), "layer_scale": predictor.layer_scale, "rest_ms": predictor.rest_ms},
