@@ -25,7 +25,7 @@ from hwprune.errors import ModelSpecError
 HIDDEN_FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
 # the first projection of each layer's MLP (by module-name suffix) and the config field that holds its width
 MLP_FIELDS = {"mlp.gate_proj": "intermediate_size", "mlp.up_proj": "intermediate_size",
-              "intermediate.dense": "intermediate_size", "mlp.c_fc": "n_inner"}
+              "intermediate.dense": "intermediate_size", "mlp.fc1": "intermediate_size", "mlp.c_fc": "n_inner"}
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,8 @@ def conv1d_state(rebuilt: nn.Module, state: dict[str, torch.Tensor]) -> dict[str
 
 def layer_stack(model: nn.Module) -> nn.ModuleList | None:
     """The model's stack of layers: its one ModuleList not inside another (Llama's ``model.layers``, GPT-2's
-    ``transformer.h``, BERT's ``encoder.layer``); None where there are several (encoder-decoder) or none."""
+    ``transformer.h``, BERT's ``encoder.layer``, ViT's ``vit.layers``); None where there are several
+    (encoder-decoder) or none."""
     lists = [name for name, m in model.named_modules() if isinstance(m, nn.ModuleList)]
     outer = [name for name in lists if not any(name.startswith(f"{other}.") for other in lists)]
     return model.get_submodule(outer[0]) if len(outer) == 1 else None

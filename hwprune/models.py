@@ -480,10 +480,10 @@ def _ultralytics_checkpoint(path: Path, trust_pickle: bool) -> nn.Module:
 
 
 class HFModel(nn.Module):
-    """A Hugging Face transformers model whose forward takes token ids and returns plain tensors: the logits
-    of a model with a head, else the last hidden state (and the pooler's output where the model has a
-    pooler, so that it stays in the traced graph). No cache; the attention mask is all ones: the whole sequence
-    is read."""
+    """A Hugging Face transformers model whose forward takes its main input (token ids, or a float image batch as
+    ``pixel_values`` for a vision model such as ViT) and returns plain tensors: the logits of a model with a head,
+    else the last hidden state (and the pooler's output where the model has a pooler, so that it stays in the
+    traced graph). No cache; the attention mask of token ids is all ones: the whole sequence is read."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -492,25 +492,64 @@ class HFModel(nn.Module):
         # one that can generate is searched in prefill, and compile also measures its decode step (hwprune.decode)
         self.returns_logits = "For" in type(model).__name__ or "LMHead" in type(model).__name__  # GPT2LMHeadModel
         self.generates = bool(getattr(model, "can_generate", lambda: False)())
+        self.pixels = hf_takes_pixels(type(model))
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        kwargs = {"use_cache": False} if "use_cache" in self.model.config.to_dict() else {}
-        if "attention_mask" in inspect.signature(self.model.forward).parameters:
-            # an explicit all-ones mask: without one, transformers looks for packed sequences in the position
-            # ids with torch.diff, which the ONNX exporter has no op for
-            kwargs["attention_mask"] = torch.ones_like(input_ids)
-        out = self.model(input_ids=input_ids, return_dict=True, **kwargs)
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.pixels:
+            out = self.model(pixel_values=inputs, return_dict=True)
+        else:
+            kwargs = {"use_cache": False} if "use_cache" in self.model.config.to_dict() else {}
+            if "attention_mask" in inspect.signature(self.model.forward).parameters:
+                # an explicit all-ones mask: without one, transformers looks for packed sequences in the position
+                # ids with torch.diff, which the ONNX exporter has no op for
+                kwargs["attention_mask"] = torch.ones_like(inputs)
+            out = self.model(input_ids=inputs, return_dict=True, **kwargs)
         if getattr(out, "logits", None) is not None:
             return out.logits
         pooled = getattr(out, "pooler_output", None)
         return out.last_hidden_state if pooled is None else (out.last_hidden_state, pooled)
 
 
+def hf_takes_pixels(model_class: type) -> bool:
+    """Whether a transformers model class's main input is an image batch (``pixel_values``), by its
+    ``main_input_name`` or, where it has none, its forward's first parameter."""
+    name = getattr(model_class, "main_input_name", None)
+    if name is None and callable(getattr(model_class, "forward", None)):
+        name = next((p for p in inspect.signature(model_class.forward).parameters if p != "self"), None)
+    return name == "pixel_values"
+
+
+def _check_hf_shape(pixels: bool, shape: tuple[int, ...] | None, spec: str) -> None:
+    """``--input-shape`` must be BATCH,C,H,W for images, BATCH,SEQ for token ids: else a one-line error."""
+    if shape is not None and len(shape) != (4 if pixels else 2):
+        wanted = "BATCH,C,H,W for the image batch" if pixels else "BATCH,SEQ for the token ids"
+        raise ModelSpecError(f"{spec}: --input-shape {','.join(map(str, shape))}: give {wanted}")
+
+
+def hf_example(model: nn.Module, shape: tuple[int, ...] | None, spec: str,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """An example input for ``model``: a random normal image batch BATCH,C,H,W (default 1, num_channels,
+    image_size, image_size) for a vision model, else random token ids BATCH,SEQ (default 1,128) below the
+    vocabulary size."""
+    config, pixels = model.config, hf_takes_pixels(type(model))
+    _check_hf_shape(pixels, shape, spec)
+    if pixels:
+        size = getattr(config, "image_size", None)
+        if shape is None and not isinstance(size, int):
+            raise ModelSpecError(f"{spec}: its config has no single image_size; give --input-shape BATCH,C,H,W")
+        return torch.randn(shape or (1, int(getattr(config, "num_channels", 3)), size, size), generator=generator)
+    vocab = getattr(config, "vocab_size", None)
+    if not vocab:
+        raise ModelSpecError(f"{spec}: its config has no vocab_size; hwprune feeds hf: models token ids or, where "
+                             "the main input is pixel_values, images")
+    return torch.randint(0, int(vocab), shape or HF_TOKEN_SHAPE, dtype=torch.long, generator=generator)
+
+
 def _load_hf(target: str, weights: str | None, input_shape: tuple[int, ...] | None
              ) -> tuple[HFModel, torch.Tensor, str]:
     """A transformers model from a local folder (config.json and weights) or, by name, from the local Hugging
     Face cache only: offline (HF_HUB_OFFLINE, ``local_files_only``), eager attention, float32, eval mode.
-    The example: random token ids of shape BATCH,SEQ (default 1,128) below the vocabulary size."""
+    The example: :func:`hf_example` (token ids, or an image batch for a model whose main input is pixel_values)."""
     spec = f"hf:{target}"
     if weights is not None:
         raise ModelSpecError(f"{spec}: --weights does not apply; the weights are the folder's")
@@ -528,9 +567,6 @@ def _load_hf(target: str, weights: str | None, input_shape: tuple[int, ...] | No
         raise ModelSpecError(f"{spec}: no such folder")
     if local and not (folder / "config.json").is_file():
         raise ModelSpecError(f"{spec}: the folder has no config.json (write one with save_pretrained)")
-    if input_shape is not None and len(input_shape) != 2:
-        raise ModelSpecError(f"{spec}: --input-shape {','.join(map(str, input_shape))}: give BATCH,SEQ for the "
-                             "token ids")
     source = str(folder) if local else target
     try:
         config = transformers.AutoConfig.from_pretrained(source, local_files_only=True)
@@ -547,16 +583,16 @@ def _load_hf(target: str, weights: str | None, input_shape: tuple[int, ...] | No
         if auto is not None:
             break
     auto = auto or transformers.AutoModel
+    model_class = auto if auto is not transformers.AutoModel else transformers.MODEL_MAPPING.get(type(config), None)
+    if model_class is not None:  # a wrong shape fails before the weights load
+        _check_hf_shape(hf_takes_pixels(model_class), input_shape, spec)
     try:
         model = auto.from_pretrained(source, local_files_only=True, attn_implementation="eager",
                                      dtype=torch.float32)
     except Exception as exc:  # missing or mismatched weights, unknown classes: one line
         raise ModelSpecError(f"{spec}: transformers could not load it: {_one_line(exc)[:300]}") from exc
-    vocab = getattr(config, "vocab_size", None)
-    if not vocab:
-        raise ModelSpecError(f"{spec}: its config has no vocab_size; hwprune feeds hf: models token ids")
+    example = hf_example(model, input_shape, spec)
     linear_from_conv1d(model)  # GPT-2's projections, as the layers the analyzer and pruner know
-    example = torch.randint(0, int(vocab), input_shape or HF_TOKEN_SHAPE, dtype=torch.long)
     return HFModel(model.float().eval()), example, f"the transformers model {source}"
 
 
@@ -565,27 +601,28 @@ def save_hf(module: HFModel, folder: Path) -> None:
     modules (:func:`hwprune.hf_layout.pruned_config`: MLP width, layers, layer types, heads) and GPT-2's Linear
     layers saved as the ``Conv1D`` transformers builds. A field that differs between layers is a ModelSpecError
     saying why from_pretrained cannot reload it. The config is checked by building the model from it, loading the
-    pruned weights strictly and running both on the same tokens; the caller's model is not changed."""
+    pruned weights strictly and running both on the same tokens (or image); the caller's model is not changed."""
     model = module.model
     rebuilt = type(model)(pruned_config(model)).eval()
     try:
         rebuilt.load_state_dict(conv1d_state(rebuilt, model.state_dict()), strict=True)
     except RuntimeError as exc:
         raise ModelSpecError(f"the pruned model does not fit its updated config: {_one_line(exc)[:200]}") from exc
-    tokens = torch.randint(0, int(model.config.vocab_size), (1, 8), generator=torch.Generator().manual_seed(0))
-    for a, b in zip(_eval_outputs(module, tokens), _eval_outputs(HFModel(rebuilt), tokens), strict=True):
+    shape = None if module.pixels else (1, 8)  # a short sequence; images at the size the model was built for
+    inputs = hf_example(model, shape, "the pruned model", torch.Generator().manual_seed(0))
+    for a, b in zip(_eval_outputs(module, inputs), _eval_outputs(HFModel(rebuilt), inputs), strict=True):
         if not torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max())):
             raise ModelSpecError("the model rebuilt from the updated config computes something else (max abs "
                                  f"difference {float((a - b).abs().max()):.3g}), so from_pretrained cannot reload it")
     rebuilt.save_pretrained(folder)
 
 
-def _eval_outputs(module: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``module``'s outputs on ``tokens`` in eval mode (no dropout), each submodule's own mode restored after."""
+def _eval_outputs(module: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``module``'s outputs on ``inputs`` in eval mode (no dropout), each submodule's own mode restored after."""
     modes = {m: m.training for m in module.modules()}
     try:
         with torch.no_grad():
-            out = module.eval()(tokens)
+            out = module.eval()(inputs)
     finally:
         for m, training in modes.items():
             m.training = training

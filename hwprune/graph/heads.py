@@ -12,7 +12,10 @@ importance, the latency model and pruning have one code path for all of them:
   head, so slicing whole heads is exact. Their forward reads only ``head_dim`` and ``num_key_value_groups``, so
   their ends (the model's hidden size) are pruned too, by the hidden-size group (``graph.hidden``);
 - transformers' BERT and RoBERTa self-attention (``BertAttention``: ``self.query/key/value`` and
-  ``output.dense``), one head a unit; ``num_attention_heads`` and ``all_head_size`` are updated.
+  ``output.dense``), one head a unit; ``num_attention_heads`` and ``all_head_size`` are updated;
+- transformers' ViT attention (``ViTAttention``: ``q_proj/k_proj/v_proj/o_proj``, one key/value head per query
+  head), one head a unit; its forward reads only ``head_dim``. Like BERT's, its output width (the hidden size) is
+  kept.
 
 transformers' modules are looked up only once their modeling file is imported (a model of them was loaded).
 """
@@ -34,6 +37,8 @@ HEADS_SUFFIX = ":heads"
 GROUPED_QUERY = (("llama", "LlamaAttention"), ("qwen2", "Qwen2Attention"), ("qwen3", "Qwen3Attention"),
                  ("mistral", "MistralAttention"))
 SELF_ATTENTION = (("bert", "BertAttention"), ("roberta", "RobertaAttention"))
+# transformers' attentions with one key/value head per query head in q_proj/k_proj/v_proj/o_proj (ViT)
+MULTI_HEAD = (("vit", "ViTAttention"),)
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,11 @@ def heads_of(module: nn.Module) -> Heads | None:
         return Heads(module, ("q_proj", "k_proj", "v_proj", "o_proj"), head_dim=dim,
                      units=module.k_proj.out_features // dim, queries=module.num_key_value_groups,
                      fixed_hidden=False, causal=bool(getattr(module, "is_causal", True)), _count=_unread)
+    if isinstance(module, _loaded(MULTI_HEAD)):
+        dim = module.head_dim
+        return Heads(module, ("q_proj", "k_proj", "v_proj", "o_proj"), head_dim=dim,
+                     units=module.q_proj.out_features // dim, queries=1, fixed_hidden=True,
+                     causal=bool(getattr(module, "is_causal", False)), _count=_set_attention_heads)
     if isinstance(module, _loaded(SELF_ATTENTION)) and not getattr(module, "is_cross_attention", False):
         dim = module.self.attention_head_size
         return Heads(module, ("self.query", "self.key", "self.value", "output.dense"), head_dim=dim,
@@ -136,6 +146,11 @@ def _set_num_heads(module: nn.Module, heads: int) -> None:
 
 def _unread(module: nn.Module, heads: int) -> None:
     """Grouped-query attention reads its head count from the projections' shapes (``view(..., -1, head_dim)``)."""
+
+
+def _set_attention_heads(module: nn.Module, heads: int) -> None:
+    """ViT's forward reads only ``head_dim`` (``view(..., -1, head_dim)``); the count is kept true for readers."""
+    module.num_attention_heads = heads
 
 
 def _set_bert_heads(module: nn.Module, heads: int) -> None:
