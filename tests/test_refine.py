@@ -35,6 +35,20 @@ def test_refine_rescales_the_predicted_budget_until_a_round_meets():
     assert budgets == pytest.approx([5.0, 4.0])
 
 
+def test_refine_bisects_once_rounds_bracket_the_request():
+    """Coarse choices (whole layers): a budget below 9 takes three layers away (0.36), one from 9 to 12
+    two (0.6), above 12 none (1.04); rescaling alone jumps from 13.7 back below 9, the bracket does not."""
+    budgets = []
+
+    def search(budget):
+        budgets.append(budget)
+        return 0.36 if budget < 9 else 0.6 if budget < 12 else 1.04
+
+    done = refine(search, lambda fraction: (fraction, None), 0.6, 8.2, rounds=3)
+    assert [r.fraction for r in done] == [0.36, 1.04, 0.6]
+    assert budgets[2] == pytest.approx((8.2 + budgets[1]) / 2)
+
+
 def test_refine_stops_when_a_later_search_finds_nothing_but_raises_in_the_first():
     def search(budget):
         if budget < 4:

@@ -3,7 +3,8 @@
 A latency model predicts; a shared machine's speed drifts and no model is exact. So a search is
 run at a *predicted* budget, its decision realised and measured, and while the measured latency
 fraction misses the requested one the predicted budget is scaled by (requested / measured) and
-the search runs again. A round *meets* the budget when its measured fraction is within
+the search runs again (once rounds bracket the request, never outside that bracket: its midpoint).
+A round *meets* the budget when its measured fraction is within
 ``TOLERANCE`` of the request, on either side; the choice is the widest round that meets it (the
 largest measured fraction), else the round nearest the request. Where nothing can be measured
 (a device this host cannot run) there is one round, chosen as it is.
@@ -55,8 +56,19 @@ def refine(search: Callable[[float], D], realise: Callable[[D], tuple[float | No
             on_round(done[-1])
         if fraction is None or meets(fraction, requested, tolerance):
             break
-        predicted_budget *= requested / fraction
+        predicted_budget = _next_budget(done, requested, predicted_budget * requested / fraction)
     return done
+
+
+def _next_budget(done: list[Round], requested: float, scaled: float) -> float:
+    """``scaled``, unless rounds already bracket the request (one measured too fast at a lower budget, one
+    too slow at a higher) and it falls outside that bracket: then the bracket's midpoint. Coarse choices
+    (whole layers) make the rescaling jump past the budget that fits, and back to one already tried."""
+    low = max((r.predicted_budget_ms for r in done if r.fraction < requested), default=None)
+    high = min((r.predicted_budget_ms for r in done if r.fraction > requested), default=None)
+    if low is not None and high is not None and low < high and not low < scaled < high:
+        return (low + high) / 2
+    return scaled
 
 
 def pick(rounds: list[Round[D, R]], requested: float, tolerance: float = TOLERANCE) -> Round[D, R]:
