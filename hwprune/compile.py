@@ -41,7 +41,6 @@ from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.export.verify import verified, verify_onnx
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.segments import segments
-from hwprune.graph.spans import depth_candidates
 from hwprune.graph.stack import stack_ties
 from hwprune.hf_layout import heads_fixed
 from hwprune.importance.depth import CostTable, block_influence, depth_costs
@@ -51,6 +50,7 @@ from hwprune.importance.scores import ACTIVATION_BATCHES, score_groups
 from hwprune.importance.sensitivity import group_sensitivity
 from hwprune.io import cache_dir, staged, write_text_atomic
 from hwprune.latency.copies import copy_signatures
+from hwprune.latency.depth import stack_layers
 from hwprune.latency.model_latency import offline_predictor, open_table, predictor_for
 from hwprune.latency.predictor import TablePredictor, op_ms
 from hwprune.latency.profiler import profile
@@ -155,7 +155,7 @@ def _prepare(loaded: LoadedModel, options: Options, stage: Path, console: Consol
     runtime = runtime_for(target)
     predictor, table_path = _latency_model(analysis, runtime, options.lut, step, console, options.sparsity_mode)
     if options.homogeneous(loaded.name):
-        ties = stack_ties(analysis.groups, depth_candidates(analysis.model, x).blocks)
+        ties = stack_ties(analysis.groups, stack_layers(predictor.options.values()))
         predictor.tie(ties)
         console.print(f"  widths: homogeneous, {len(ties)} roles tied across layers"
                       + (f" ({', '.join(sorted(ties))})" if ties else ""))
@@ -396,8 +396,7 @@ def _width_search(realiser: Realiser, predictor: TablePredictor, options: Option
             table.add(depth_costs(analysis.model, analysis.capture.example_input, missing, calibration.batches[0],
                                   recalibration[:4], progress, steps, training, scales))
             costs = {key: table.costs[key] for key in predictor.options}
-            layers = [o.entry["block"] for o in predictor.options.values()
-                      if o.kind == "drop" and o.entry["add"] is None]
+            layers = stack_layers(predictor.options.values())
             influence = block_influence(analysis.model, layers, calibration.batches[0]) if layers else {}
             console.print(f"  depth importance of {len(costs)} options (merged spans, dropped blocks, N:M layers"
                           + (f"; each distilled {steps} steps first" if steps else "") + f"): {len(missing)} "

@@ -75,7 +75,7 @@ def test_a_plan_dropping_a_non_layer_is_refused(llama_dir):
 def test_mlp_roles_tie_and_the_search_keeps_one_width(llama_dir):
     loaded = load_model(f"hf:{llama_dir}", (4, 128))
     analysis = analyze(loaded.module, loaded.example_input, loaded.name, strict=False)
-    ties = stack_ties(analysis.groups, depth_candidates(analysis.model, loaded.example_input).blocks)
+    ties = stack_ties(analysis.groups, [b.name for b in depth_candidates(analysis.model, loaded.example_input).blocks])
     mlp = [g.id for g in analysis.prunable() if ".mlp." in g.id]
     assert len(mlp) == 4
     assert ties["model.model.layers.*.mlp.up_proj"] == tuple(sorted(mlp, key=lambda g: int(g.split(".")[3])))

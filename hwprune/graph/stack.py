@@ -34,7 +34,7 @@ def stack_blocks(model: nn.Module, example_input: torch.Tensor) -> list[Block]:
 
     def hook_for(path: str):
         def record(_module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
-            first_in, first_out = _hidden(args, kwargs), _first(output)
+            first_in, first_out = hidden_in(args, kwargs), hidden_out(output)
             if isinstance(first_in, torch.Tensor) and isinstance(first_out, torch.Tensor):
                 seen[path] = (first_in, first_out)
         return record
@@ -97,7 +97,7 @@ def _cut_configs(model: nn.Module, count: int, kept: list[int]) -> None:
 def _removal_is_skipping(model: nn.Module, layer: nn.Module, path: str, example_input: torch.Tensor) -> bool:
     """Whether the model without ``layer`` computes what it computes with ``layer`` handing its input on."""
     def hand_on(_module: nn.Module, args: tuple, kwargs: dict, output: object) -> object:
-        hidden = _hidden(args, kwargs)
+        hidden = hidden_in(args, kwargs)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     skipped = _flat(run_hooked(model, example_input, {layer: hand_on}, with_kwargs=True))
@@ -110,11 +110,13 @@ def _removal_is_skipping(model: nn.Module, layer: nn.Module, path: str, example_
     return removed.shape == skipped.shape and float((removed - skipped).abs().max()) <= 1e-5 * scale
 
 
-def _hidden(args: tuple, kwargs: dict) -> object:
+def hidden_in(args: tuple, kwargs: dict) -> object:
+    """A stack layer's hidden-state input, as a forward hook sees it (transformers passes it by keyword)."""
     return args[0] if args else kwargs.get("hidden_states")
 
 
-def _first(output: object) -> object:
+def hidden_out(output: object) -> object:
+    """A stack layer's hidden-state output (the first item where it returns a tuple)."""
     return output[0] if isinstance(output, tuple | list) else output
 
 
@@ -124,11 +126,11 @@ def _flat(output: object) -> torch.Tensor:
     return torch.cat([_flat(item) for item in output if isinstance(item, torch.Tensor | tuple | list)])
 
 
-def stack_ties(groups: Sequence[ChannelGroup], blocks: Sequence[Block]) -> dict[str, tuple[str, ...]]:
+def stack_ties(groups: Sequence[ChannelGroup], layers: Sequence[str]) -> dict[str, tuple[str, ...]]:
     """Prunable groups that play one role in every layer of a stack (the same path below the layer,
     the same kind and width), keyed ``<stack>.*.<path>``: what a transformers config can hold is one
     width per role for all layers (Minitron prunes the same way), so these keep one count together."""
-    stacks = {b.name.rpartition(".")[0] for b in blocks if b.add is None}
+    stacks = {name.rpartition(".")[0] for name in layers}
     roles: dict[str, list[tuple[int, ChannelGroup]]] = {}
     for group in groups:
         for stack in stacks:

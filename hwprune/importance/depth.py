@@ -36,6 +36,7 @@ from torch import nn
 from hwprune.calibration import output_tensors
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm, restored_batchnorm
 from hwprune.graph.hooks import run_hooked
+from hwprune.graph.stack import hidden_in, hidden_out
 from hwprune.importance.sensitivity import flat_outputs, output_change
 from hwprune.io import write_text_atomic
 from hwprune.latency.depth import DepthOption
@@ -94,9 +95,8 @@ def block_influence(model: nn.Module, layers: Sequence[str], batch: torch.Tensor
 
     def hook_for(name: str):
         def record(_module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
-            hidden = args[0] if args else kwargs["hidden_states"]
-            out = output[0] if isinstance(output, tuple) else output
-            cosine = nn.functional.cosine_similarity(hidden.double(), out.double(), dim=-1)
+            cosine = nn.functional.cosine_similarity(hidden_in(args, kwargs).double(), hidden_out(output).double(),
+                                                     dim=-1)
             seen[name] = 1.0 - float(cosine.mean())
         return record
 

@@ -11,6 +11,7 @@ groups between the span's convs stop costing anything.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hwprune.graph.analyze import Analysis
@@ -32,6 +33,11 @@ class DepthOption:
     @property
     def kind(self) -> str:
         return self.key.split(":", 1)[0]
+
+
+def stack_layers(options: Iterable[DepthOption]) -> list[str]:
+    """The layers of a layer stack among ``options`` (drops of a whole module, ``graph.stack``)."""
+    return [o.entry["block"] for o in options if o.kind == "drop" and o.entry["add"] is None]
 
 
 def merge_key(span: Span) -> str:
