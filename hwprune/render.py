@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hwprune.report import CandidateRow, DecodeSection, Report, Side
+from hwprune.report import BudgetSection, CandidateRow, DecodeSection, Report, Side
 
 PLOTS = ("layer_latency.png", "channels_kept.png", "predicted_vs_measured.png")
 
@@ -83,8 +83,10 @@ def markdown(report: Report) -> str:
         f"# hwprune report: {report.model} on {report.target}",
         "",
         f"Requested: {budget.kind} {budget.value:g} (latency {budget.latency_fraction:.3f} of the "
-        f"baseline, met within ±{100 * budget.tolerance:.0f}%). Baseline: "
+        f"baseline, tolerance ±{100 * budget.tolerance:.0f}%). Baseline: "
         f"{report.export.get('baseline', 'exported from the model')}.",
+        "",
+        verdict_line(budget),
         "",
         "| | baseline | pruned |",
         "|---|---:|---:|",
@@ -242,6 +244,15 @@ def _short(spec: str) -> str:
 
 def _ms(side: Side, key: str) -> str:
     return "-" if side.latency_ms is None else f"{getattr(side.latency_ms, key):.3f}"
+
+
+def verdict_line(budget: BudgetSection) -> str:
+    """The budget's verdict as ``report.json`` holds it (``met``), with the measurement it judged."""
+    band = f"±{100 * budget.tolerance:.0f}% of {budget.latency_fraction:.3f}"
+    if budget.measured_fraction is None:
+        return f"**Budget: not measured** (the request's band is {band})."
+    return (f"**Budget: {'met' if budget.met else 'missed'}**: measured {budget.measured_fraction:.3f} of the "
+            f"baseline's latency, {'inside' if budget.met else 'outside'} {band}.")
 
 
 def _speed_line(report: Report) -> str:

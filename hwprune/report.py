@@ -54,6 +54,7 @@ class BudgetSection:
     latency_fraction: float
     tolerance: float
     met: bool  # the final measurement (else the chosen round's) is within ``tolerance`` of the fraction
+    measured_fraction: float | None = None  # what ``met`` judged; None where nothing was measured
 
 
 @dataclass
@@ -224,6 +225,7 @@ def build_report(loaded: LoadedModel, analysis: Analysis, options, runtime: Runt
     latency_model = predictor.provenance()
     table = predictor.table.provenance
     decision = chosen.decision
+    judged = chosen.fraction if final is None else final.ratios[1]
     search_section = SearchSection(
         search.importance.method, search.importance.fallbacks, options.allocation, decision.strategy,
         options.unconstrained, sorted(search.reader_scores),
@@ -236,8 +238,7 @@ def build_report(loaded: LoadedModel, analysis: Analysis, options, runtime: Runt
         __version__, loaded.name, {"source": loaded.weights, "seed": loaded.seed,
                                    "state_sha256": plan.provenance.state_sha256},
         list(x.shape), target.name,
-        BudgetSection(options.budget.kind, options.budget.value, fraction, TOLERANCE,
-                      meets(chosen.fraction if final is None else final.ratios[1], fraction)),
+        BudgetSection(options.budget.kind, options.budget.value, fraction, TOLERANCE, meets(judged, fraction), judged),
         side(0, baseline_predicted, analysis.capture.flops, analysis.capture.params),
         side(1, plan.predicted_ms, count_flops(model, x), sum(p.numel() for p in model.parameters())),
         Speedup(baseline_predicted / plan.predicted_ms, latency_model["source"], measured,

@@ -2,15 +2,17 @@
 
 The models are seeded, the calibration inputs are the compile's seeded noise and the latency
 table (``data/golden/latency.json``) was measured once and is read, never re-measured, so the
-first round's plan depends on the search alone. ``test_golden_plans.py`` checks that the code
-still writes the recorded plans byte for byte; ``python -m tests.golden`` records them anew
-(only when a change of plan is intended, and said so in the commit). ``data/golden/v1/`` holds
-the same plans as the code before the Plan became ``hwprune-plan/2`` wrote them.
+first round's plan depends on the search alone. ``test_golden_plans.py`` checks that the code still
+writes the recorded plans (``assert_same_plan``: decisions exactly, floats to a relative 1e-9).
+``python -m tests.golden`` records them anew (only when a change of plan is intended, and said so in
+the commit; ``--profile`` first measures what the table lacks). ``data/golden/v1/`` holds the same
+plans as the code before the Plan became ``hwprune-plan/2`` wrote them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -81,21 +83,42 @@ def plan_text(plan: Plan) -> str:
     return json.dumps(plan.to_json(), indent=1) + "\n"
 
 
+def assert_same_plan(computed: object, recorded: object, where: str = "plan") -> None:
+    """Every decision (key, count, index, name, flag) exactly, every float to a relative 1e-9: a golden
+    must fail on a changed decision or prediction, not on a float's last digits."""
+    if isinstance(recorded, float) or isinstance(computed, float):
+        assert isinstance(computed, int | float) and isinstance(recorded, int | float), f"{where}: {computed!r}"
+        assert math.isclose(computed, recorded, rel_tol=1e-9, abs_tol=1e-12), f"{where}: {computed!r} != {recorded!r}"
+    elif isinstance(recorded, dict):
+        assert isinstance(computed, dict) and computed.keys() == recorded.keys(), f"{where}: keys differ"
+        for key, value in recorded.items():
+            assert_same_plan(computed[key], value, f"{where}.{key}")
+    elif isinstance(recorded, list):
+        assert isinstance(computed, list) and len(computed) == len(recorded), f"{where}: lengths differ"
+        for i, (a, b) in enumerate(zip(computed, recorded, strict=True)):
+            assert_same_plan(a, b, f"{where}[{i}]")
+    else:
+        assert computed == recorded and type(computed) is type(recorded), f"{where}: {computed!r} != {recorded!r}"
+
+
 def golden_path(name: str, unconstrained: bool, version: str = "") -> Path:
     return DATA / version / f"{name}-{'unconstrained' if unconstrained else 'constrained'}.json"
 
 
-def record() -> None:
-    """Profile the golden models into the recorded table (only what it lacks) and write every plan."""
-    from hwprune.latency.model_latency import open_table
-    from hwprune.profiling import profile_model
-
+def record(profile: bool = False) -> None:
+    """Write every plan from the recorded table; with ``profile``, first measure what the table lacks
+    (only on the host that recorded it: the table refuses another)."""
     target = load_target("cpu")
     DATA.mkdir(parents=True, exist_ok=True)
-    table, _ = open_table(target, TABLE, create=True)
-    for name in MODELS:
-        profile_model(golden_analysis(name), target, table)
-        table.save(TABLE)
+    if profile:
+        from hwprune.latency.model_latency import open_table
+        from hwprune.profiling import profile_model
+
+        table, _ = open_table(target, TABLE, create=True)
+        for name in MODELS:
+            profile_model(golden_analysis(name), target, table)
+            table.save(TABLE)
+    table = load_table(TABLE)
     for name in MODELS:
         for unconstrained in (False, True):
             plan = first_round_plan(name, unconstrained, table, TABLE)  # profiles missing copy ops into TABLE
@@ -110,4 +133,4 @@ def recorded_table(copy_to: Path) -> tuple[LatencyTable, Path]:
 
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory():
-        record()
+        record(profile="--profile" in sys.argv[1:])

@@ -58,6 +58,9 @@ def test_compile_writes_a_verified_measured_report(compiled):
     assert attempts[report["search"]["chosen"]]["measured_fraction"] is not None
     final = 1 / report["speedup"]["measured"]
     assert budget["met"] == (abs(final - 0.6) <= 0.03 + 1e-9)
+    assert budget["measured_fraction"] == pytest.approx(final, rel=1e-6)
+    verdict = "met" if budget["met"] else "missed"  # report.md states report.json's verdict, not the band
+    assert f"**Budget: {verdict}**" in text and "met within" not in text
     assert report["bn_recalibration"] is False  # random calibration inputs: statistics stay as trained
     candidates = report["search"]["candidates"]
     assert {c["strategy"] for c in candidates} == {"sensitivity", "structure", "uniform", "joint"}

@@ -1,9 +1,15 @@
 """The search's first-round plans for three models, constrained and unconstrained, are the recorded ones."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from hwprune.plan import load_plan
-from tests.golden import MODELS, first_round_plan, golden_path, plan_text, recorded_table
+from tests.golden import MODELS, assert_same_plan, first_round_plan, golden_path, plan_text, recorded_table
 
 
 @pytest.mark.parametrize("unconstrained", [False, True], ids=["constrained", "unconstrained"])
@@ -12,7 +18,7 @@ def test_first_round_plan_is_the_golden_one(name, unconstrained, tmp_path):
     table, scratch = recorded_table(tmp_path)
     plan = first_round_plan(name, unconstrained, table, scratch)
     assert not scratch.exists(), "the recorded table lacked a measurement: the plan would depend on timing now"
-    assert plan_text(plan) == golden_path(name, unconstrained).read_text()
+    assert_same_plan(json.loads(plan_text(plan)), json.loads(golden_path(name, unconstrained).read_text()))
 
 
 @pytest.mark.parametrize("unconstrained", [False, True], ids=["constrained", "unconstrained"])
@@ -22,7 +28,20 @@ def test_the_v1_plan_of_the_code_before_loads_as_the_same_decision(name, unconst
     current golden plans decide: every index, reader and prediction."""
     old, new = load_plan(golden_path(name, unconstrained, "v1")), load_plan(golden_path(name, unconstrained))
     assert old.width == new.width
-    assert (old.predicted_ms, old.baseline_predicted_ms) == (new.predicted_ms, new.baseline_predicted_ms)
-    assert old.provenance.latency_model == new.provenance.latency_model
+    assert_same_plan([old.predicted_ms, old.baseline_predicted_ms], [new.predicted_ms, new.baseline_predicted_ms])
+    assert_same_plan(old.provenance.latency_model, new.provenance.latency_model)
     assert old.provenance.model == new.provenance.model and old.provenance.input_shape == new.provenance.input_shape
     assert old.provenance.state_sha256 is None and new.provenance.state_sha256 is not None
+
+
+@pytest.mark.parametrize("threads,hash_seed", [("1", "0"), ("2", "4242")])
+def test_the_golden_plan_is_the_same_under_other_thread_counts_and_hash_seeds(threads, hash_seed, tmp_path):
+    """A CI runner sets threads and hashing its own way: the plan must not follow them."""
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONHASHSEED": hash_seed}
+    code = ("import sys; from pathlib import Path; from tests.golden import *\n"
+            "table, scratch = recorded_table(Path(sys.argv[1]))\n"
+            "sys.stdout.write(plan_text(first_round_plan('resnet18', True, table, scratch)))\n")
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert_same_plan(json.loads(run.stdout), json.loads(golden_path("resnet18", True).read_text()))

@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -79,7 +80,8 @@ def sshd(tmp_path_factory):
 
 
 def remote(sshd) -> list[str]:
-    return ["--remote", sshd[0], "--ssh-config", str(sshd[2])]
+    """The loopback device runs this test's own interpreter (the one with onnxruntime), not the system python3."""
+    return ["--remote", sshd[0], "--ssh-config", str(sshd[2]), "--remote-python", sys.executable]
 
 
 def work_folders() -> set[str]:
@@ -167,13 +169,13 @@ def test_export_ops_writes_what_the_kit_times_and_the_kit_resumes(tmp_path, caps
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["count"] == len(manifest["ops"]) > 0 and manifest["models"]
     kit = Path(__file__).resolve().parents[1] / "export" / "profile_ops.py"
-    run = subprocess.run(["python", str(kit), str(folder), "--target", "cpu"], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, str(kit), str(folder), "--target", "cpu"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     first = json.loads(run.stdout)
     assert first["measured"] == manifest["count"] and first["skipped"] == 0
     table = json.loads((folder / "table.json").read_text())
     assert table["format"] == "hwprune-lut/1" and set(table["entries"]) == {op["name"] for op in manifest["ops"]}
-    again = json.loads(subprocess.run(["python", str(kit), str(folder), "--target", "cpu"], capture_output=True,
+    again = json.loads(subprocess.run([sys.executable, str(kit), str(folder), "--target", "cpu"], capture_output=True,
                                       text=True).stdout)
     assert again["measured"] == 0 and again["skipped"] == manifest["count"]
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -249,20 +250,45 @@ class TablePredictor:
 
 def nonnegative_least_squares(columns: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """argmin ||columns @ x - targets|| subject to x >= 0, exactly, by trying every subset of free
-    columns (the optimum is the unconstrained fit on its support): fine for the three columns here."""
-    width = columns.shape[1]
-    best, best_residual = np.zeros(width), float(targets @ targets)
+    columns (the optimum is the unconstrained fit on its support): fine for the three columns here.
+
+    Solved in exact rational arithmetic, not with LAPACK: a BLAS kernel chosen by the CPU changed the
+    fit's last digits from one machine to another, and with them predictions and plans."""
+    rows = [[Fraction(float(v)) for v in row] for row in np.asarray(columns, dtype=float)]
+    b = [Fraction(float(v)) for v in np.asarray(targets, dtype=float)]
+    width = len(rows[0]) if rows else columns.shape[1]
+    best, best_residual = [Fraction(0)] * width, sum(v * v for v in b)
     for mask in range(1, 2 ** width):
         support = [i for i in range(width) if mask >> i & 1]
-        solution, *_ = np.linalg.lstsq(columns[:, support], targets, rcond=None)
-        if (solution < 0).any():
-            continue
-        candidate = np.zeros(width)
-        candidate[support] = solution
-        residual = float(np.sum((columns @ candidate - targets) ** 2))
-        if residual < best_residual - 1e-15:
+        solution = _normal_solution([[row[i] for i in support] for row in rows], b)
+        if solution is None or any(v < 0 for v in solution):
+            continue  # singular (a smaller support fits as well) or outside the constraint
+        candidate = [Fraction(0)] * width
+        for i, v in zip(support, solution, strict=True):
+            candidate[i] = v
+        residual = sum((sum(a * x for a, x in zip(row, candidate, strict=True)) - t) ** 2
+                       for row, t in zip(rows, b, strict=True))
+        if residual < best_residual:
             best, best_residual = candidate, residual
-    return best
+    return np.array([float(v) for v in best])
+
+
+def _normal_solution(rows: list[list[Fraction]], b: list[Fraction]) -> list[Fraction] | None:
+    """The least-squares solution of ``rows @ x = b`` from its normal equations by exact Gaussian
+    elimination; None where they are singular."""
+    n = len(rows[0])
+    system = [[sum(r[i] * r[j] for r in rows) for j in range(n)] + [sum(r[i] * t for r, t in zip(rows, b, strict=True))]
+              for i in range(n)]
+    for col in range(n):
+        pivot = next((r for r in range(col, n) if system[r][col] != 0), None)
+        if pivot is None:
+            return None
+        system[col], system[pivot] = system[pivot], system[col]
+        for r in range(n):
+            if r != col and system[r][col] != 0:
+                factor = system[r][col] / system[col][col]
+                system[r] = [a - factor * p for a, p in zip(system[r], system[col], strict=True)]
+    return [system[i][n] / system[i][i] for i in range(n)]
 
 
 def _shape_key(sig: OpSignature) -> tuple:
