@@ -31,12 +31,16 @@ def record(table: Path, name: str, folder: str) -> Path:
 def adopt(name: str, cache: Path, folder: str, target: str = "cpu") -> Path:
     """Put the recorded table ``name`` in ``cache`` as this host's table for ``target``, for the model
     in ``folder``."""
-    data = json.loads((RECORDED / f"{name}.json").read_text().replace("{folder}", folder))
-    device = load_target(target)
-    here = runtime_for(device).provenance()
+    path = cache / default_table_path(load_target(target)).relative_to(cache_dir())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return adopt_file(RECORDED / f"{name}.json", path, folder)
+
+
+def adopt_file(recorded: Path, path: Path, folder: str) -> Path:
+    """Write the table ``recorded`` to ``path`` as measured on this host, for the model in ``folder``."""
+    data = json.loads(recorded.read_text().replace("{folder}", folder))
+    here = runtime_for(load_target(data["provenance"]["target"])).provenance()
     provenance = {**data["provenance"], **{key: here.get(key) for key in BINDING_FIELDS}}
     data["provenance"] = {**provenance, "fingerprint": fingerprint(provenance)}
-    path = cache / default_table_path(device).relative_to(cache_dir())
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n")
     return path

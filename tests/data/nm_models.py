@@ -30,3 +30,15 @@ def wide_net():
         weight = model.b[0].weight
         weight.mul_(nm_mask(weight, 2, 4))
     return model, torch.randn(32, 3, 8, 8)
+
+
+def wide_net_permuted():
+    """``wide_net`` with its middle conv 2:4 only in a shuffled order of its input channels: masking it
+    in place loses weight, a channel permutation of the group it reads recovers all of it."""
+    torch.manual_seed(0)
+    model = WideNet().eval()
+    with torch.no_grad():
+        weight = model.b[0].weight
+        order = torch.randperm(weight.shape[1], generator=torch.Generator().manual_seed(1))
+        weight.mul_(nm_mask(weight[:, order], 2, 4)[:, torch.argsort(order)])
+    return model, torch.randn(32, 3, 8, 8)
