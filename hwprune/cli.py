@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 
 from hwprune import __version__
 from hwprune.errors import HwpruneError
@@ -437,7 +438,7 @@ def _run_latency(args: argparse.Namespace) -> int:
 
         measured = measure_model(analysis.model, analysis.capture.example_input, target).median_ms
     result = {"model": analysis.name, "target": target.name, "predicted_ms": prediction.total_ms,
-              "source": prediction.source, "latency_model": predictor.provenance(), "measured_ms": measured,
+              "source": prediction.source, "latency_model": asdict(predictor.provenance()), "measured_ms": measured,
               "layers": [{"name": n, "predicted_ms": ms} for n, ms in prediction.layers_ms.items()]}
     if args.json:
         print(json.dumps(result, indent=2))
@@ -557,11 +558,12 @@ def _run_apply(args: argparse.Namespace) -> int:
     applied = apply_plan_file(plan, args.plan, loaded, args.calib_data, Path(args.out), args.atol, args.rtol,
                               args.dynamic_batch)
     after = sum(p.numel() for p in applied.model.parameters())
-    print(f"applied {args.plan} ({len(plan.width)} groups) to {loaded.name}: params {applied.params_before / 1e6:.2f}M"
-          f" -> {after / 1e6:.2f}M; verify max abs err {applied.verification.max_abs_err:.2g}; "
+    print(f"applied {args.plan} ({len(plan.groups())} groups) to {loaded.name}: params "
+          f"{applied.params_before / 1e6:.2f}M -> {after / 1e6:.2f}M; "
+          f"verify max abs err {applied.verification.max_abs_err:.2g}; "
           f"wrote {args.out}/: pruned.onnx, pruned.pt")
     if plan.recovery:
-        print(f"note: {args.plan} records a recovery (distillation on {plan.recovery.get('data')}); the plan alone "
+        print(f"note: {args.plan} records a recovery (distillation on {plan.recovery.data}); the plan alone "
               "rebuilds the pruned model, not the recovered weights (recovered.pt in its build folder)",
               file=sys.stderr)
     return 0

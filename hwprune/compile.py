@@ -57,7 +57,7 @@ from hwprune.latency.profiler import profile
 from hwprune.latency.sparse import SparsityMode
 from hwprune.models import NATIVE_FILES, HFModel, LoadedModel, save_native, state_digest
 from hwprune.options import Budget, Options
-from hwprune.plan import Plan, Provenance
+from hwprune.plan import Plan, PlanBudget, Provenance, save_plan
 from hwprune.profiling import profile_model
 from hwprune.render import markdown, write_plots
 from hwprune.report import Report, build_report, copy_counts, sparsity_section
@@ -183,10 +183,9 @@ def _compile_point(shared: Shared, options: Options, stage: Path, console: Conso
     measurer = Measurer.start(realiser, options, runtime, stage, baseline_onnx, calibration)
     baseline_predicted = predictor.predict({}).total_ms
     fraction = options.budget.fraction(measurer.baseline_ms if measurer.measurable else baseline_predicted)
-    provenance = Provenance(loaded.name, loaded.weights, loaded.seed, list(x.shape), list(options.exclude),
-                            shared.digest, target.name, {"kind": options.budget.kind, "value": options.budget.value,
-                                                         "latency_fraction": fraction}, predictor.provenance(),
-                            options.importance)
+    provenance = Provenance(loaded.name, loaded.weights, loaded.seed, tuple(x.shape), tuple(options.exclude),
+                            shared.digest, target.name, PlanBudget(options.budget.kind, options.budget.value, fraction),
+                            predictor.provenance(), options.importance)
     if shared.search is None:
         shared.search = _width_search(realiser, predictor, options, calibration, measurer.recalibration, provenance,
                                       shared.table_path, step, console)
@@ -217,7 +216,7 @@ def _compile_point(shared: Shared, options: Options, stage: Path, console: Conso
             quality.box_agreement = box_agreement(analysis.model, chosen.realised.model, calibration.batches)
         if quality.caveat:
             console.print(f"  [yellow]warning:[/yellow] fidelity: {quality.caveat} (random weights?)")
-        sparse_layers = chosen.decision.plan.sparsity["layers"]
+        sparse_layers = chosen.decision.plan.sparsity.layers
         onnx_nm = nm_weights(stage / "pruned.onnx", sparse_layers, chosen.realised.model)
         if not all(found["nm"] for found in onnx_nm.values()):
             raise HwpruneError("exported weights are not N:M in " + ", ".join(
@@ -233,14 +232,14 @@ def _compile_point(shared: Shared, options: Options, stage: Path, console: Conso
         engine = runtime.engines(stage, ("baseline", "pruned"), tuple(x.shape),
                                  8 * x.shape[0] if options.dynamic_batch else None,
                                  sparse=("pruned",) if sparse_layers else ())
-    chosen.decision.plan.save(stage / "plan.json")
+    save_plan(chosen.decision.plan, stage / "plan.json")
     report = build_report(loaded, analysis, options, runtime, predictor, search, chosen, rounds, final, engine,
                           verification, quality, calibration.source, time.perf_counter() - started, decode)
     report.export["baseline"] = baseline_source
     report.sparsity = sparsity_section(predictor, chosen.decision.search,
                                        search.depth_costs, chosen.decision.plan.sparsity, options.sparsity, onnx_nm,
                                        runtime.sparse_layers(stage / "pruned.engine"), engine[1])
-    report.copies = copy_counts(stage, chosen.decision.plan.width, lambda: realise(
+    report.copies = copy_counts(stage, chosen.decision.plan.groups(), lambda: realise(
         chosen.decision.plan, analysis, reorder=False), x, options.dynamic_batch)
     with step("plots and report.md"):
         write_plots(report, stage / "plots")
@@ -274,12 +273,11 @@ class Realiser:
 
     def __init__(self, analysis: Analysis):
         self.analysis = analysis
-        self._last: tuple[str, nn.Module] | None = None
+        self._last: tuple[tuple, nn.Module] | None = None
 
     def __call__(self, plan: Plan, recalibration: Sequence[torch.Tensor] = (), merge: bool = True) -> nn.Module:
         """The realised plan; with ``merge`` False its spans still apart (BatchNorm re-estimated alike)."""
-        decisions = {k: v for k, v in plan.to_json().items() if k in ("width", "depth", "merge", "sparsity")}
-        key = json.dumps(decisions, sort_keys=True)
+        key = plan.decisions()
         if self._last is None or self._last[0] != key:
             self._last = (key, realise_unmerged(plan, self.analysis))
         model = copy.deepcopy(self._last[1])
@@ -382,7 +380,7 @@ def _width_search(realiser: Realiser, predictor: TablePredictor, options: Option
         sensitivity = (group_sensitivity(analysis, importance, calibration.batches[0], progress, recalibration[:4])
                        if options.allocation in ("auto", "sensitivity") else {})
         costs, influence = {}, {}
-        sparse = [o.entry["layer"] for o in predictor.options.values() if o.kind == "sparse"]
+        sparse = [o.name for o in predictor.options.values() if o.kind == "sparse"]
         scales = (input_norms(analysis.model, sparse, calibration.batches[:ACTIVATION_BATCHES])
                   if sparse and options.sparsity_criterion == "activation" else {})
         if options.search != "width" and predictor.options:
@@ -422,9 +420,9 @@ def _depth_view(example_input: torch.Tensor, model: nn.Module, plan: Plan) -> nn
     """What a plan's depth and N:M decisions make of ``model`` (spans unmerged): the view the search
     scores; N:M masks go on a copy, never on ``model``'s own weights."""
     viewed = unmerged(model, example_input, plan.merge, plan.depth)
-    if plan.sparsity["layers"]:
+    if plan.sparsity.layers:
         viewed = copy.deepcopy(viewed)
-        sparsify(viewed, plan.sparsity["layers"])
+        sparsify(viewed, plan.sparsity.layers)
     return viewed
 
 

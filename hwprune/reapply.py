@@ -38,7 +38,7 @@ class Applied:
 def check_model(plan: Plan, loaded: LoadedModel, plan_name: str) -> None:
     """A PlanError unless ``loaded`` has the input shape and the weights the plan was made for."""
     made_for = plan.provenance
-    shape = list(loaded.example_input.shape)
+    shape = tuple(loaded.example_input.shape)
     if shape != made_for.input_shape:
         raise PlanError(f"{plan_name}: made for input {made_for.input_shape}, the model's input is {shape} "
                         "(use --input-shape)")
@@ -68,7 +68,7 @@ def apply_plan_file(plan: Plan, plan_name: str, loaded: LoadedModel, calib_data:
     with staged(out, ARTEFACTS) as stage:
         export_onnx(model, x, stage / "pruned.onnx", dynamic_batch, slim_available())
         verification = verified(model, stage / "pruned.onnx", x, dynamic_batch, atol, rtol)
-        wrong = [name for name, found in nm_weights(stage / "pruned.onnx", plan.sparsity["layers"], model).items()
+        wrong = [name for name, found in nm_weights(stage / "pruned.onnx", plan.sparsity.layers, model).items()
                  if not found["nm"]]
         if wrong:
             raise PlanError(f"exported weights are not N:M in {', '.join(wrong)}")

@@ -22,7 +22,7 @@ from hwprune.export.verify import Verification
 from hwprune.graph.analyze import Analysis
 from hwprune.latency.predictor import TablePredictor
 from hwprune.models import LoadedModel
-from hwprune.plan import WidthDecision
+from hwprune.plan import Sparsity, WidthDecision
 from hwprune.runtime import Runtime
 from hwprune.runtime.timing import Comparison
 from hwprune.search.decide import WidthSearch
@@ -208,7 +208,7 @@ def build_report(loaded: LoadedModel, analysis: Analysis, options, runtime: Runt
     x = analysis.capture.example_input
     target = options.target
     plan, model = chosen.decision.plan, chosen.realised.model
-    fraction = plan.provenance.budget["latency_fraction"]
+    fraction = plan.provenance.budget.latency_fraction
     baseline_predicted = predictor.predict({}).total_ms
 
     def side(index: int, predicted_ms: float, flops: int, params: int) -> Side:
@@ -231,7 +231,7 @@ def build_report(loaded: LoadedModel, analysis: Analysis, options, runtime: Runt
         options.unconstrained, sorted(search.reader_scores),
         [CandidateRow(c.strategy, c.search.predicted_ms, c.quality.cosine, c.quality.top1_agreement, c.score)
          for c in decision.candidates],
-        options.min_keep, len(plan.width), baseline_predicted, rounds.index(chosen),
+        options.min_keep, len(plan.groups()), baseline_predicted, rounds.index(chosen),
         [AttemptRow(r.predicted_budget_ms, r.decision.plan.predicted_ms, r.fraction, r.decision.search.seconds,
                     r.decision.strategy, r.decision.search.rounds) for r in rounds])
     return Report(
@@ -241,16 +241,16 @@ def build_report(loaded: LoadedModel, analysis: Analysis, options, runtime: Runt
         BudgetSection(options.budget.kind, options.budget.value, fraction, TOLERANCE, meets(judged, fraction), judged),
         side(0, baseline_predicted, analysis.capture.flops, analysis.capture.params),
         side(1, plan.predicted_ms, count_flops(model, x), sum(p.numel() for p in model.parameters())),
-        Speedup(baseline_predicted / plan.predicted_ms, latency_model["source"], measured,
+        Speedup(baseline_predicted / plan.predicted_ms, latency_model.source, measured,
                 None if final is None else final.ratio_spread[1]),
         verification,
         FidelitySection(quality.cosine, quality.top1_agreement, quality.samples, calibration_source, quality.caveat,
                         quality.per_output, quality.box_agreement, quality.kl, quality.perplexity),
         plan.bn_recalibration, search_section, method, final is not None,
-        {"kind": latency_model["source"], "fingerprint": table.get("fingerprint"), "created": table.get("created"),
+        {"kind": latency_model.source, "fingerprint": table.get("fingerprint"), "created": table.get("created"),
          "host": table.get("host"), "layer_scale": predictor.layer_scale, "rest_ms": predictor.rest_ms},
         _layer_rows(predictor, decision.search.counts, decision.search.depth),
-        [GroupRow(gid, d.keep, d.of, search.sensitivity.get(gid)) for gid, d in plan.width.items()],
+        [GroupRow(gid, d.keep, d.of, search.sensitivity.get(gid)) for gid, d in plan.groups().items()],
         {"opset": ONNX_OPSET, "dynamic_batch": options.dynamic_batch, "slimmed": slim_available()},
         Engine(engine_path, engine_note), runtime.fingerprint(), seconds, None,
         depth_section(analysis.model, model, predictor, decision.search, search.depth_costs, search.influence),
@@ -281,7 +281,7 @@ def depth_section(original: nn.Module, pruned: nn.Module, predictor: TablePredic
         if option.kind == "sparse":
             continue
         parts_ms = sum(full[name] for name in option.removes)
-        row = {**option.entry, "cost": costs.get(key), "parts_predicted_ms": parts_ms}
+        row = {**asdict(option.choice), "cost": costs.get(key), "parts_predicted_ms": parts_ms}
         if option.adds:
             merged = option.adds[0]
             sig = merged.signature
@@ -299,7 +299,7 @@ def depth_section(original: nn.Module, pruned: nn.Module, predictor: TablePredic
             "stack_layers": stack}
 
 
-def sparsity_section(predictor: TablePredictor, result, costs: dict[str, float], plan_sparsity: dict, mode: str,
+def sparsity_section(predictor: TablePredictor, result, costs: dict[str, float], plan_sparsity: Sparsity, mode: str,
                      onnx_check: dict[str, dict], engine_sparse: list[str] | None, engine_note: str) -> dict:
     """What N:M did: the pricing check, each chosen layer (predicted dense and N:M time at the chosen
     widths, labelled by the latency model's source, and its cost), each permuted group's retained
@@ -312,20 +312,20 @@ def sparsity_section(predictor: TablePredictor, result, costs: dict[str, float],
         option = predictor.options[key]
         if option.kind != "sparse":
             continue
-        layer = option.entry["layer"]
+        layer = option.name
         dense_ms, sparse_ms = full[layer], taken[option.adds[0].name]
         node = onnx_check.get(layer, {}).get("node")
-        rows.append({"layer": layer, "pattern": f"{option.entry['n']}:{option.entry['m']}", "cost": costs.get(key),
-                     "criterion": plan_sparsity["layers"].get(layer, {}).get("criterion"),
+        chosen = plan_sparsity.layers.get(layer)
+        rows.append({"layer": layer, "pattern": f"{option.choice.n}:{option.choice.m}", "cost": costs.get(key),
+                     "criterion": None if chosen is None else chosen.criterion,
                      "dense_ms": dense_ms, "sparse_ms": sparse_ms, "saving_ms": dense_ms - sparse_ms,
                      "source": check.source if check else None, "onnx_node": node,
                      "onnx_nm": onnx_check.get(layer, {}).get("nm"),
                      "engine_sparse": None if engine_sparse is None else any(node and node in name
                                                                              for name in engine_sparse)})
-    groups = [{"group": gid, "readers": stats["readers"], "dense": stats["dense"],
-               "retained_identity": stats["identity"] / stats["dense"],
-               "retained_permuted": stats["permuted"] / stats["dense"]}
-              for gid, stats in plan_sparsity.get("magnitude", {}).items()]
+    groups = [{"group": gid, "readers": list(stats.readers), "dense": stats.dense,
+               "retained_identity": stats.identity / stats.dense, "retained_permuted": stats.permuted / stats.dense}
+              for gid, stats in plan_sparsity.magnitude.items()]
     engine = ({"built": False, "note": f"which layers run sparse kernels is known only from a built engine: "
                                        f"{engine_note}"} if engine_sparse is None else
               {"built": True, "sparse_layers": engine_sparse})

@@ -30,7 +30,7 @@ from hwprune.importance.sensitivity import group_sensitivity
 from hwprune.latency.lut import LatencyTable, load_table
 from hwprune.latency.model_latency import predictor_for
 from hwprune.models import state_digest
-from hwprune.plan import Plan, Provenance
+from hwprune.plan import Plan, PlanBudget, Provenance, plan_json
 from hwprune.search.decide import WidthSearch
 from hwprune.targets import load_target
 
@@ -68,9 +68,9 @@ def first_round_plan(name: str, unconstrained: bool, table: LatencyTable, table_
     importance = score_groups(analysis, "activation", calibration.batches)
     sensitivity = group_sensitivity(analysis, importance, calibration.batches[0])
     fraction = FRACTIONS[name]
-    provenance = Provenance(analysis.name, "random, seed 0", 0, list(x.shape), [], state_digest(analysis.model),
-                            target.name, {"kind": "latency", "value": fraction, "latency_fraction": fraction},
-                            predictor.provenance(), "activation")
+    provenance = Provenance(analysis.name, "random, seed 0", 0, tuple(x.shape), (), state_digest(analysis.model),
+                            target.name, PlanBudget("latency", fraction, fraction), predictor.provenance(),
+                            "activation")
     scores = reader_scores(analysis, segments(analysis), calibration.batches[0]) if unconstrained else {}
     realiser = Realiser(analysis)
     copies = (lambda plan: _copies_ms(realiser, predictor, target, table_path, plan)) if unconstrained else None
@@ -80,7 +80,7 @@ def first_round_plan(name: str, unconstrained: bool, table: LatencyTable, table_
 
 
 def plan_text(plan: Plan) -> str:
-    return json.dumps(plan.to_json(), indent=1) + "\n"
+    return json.dumps(plan_json(plan), indent=1) + "\n"
 
 
 def assert_same_plan(computed: object, recorded: object, where: str = "plan") -> None:

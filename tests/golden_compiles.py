@@ -7,7 +7,9 @@ rearranged) with ``--refine 0``: the plan is the first search round's, which dep
 model and the depth costs alone. Both are recorded in ``data/golden/compiles/<case>/cache/`` (a
 TensorRT target's latency model is the analytic one, so only its depth costs are): the test copies
 them into its cache, and nothing is measured or scored anew. ``python -m tests.golden_compiles [CASE...]``
-records cases anew (only when a change of plan is intended, and said so in the commit).
+records cases anew (only when a change of plan is intended, and said so in the commit); with ``--plans``
+first, only their plans, from the recorded caches (a change of plan format). ``plan-v2.json`` is the
+same decision as the ``hwprune-plan/2`` code wrote it.
 
 A model folder made by the test (the ``hf:`` case) is written ``{folder}`` in the recorded files; the
 latency model's host-bound facts (its fingerprint, the onnxruntime version) are not decisions and
@@ -124,6 +126,19 @@ def golden_plan(name: str) -> Path:
     return DATA / name / "plan.json"
 
 
+def record_plans(names: list[str]) -> None:
+    """Compile each case named (every case where none is) from its recorded cache and keep its plan (a
+    change of plan format: the decisions stay those of the recorded measurements)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        for name in names or CASES:
+            code, out, log = compile_case(name, work, recorded_cache(name, work))
+            if code != 0:
+                raise SystemExit(f"{name}: compile failed:\n{log[-2000:]}")
+            plan = normalised(json.loads((out / "plan.json").read_text()), CASES[name].model(work))
+            golden_plan(name).write_text(json.dumps(plan, indent=1) + "\n")
+
+
 def record(names: list[str]) -> None:
     """Compile each case named (every case where none is) on an empty cache and keep its cache and plan."""
     with tempfile.TemporaryDirectory() as scratch:
@@ -150,4 +165,7 @@ def record(names: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    record(sys.argv[1:])
+    if sys.argv[1:2] == ["--plans"]:
+        record_plans(sys.argv[2:])
+    else:
+        record(sys.argv[1:])

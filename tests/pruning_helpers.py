@@ -36,12 +36,11 @@ def width_plan(analysis: Analysis, predictor, importance, result, readers: dict 
     """The search's Plan for ``result`` (a ``SearchResult``), as a compile round would write it;
     ``readers`` (segment masks) makes those groups unconstrained."""
     from hwprune.models import state_digest
-    from hwprune.plan import Provenance
+    from hwprune.plan import PlanBudget, Provenance
     from hwprune.search.decide import WidthSearch
 
-    provenance = Provenance(analysis.name, "test", 0, list(analysis.capture.example_input.shape), [],
-                            state_digest(analysis.model), "cpu", {"kind": "latency", "value": 0.5,
-                                                                  "latency_fraction": 0.5},
+    provenance = Provenance(analysis.name, "test", 0, tuple(analysis.capture.example_input.shape), (),
+                            state_digest(analysis.model), "cpu", PlanBudget("latency", 0.5, 0.5),
                             predictor.provenance(), importance.method)
     search = WidthSearch(analysis, predictor, importance, {}, provenance, 16, 0.1, "structure", [], False)
     return search.plan(result, result.predicted_ms, readers)
@@ -50,7 +49,7 @@ def width_plan(analysis: Analysis, predictor, importance, result, readers: dict 
 def plan_of(analysis: Analysis, keep: dict[str, list[int]], masks: dict | None = None):
     """A bare Plan for ``analysis``'s model: ``keep`` per constrained group, ``masks`` (segment
     masks) per unconstrained one."""
-    from hwprune.plan import Plan, Provenance, WidthDecision
+    from hwprune.plan import LatencyModelInfo, Plan, PlanBudget, Provenance, WidthDecision
 
     def of(gid: str) -> int:
         return analysis.group(gid).channels
@@ -58,4 +57,7 @@ def plan_of(analysis: Analysis, keep: dict[str, list[int]], masks: dict | None =
     width = {gid: WidthDecision(len(kept), of(gid), list(kept)) for gid, kept in keep.items()}
     width.update({gid: WidthDecision(len(m.union), of(gid), list(m.union), dict(m.reads))
                   for gid, m in (masks or {}).items()})
-    return Plan(Provenance("test", "test", None, [], [], None, "cpu", {}, {}, "test"), 0.0, 0.0, width)
+    heads = {gid: d for gid, d in width.items() if analysis.group(gid).kind == "heads"}
+    provenance = Provenance("test", "test", None, (), (), None, "cpu", PlanBudget("latency", 1.0, 1.0),
+                            LatencyModelInfo("analytic", None, None, None, None, 1.0, 0.0), "test")
+    return Plan(provenance, 0.0, 0.0, {g: d for g, d in width.items() if g not in heads}, heads)

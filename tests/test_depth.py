@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from hwprune.export.onnx_export import export_onnx
 from hwprune.export.verify import verify_onnx
 from hwprune.graph.analyze import analyze
 from hwprune.graph.spans import depth_candidates
+from hwprune.plan import DroppedBlock, MergedSpan
 from hwprune.transform.apply import apply_plan
 from hwprune.transform.convmath import fold_batchnorm, fold_skip, merge_convs, move_padding
 from hwprune.transform.depth import apply_depth
@@ -145,12 +147,12 @@ def non_overlapping(found, with_blocks: bool = True):
     if with_blocks and found.blocks:
         block = found.blocks[-1]
         used |= set(block.layers) | {block.add}
-        drop.append({"block": block.name})
+        drop.append(DroppedBlock(block.name, block.add))
     for span in sorted(found.spans, key=lambda s: len(s.convs)):
         if used & {*span.convs, span.skip}:
             continue
         used |= {*span.convs, span.skip}
-        merge.append({"convs": list(span.convs), "skip": span.skip})
+        merge.append(MergedSpan(span.convs, span.activations, span.skip))
     return merge, drop
 
 
@@ -175,7 +177,7 @@ def test_a_dropped_block_equals_the_model_with_that_branchs_output_zeroed():
         zeroed = copy.deepcopy(model)
         last = zeroed.get_submodule(block.layers[-1])
         last.register_forward_hook(lambda module, inputs, output: torch.zeros_like(output))
-        dropped = apply_depth(copy.deepcopy(model), x, [], [{"block": block.name}])
+        dropped = apply_depth(copy.deepcopy(model), x, [], [DroppedBlock(block.name, block.add)])
         with torch.no_grad():
             assert torch.allclose(dropped(x), zeroed(x), atol=1e-6)
         assert not set(block.layers) & set(dict(dropped.named_modules()))
@@ -189,8 +191,7 @@ def test_a_plan_with_width_merge_and_depth_applies_and_exports(tmp_path):
     assert merge and drop
     group = analysis.prunable()[0]
     plan = plan_of(analysis, {group.id: list(range(0, group.channels, 2))})
-    plan.merge, plan.depth = merge, drop
-    pruned = apply_plan(plan, analysis).eval()
+    pruned = apply_plan(replace(plan, merge=merge, depth=drop), analysis).eval()
     assert layer_count(pruned) < layer_count(small_resnet()[0])
     path = export_onnx(pruned, x, tmp_path / "pruned.onnx")
     assert verify_onnx(pruned, path, [x]).ok
@@ -204,12 +205,12 @@ def test_overlapping_or_unknown_entries_are_refused_before_any_layer_changes():
     analysis = analyze(model, x, "small_resnet")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     plan = plan_of(analysis, {analysis.prunable()[0].id: [0, 1]})
-    plan.merge, plan.depth = [{"convs": list(inside.convs)}], [{"block": block.name}]
+    both = replace(plan, merge=(MergedSpan(inside.convs, inside.activations, inside.skip),),
+                   depth=(DroppedBlock(block.name, block.add),))
     with pytest.raises(PlanError, match="merges or goes once"):
-        apply_plan(plan, analysis)
-    plan.merge, plan.depth = [{"convs": ["no.such.conv"]}], []
+        apply_plan(both, analysis)
     with pytest.raises(PlanError, match="not a legal span"):
-        apply_plan(plan, analysis)
+        apply_plan(replace(plan, merge=(MergedSpan(("no.such.conv",), ()),)), analysis)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
 
 

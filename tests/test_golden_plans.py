@@ -4,11 +4,12 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-from hwprune.plan import load_plan
+from hwprune.plan import load_plan, plan_json
 from tests.golden import MODELS, assert_same_plan, first_round_plan, golden_path, plan_text, recorded_table
 
 
@@ -23,13 +24,16 @@ def test_first_round_plan_is_the_golden_one(name, unconstrained, tmp_path):
 
 @pytest.mark.parametrize("unconstrained", [False, True], ids=["constrained", "unconstrained"])
 @pytest.mark.parametrize("name", MODELS)
-def test_the_v1_plan_of_the_code_before_loads_as_the_same_decision(name, unconstrained):
-    """The plans the code wrote before ``hwprune-plan/2`` (converted on read) decide exactly what the
-    current golden plans decide: every index, reader and prediction."""
-    old, new = load_plan(golden_path(name, unconstrained, "v1")), load_plan(golden_path(name, unconstrained))
-    assert old.width == new.width
+def test_the_plans_older_versions_wrote_load_as_the_same_decision(name, unconstrained):
+    """The ``hwprune-plan/2`` files (converted on read) decide exactly what the current golden plans decide;
+    the ``hwprune-plan/1`` ones (width only) every index, reader and prediction."""
+    new = load_plan(golden_path(name, unconstrained))
+    v2 = load_plan(golden_path(name, unconstrained, "v2"))
+    assert_same_plan(plan_json(v2), plan_json(new))
+    old = load_plan(golden_path(name, unconstrained, "v1"))
+    assert old.width == new.width and old.heads == new.heads
     assert_same_plan([old.predicted_ms, old.baseline_predicted_ms], [new.predicted_ms, new.baseline_predicted_ms])
-    assert_same_plan(old.provenance.latency_model, new.provenance.latency_model)
+    assert_same_plan(asdict(old.provenance.latency_model), asdict(new.provenance.latency_model))
     assert old.provenance.model == new.provenance.model and old.provenance.input_shape == new.provenance.input_shape
     assert old.provenance.state_sha256 is None and new.provenance.state_sha256 is not None
 
@@ -40,8 +44,8 @@ def test_the_golden_plan_is_the_same_under_other_thread_counts_and_hash_seeds(th
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONHASHSEED": hash_seed}
     code = ("import sys; from pathlib import Path; from tests.golden import *\n"
             "table, scratch = recorded_table(Path(sys.argv[1]))\n"
-            "sys.stdout.write(plan_text(first_round_plan('resnet18', True, table, scratch)))\n")
+            "sys.stdout.write(plan_text(first_round_plan('resnet18', False, table, scratch)))\n")
     run = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env,
                          cwd=Path(__file__).resolve().parents[1], timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert_same_plan(json.loads(run.stdout), json.loads(golden_path("resnet18", True).read_text()))
+    assert_same_plan(json.loads(run.stdout), json.loads(golden_path("resnet18", False).read_text()))

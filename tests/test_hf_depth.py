@@ -12,6 +12,7 @@ from hwprune.graph.stack import stack_ties
 from hwprune.latency.layers import model_layers
 from hwprune.latency.model_latency import analytic_predictor
 from hwprune.models import load_model
+from hwprune.plan import DroppedBlock
 from hwprune.search.width import search_widths
 from hwprune.targets import load_target
 from hwprune.transform.depth import unmerged
@@ -49,8 +50,8 @@ def test_each_decoder_layer_is_a_droppable_block(llama_dir):
 def test_dropping_layers_equals_skipping_them_and_renumbers(llama_dir):
     loaded = load_model(f"hf:{llama_dir}", (1, 16))
     model, x = loaded.module, loaded.example_input
-    dropped = unmerged(model, x, [], [{"block": "model.model.layers.1", "add": None},
-                                      {"block": "model.model.layers.2", "add": None}])
+    dropped = unmerged(model, x, [], [DroppedBlock("model.model.layers.1", None),
+                                      DroppedBlock("model.model.layers.2", None)])
     layers = model.model.model.layers
     handles = [_skipping(layers[1]), _skipping(layers[2])]
     with torch.no_grad():
@@ -69,7 +70,7 @@ def test_a_plan_dropping_a_non_layer_is_refused(llama_dir):
 
     loaded = load_model(f"hf:{llama_dir}", (1, 16))
     with pytest.raises(PlanError, match="not a droppable block"):
-        unmerged(loaded.module, loaded.example_input, [], [{"block": "model.model.layers.1.mlp", "add": None}])
+        unmerged(loaded.module, loaded.example_input, [], [DroppedBlock("model.model.layers.1.mlp", None)])
 
 
 def test_mlp_roles_tie_and_the_search_keeps_one_width(llama_dir):
@@ -127,7 +128,7 @@ def test_depth_compile_drops_layers_and_reloads(llama_dir, tmp_path, capsys, mon
     assert again.config.num_hidden_layers == 4 - len(plan["depth"])
     pruned = load_model(f"hf:{llama_dir}", (1, 32))
     x = pruned.example_input
-    dropped = unmerged(pruned.module, x, [], plan["depth"])
+    dropped = unmerged(pruned.module, x, [], [DroppedBlock(e["block"], e["add"]) for e in plan["depth"]])
     with torch.no_grad():
         assert torch.allclose(again(x, use_cache=False).logits, dropped(x), atol=1e-5)
     # recovery distils the logits at every position (KL), and the dropped layers stay dropped
@@ -149,7 +150,7 @@ def test_dropping_a_layer_cuts_the_live_config(tmp_path):
     loaded = load_model(f"hf:{tmp_path}", (1, 16))
     model, x = loaded.module, loaded.example_input
     assert model.model.config.layer_types == ["full_attention", "sliding_attention", "sliding_attention"]
-    dropped = unmerged(model, x, [], [{"block": "model.model.layers.0", "add": None}])
+    dropped = unmerged(model, x, [], [DroppedBlock("model.model.layers.0", None)])
     assert dropped.model.config.layer_types == ["sliding_attention", "sliding_attention"]
     assert dropped.model.config.num_hidden_layers == 2 and model.model.config.num_hidden_layers == 3
     handle = _skipping(model.model.model.layers[0])

@@ -1,11 +1,13 @@
 """Transform passes: checks before (the model untouched on a bad plan) and after, applied from a Plan."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from hwprune.errors import PlanError
 from hwprune.graph.analyze import analyze
-from hwprune.plan import WidthDecision
+from hwprune.plan import DroppedBlock, NMLayer, Sparsity, WidthDecision
 from hwprune.transform.apply import apply_plan
 from hwprune.transform.passes import Pass, Surgery, TransformError, run_passes
 from hwprune.transform.prune import PruneChannels
@@ -60,14 +62,11 @@ def test_sections_that_do_not_fit_are_refused_whole():
     before = {k: v.clone() for k, v in analysis.model.state_dict().items()}
     group = analysis.prunable()[0]
     plan = plan_of(analysis, {group.id: list(range(group.channels // 2))})
-    plan.depth = [{"block": "no.such.block"}]
     with pytest.raises(PlanError, match="not a droppable block"):
-        apply_plan(plan, analysis)
-    plan.depth, plan.sparsity = [], {"layers": {"3.body.0": "2:4"}, "permutations": {}}
-    with pytest.raises(PlanError, match="not an N:M entry"):
-        apply_plan(plan, analysis)
-    plan.sparsity = {"layers": {"no.such.layer": {"n": 2, "m": 4}}, "permutations": {}}
+        apply_plan(replace(plan, depth=(DroppedBlock("no.such.block", None),)), analysis)
+    with pytest.raises(PlanError, match="needs 0 < N < M"):
+        apply_plan(replace(plan, sparsity=Sparsity("5:4", {"3.body.0": NMLayer(5, 4)})), analysis)
     with pytest.raises(PlanError, match="no layer no.such.layer"):
-        apply_plan(plan, analysis)
+        apply_plan(replace(plan, sparsity=Sparsity("2:4", {"no.such.layer": NMLayer(2, 4)})), analysis)
     after = analysis.model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)

@@ -224,7 +224,7 @@ def test_n_m_masks_hold_through_recovery_and_the_recovered_onnx_is_checked(build
     from hwprune.sparsity.masks import is_nm
 
     plan = json.loads((build / "plan.json").read_text())
-    plan["sparsity"] = {"layers": {"3.0": {"n": 2, "m": 4}, "6": {"n": 2, "m": 4}}, "permutations": {}}
+    plan["sparsity"] = {"pattern": "2:4", "layers": {"3.0": {"n": 2, "m": 4}, "6": {"n": 2, "m": 4}}}
     (build / "plan.json").write_text(json.dumps(plan))
     assert main(["recover", str(build), "--data", fn("train"), "--eval-data", fn("test"), "--epochs", "1"]) == 0
     weights = torch.load(build / "recovered.pt", weights_only=True)

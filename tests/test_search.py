@@ -18,7 +18,7 @@ from hwprune.latency.layers import model_layers
 from hwprune.latency.lut import new_table
 from hwprune.latency.predictor import TablePredictor
 from hwprune.latency.space import profile_signatures
-from hwprune.plan import load_plan
+from hwprune.plan import load_plan, save_plan
 from hwprune.runtime.timing import Timing
 from hwprune.search import knapsack
 from hwprune.search.choose import choose
@@ -169,7 +169,7 @@ def test_plan_round_trips_and_reapplies_to_the_same_model(setup, tmp_path):
     analysis, predictor, importance = setup
     result = search_widths(analysis, predictor, importance, ALIGNMENT, 0.5 * predictor.predict({}).total_ms)
     plan = width_plan(analysis, predictor, importance, result)
-    plan.save(tmp_path / "plan.json")
+    save_plan(plan, tmp_path / "plan.json")
     loaded = load_plan(tmp_path / "plan.json")
     assert loaded == plan
     pruned = []
@@ -180,7 +180,7 @@ def test_plan_round_trips_and_reapplies_to_the_same_model(setup, tmp_path):
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     assert sum(p.numel() for p in pruned[0].parameters()) < sum(p.numel() for p in small_resnet()[0].parameters())
     for gid, decision in plan.width.items():
-        assert decision.indices == select(importance.scores[gid], decision.keep)
+        assert list(decision.indices) == select(importance.scores[gid], decision.keep)
 
 
 def test_malformed_plan_is_a_plan_error(tmp_path):
@@ -191,8 +191,11 @@ def test_malformed_plan_is_a_plan_error(tmp_path):
     path.write_text('{"format": "hwprune-plan/2", "provenance": {}, "width": {}}')
     with pytest.raises(PlanError, match="malformed plan"):
         load_plan(path)
+    path.write_text('{"format": "hwprune-plan/3", "provenance": {}, "width": {}}')
+    with pytest.raises(PlanError, match="malformed plan"):
+        load_plan(path)
     path.write_text('{"format": "hwprune-plan/9"}')
-    with pytest.raises(PlanError, match="not a hwprune-plan/2 plan"):
+    with pytest.raises(PlanError, match="not a hwprune-plan/3 plan"):
         load_plan(path)
     path.write_text("not json")
     with pytest.raises(PlanError, match="corrupt plan, not JSON"):

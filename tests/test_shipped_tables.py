@@ -77,7 +77,7 @@ def test_unpruned_mobilenet_v2_predicts_the_measured_layers(shipped, table):
     assert (provenance["device"], provenance["precision"], provenance["batch"]) == ("rtx-2080ti", "fp32", 128)
     assert provenance["measured_layers"] == 50 and provenance["filled_analytically"] > 0
     assert provenance["unmeasured_layers"] == ["features.0.0", "features.18.0", "classifier.1"]
-    assert predictor.provenance()["runtime"] == "tensorrt" and predictor.provenance()["source"] != "analytic"
+    assert predictor.provenance().runtime == "tensorrt" and predictor.provenance().source != "analytic"
     predicted = predictor.predict({}).layers_ms
     records = table.provenance["mapping"]["layers"]
     for record in records:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from hwprune.importance.nm import input_norms
 from hwprune.latency.layers import model_layers
 from hwprune.latency.model_latency import analytic_predictor
 from hwprune.latency.sparse import parse_mode, sparse_options
+from hwprune.plan import MergedSpan, NMLayer, Sparsity, plan_from_json, plan_json
 from hwprune.runtime.trt import EngineConfig, sparse_layers, trtexec_command
 from hwprune.search.nm import Permutations
 from hwprune.sparsity.masks import is_nm, nm_mask, retained
@@ -71,7 +73,7 @@ def test_the_cost_model_offers_2_4_only_where_it_predicts_a_gain_and_says_why_no
     model, x = wide_net()
     analysis = analyze(model, x, "wide")
     a100 = analytic_predictor(analysis, load_target("a100"), parse_mode("auto"))
-    offered = {o.entry["layer"] for o in a100.options.values() if o.kind == "sparse"}
+    offered = {o.name for o in a100.options.values() if o.kind == "sparse"}
     assert offered == set(a100.sparsity.offered) and "b.0" in offered and "c.0" in offered
     assert "stem.0" not in offered  # 3 input channels: not in runs of 4
     assert a100.sparsity.source == "predicted" and a100.sparsity.reason is None
@@ -92,9 +94,9 @@ def _sparse_plan(analysis, layers: dict, width: dict, chosen_groups: bool = True
     plan = plan_of(analysis, width)
     found = model_layers(analysis, "fp16")
     options = [o for o in sparse_options(found, load_target("a100"), parse_mode("2:4"), measured=False)
-               if o.entry["layer"] in layers]
-    plan.sparsity = Permutations(lambda gid: chosen_groups).section(analysis, found, options, plan.width)
-    return plan
+               if o.name in layers]
+    return replace(plan, sparsity=Permutations(lambda gid: chosen_groups).section(analysis, found, options,
+                                                                                  plan.groups()))
 
 
 def test_a_plan_with_n_m_layers_and_a_group_permutation_applies_exactly_and_exports_n_m(tmp_path):
@@ -105,15 +107,14 @@ def test_a_plan_with_n_m_layers_and_a_group_permutation_applies_exactly_and_expo
     analysis = analyze(copy.deepcopy(model), x, "wide")
     keep = {"a.0": list(range(0, 512, 2)), "b.0": list(range(256))}
     plan = _sparse_plan(analysis, {"c.0", "fc"}, keep)
-    assert set(plan.sparsity["layers"]) == {"c.0", "fc"}
-    assert "b.0" in plan.sparsity["permutations"]  # c.0 reads group b.0 whole
-    stats = plan.sparsity["magnitude"]["b.0"]
-    assert stats["permuted"] > stats["identity"] and stats["readers"] == ["c.0"]
-    plan_json = json.loads(json.dumps(plan.to_json()))  # plain data
+    assert set(plan.sparsity.layers) == {"c.0", "fc"}
+    assert "b.0" in plan.sparsity.permutations  # c.0 reads group b.0 whole
+    stats = plan.sparsity.magnitude["b.0"]
+    assert stats.permuted > stats.identity and stats.readers == ("c.0",)
+    assert plan_from_json(json.loads(json.dumps(plan_json(plan)))) == plan  # plain data, read back the same
 
     # the permutation alone is exact: the same plan without masks computes what plain pruning does
-    unmasked = copy.deepcopy(plan)
-    unmasked.sparsity["layers"] = {}
+    unmasked = replace(plan, sparsity=replace(plan.sparsity, layers={}))
     reference = apply_plan(plan_of(analysis, keep), analyze(copy.deepcopy(model), x, "wide")).eval()
     permuted = apply_plan(unmasked, analyze(copy.deepcopy(model), x, "wide")).eval()
     with torch.no_grad():
@@ -125,11 +126,11 @@ def test_a_plan_with_n_m_layers_and_a_group_permutation_applies_exactly_and_expo
     plain = copy.deepcopy(reference.c[0].weight)
     assert float(pruned.c[0].weight.abs().sum()) > float((plain * nm_mask(plain, 2, 4)).abs().sum())
     path = export_onnx(pruned, x, tmp_path / "pruned.onnx")
-    found = nm_weights(path, plan_json["sparsity"]["layers"])
+    found = nm_weights(path, plan.sparsity.layers)
     assert found["c.0"]["nm"] and found["fc"]["nm"]
-    assert not nm_weights(path, {"a.0": {"n": 2, "m": 4}})["a.0"]["nm"]  # the check can fail
+    assert not nm_weights(path, {"a.0": NMLayer(2, 4)})["a.0"]["nm"]  # the check can fail
     with pytest.raises(Exception, match="no Conv"):
-        nm_weights(path, {"nowhere": {"n": 2, "m": 4}})
+        nm_weights(path, {"nowhere": NMLayer(2, 4)})
 
 
 def test_activation_aware_masks_carry_their_scale_in_the_plan_and_apply_with_it():
@@ -143,15 +144,15 @@ def test_activation_aware_masks_carry_their_scale_in_the_plan_and_apply_with_it(
     keep = {"b.0": list(range(0, 512, 2))}
     found = model_layers(analysis, "fp16")
     options = [o for o in sparse_options(found, load_target("a100"), parse_mode("2:4"), measured=False)
-               if o.entry["layer"] == "c.0"]
+               if o.name == "c.0"]
     plan = plan_of(analysis, keep)
     scales = {"c.0": norms["c.0"].numpy().astype("float64") ** 4}  # sharpened: the criterion must matter
-    plan.sparsity = Permutations(lambda gid: True, scales).section(analysis, found, options, plan.width)
-    entry = plan.sparsity["layers"]["c.0"]
-    assert entry["criterion"] == "activation" and len(entry["scale"]) == 256
+    plan = replace(plan, sparsity=Permutations(lambda gid: True, scales).section(analysis, found, options,
+                                                                                 plan.groups()))
+    entry = plan.sparsity.layers["c.0"]
+    assert entry.criterion == "activation" and len(entry.scale) == 256
     by_activation = apply_plan(plan, analyze(copy.deepcopy(model), x, "wide")).c[0].weight
-    plan.sparsity["layers"]["c.0"] = {"n": 2, "m": 4, "criterion": "magnitude"}
-    plan.sparsity["permutations"] = dict(plan.sparsity["permutations"])
+    plan = replace(plan, sparsity=replace(plan.sparsity, layers={"c.0": NMLayer(2, 4)}))
     by_magnitude = apply_plan(plan, analyze(copy.deepcopy(model), x, "wide")).c[0].weight
     assert is_nm(by_activation, 2, 4) and is_nm(by_magnitude, 2, 4)
     assert not torch.equal(by_activation != 0, by_magnitude != 0)
@@ -161,12 +162,11 @@ def test_a_plan_that_merges_and_sparsifies_one_layer_or_permutes_a_reordered_gro
     model, x = small_resnet()
     analysis = analyze(model, x, "small")
     plan = plan_of(analysis, {})
-    plan.sparsity = {"layers": {"nowhere": {"n": 2, "m": 4}}, "permutations": {}}
     with pytest.raises(PlanError, match="no layer nowhere"):
-        apply_plan(plan, analysis)
-    plan.sparsity = {"layers": {}, "permutations": {analysis.prunable()[0].id: [0, 0]}}
+        apply_plan(replace(plan, sparsity=Sparsity("2:4", {"nowhere": NMLayer(2, 4)})), analysis)
     with pytest.raises(PlanError, match="not a permutation"):
-        apply_plan(plan, analyze(small_resnet()[0], x, "small"))
+        apply_plan(replace(plan, sparsity=Sparsity(permutations={analysis.prunable()[0].id: (0, 0)})),
+                   analyze(small_resnet()[0], x, "small"))
 
 
 def test_tensorrt_builds_n_m_plans_with_sparse_weights_and_reads_which_layers_ran_sparse(tmp_path):
@@ -215,12 +215,12 @@ def test_a_plan_that_merges_one_span_and_masks_another_layer_exports_it_checked_
     found = depth_candidates(analysis.model)
     span = found.spans[0]
     plan = plan_of(analysis, {})
-    plan.merge = [{"convs": list(span.convs), "activations": list(span.activations), "skip": span.skip}]
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and n not in span.convs
              and m.in_channels % 4 == 0 and m.groups == 1]
-    plan.sparsity = {"layers": {names[-1]: {"n": 2, "m": 4}}, "permutations": {}}
+    plan = replace(plan, merge=(MergedSpan(span.convs, span.activations, span.skip),),
+                   sparsity=Sparsity("2:4", {names[-1]: NMLayer(2, 4)}))
     pruned = apply_plan(plan, analysis).eval()
     path = export_onnx(pruned, x, tmp_path / "merged.onnx")
-    found = nm_weights(path, plan.sparsity["layers"], pruned)
+    found = nm_weights(path, plan.sparsity.layers, pruned)
     assert found[names[-1]]["nm"] and len(names) > 1
-    assert not nm_weights(path, {names[0]: {"n": 2, "m": 4}}, pruned)[names[0]]["nm"]  # a dense layer fails
+    assert not nm_weights(path, {names[0]: NMLayer(2, 4)}, pruned)[names[0]]["nm"]  # a dense layer fails

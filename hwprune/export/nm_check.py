@@ -20,12 +20,13 @@ from onnx import numpy_helper
 from torch import nn
 
 from hwprune.errors import HwpruneError
+from hwprune.plan import NMLayer
 from hwprune.sparsity.masks import is_nm
 
 _WEIGHTED = ("Conv", "Gemm", "MatMul")
 
 
-def nm_weights(path: str | Path, layers: Mapping[str, dict], model: nn.Module | None = None) -> dict[str, dict]:
+def nm_weights(path: str | Path, layers: Mapping[str, NMLayer], model: nn.Module | None = None) -> dict[str, dict]:
     """Per named layer: its ONNX node and whether its weight holds at most N non-zeros in every M
     consecutive input channels. ``model`` (the module exported) lets a node be found by its layer's
     zero pattern where its name does not say. A layer with no weighted node in the file is an error."""
@@ -46,7 +47,7 @@ def nm_weights(path: str | Path, layers: Mapping[str, dict], model: nn.Module | 
         if node is None:
             raise HwpruneError(f"{path}: no Conv, Gemm or MatMul node of layer {name} with constant weights")
         weight = numpy_helper.to_array(initializers[node.input[1]])
-        n, m = int(spec["n"]), int(spec["m"])
+        n, m = spec.n, spec.m
         found[name] = {"node": node.name, "nm": is_nm(_output_first(node, weight), n, m)}
     return found
 

@@ -40,6 +40,7 @@ from hwprune.graph.stack import hidden_in, hidden_out
 from hwprune.importance.sensitivity import flat_outputs, output_change
 from hwprune.io import write_text_atomic
 from hwprune.latency.depth import DepthOption
+from hwprune.plan import NMLayer
 from hwprune.recover.distill import distillation_loss
 from hwprune.sparsity.masks import nm_mask
 from hwprune.transform.depth import unmerged
@@ -73,11 +74,11 @@ def _cost(model: nn.Module, example_input: torch.Tensor, option: DepthOption, ba
           reference: list[torch.Tensor], recalibration: Sequence[torch.Tensor], distil_steps: int = 0,
           training: Sequence[torch.Tensor] = (), scales: dict[str, torch.Tensor] | None = None) -> float:
     if option.kind == "sparse":
-        with _masked(model, option.entry, (scales or {}).get(option.entry["layer"])):
+        with _masked(model, option.name, option.choice, (scales or {}).get(option.name)):
             if recalibration:
                 recalibrate_batchnorm(model, recalibration)
             return output_change(reference, model(batch))
-    merge, depth = ([option.entry], []) if option.kind == "merge" else ([], [option.entry])
+    merge, depth = ([option.choice], []) if option.kind == "merge" else ([], [option.choice])
     student = copy.deepcopy(model) if distil_steps else model  # trained: never the model's own layers
     changed = unmerged(student, example_input, merge, depth)
     if recalibration:
@@ -122,12 +123,12 @@ def _distil(teacher: nn.Module, student: nn.Module, batches: Sequence[torch.Tens
 
 
 @contextmanager
-def _masked(model: nn.Module, entry: dict, scale: torch.Tensor | None) -> Iterator[None]:
-    """``entry["layer"]``'s weight N:M-masked (by magnitude, times ``scale`` per input channel where
-    given) for the duration, then restored."""
-    weight = model.get_submodule(entry["layer"]).weight
+def _masked(model: nn.Module, layer: str, nm: NMLayer, scale: torch.Tensor | None) -> Iterator[None]:
+    """``layer``'s weight N:M-masked (by magnitude, times ``scale`` per input channel where given) for
+    the duration, then restored."""
+    weight = model.get_submodule(layer).weight
     original = weight.detach().clone()
-    weight.data.mul_(nm_mask(weight, entry["n"], entry["m"], scale))
+    weight.data.mul_(nm_mask(weight, nm.n, nm.m, scale))
     try:
         yield
     finally:
@@ -135,8 +136,8 @@ def _masked(model: nn.Module, entry: dict, scale: torch.Tensor | None) -> Iterat
 
 
 def _exact(model: nn.Module, option: DepthOption) -> bool:
-    convs = option.entry["convs"]
-    return not option.entry["activations"] and all(
+    convs = option.choice.convs
+    return not option.choice.activations and all(
         model.get_submodule(name).padding in ((0, 0), 0) for name in convs[1:])
 
 

@@ -18,6 +18,7 @@ from hwprune.graph.analyze import Analysis
 from hwprune.graph.spans import Block, DepthCandidates, Span
 from hwprune.latency.layers import GroupInput, Layer
 from hwprune.latency.signature import OpSignature
+from hwprune.plan import DroppedBlock, MergedSpan, NMLayer
 
 
 @dataclass(frozen=True)
@@ -28,16 +29,21 @@ class DepthOption:
     key: str  # "merge:<first>+...+<last>[ (with skip)]", "drop:<block>" or "sparse:<layer>"
     removes: frozenset[str]  # layers that no longer run as they were
     adds: tuple[Layer, ...]  # the merged conv, or the N:M layer (none for a drop)
-    entry: dict  # the Plan's entry for it
+    choice: MergedSpan | DroppedBlock | NMLayer  # the Plan's record of it (an N:M layer's is keyed by ``name``)
 
     @property
     def kind(self) -> str:
         return self.key.split(":", 1)[0]
 
+    @property
+    def name(self) -> str:
+        """What the option acts on: the span, the block or the layer."""
+        return self.key.split(":", 1)[1]
+
 
 def stack_layers(options: Iterable[DepthOption]) -> list[str]:
     """The layers of a layer stack among ``options`` (drops of a whole module, ``graph.stack``)."""
-    return [o.entry["block"] for o in options if o.kind == "drop" and o.entry["add"] is None]
+    return [o.choice.block for o in options if isinstance(o.choice, DroppedBlock) and o.choice.add is None]
 
 
 def merge_key(span: Span) -> str:
@@ -67,11 +73,11 @@ def depth_options(analysis: Analysis, found: DepthCandidates, layers: list[Layer
             group = analysis.group(first.out_group)
             inputs = (GroupInput(group.id, group.channels, sig.c_in),) if group.prunable else ()
         merged = Layer(merge_key(span), merged_sig, last.out_group, inputs, span.depthwise, last.out_scale)
-        entry = {"convs": list(span.convs), "activations": list(span.activations), "skip": span.skip}
-        options.append(DepthOption(merge_key(span), frozenset(span.convs), (merged,), entry))
+        choice = MergedSpan(tuple(span.convs), tuple(span.activations), span.skip)
+        options.append(DepthOption(merge_key(span), frozenset(span.convs), (merged,), choice))
     for block in found.blocks:
         removed = frozenset(name for name in by_name if name in block.layers or (
             block.add is None and name.startswith((f"{block.name}.", f"{block.name}:"))))
         if removed:
-            options.append(DepthOption(drop_key(block), removed, (), {"block": block.name, "add": block.add}))
+            options.append(DepthOption(drop_key(block), removed, (), DroppedBlock(block.name, block.add)))
     return options

@@ -100,7 +100,7 @@ def priced_sparsity(predictor: TablePredictor, sparse: Sequence[DepthOption], mo
     by_name = {layer.name: layer for layer in predictor.layers}
     dense_ms, sparse_ms = {}, {}
     for option in priced:
-        layer = by_name[option.entry["layer"]]
+        layer = by_name[option.name]
         dense_ms[layer.name] = predictor.layer_ms(layer, layer.signature.c_in, layer.signature.c_out)[0]
         sparse_ms[option.key] = predictor.layer_ms(option.adds[0], layer.signature.c_in, layer.signature.c_out)[0]
     kept, check = worthwhile(priced, dense_ms, sparse_ms, mode, target, source, measured)

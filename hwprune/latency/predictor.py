@@ -38,6 +38,7 @@ from hwprune.latency.layers import Layer
 from hwprune.latency.lut import LatencyTable
 from hwprune.latency.signature import OpSignature
 from hwprune.latency.sparse import SparsityCheck
+from hwprune.plan import LatencyModelInfo
 
 
 @dataclass(frozen=True)
@@ -126,24 +127,22 @@ class TablePredictor:
             base._views[keys] = view
         return base._views[keys]
 
-    def provenance(self) -> dict:
+    def provenance(self) -> LatencyModelInfo:
         """Which latency model this is, for a plan or report: the measured table's or the analytic one."""
         table = self.table.provenance
         source = table.get("source") or ("analytic" if table.get("runtime") == "analytic" else "lut")
-        named = {"table": table["table"]} if "table" in table else {}  # a shipped table's file
-        return {"source": source, **named, "fingerprint": table.get("fingerprint"), "runtime": table.get("runtime"),
-                "runtime_version": table.get("runtime_version"), "threads": table.get("threads"),
-                "graph_optimization_level": table.get("graph_optimization_level"), "layer_scale": self.layer_scale,
-                "rest_ms": self.rest_ms}
+        return LatencyModelInfo(source, table.get("runtime"), table.get("runtime_version"), table.get("threads"),
+                                table.get("graph_optimization_level"), self.layer_scale, self.rest_ms,
+                                table.get("fingerprint"), table.get("table"))
 
     def describe(self) -> str:
         """The latency model in a few words, for a log line."""
         provenance = self.provenance()
-        if provenance["source"] == "analytic":
+        if provenance.source == "analytic":
             return "analytic roofline model"
-        if provenance["source"] == "shipped":
-            return f"shipped table {provenance['table']}"
-        return f"table measured on this host with {provenance['runtime']} {provenance['runtime_version']}"
+        if provenance.source == "shipped":
+            return f"shipped table {provenance.table}"
+        return f"table measured on this host with {provenance.runtime} {provenance.runtime_version}"
 
     def _fit(self, anchors: Sequence[Anchor]) -> tuple[float, float, float]:
         """(f, k, r) from the anchors, each >= 0; see the module docstring."""
@@ -244,7 +243,7 @@ class TablePredictor:
         alone, all_exact = self._layers_ms(keep, reads)
         layers_ms = {name: self.layer_scale * ms for name, ms in alone.items()}
         rest = self.fixed_ms + self.rest_ms * self._activation_ratio(keep)
-        source = self.provenance()["source"] if all_exact else "interpolated"
+        source = self.provenance().source if all_exact else "interpolated"
         return Prediction(sum(layers_ms.values()) + rest, layers_ms, rest, source)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 
 from hwprune.latency.depth import DepthOption
 from hwprune.latency.layers import Layer
+from hwprune.plan import NMLayer
 from hwprune.sparsity.masks import parse_pattern
 from hwprune.targets import Target
 
@@ -93,7 +94,7 @@ def sparse_options(layers: list[Layer], target: Target, mode: SparsityMode | Non
             sparse = replace(layer, name=sparse_key(layer.name),
                              signature=replace(layer.signature, sparsity=mode.pattern))
             options.append(DepthOption(sparse_key(layer.name), frozenset({layer.name}), (sparse,),
-                                       {"layer": layer.name, "n": mode.n, "m": mode.m}))
+                                       NMLayer(mode.n, mode.m)))
     return options
 
 
@@ -120,8 +121,8 @@ def worthwhile(options: list[DepthOption], dense_ms: dict[str, float], sparse_ms
                ) -> tuple[list[DepthOption], SparsityCheck]:
     """The options that save at least ``MIN_SAVING`` of their layer's time (full width), and the check."""
     reason = not_offered(mode, target, measured)
-    ratios = {o.entry["layer"]: sparse_ms[o.key] / dense_ms[o.entry["layer"]] for o in options if o.key in sparse_ms}
-    kept = [o for o in options if o.key in sparse_ms and ratios[o.entry["layer"]] <= 1 - MIN_SAVING]
+    ratios = {o.name: sparse_ms[o.key] / dense_ms[o.name] for o in options if o.key in sparse_ms}
+    kept = [o for o in options if o.key in sparse_ms and ratios[o.name] <= 1 - MIN_SAVING]
     if reason is None and not kept:
         if not ratios:
             reason = f"no layer can take {mode.pattern} (conv or linear, ungrouped, input channels in runs of {mode.m})"
@@ -133,5 +134,5 @@ def worthwhile(options: list[DepthOption], dense_ms: dict[str, float], sparse_ms
             if target.sparse_24 and mode.pattern != "2:4":
                 reason += "; sparse tensor cores run 2:4 only"
     check = SparsityCheck(mode.pattern if mode else None, source if ratios else "none", len(options),
-                          [o.entry["layer"] for o in kept], ratios, reason)
+                          [o.name for o in kept], ratios, reason)
     return kept, check

@@ -33,7 +33,7 @@ from hwprune.export.verify import verify_onnx
 from hwprune.graph.analyze import analyze
 from hwprune.io import staged, write_atomic, write_text_atomic
 from hwprune.models import load_model, weights_named
-from hwprune.plan import Plan, load_plan
+from hwprune.plan import Plan, Recovery, load_plan, save_plan
 from hwprune.reapply import check_model
 from hwprune.recover.data import TrainingData, open_data, spec_normalisation
 from hwprune.recover.distill import Recipe, Trained, distil
@@ -100,7 +100,7 @@ def _recover(build: Path, options: RecoverOptions, console: Console, world: Worl
             _save_checkpoint(checkpoint_path, identity, student, recipe, done, optimiser_state)
 
     with _progress_bar(console, world, recipe.epochs * len(data), progress.epoch * len(data)) as on_batch:
-        masks = plan.sparsity["layers"]  # N:M masks hold after every step
+        masks = plan.sparsity.layers  # N:M masks hold after every step
         distil(teacher, student, data, recipe, world, progress, state, _feature_layers(plan, student),
                constraints=[lambda model: sparsify(model, masks)] if masks else (),
                on_batch=on_batch, on_epoch=on_epoch)
@@ -192,8 +192,8 @@ def _evaluate(teacher: nn.Module, student: nn.Module, data: TrainingData, device
 
 def _plan_identity(plan: Plan) -> str:
     """What a checkpoint must have been made for: the unpruned weights and the width decisions."""
-    text = json.dumps({"state": plan.provenance.state_sha256, "width": {k: asdict(v) for k, v in plan.width.items()}},
-                      sort_keys=True)
+    width = {k: asdict(v) for k, v in plan.groups().items()}
+    text = json.dumps({"state": plan.provenance.state_sha256, "width": width}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -225,9 +225,9 @@ def _feature_layers(plan: Plan, student: nn.Module) -> dict[str, list[int]]:
     channels the export may reorder, attention heads, layers of a merged span, whose maps the
     padding move enlarges, and layers a dropped block took are left out)."""
     present = dict(student.named_modules())
-    merging = {conv for entry in plan.merge for conv in entry["convs"]}
+    merging = {conv for entry in plan.merge for conv in entry.convs}
     return {gid: d.indices for gid, d in plan.width.items()
-            if d.keep < d.of and d.readers is None and not gid.endswith(":heads") and gid in present
+            if d.keep < d.of and d.readers is None and gid in present
             and gid not in merging}
 
 
@@ -242,7 +242,7 @@ def _publish(build: Path, plan: Plan, student: nn.Module, x: torch.Tensor, secti
         verification = verify_onnx(student, onnx, [x])
         if not verification.ok:
             raise HwpruneError(f"recovered.onnx does not match the recovered model: {verification.worst}")
-        wrong = [name for name, found in nm_weights(onnx, plan.sparsity["layers"], student).items() if not found["nm"]]
+        wrong = [name for name, found in nm_weights(onnx, plan.sparsity.layers, student).items() if not found["nm"]]
         if wrong:
             raise HwpruneError(f"recovered.onnx: weights are not N:M in {', '.join(wrong)}")
         torch.save(student.state_dict(), stage / "recovered.pt")
@@ -250,10 +250,9 @@ def _publish(build: Path, plan: Plan, student: nn.Module, x: torch.Tensor, secti
                  "measured_speedup": _measure(plan, build / "baseline.onnx", onnx, console)}
     section = {**section, **found}
     write_atomic(build / "plots" / "recovery.png", lambda tmp: _plot(section, tmp))
-    replace(plan, recovery={"data": section["data"], "epochs": section["recipe"]["epochs"],
-                            "recipe": section["recipe"], "weights": "recovered.pt",
-                            "note": "distilled weights: the plan alone rebuilds the pruned model, not these"}
-            ).save(build / "plan.json")
+    save_plan(replace(plan, recovery=Recovery(section["data"], section["recipe"]["epochs"], section["recipe"],
+                                              "recovered.pt", "distilled weights: the plan alone rebuilds the pruned "
+                                              "model, not these")), build / "plan.json")
     markdown = build / "report.md"
     text = markdown.read_text().split("\n## Recovery\n")[0] if markdown.is_file() else ""
     write_text_atomic(markdown, text.rstrip("\n") + "\n\n" + recovery_markdown(section))

@@ -22,7 +22,7 @@ from torch import nn
 from hwprune.graph.analyze import Analysis
 from hwprune.importance.scores import Importance, select
 from hwprune.latency.predictor import TablePredictor
-from hwprune.plan import Plan, Provenance, WidthDecision
+from hwprune.plan import DroppedBlock, MergedSpan, Plan, Provenance, Sparsity, WidthDecision
 from hwprune.search.choose import Candidate, choose
 from hwprune.search.joint import search_joint
 from hwprune.search.nm import Permutations, nm_entries
@@ -117,14 +117,14 @@ class WidthSearch:
 
     def depth_plan(self, result: SearchResult) -> Plan:
         """A plan holding only ``result``'s depth decisions (for the depth view)."""
-        plan = Plan(self.provenance, result.predicted_ms, result.baseline_predicted_ms)
-        plan.merge, plan.depth = self._depth_entries(result.depth)
-        plan.sparsity["layers"] = nm_entries(self._sparse(result.depth))
-        return plan
+        merge, depth = self._depth_entries(result.depth)
+        return Plan(self.provenance, result.predicted_ms, result.baseline_predicted_ms, merge=merge, depth=depth,
+                    sparsity=Sparsity(layers=nm_entries(self._sparse(result.depth))))
 
-    def _depth_entries(self, keys: frozenset[str]) -> tuple[list[dict], list[dict]]:
+    def _depth_entries(self, keys: frozenset[str]) -> tuple[tuple[MergedSpan, ...], tuple[DroppedBlock, ...]]:
         options = [self.predictor.options[k] for k in sorted(keys)]
-        return ([o.entry for o in options if o.kind == "merge"], [o.entry for o in options if o.kind == "drop"])
+        return (tuple(o.choice for o in options if o.kind == "merge"),
+                tuple(o.choice for o in options if o.kind == "drop"))
 
     def _sparse(self, keys: frozenset[str]) -> list:
         return [self.predictor.options[k] for k in sorted(keys) if self.predictor.options[k].kind == "sparse"]
@@ -134,7 +134,7 @@ class WidthSearch:
         """The plan for a search result: each group's best channels by importance (or, for the groups
         in ``masks``, each reader's own and their union)."""
         masks = masks or {}
-        width = {}
+        width: dict[str, WidthDecision] = {}
         for gid, count in result.counts.items():
             group = self.analysis.group(gid)
             if gid in masks:
@@ -142,14 +142,16 @@ class WidthSearch:
             else:
                 width[gid] = WidthDecision(count, group.channels, select(self.importance.scores[gid], count,
                                                                          group.repeat))
-        budget = {**self.provenance.budget, "predicted_budget_ms": predicted_budget}
-        provenance = replace(self.provenance, budget=budget)
+        provenance = replace(self.provenance, budget=replace(self.provenance.budget,
+                                                             predicted_budget_ms=predicted_budget))
         merge, depth = self._depth_entries(result.depth)
         sparse = self._sparse(result.depth)
         permutations = self.permutations or Permutations(lambda gid: False)  # None: masks without permutation
         sparsity = permutations.section(self.analysis, self.predictor.layers, sparse, width)
-        return Plan(provenance, result.predicted_ms, result.baseline_predicted_ms, width, depth, merge, sparsity,
-                    bn_recalibration=bool(self.recalibration_batches))
+        heads = {gid: d for gid, d in width.items() if self.analysis.group(gid).kind == "heads"}
+        channels = {gid: d for gid, d in width.items() if gid not in heads}
+        return Plan(provenance, result.predicted_ms, result.baseline_predicted_ms, channels, heads, merge, depth,
+                    sparsity, bn_recalibration=bool(self.recalibration_batches))
 
     def _fit_unconstrained(self, search: Callable[[float], SearchResult], predicted_budget: float,
                            result: SearchResult) -> tuple[SearchResult, Plan]:
@@ -161,7 +163,7 @@ class WidthSearch:
             predicted = (self.predictor.predict(keep, {gid: result.counts[gid] for gid in masks}).total_ms
                          + self.copies_ms(plan))
             result = replace(result, predicted_ms=predicted)
-            plan.predicted_ms = predicted
+            plan = replace(plan, predicted_ms=predicted)
             if predicted <= predicted_budget or rounds == UNCONSTRAINED_ROUNDS:
                 break
             search_budget *= predicted_budget / predicted

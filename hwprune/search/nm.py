@@ -14,24 +14,24 @@ beside the order, for the report.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from hwprune.graph.analyze import Analysis
 from hwprune.latency.depth import DepthOption
 from hwprune.latency.layers import Layer
-from hwprune.plan import WidthDecision
+from hwprune.plan import NMLayer, PermutationGain, Sparsity, WidthDecision
 from hwprune.sparsity.masks import columns, retained
 from hwprune.sparsity.permutation import search_permutation
 
 PERMUTATION_SECONDS = 0.5  # per group and round; the search keeps its best order when time is up
 
 
-def nm_entries(chosen: Iterable[DepthOption]) -> dict[str, dict]:
+def nm_entries(chosen: Iterable[DepthOption]) -> dict[str, NMLayer]:
     """The plan's N:M entry of each chosen layer, by magnitude (``Permutations.section`` adds the
     activation scale where it has one)."""
-    return {o.entry["layer"]: {"n": o.entry["n"], "m": o.entry["m"], "criterion": "magnitude"} for o in chosen}
+    return {o.name: NMLayer(o.choice.n, o.choice.m) for o in chosen}
 
 
 @dataclass
@@ -43,14 +43,14 @@ class Permutations:
     # Activation-aware masks: per layer, its input channels' activation norms on the unpruned model
     # (``importance.nm``); empty: masks by magnitude alone.
     scales: dict[str, np.ndarray] = field(default_factory=dict)
-    found: dict[tuple, tuple[list[int], dict]] = field(default_factory=dict)
+    found: dict[tuple, tuple[list[int], PermutationGain]] = field(default_factory=dict)
 
     def section(self, analysis: Analysis, layers: Iterable[Layer], chosen: Iterable[DepthOption],
-                width: dict[str, WidthDecision]) -> dict:
+                width: dict[str, WidthDecision]) -> Sparsity:
         """The plan's ``sparsity`` section for the N:M options ``chosen``."""
         chosen = sorted(chosen, key=lambda o: o.key)
         if not chosen:
-            return {"layers": {}, "permutations": {}}
+            return Sparsity()
         by_name = {layer.name: layer for layer in layers}
         entries = nm_entries(chosen)
         readers: dict[str, list[Layer]] = {}
@@ -68,17 +68,16 @@ class Permutations:
                 self.found[key] = _search(analysis, gid, group_readers, width, entries[group_readers[0].name],
                                           self.scales)
             order, stats = self.found[key]
-            if stats["permuted"] > stats["identity"]:
-                permutations[gid], magnitude[gid] = order, stats
+            if stats.permuted > stats.identity:
+                permutations[gid], magnitude[gid] = tuple(order), stats
         for name, entry in entries.items():
             scale = self._final_scale(analysis, by_name[name], width, permutations)
             if scale is not None:
-                entry.update(criterion="activation", scale=[float(v) for v in scale])
-        return {"pattern": f"{chosen[0].entry['n']}:{chosen[0].entry['m']}", "layers": entries,
-                "permutations": permutations, "magnitude": magnitude}
+                entries[name] = replace(entry, criterion="activation", scale=tuple(float(v) for v in scale))
+        return Sparsity(f"{chosen[0].choice.n}:{chosen[0].choice.m}", entries, permutations, magnitude)
 
     def _final_scale(self, analysis: Analysis, layer: Layer, width: dict[str, WidthDecision],
-                     permutations: dict[str, list[int]]) -> np.ndarray | None:
+                     permutations: dict[str, tuple[int, ...]]) -> np.ndarray | None:
         """The layer's activation norms in the order its input channels will have in the pruned,
         permuted model; None (magnitude alone) without norms, or where that order is not one group's."""
         norms = self.scales.get(layer.name)
@@ -93,12 +92,12 @@ class Permutations:
         kept = sorted(width[read.group].indices) if read.group in width else list(range(channels))
         order = permutations.get(read.group)
         if order is not None:
-            kept = order[:len(kept)]
+            kept = list(order[:len(kept)])
         return norms[kept]
 
 
-def _search(analysis: Analysis, gid: str, readers: list[Layer], width: dict[str, WidthDecision], spec: dict,
-            scales: dict[str, np.ndarray]) -> tuple[list[int], dict]:
+def _search(analysis: Analysis, gid: str, readers: list[Layer], width: dict[str, WidthDecision], spec: NMLayer,
+            scales: dict[str, np.ndarray]) -> tuple[list[int], PermutationGain]:
     channels = analysis.group(gid).channels
     kept = sorted(width[gid].indices) if gid in width else list(range(channels))
     blocks = []
@@ -109,11 +108,11 @@ def _search(analysis: Analysis, gid: str, readers: list[Layer], width: dict[str,
         block = columns(weight[:, kept]).abs().float().numpy()
         blocks.append(block * scales[layer.name][kept] if layer.name in scales else block)
     matrix = np.concatenate(blocks).astype(np.float64)
-    n, m = spec["n"], spec["m"]
+    n, m = spec.n, spec.m
     order = search_permutation(matrix, n, m, seed=0, max_seconds=PERMUTATION_SECONDS)
-    stats = {"dense": float(matrix.sum()), "identity": retained(matrix, n, m),
-             "permuted": retained(matrix[:, order], n, m), "readers": [r.name for r in readers],
-             "weighted_by": "activation" if any(r.name in scales for r in readers) else "magnitude"}
+    stats = PermutationGain(tuple(r.name for r in readers), float(matrix.sum()), retained(matrix, n, m),
+                            retained(matrix[:, order], n, m),
+                            "activation" if any(r.name in scales for r in readers) else "magnitude")
     kept_set = set(kept)
     full = [kept[int(i)] for i in order] + [c for c in range(channels) if c not in kept_set]
     return full, stats

@@ -20,7 +20,7 @@ from hwprune.evaluate.batchnorm import recalibrate_batchnorm
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.segments import segments
 from hwprune.graph.spans import depth_candidates
-from hwprune.plan import Plan, WidthDecision
+from hwprune.plan import Plan
 from hwprune.transform.depth import merged, resolve, unmerged
 from hwprune.transform.nm import PermuteForSparsity, check_layers, sparsify
 from hwprune.transform.passes import Pass, Surgery, run_passes
@@ -36,18 +36,17 @@ def apply_plan(plan: Plan, analysis: Analysis, reorder: bool = True, merge: bool
     decisions the result is a new module (an fx ``GraphModule``), not ``analysis.model``; with
     ``merge`` False its spans are left unmerged (activations removed, padding moved), the form
     BatchNorm re-estimation and training see, and ``transform.depth.merged`` finishes them."""
-    width = {gid: WidthDecision(d.keep, d.of, list(d.indices), None if d.readers is None else dict(d.readers))
-             for gid, d in plan.width.items()}
+    width = dict(plan.groups())  # the passes renumber decisions in this copy (frozen, replaced whole)
     found = {s.group: s for s in segments(analysis)} if any(d.readers for d in width.values()) else {}
     passes: list[Pass] = [ReorderSegments()] if reorder and found else []
-    sparse = plan.sparsity.get("layers", {})
-    merged_convs = {name for entry in plan.merge for name in entry["convs"]}
+    sparse = plan.sparsity.layers
+    merged_convs = {name for entry in plan.merge for name in entry.convs}
     if merged_convs & set(sparse):
         raise PlanError(f"sparsity: {', '.join(sorted(merged_convs & set(sparse)))} both merged and N:M")
     check_layers(analysis.model, sparse)  # checked before any layer is touched
     if plan.merge or plan.depth:
         resolve(plan.merge, plan.depth, depth_candidates(analysis.model, analysis.capture.example_input))
-    permutations = plan.sparsity.get("permutations", {})
+    permutations = plan.sparsity.permutations
     if permutations:
         passes.append(PermuteForSparsity(permutations))
     run_passes([*passes, PruneChannels(), SelectReaders()], Surgery(analysis, width, found))

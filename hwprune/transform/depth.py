@@ -31,6 +31,7 @@ from torch import nn
 
 from hwprune.errors import PlanError
 from hwprune.graph.spans import Block, DepthCandidates, Span, branch_of, candidates_of, depth_candidates, trace
+from hwprune.plan import DroppedBlock, MergedSpan
 from hwprune.transform.convmath import fold_batchnorm, fold_skip, merge_convs, move_padding
 from hwprune.transform.layers import drop_layers
 from hwprune.transform.passes import Pass, TransformError, run_passes
@@ -81,21 +82,21 @@ class Rewrite:
         setattr(self.graph.get_submodule(parent) if parent else self.graph, name, module)
 
 
-def resolve(plan_merge: Sequence[dict], plan_depth: Sequence[dict], found: DepthCandidates
+def resolve(plan_merge: Sequence[MergedSpan], plan_depth: Sequence[DroppedBlock], found: DepthCandidates
             ) -> tuple[list[Span], list[Block]]:
     """The plan's entries as this model's candidates; an entry that is not one is a PlanError."""
     if found.reason and (plan_merge or plan_depth):
         raise PlanError(f"the plan merges or drops layers but {found.reason}")
     spans, blocks = [], []
     for entry in plan_merge:
-        span = found.span(entry.get("convs", ()), entry.get("skip"))
+        span = found.span(list(entry.convs), entry.skip)
         if span is None:
-            raise PlanError(f"the plan merges {entry.get('convs')}, which is not a legal span of this model")
+            raise PlanError(f"the plan merges {list(entry.convs)}, which is not a legal span of this model")
         spans.append(span)
     for entry in plan_depth:
-        block = found.block(entry.get("block", ""))
+        block = found.block(entry.block)
         if block is None:
-            raise PlanError(f"the plan drops {entry.get('block')!r}, which is not a droppable block of this model")
+            raise PlanError(f"the plan drops {entry.block!r}, which is not a droppable block of this model")
         blocks.append(block)
     used: dict[str, str] = {}
     for owner, layers in [*((s.key, s.convs) for s in spans), *((b.name, b.layers) for b in blocks)]:
@@ -109,14 +110,14 @@ def resolve(plan_merge: Sequence[dict], plan_depth: Sequence[dict], found: Depth
     return spans, blocks
 
 
-def apply_depth(model: nn.Module, example_input: torch.Tensor, plan_merge: Sequence[dict],
-                plan_depth: Sequence[dict]) -> nn.Module:
+def apply_depth(model: nn.Module, example_input: torch.Tensor, plan_merge: Sequence[MergedSpan],
+                plan_depth: Sequence[DroppedBlock]) -> nn.Module:
     """``model`` with the plan's blocks dropped and spans merged (``model`` itself when both are empty)."""
     return merged(unmerged(model, example_input, plan_merge, plan_depth), example_input, plan_merge)
 
 
-def unmerged(model: nn.Module, example_input: torch.Tensor, plan_merge: Sequence[dict],
-             plan_depth: Sequence[dict]) -> nn.Module:
+def unmerged(model: nn.Module, example_input: torch.Tensor, plan_merge: Sequence[MergedSpan],
+             plan_depth: Sequence[DroppedBlock]) -> nn.Module:
     """The plan's depth decisions in trainable form: blocks dropped, each span's activations removed
     and its padding moved, its convolutions and BatchNorms still apart (what recovery trains and
     BatchNorm re-estimation sees). It computes what ``merged`` of it computes. ``model``'s own
@@ -135,13 +136,13 @@ def unmerged(model: nn.Module, example_input: torch.Tensor, plan_merge: Sequence
     return _finish(rewrite.graph)
 
 
-def merged(model: nn.Module, example_input: torch.Tensor, plan_merge: Sequence[dict]) -> nn.Module:
+def merged(model: nn.Module, example_input: torch.Tensor, plan_merge: Sequence[MergedSpan]) -> nn.Module:
     """``unmerged``'s result with each span's BatchNorms folded and convolutions merged (exact)."""
     if not plan_merge:
         return model
     graph = trace_or_refuse(model)
     found = candidates_of(graph)
-    spans = [found.span(e["convs"], e.get("skip")) for e in plan_merge]
+    spans = [found.span(list(e.convs), e.skip) for e in plan_merge]
     if any(span is None for span in spans):
         raise TransformError("a span of the plan is no longer a chain after its activations were removed")
     rewrite = Rewrite(graph, example_input, spans)

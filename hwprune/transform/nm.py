@@ -11,14 +11,14 @@ recovery re-applies them after every step (:func:`sparsify`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from hwprune.errors import PlanError
 from hwprune.graph.capture import frozen_index_mapping
-from hwprune.plan import WidthDecision
+from hwprune.plan import NMLayer, WidthDecision
 from hwprune.sparsity.masks import is_nm, nm_mask
 from hwprune.transform.passes import Surgery, TransformError
 from hwprune.transform.permute import permutable, permute_group
@@ -30,7 +30,7 @@ class PermuteForSparsity(ExactPermutation):
 
     name = "permute-for-sparsity"
 
-    def __init__(self, permutations: Mapping[str, list[int]]):
+    def __init__(self, permutations: Mapping[str, Sequence[int]]):
         self.permutations = permutations
 
     def requires(self, surgery: Surgery) -> None:
@@ -57,7 +57,7 @@ class PermuteForSparsity(ExactPermutation):
 
 
 
-def check_layers(model: nn.Module, layers: Mapping[str, dict]) -> None:
+def check_layers(model: nn.Module, layers: Mapping[str, NMLayer]) -> None:
     """PlanError unless every N:M entry names a layer of ``model`` with weights and says N and M:
     run before any pass, so a plan that cannot be sparsified is refused whole."""
     for name, spec in layers.items():
@@ -75,18 +75,15 @@ def _weight(model: nn.Module, name: str) -> torch.Tensor:
     return weight
 
 
-def _pattern(name: str, spec: object) -> tuple[int, int]:
-    try:
-        n, m = int(spec["n"]), int(spec["m"])
-    except (TypeError, KeyError, ValueError):
-        raise PlanError(f"sparsity: layer {name}: {spec!r} is not an N:M entry ({{'n': 2, 'm': 4}})") from None
+def _pattern(name: str, spec: NMLayer) -> tuple[int, int]:
+    n, m = spec.n, spec.m
     if not 0 < n < m:
         raise PlanError(f"sparsity: layer {name}: {n}:{m} needs 0 < N < M")
     return n, m
 
 
 @torch.no_grad()
-def sparsify(model: nn.Module, layers: Mapping[str, dict]) -> None:
+def sparsify(model: nn.Module, layers: Mapping[str, NMLayer]) -> None:
     """Mask each named layer's weight N:M along its input channels (by magnitude, or magnitude x the
     plan's per-input-channel activation scale), in place; checked after."""
     for name, spec in layers.items():
@@ -95,7 +92,7 @@ def sparsify(model: nn.Module, layers: Mapping[str, dict]) -> None:
         if weight.dim() < 2 or weight.shape[1] % m:
             raise PlanError(f"sparsity: {name} has {weight.shape[1] if weight.dim() > 1 else 0} input channels "
                             f"per group, not a multiple of {m}")
-        scale = spec.get("scale")
+        scale = spec.scale
         if scale is not None and len(scale) != weight.shape[1]:
             raise PlanError(f"sparsity: {name} reads {weight.shape[1]} input channels; its activation scale has "
                             f"{len(scale)}")
