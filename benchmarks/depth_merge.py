@@ -49,14 +49,14 @@ from rich.console import Console
 from rich.table import Table
 
 from hwprune.calibration import fidelity
-from hwprune.compile import compile_model
+from hwprune.cost.depth import depth_options, merge_key
+from hwprune.cost.layers import model_layers
 from hwprune.graph.analyze import analyze
 from hwprune.graph.spans import depth_candidates
 from hwprune.importance.depth import depth_costs
-from hwprune.latency.depth import depth_options, merge_key
-from hwprune.latency.layers import model_layers
 from hwprune.models import LoadedModel, load_model
 from hwprune.options import Budget, Options
+from hwprune.pipeline.compile import compile_model
 from hwprune.runtime.ort import OnnxRuntime
 from hwprune.search.spandp import span_dp
 from hwprune.targets import load_target
@@ -116,7 +116,7 @@ def fixed_cost(console: Console) -> dict:
     """Per-layer fixed cost fitted on the span table and on the Jetson whole-model rows."""
     from gpu_analytic_check import DEFAULT_DATA, TIMES, harness_ms, load_rows, mapped_layers
 
-    from hwprune.latency.predictor import nonnegative_least_squares
+    from hwprune.cost.predictor import nonnegative_least_squares
     from hwprune.report import count_flops
 
     rows = load_rows(DEFAULT_DATA / TIMES)

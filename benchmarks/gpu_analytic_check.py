@@ -11,7 +11,7 @@ timed, its shape rebuilt as their code builds it (``merged_signature``), and, fo
 against the sum of its layers' predictions. benchmarks/make_shipped_table.py writes the
 single-span rows into latency_models/ through the mapping below.
 
-``--wider CSV`` checks how hwprune/latency/shipped.py fills widths a shipped table lacks: the same
+``--wider CSV`` checks how hwprune/cost/shipped.py fills widths a shipped table lacks: the same
 authors' table for MobileNetV2-1.4 (utils/table/mbv2_1.4/time_fish_gpu1_0103.csv in their
 repository, same host name and GPU count in the file name, measured a week later; not in
 ../shared/data) gives the same 50 layers at 1.4x width. Each layer's 1.4 time is predicted from its
@@ -72,7 +72,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from hwprune.latency.signature import OpSignature
+    from hwprune.cost.signature import OpSignature
     from hwprune.targets import Target
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "trt-rtx2080ti-mobilenetv2"
@@ -106,7 +106,7 @@ def mobilenet_layers(width_mult: float = 1.0) -> list[Layer]:
     import torch
     from torchvision.models import mobilenet_v2
 
-    from hwprune.latency.layers import layer_signatures
+    from hwprune.cost.layers import layer_signatures
 
     model = mobilenet_v2(weights=None, width_mult=width_mult).eval().to("meta")
     signatures = layer_signatures(model, torch.empty(BATCH, 3, RESOLUTION, RESOLUTION, device="meta"))
@@ -145,7 +145,7 @@ def single_rows(rows: list[dict]) -> list[dict]:
 def harness_ms(rows: list[dict], layers: list[Layer], target: Target) -> float:
     """The harness's fixed cost per timed call: the constant offset fitted (profile as shipped) on the
     single-span rows at even positions."""
-    from hwprune.latency.analytic import fit_efficiency
+    from hwprune.cost.analytic import fit_efficiency
 
     train = [(layers[r["st"]].sig, r["ms"]) for r in single_rows(rows) if r["st"] % 2 == 0]
     return fit_efficiency(train, target, scales=[1.0])[1]
@@ -230,7 +230,7 @@ def error_summary(pairs: list[tuple[float, float]]) -> str:
 
 def merged_spans_report(rows: list[dict], layers: list[Layer], target: Target, harness: float) -> None:
     """Errors of the prior (profile as shipped + fitted harness constant) on the multi-span rows."""
-    from hwprune.latency.analytic import predict_ms
+    from hwprune.cost.analytic import predict_ms
 
     results = []  # (row, merged conv, predicted as one conv, predicted as the sum of its layers)
     for r in rows:
@@ -260,8 +260,8 @@ def merged_spans_report(rows: list[dict], layers: list[Layer], target: Target, h
 
 def widths_report(rows: list[dict], layers: list[Layer], wider_csv: Path, target: Target, harness: float) -> None:
     """Each rule's error when one width's entries predict the other width's layers (module docstring)."""
-    from hwprune.latency.analytic import predict_ms
-    from hwprune.latency.shipped import anchored_ms
+    from hwprune.cost.analytic import predict_ms
+    from hwprune.cost.shipped import anchored_ms
 
     wider_rows = load_rows(wider_csv)
     wider, _ = mapped_layers(wider_rows, width_mult=1.4)
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wider", type=Path, help="MobileNetV2-1.4's time_fish_gpu1_0103.csv (see the docstring)")
     args = parser.parse_args(argv)
 
-    from hwprune.latency.analytic import fit_efficiency, op_kind, predict_ms, scaled
+    from hwprune.cost.analytic import fit_efficiency, op_kind, predict_ms, scaled
     from hwprune.targets import load_target
 
     target = load_target(args.target)

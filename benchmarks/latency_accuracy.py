@@ -27,10 +27,10 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from hwprune.cost.layers import model_layers
+from hwprune.cost.model_latency import open_table, predictor_for
+from hwprune.cost.space import channel_choices
 from hwprune.graph.analyze import analyze
-from hwprune.latency.layers import model_layers
-from hwprune.latency.model_latency import open_table, predictor_for
-from hwprune.latency.space import channel_choices
 from hwprune.models import load_model
 from hwprune.profiling import measure_model, profile_model
 from hwprune.targets import load_target

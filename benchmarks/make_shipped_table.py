@@ -6,7 +6,7 @@ The source is the public table of Kim et al. (ICML 2023) read by benchmarks/gpu_
 (its docstring and the data's README.md say how it was measured); that script's checked mapping of
 their single-span rows to torchvision mobilenet_v2's layers is the one used here. Only single-span
 rows are shipped: a merged span is a conv the model does not have. The harness's fixed per-call
-cost, fitted as that script fits it, is recorded too: hwprune/latency/shipped.py needs it to fill
+cost, fitted as that script fits it, is recorded too: hwprune/cost/shipped.py needs it to fill
 the widths the table lacks. The output is a function of the CSV alone (no timestamps), so the
 committed file can be regenerated and compared: ``--check`` exits 1 when it differs instead of
 writing it.
@@ -35,7 +35,7 @@ from gpu_analytic_check import (
     single_rows,
 )
 
-from hwprune.latency.lut import Entry, LatencyTable, fingerprint
+from hwprune.cost.lut import Entry, LatencyTable, fingerprint
 from hwprune.targets import load_target
 
 OUT = Path(__file__).resolve().parents[1] / "latency_models" / "rtx-2080ti-trt84-fp32-b128.json"
@@ -91,7 +91,7 @@ def provenance(rows: list[dict], records: list[dict], shipped: int, checks: list
         "per_call": (f"the harness's fixed cost per timed call, which every entry includes: fitted, not measured (the "
                      f"offset of the {TARGET} profile's analytic model on the even single-span rows, as "
                      "benchmarks/gpu_analytic_check.py fits it); a whole engine pays it once, so a sum of entries "
-                     "overstates one. hwprune/latency/shipped.py keeps it fixed across widths"),
+                     "overstates one. hwprune/cost/shipped.py keeps it fixed across widths"),
         "date": "unknown",
         "published": ("2023-05-29, the source repository's first commit; the file name's suffix 1228 may be the "
                       "measurement's month and day (not confirmed)"),

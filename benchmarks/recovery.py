@@ -50,10 +50,10 @@ from hwprune.export.onnx_export import export_onnx
 from hwprune.graph.analyze import analyze
 from hwprune.models import load_model
 from hwprune.plan import load_plan
-from hwprune.recover.data import open_data
-from hwprune.recover.distill import Recipe, Trained, distil
-from hwprune.recover.run import RecoverOptions, recover
-from hwprune.recover.world import World
+from hwprune.recovery.data import open_data
+from hwprune.recovery.distill import Recipe, Trained, distil
+from hwprune.recovery.run import RecoverOptions, recover
+from hwprune.recovery.world import World
 from hwprune.runtime.ort import OnnxRuntime, make_session, random_feeds
 from hwprune.runtime.timing import interleave
 from hwprune.targets import load_target

@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hwprune.cost.lut import FORMAT, new_table  # noqa: E402
 from hwprune.errors import HwpruneError  # noqa: E402
 from hwprune.io import write_text_atomic  # noqa: E402
-from hwprune.latency.lut import FORMAT, new_table  # noqa: E402
 from hwprune.runtime import runtime_for  # noqa: E402
 from hwprune.runtime.kit import answer, device_facts, read_manifest  # noqa: E402
 from hwprune.targets import load_target  # noqa: E402

@@ -244,8 +244,8 @@ def _add_recovery_arguments(parser: argparse.ArgumentParser, prefix: str) -> Non
 
 
 def _recover_options(args: argparse.Namespace, prefix: str):
-    from hwprune.recover.distill import Recipe
-    from hwprune.recover.run import RecoverOptions
+    from hwprune.recovery.distill import Recipe
+    from hwprune.recovery.run import RecoverOptions
 
     def value(name: str):
         return getattr(args, prefix + name)
@@ -274,7 +274,7 @@ def _run_recover(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from hwprune.recover.run import recover
+    from hwprune.recovery.run import recover
 
     section = recover(Path(args.build), _recover_options(args, ""), Console(stderr=True, soft_wrap=True))
     if section.get("onnx"):
@@ -375,7 +375,7 @@ def _run_profile(args: argparse.Namespace) -> int:
 
     from rich.progress import Progress
 
-    from hwprune.latency.model_latency import open_table
+    from hwprune.cost.model_latency import open_table
     from hwprune.profiling import export_ops, profile_model
     from hwprune.targets import load_target
     from hwprune.transform.trial import prove_prunable
@@ -406,7 +406,7 @@ def _run_profile(args: argparse.Namespace) -> int:
 
 
 def _sparsity_mode(text: str):
-    from hwprune.latency.sparse import parse_mode
+    from hwprune.cost.sparse import parse_mode
 
     try:
         return parse_mode(text)
@@ -417,7 +417,7 @@ def _sparsity_mode(text: str):
 def _run_latency(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hwprune.latency.model_latency import offline_predictor, open_table, predictor_for
+    from hwprune.cost.model_latency import offline_predictor, open_table, predictor_for
     from hwprune.runtime import runtime_for
     from hwprune.targets import load_target
 
@@ -456,8 +456,8 @@ def _run_compile(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from hwprune.compile import compile_model
     from hwprune.options import Budget, Options
+    from hwprune.pipeline.compile import compile_model
     from hwprune.targets import load_target
 
     fractions = _fractions(args.latency) if args.latency is not None else []
@@ -484,7 +484,7 @@ def _run_compile(args: argparse.Namespace) -> int:
                       recovery=_recover_options(args, "recover_") if args.recover_data else None)
     console = Console(stderr=True, soft_wrap=True)
     if len(fractions) > 1:
-        from hwprune.compile import compile_frontier
+        from hwprune.pipeline.compile import compile_frontier
 
         if options.recovery is not None:
             raise HwpruneError("--recover-data recovers one build: run hwprune recover on the frontier point you pick")
@@ -544,8 +544,8 @@ def _run_apply(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hwprune.models import load_model, parse_input_shape
+    from hwprune.pipeline.apply import apply_plan_file
     from hwprune.plan import load_plan
-    from hwprune.reapply import apply_plan_file
 
     if args.atol < 0 or args.rtol < 0:
         raise HwpruneError("--atol and --rtol must be >= 0")
@@ -572,7 +572,7 @@ def _run_apply(args: argparse.Namespace) -> int:
 def _run_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hwprune import bench
+    from hwprune import gate
     from hwprune.targets import load_target
 
     if not 0 <= args.tolerance < 10:
@@ -582,18 +582,18 @@ def _run_bench(args: argparse.Namespace) -> int:
     verdict = None
     with _remote(args) as device:
         if args.baseline_model:
-            verdict = bench.compare_models(model, Path(args.baseline_model), target, args.tolerance)
+            verdict = gate.compare_models(model, Path(args.baseline_model), target, args.tolerance)
             result = {"model": str(model), "baseline_model": args.baseline_model, **verdict.to_json()}
             if args.save:
-                bench.save_record(result, Path(args.save))
+                gate.save_record(result, Path(args.save))
         else:
-            baseline = bench.load_record(Path(args.baseline)) if args.baseline else None
-            current = bench.record(model, target)
+            baseline = gate.load_record(Path(args.baseline)) if args.baseline else None
+            current = gate.record(model, target)
             if args.save:
-                bench.save_record(current, Path(args.save))
+                gate.save_record(current, Path(args.save))
             result = dict(current)
             if baseline is not None:
-                verdict = bench.compare_to_record(current, baseline, args.tolerance, args.allow_fingerprint_mismatch)
+                verdict = gate.compare_to_record(current, baseline, args.tolerance, args.allow_fingerprint_mismatch)
                 result["comparison"] = verdict.to_json()
     if args.json:
         print(json.dumps(result, indent=2))

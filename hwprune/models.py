@@ -28,9 +28,10 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from hwprune.errors import ModelSpecError
+from hwprune.errors import ModelSpecError, PlanError
 from hwprune.hf_layout import conv1d_state, linear_from_conv1d, pruned_config
 from hwprune.io import write_atomic
+from hwprune.plan import Plan
 
 DEFAULT_IMAGE_SHAPE = (1, 3, 224, 224)
 ULTRALYTICS_IMAGE_SHAPE = (1, 3, 640, 640)  # the size Ultralytics' detectors are trained and exported at
@@ -665,3 +666,19 @@ def save_ultralytics(module: nn.Module, spec: str, path: str | Path) -> None:
         "train_args": {}, "hwprune": {"source": spec, "state_sha256": state_digest(module)},
     }
     write_atomic(path, lambda tmp: torch.save(checkpoint, tmp))
+
+
+def check_model(plan: Plan, loaded: LoadedModel, plan_name: str) -> None:
+    """A PlanError unless ``loaded`` has the input shape and the weights the plan was made for."""
+    made_for = plan.provenance
+    shape = tuple(loaded.example_input.shape)
+    if shape != made_for.input_shape:
+        raise PlanError(f"{plan_name}: made for input {made_for.input_shape}, the model's input is {shape} "
+                        "(use --input-shape)")
+    if made_for.state_sha256 is None:
+        return
+    digest = state_digest(loaded.module)
+    if digest != made_for.state_sha256:
+        raise PlanError(f"{plan_name}: made for {made_for.model} with weights sha256 {made_for.state_sha256[:16]} "
+                        f"({made_for.weights}); {loaded.name} ({loaded.weights}) has {digest[:16]}: pass the model, "
+                        "--weights or --seed the plan was made with")

@@ -6,15 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hwprune.cost.sparse import SparsityMode, parse_mode
 from hwprune.errors import HwpruneError
 from hwprune.export.verify import DEFAULT_ATOL, DEFAULT_RTOL
-from hwprune.latency.sparse import SparsityMode, parse_mode
 from hwprune.runtime import runtime_for
 from hwprune.search.decide import SEARCHES, STRATEGIES
 from hwprune.targets import Target
 
 if TYPE_CHECKING:
-    from hwprune.recover.run import RecoverOptions
+    from hwprune.recovery.run import RecoverOptions
 
 
 @dataclass(frozen=True)

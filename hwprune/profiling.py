@@ -15,15 +15,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hwprune.cost.layers import model_layers
+from hwprune.cost.lut import LatencyTable
+from hwprune.cost.model_latency import ANCHOR_FRACTIONS, anchor_counts, anchor_key, depth_choices, model_key
+from hwprune.cost.profiler import profile, profile_pairs
+from hwprune.cost.signature import OpSignature
+from hwprune.cost.space import profile_signatures
+from hwprune.cost.sparse import SparsityMode, sparse_options
 from hwprune.export.onnx_export import export_onnx
 from hwprune.graph.analyze import Analysis, analyze
-from hwprune.latency.layers import model_layers
-from hwprune.latency.lut import LatencyTable
-from hwprune.latency.model_latency import ANCHOR_FRACTIONS, anchor_counts, anchor_key, depth_choices, model_key
-from hwprune.latency.profiler import profile, profile_pairs
-from hwprune.latency.signature import OpSignature
-from hwprune.latency.space import profile_signatures
-from hwprune.latency.sparse import SparsityMode, sparse_options
 from hwprune.runtime import runtime_for
 from hwprune.runtime.timing import Timing
 from hwprune.targets import Target
@@ -47,7 +47,7 @@ def profile_model(analysis: Analysis, target: Target, table: LatencyTable, progr
     layers' N:M signatures too), and the whole model unpruned and uniformly pruned at each of
     ``ANCHOR_FRACTIONS`` (the predictor's anchors); returns how many measurements were new. The N:M
     signatures at full width, which decide whether N:M is offered at all, are timed against their
-    dense twins alternately (``latency.profiler.profile_pairs``)."""
+    dense twins alternately (``cost.profiler.profile_pairs``)."""
     alignment = target.channel_alignment
     signatures, paired = _signatures(analysis, target, sparsity)
     timed_in_pairs = set(paired)
@@ -72,7 +72,7 @@ def export_ops(analysis: Analysis, target: Target, folder: Path, sparsity: Spars
     a manifest for ``export/profile_ops.py`` on the device; (ops, models) written."""
     from functools import partial
 
-    from hwprune.latency.onnx_ops import identity_model, input_shape, single_op_model
+    from hwprune.cost.onnx_ops import identity_model, input_shape, single_op_model
     from hwprune.runtime.kit import OpGraph, write_ops
 
     alignment = target.channel_alignment

@@ -16,11 +16,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hwprune import __version__
 from hwprune.calibration import Fidelity
+from hwprune.cost.predictor import TablePredictor
 from hwprune.export.copies import copy_ops
 from hwprune.export.onnx_export import ONNX_OPSET, export_onnx, slim_available
 from hwprune.export.verify import Verification
 from hwprune.graph.analyze import Analysis
-from hwprune.latency.predictor import TablePredictor
 from hwprune.models import LoadedModel
 from hwprune.plan import Sparsity, WidthDecision
 from hwprune.runtime import Runtime

@@ -48,7 +48,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 @dataclass(frozen=True)
 class AnalyticParams:
-    """Parameters of the roofline model in :mod:`hwprune.latency.analytic`."""
+    """Parameters of the roofline model in :mod:`hwprune.cost.analytic`."""
 
     efficiency: dict[str, float]
     """Fraction of the peak compute rate reached, per op kind (conv, pointwise, depthwise, linear)."""

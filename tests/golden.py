@@ -21,15 +21,15 @@ import torch
 import torchvision
 
 from hwprune.calibration import load_calibration
-from hwprune.compile import Realiser, _copies_ms
+from hwprune.cost.lut import LatencyTable, load_table
+from hwprune.cost.model_latency import predictor_for
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.segments import segments
 from hwprune.importance.readers import reader_scores
 from hwprune.importance.scores import score_groups
 from hwprune.importance.sensitivity import group_sensitivity
-from hwprune.latency.lut import LatencyTable, load_table
-from hwprune.latency.model_latency import predictor_for
 from hwprune.models import state_digest
+from hwprune.pipeline.compile import Realiser, _copies_ms
 from hwprune.plan import Plan, PlanBudget, Provenance, plan_json
 from hwprune.search.decide import WidthSearch
 from hwprune.targets import load_target
@@ -111,7 +111,7 @@ def record(profile: bool = False) -> None:
     target = load_target("cpu")
     DATA.mkdir(parents=True, exist_ok=True)
     if profile:
-        from hwprune.latency.model_latency import open_table
+        from hwprune.cost.model_latency import open_table
         from hwprune.profiling import profile_model
 
         table, _ = open_table(target, TABLE, create=True)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hwprune.cost.lut import BINDING_FIELDS, fingerprint
+from hwprune.cost.model_latency import default_table_path
 from hwprune.io import cache_dir
-from hwprune.latency.lut import BINDING_FIELDS, fingerprint
-from hwprune.latency.model_latency import default_table_path
 from hwprune.runtime import runtime_for
 from hwprune.targets import load_target
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hwprune.latency.analytic import compute_ms, fit_efficiency, memory_ms, op_kind, padded, predict_ms, scaled
-from hwprune.latency.signature import OpSignature
+from hwprune.cost.analytic import compute_ms, fit_efficiency, memory_ms, op_kind, padded, predict_ms, scaled
+from hwprune.cost.signature import OpSignature
 from hwprune.targets import available_targets, load_target
 
 GPUS = ("jetson-orin-nano", "jetson-orin-agx", "jetson-xavier-nx", "t4", "a10", "a100", "l4", "h100", "rtx-4090",

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from hwprune.cost.layers import layer_signatures, model_layers
+from hwprune.cost.onnx_ops import input_shape, single_op_model
+from hwprune.cost.signature import OpSignature
 from hwprune.graph.analyze import analyze
-from hwprune.latency.layers import layer_signatures, model_layers
-from hwprune.latency.onnx_ops import input_shape, single_op_model
-from hwprune.latency.signature import OpSignature
 from hwprune.runtime.ort import make_session
 
 

@@ -215,9 +215,9 @@ def test_overlapping_or_unknown_entries_are_refused_before_any_layer_changes():
 
 
 def small_resnet_search(target_name: str):
+    from hwprune.cost.model_latency import analytic_predictor
     from hwprune.importance.depth import depth_costs
     from hwprune.importance.scores import score_groups
-    from hwprune.latency.model_latency import analytic_predictor
     from hwprune.targets import load_target
 
     model, x = small_resnet()
@@ -277,9 +277,9 @@ def test_compile_on_a_launch_bound_target_merges_or_drops_and_verifies(tmp_path)
 
     from rich.console import Console
 
-    from hwprune.compile import compile_model
     from hwprune.models import LoadedModel
     from hwprune.options import Budget, Options
+    from hwprune.pipeline.compile import compile_model
     from hwprune.targets import load_target
 
     model, x = small_resnet()

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from hwprune.cli import main
+from hwprune.cost.layers import model_layers
+from hwprune.cost.model_latency import analytic_predictor
 from hwprune.graph.analyze import analyze
 from hwprune.graph.spans import depth_candidates
 from hwprune.graph.stack import stack_ties
-from hwprune.latency.layers import model_layers
-from hwprune.latency.model_latency import analytic_predictor
 from hwprune.models import load_model
 from hwprune.plan import DroppedBlock
 from hwprune.search.width import search_widths
@@ -98,7 +98,7 @@ def test_mlp_roles_tie_and_the_search_keeps_one_width(llama_dir):
 
 
 def test_timed_layers_of_a_dropped_layer_all_go(llama_dir):
-    from hwprune.latency.depth import depth_options
+    from hwprune.cost.depth import depth_options
 
     loaded = load_model(f"hf:{llama_dir}", (1, 16))
     analysis = analyze(loaded.module, loaded.example_input, loaded.name, strict=False)

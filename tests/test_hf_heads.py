@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from hwprune.cli import main
+from hwprune.cost.layers import model_layers
+from hwprune.cost.space import profile_signatures
 from hwprune.evaluate.mask import silence_channels
 from hwprune.graph.analyze import analyze
 from hwprune.graph.heads import group_heads
-from hwprune.latency.layers import model_layers
-from hwprune.latency.space import profile_signatures
 from hwprune.models import load_model
 from hwprune.transform.prune import prune
 from tests.pruning_helpers import max_abs_diff
@@ -112,8 +112,8 @@ def test_the_single_op_attention_graph_computes_attention(causal, keys):
     to the last key, as torch's bottom-right mask; the input holds the queries, then the keys where they differ)."""
     import onnxruntime as ort
 
-    from hwprune.latency.onnx_ops import input_shape, single_op_model
-    from hwprune.latency.signature import OpSignature
+    from hwprune.cost.onnx_ops import input_shape, single_op_model
+    from hwprune.cost.signature import OpSignature
 
     sig = OpSignature("attention", 2, 3, 3, 16, keys, kernel=8, causal=causal)
     x = torch.randn(input_shape(sig))
@@ -125,7 +125,7 @@ def test_the_single_op_attention_graph_computes_attention(causal, keys):
 
 
 def test_the_analytic_model_prices_the_core_on_a_gpu(folders):
-    from hwprune.latency.model_latency import analytic_predictor
+    from hwprune.cost.model_latency import analytic_predictor
     from hwprune.targets import load_target
 
     _loaded, analysis = _analysed(folders["llama"], (1, 32))

@@ -12,11 +12,11 @@ import json
 import pytest
 import torch
 
+from hwprune.cost.layers import model_layers
 from hwprune.evaluate.mask import silenced
 from hwprune.export.onnx_export import export_onnx
 from hwprune.export.verify import verify_onnx
 from hwprune.graph.analyze import analyze
-from hwprune.latency.layers import model_layers
 from hwprune.models import load_model, save_native
 from hwprune.transform.prune import prune
 from tests.pruning_helpers import max_abs_diff

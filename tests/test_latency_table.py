@@ -4,14 +4,14 @@ import json
 
 import pytest
 
+from hwprune.cost.layers import GroupInput, Layer
+from hwprune.cost.lut import LutError, load_table, new_table
+from hwprune.cost.predictor import Anchor, TablePredictor
+from hwprune.cost.profiler import profile
+from hwprune.cost.signature import OpSignature
+from hwprune.cost.space import channel_choices
 from hwprune.errors import HwpruneError
 from hwprune.graph.groups import ChannelGroup
-from hwprune.latency.layers import GroupInput, Layer
-from hwprune.latency.lut import LutError, load_table, new_table
-from hwprune.latency.predictor import Anchor, TablePredictor
-from hwprune.latency.profiler import profile
-from hwprune.latency.signature import OpSignature
-from hwprune.latency.space import channel_choices
 from hwprune.runtime import runtime_for
 from hwprune.runtime.timing import Timing
 from hwprune.targets import load_target
@@ -181,8 +181,8 @@ def test_layer_inputs_follow_concatenations_flattens_and_heads():
     import torch
     from torch import nn
 
+    from hwprune.cost.layers import model_layers
     from hwprune.graph.analyze import analyze
-    from hwprune.latency.layers import model_layers
 
     class Concat(nn.Module):
         def __init__(self):

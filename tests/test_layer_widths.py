@@ -11,9 +11,9 @@ import random
 import pytest
 from torch import nn
 
+from hwprune.cost.layers import model_layers
 from hwprune.graph.analyze import analyze
 from hwprune.graph.heads import heads_of
-from hwprune.latency.layers import model_layers
 from hwprune.transform.prune import prune
 from tests.pruning_helpers import random_keep
 from tests.zoo import ZOO

@@ -46,14 +46,14 @@ def stage_imports(source: str) -> set[str]:
 
 
 @pytest.mark.parametrize("source, forbidden", [
-    ("graph", {"importance", "latency", "search", "transform", "export", "evaluate", "runtime"}),
+    ("graph", {"importance", "cost", "search", "transform", "export", "evaluate", "runtime"}),
     ("search", {"transform", "export", "runtime"}),
-    ("latency", {"export", "search", "transform"}),
-    ("export", {"latency", "search"}),
-    ("runtime", {"graph", "latency", "export", "search", "transform", "importance", "evaluate"}),
+    ("cost", {"export", "search", "transform"}),
+    ("export", {"cost", "search"}),
+    ("runtime", {"graph", "cost", "export", "search", "transform", "importance", "evaluate"}),
     ("evaluate", {"search", "transform", "export"}),
     ("plan", {s for s in map(stage, MODULES) if s not in ("errors", "io", "plan")}),
-    ("recover", {"search", "latency", "importance", "compile"}),
+    ("recovery", {"search", "cost", "importance", "pipeline"}),
 ])
 def test_a_stage_imports_none_of_what_it_must_not(source, forbidden):
     assert not stage_imports(source) & forbidden
@@ -98,7 +98,15 @@ def test_help_imports_no_runtime_and_no_pruning_library_and_no_module_imports_te
             "try:\n    hwprune.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
             "heavy = {'onnxruntime', 'tensorrt', 'torch_pruning', 'torch'} & set(sys.modules)\n"
             "assert not heavy, heavy\n"
-            "import hwprune.compile, hwprune.bench, hwprune.runtime.trt\n"
+            "import hwprune.pipeline.compile, hwprune.gate, hwprune.runtime.trt\n"
             "assert 'tensorrt' not in sys.modules, 'TensorRT is imported only where an engine is built or run'\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-500:]
+
+
+def test_no_module_at_the_package_top_shares_a_public_function_name():
+    """Importing a submodule sets it as an attribute of its package: a module ``hwprune/compile.py`` would
+    shadow the function ``hwprune.compile`` once anything imported it."""
+    public = {"compile", "analyze", "apply", "recover", "latency", "bench"}
+    top = {p.stem for p in PACKAGE.glob("*.py")} | {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert not top & public

@@ -76,7 +76,7 @@ def test_recovery_regains_accuracy_and_writes_a_verified_measured_model(build, c
 
 
 def test_interrupted_recovery_resumes_from_its_checkpoint(build, monkeypatch, capsys):
-    from hwprune.recover import run
+    from hwprune.recovery import run
 
     save = run._save_checkpoint
 
@@ -183,7 +183,7 @@ def test_image_folder_data(build, tmp_path, capsys):
 
 
 def test_folder_normalisation_follows_the_model_spec():
-    from hwprune.recover.data import IMAGENET_MEAN, IMAGENET_STD, spec_normalisation
+    from hwprune.recovery.data import IMAGENET_MEAN, IMAGENET_STD, spec_normalisation
 
     assert spec_normalisation("torchvision:resnet18", 3) == (IMAGENET_MEAN, IMAGENET_STD)
     assert spec_normalisation("ultralytics:yolov8n.yaml", 3) == ((0.0,) * 3, (1.0,) * 3)  # pixels / 255

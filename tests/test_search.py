@@ -11,13 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hwprune.calibration import fidelity
+from hwprune.cost.layers import model_layers
+from hwprune.cost.lut import new_table
+from hwprune.cost.predictor import TablePredictor
+from hwprune.cost.space import profile_signatures
 from hwprune.errors import PlanError
 from hwprune.graph.analyze import analyze
 from hwprune.importance.scores import score_groups, select
-from hwprune.latency.layers import model_layers
-from hwprune.latency.lut import new_table
-from hwprune.latency.predictor import TablePredictor
-from hwprune.latency.space import profile_signatures
 from hwprune.plan import load_plan, save_plan
 from hwprune.runtime.timing import Timing
 from hwprune.search import knapsack

@@ -12,12 +12,12 @@ import pytest
 import torch
 from torchvision.models import mobilenet_v2, resnet18
 
+from hwprune.cost.analytic import predict_ms
+from hwprune.cost.lut import LutError, fingerprint, load_table
+from hwprune.cost.shipped import shipped_predictor, shipped_tables
+from hwprune.cost.signature import OpSignature
+from hwprune.cost.space import channel_choices
 from hwprune.graph.analyze import Analysis, analyze
-from hwprune.latency.analytic import predict_ms
-from hwprune.latency.lut import LutError, fingerprint, load_table
-from hwprune.latency.shipped import shipped_predictor, shipped_tables
-from hwprune.latency.signature import OpSignature
-from hwprune.latency.space import channel_choices
 from hwprune.targets import load_target
 
 TABLE = "rtx-2080ti-trt84-fp32-b128.json"

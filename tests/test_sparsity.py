@@ -13,14 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hwprune.cli import main
+from hwprune.cost.layers import model_layers
+from hwprune.cost.model_latency import analytic_predictor
+from hwprune.cost.sparse import parse_mode, sparse_options
 from hwprune.errors import PlanError
 from hwprune.export.nm_check import nm_weights
 from hwprune.export.onnx_export import export_onnx
 from hwprune.graph.analyze import analyze
 from hwprune.importance.nm import input_norms
-from hwprune.latency.layers import model_layers
-from hwprune.latency.model_latency import analytic_predictor
-from hwprune.latency.sparse import parse_mode, sparse_options
 from hwprune.plan import MergedSpan, NMLayer, Sparsity, plan_from_json, plan_json
 from hwprune.runtime.trt import EngineConfig, sparse_layers, trtexec_command
 from hwprune.search.nm import Permutations

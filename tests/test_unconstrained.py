@@ -13,6 +13,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from hwprune.cost.copies import copy_signatures
+from hwprune.cost.onnx_ops import input_shape, single_op_model
+from hwprune.cost.signature import OpSignature
 from hwprune.evaluate.mask import masked_readers
 from hwprune.export.copies import copy_ops
 from hwprune.export.onnx_export import export_onnx
@@ -21,9 +24,6 @@ from hwprune.graph.segments import segments
 from hwprune.graph.select import ChannelSelect
 from hwprune.importance.readers import reader_scores
 from hwprune.importance.scores import score_groups, select
-from hwprune.latency.copies import copy_signatures
-from hwprune.latency.onnx_ops import input_shape, single_op_model
-from hwprune.latency.signature import OpSignature
 from hwprune.search.readers import reader_masks
 from hwprune.transform.apply import apply_plan
 from tests.pruning_helpers import plan_of

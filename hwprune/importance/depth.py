@@ -34,14 +34,14 @@ import torch
 from torch import nn
 
 from hwprune.calibration import output_tensors
+from hwprune.cost.depth import DepthOption
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm, restored_batchnorm
 from hwprune.graph.hooks import run_hooked
 from hwprune.graph.stack import hidden_in, hidden_out
 from hwprune.importance.sensitivity import flat_outputs, output_change
 from hwprune.io import write_text_atomic
-from hwprune.latency.depth import DepthOption
 from hwprune.plan import NMLayer
-from hwprune.recover.distill import distillation_loss
+from hwprune.recovery.distill import distillation_loss
 from hwprune.sparsity.masks import nm_mask
 from hwprune.transform.depth import unmerged
 

@@ -51,7 +51,7 @@ class Runtime(ABC):
 
     @abstractmethod
     def provenance(self) -> dict:
-        """The settings a latency table measured here binds to (``latency.lut.BINDING_FIELDS``)."""
+        """The settings a latency table measured here binds to (``cost.lut.BINDING_FIELDS``)."""
 
     @abstractmethod
     def fingerprint(self) -> dict:

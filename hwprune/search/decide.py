@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from hwprune.cost.predictor import TablePredictor
 from hwprune.graph.analyze import Analysis
 from hwprune.importance.scores import Importance, select
-from hwprune.latency.predictor import TablePredictor
 from hwprune.plan import DroppedBlock, MergedSpan, Plan, Provenance, Sparsity, WidthDecision
 from hwprune.search.choose import Candidate, choose
 from hwprune.search.joint import search_joint

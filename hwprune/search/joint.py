@@ -1,7 +1,7 @@
 """Width and depth in one knapsack: how many channels each group keeps, which spans merge and which
 residual blocks go, under one predicted-latency budget.
 
-The depth options (``latency.depth``; N:M layers, ``latency.sparse``, are options of the same
+The depth options (``cost.depth``; N:M layers, ``cost.sparse``, are options of the same
 kind) form *units*: the connected components of "these two cannot both be taken" (they share a
 layer: overlapping spans of one chain, a block and the spans inside its branch, a span with and
 without its skip, a layer made N:M and a span that merges it away). A unit's choices are its sets of compatible
@@ -32,12 +32,12 @@ from collections.abc import Iterable
 
 import networkx as nx
 
+from hwprune.cost.depth import DepthOption
+from hwprune.cost.layers import Layer
+from hwprune.cost.predictor import TablePredictor
 from hwprune.errors import PlanError
 from hwprune.graph.analyze import Analysis
 from hwprune.importance.scores import Importance
-from hwprune.latency.depth import DepthOption
-from hwprune.latency.layers import Layer
-from hwprune.latency.predictor import TablePredictor
 from hwprune.search import knapsack
 from hwprune.search.width import (
     GRID,

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from hwprune.cost.depth import DepthOption
+from hwprune.cost.layers import Layer
 from hwprune.graph.analyze import Analysis
-from hwprune.latency.depth import DepthOption
-from hwprune.latency.layers import Layer
 from hwprune.plan import NMLayer, PermutationGain, Sparsity, WidthDecision
 from hwprune.sparsity.masks import columns, retained
 from hwprune.sparsity.permutation import search_permutation

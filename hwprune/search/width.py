@@ -26,11 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hwprune.cost.predictor import TablePredictor
+from hwprune.cost.space import channel_choices
 from hwprune.errors import PlanError
 from hwprune.graph.analyze import Analysis
 from hwprune.importance.scores import Importance, retained
-from hwprune.latency.predictor import TablePredictor
-from hwprune.latency.space import channel_choices
 from hwprune.search import knapsack
 
 ROUNDS = 6
@@ -46,7 +46,7 @@ class SearchResult:
     objective: float
     rounds: int
     seconds: float
-    depth: frozenset[str] = frozenset()  # depth options taken (``latency.depth`` keys; search.joint)
+    depth: frozenset[str] = frozenset()  # depth options taken (``cost.depth`` keys; search.joint)
 
 
 def allowed_counts(analysis: Analysis, alignment: int, min_keep: float) -> dict[str, list[int]]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hwprune.cost.layers import input_shapes
+from hwprune.cost.signature import OpSignature
 from hwprune.graph.select import ChannelSelect
-from hwprune.latency.layers import input_shapes
-from hwprune.latency.signature import OpSignature
 
 
 def copy_signatures(model: nn.Module, example_input: torch.Tensor) -> dict[str, OpSignature]:

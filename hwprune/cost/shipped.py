@@ -32,12 +32,12 @@ from __future__ import annotations
 import statistics
 from importlib import resources
 
+from hwprune.cost.analytic import op_kind, predict_ms
+from hwprune.cost.layers import Layer, model_layers
+from hwprune.cost.lut import Entry, LatencyTable, load_table
+from hwprune.cost.predictor import TablePredictor
+from hwprune.cost.space import profile_signatures
 from hwprune.graph.analyze import Analysis
-from hwprune.latency.analytic import op_kind, predict_ms
-from hwprune.latency.layers import Layer, model_layers
-from hwprune.latency.lut import Entry, LatencyTable, load_table
-from hwprune.latency.predictor import TablePredictor
-from hwprune.latency.space import profile_signatures
 from hwprune.targets import Target
 
 PACKAGE = "hwprune.latency_models"

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import math
 
+from hwprune.cost.layers import Layer
+from hwprune.cost.signature import OpSignature
 from hwprune.graph.groups import ChannelGroup
-from hwprune.latency.layers import Layer
-from hwprune.latency.signature import OpSignature
 
 
 def channel_choices(group: ChannelGroup | None, alignment: int) -> list[int]:

@@ -14,16 +14,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from hwprune.cost.layers import GroupInput, Layer
+from hwprune.cost.signature import OpSignature
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.spans import Block, DepthCandidates, Span
-from hwprune.latency.layers import GroupInput, Layer
-from hwprune.latency.signature import OpSignature
 from hwprune.plan import DroppedBlock, MergedSpan, NMLayer
 
 
 @dataclass(frozen=True)
 class DepthOption:
-    """One span merged, one block dropped or one layer made N:M (``latency.sparse``): a structural
+    """One span merged, one block dropped or one layer made N:M (``cost.sparse``): a structural
     option, as the latency model and the joint search see it."""
 
     key: str  # "merge:<first>+...+<last>[ (with skip)]", "drop:<block>" or "sparse:<layer>"

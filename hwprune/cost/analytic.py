@@ -64,8 +64,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
+from hwprune.cost.signature import ATTENTION, OpSignature
 from hwprune.errors import DeviceError
-from hwprune.latency.signature import ATTENTION, OpSignature
 from hwprune.targets import Target
 
 __all__ = ["op_kind", "padded", "peak_tflops", "predict_ms", "scaled", "fit_efficiency"]

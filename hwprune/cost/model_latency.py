@@ -9,16 +9,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from hwprune.cost.depth import DepthOption, depth_options
+from hwprune.cost.layers import Layer, model_layers
+from hwprune.cost.lut import LatencyTable, LutError, load_table, new_table
+from hwprune.cost.predictor import Anchor, TablePredictor
+from hwprune.cost.space import channel_choices, profile_signatures
+from hwprune.cost.sparse import SparsityCheck, SparsityMode, not_offered, sparse_options, worthwhile
 from hwprune.errors import HwpruneError
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.spans import depth_candidates
 from hwprune.io import cache_dir
-from hwprune.latency.depth import DepthOption, depth_options
-from hwprune.latency.layers import Layer, model_layers
-from hwprune.latency.lut import LatencyTable, LutError, load_table, new_table
-from hwprune.latency.predictor import Anchor, TablePredictor
-from hwprune.latency.space import channel_choices, profile_signatures
-from hwprune.latency.sparse import SparsityCheck, SparsityMode, not_offered, sparse_options, worthwhile
 from hwprune.runtime import runtime_for
 from hwprune.runtime.timing import Timing
 from hwprune.targets import Target
@@ -68,7 +68,7 @@ def depth_choices(analysis: Analysis, layers: list[Layer], target: Target) -> li
     """The model's depth options worth pricing on ``target``: every droppable block, and every span
     whose merged conv the analytic model does not predict ``MERGE_SLOWDOWN`` times slower than its
     convolutions at full width."""
-    from hwprune.latency.analytic import predict_ms
+    from hwprune.cost.analytic import predict_ms
 
     by_name = {layer.name: layer for layer in layers}
     kept = []
@@ -93,7 +93,7 @@ def analytic_predictor(analysis: Analysis, target: Target, sparsity: SparsityMod
 
 def priced_sparsity(predictor: TablePredictor, sparse: Sequence[DepthOption], mode: SparsityMode | None,
                     target: Target, measured: bool) -> TablePredictor:
-    """``predictor`` with only the sparse options worth taking (``latency.sparse.worthwhile``) and
+    """``predictor`` with only the sparse options worth taking (``cost.sparse.worthwhile``) and
     the check that says why, as ``predictor.sparsity``."""
     priced = [o for o in sparse if o.key in predictor.options]
     source = "measured" if measured else "predicted"
@@ -117,10 +117,10 @@ def priced_sparsity(predictor: TablePredictor, sparse: Sequence[DepthOption], mo
 
 def offline_predictor(analysis: Analysis, target: Target, sparsity: SparsityMode | None = None) -> TablePredictor:
     """The cost model of a target this host cannot run: a shipped device-measured table matching the
-    target (``latency.shipped``), else the analytic model (conv/linear layers' roofline times;
+    target (``cost.shipped``), else the analytic model (conv/linear layers' roofline times;
     other ops are not modelled, so the unpruned prediction is a lower bound). Its ``provenance()``
     says which."""
-    from hwprune.latency.shipped import shipped_predictor
+    from hwprune.cost.shipped import shipped_predictor
 
     shipped = shipped_predictor(analysis, target)
     if shipped is None:
@@ -155,12 +155,12 @@ def analytic_table(analysis: Analysis, target: Target, options: Sequence[DepthOp
     Same shape as a measured table, so the same predictor and search run on it; its provenance
     says ``runtime: analytic``, which every report carries.
     """
-    from hwprune.latency.analytic import predict_ms
+    from hwprune.cost.analytic import predict_ms
 
     layers = model_layers(analysis, target.default_dtype)
     groups = {g.id: g for g in analysis.groups}
     table = LatencyTable({"target": target.name, "runtime": "analytic", "device_runtime": target.runtime,
-                          "dtype": target.default_dtype, "model": "roofline, hwprune/latency/analytic.py"},
+                          "dtype": target.default_dtype, "model": "roofline, hwprune/cost/analytic.py"},
                          call_overhead_ms=0.0)
     for sig in profile_signatures(layers + [layer for o in options for layer in o.adds], groups,
                                   target.channel_alignment):

@@ -19,11 +19,11 @@ from fractions import Fraction
 import torch
 from torch import nn
 
+from hwprune.cost.signature import ATTENTION, CONV_OPS, OpSignature
 from hwprune.errors import HwpruneError
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.heads import HEADS_SUFFIX, Heads, group_heads
 from hwprune.graph.hooks import run_hooked
-from hwprune.latency.signature import ATTENTION, CONV_OPS, OpSignature
 
 
 @dataclass(frozen=True)

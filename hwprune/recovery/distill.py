@@ -26,8 +26,8 @@ from torch import nn
 
 from hwprune.calibration import output_tensors
 from hwprune.errors import ModelSpecError
-from hwprune.recover.data import Batch, TrainingData
-from hwprune.recover.world import World
+from hwprune.recovery.data import Batch, TrainingData
+from hwprune.recovery.world import World
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ and whether the target's cost model says it is worth anything there.
 
 A sparse option replaces one conv or linear layer by the same layer with an N:M signature
 (``OpSignature.sparsity``), sized by the same groups, so the width search prices it at every
-width like the merged convs of ``latency.depth``; it conflicts with any merge or drop that removes
+width like the merged convs of ``cost.depth``; it conflicts with any merge or drop that removes
 the layer. Prices come from where every other price comes from: a measured table (``cpu``: the
 profiler times N:M-zeroed single-op graphs; onnxruntime here runs them no faster) or the analytic
 model (TensorRT targets: the profile's derated ``[sparsity] layer_speedup``, labelled predicted).
@@ -20,8 +20,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, replace
 
-from hwprune.latency.depth import DepthOption
-from hwprune.latency.layers import Layer
+from hwprune.cost.depth import DepthOption
+from hwprune.cost.layers import Layer
 from hwprune.plan import NMLayer
 from hwprune.sparsity.masks import parse_pattern
 from hwprune.targets import Target

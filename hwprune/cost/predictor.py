@@ -32,12 +32,12 @@ from fractions import Fraction
 
 import numpy as np
 
+from hwprune.cost.depth import DepthOption
+from hwprune.cost.layers import Layer
+from hwprune.cost.lut import LatencyTable
+from hwprune.cost.signature import OpSignature
+from hwprune.cost.sparse import SparsityCheck
 from hwprune.errors import HwpruneError
-from hwprune.latency.depth import DepthOption
-from hwprune.latency.layers import Layer
-from hwprune.latency.lut import LatencyTable
-from hwprune.latency.signature import OpSignature
-from hwprune.latency.sparse import SparsityCheck
 from hwprune.plan import LatencyModelInfo
 
 

@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from dataclasses import replace
 from functools import partial
 
-from hwprune.latency.lut import LatencyTable
-from hwprune.latency.onnx_ops import identity_model, input_shape, single_op_model
-from hwprune.latency.signature import OpSignature
+from hwprune.cost.lut import LatencyTable
+from hwprune.cost.onnx_ops import identity_model, input_shape, single_op_model
+from hwprune.cost.signature import OpSignature
 from hwprune.runtime import runtime_for
 from hwprune.runtime.kit import OpGraph
 from hwprune.runtime.timing import Timing

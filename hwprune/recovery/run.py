@@ -32,12 +32,11 @@ from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.export.verify import verify_onnx
 from hwprune.graph.analyze import analyze
 from hwprune.io import staged, write_atomic, write_text_atomic
-from hwprune.models import load_model, weights_named
+from hwprune.models import check_model, load_model, weights_named
 from hwprune.plan import Plan, Recovery, load_plan, save_plan
-from hwprune.reapply import check_model
-from hwprune.recover.data import TrainingData, open_data, spec_normalisation
-from hwprune.recover.distill import Recipe, Trained, distil
-from hwprune.recover.world import World, join
+from hwprune.recovery.data import TrainingData, open_data, spec_normalisation
+from hwprune.recovery.distill import Recipe, Trained, distil
+from hwprune.recovery.world import World, join
 from hwprune.runtime import runtime_for
 from hwprune.targets import load_target
 from hwprune.transform.apply import realise, realise_unmerged

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from hwprune.cost.signature import OpSignature
 from hwprune.errors import HwpruneError
 from hwprune.io import read_json_document, write_text_atomic
-from hwprune.latency.signature import OpSignature
 from hwprune.runtime.timing import Timing
 
 FORMAT = "hwprune-lut/1"

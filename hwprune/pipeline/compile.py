@@ -33,6 +33,12 @@ from rich.progress import Progress
 from torch import nn
 
 from hwprune.calibration import Calibration, box_agreement, fidelity, load_calibration
+from hwprune.cost.copies import copy_signatures
+from hwprune.cost.depth import stack_layers
+from hwprune.cost.model_latency import offline_predictor, open_table, predictor_for
+from hwprune.cost.predictor import TablePredictor, op_ms
+from hwprune.cost.profiler import profile
+from hwprune.cost.sparse import SparsityMode
 from hwprune.decode import DECODE_FILES, decode_section, decode_summary
 from hwprune.errors import HwpruneError, ModelSpecError, PlanError, first_line
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm
@@ -49,12 +55,6 @@ from hwprune.importance.readers import reader_scores
 from hwprune.importance.scores import ACTIVATION_BATCHES, score_groups
 from hwprune.importance.sensitivity import group_sensitivity
 from hwprune.io import cache_dir, staged, write_text_atomic
-from hwprune.latency.copies import copy_signatures
-from hwprune.latency.depth import stack_layers
-from hwprune.latency.model_latency import offline_predictor, open_table, predictor_for
-from hwprune.latency.predictor import TablePredictor, op_ms
-from hwprune.latency.profiler import profile
-from hwprune.latency.sparse import SparsityMode
 from hwprune.models import NATIVE_FILES, HFModel, LoadedModel, save_native, state_digest
 from hwprune.options import Budget, Options
 from hwprune.plan import Plan, PlanBudget, Provenance, save_plan
@@ -87,7 +87,7 @@ def compile_model(loaded: LoadedModel, options: Options, out_dir: str | Path, co
         shared = _prepare(loaded, options, stage, console)
         report = _compile_point(shared, options, stage, console)
         if options.recovery is not None:
-            from hwprune.recover.run import recover
+            from hwprune.recovery.run import recover
 
             recover(stage, options.recovery, console)
         return report

@@ -21,7 +21,7 @@ from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.export.verify import Verification, verified
 from hwprune.graph.analyze import analyze
 from hwprune.io import staged
-from hwprune.models import NATIVE_FILES, LoadedModel, save_native, state_digest
+from hwprune.models import NATIVE_FILES, LoadedModel, check_model, save_native
 from hwprune.plan import Plan
 from hwprune.transform.apply import realise
 
@@ -33,22 +33,6 @@ class Applied:
     model: nn.Module
     params_before: int
     verification: Verification
-
-
-def check_model(plan: Plan, loaded: LoadedModel, plan_name: str) -> None:
-    """A PlanError unless ``loaded`` has the input shape and the weights the plan was made for."""
-    made_for = plan.provenance
-    shape = tuple(loaded.example_input.shape)
-    if shape != made_for.input_shape:
-        raise PlanError(f"{plan_name}: made for input {made_for.input_shape}, the model's input is {shape} "
-                        "(use --input-shape)")
-    if made_for.state_sha256 is None:
-        return
-    digest = state_digest(loaded.module)
-    if digest != made_for.state_sha256:
-        raise PlanError(f"{plan_name}: made for {made_for.model} with weights sha256 {made_for.state_sha256[:16]} "
-                        f"({made_for.weights}); {loaded.name} ({loaded.weights}) has {digest[:16]}: pass the model, "
-                        "--weights or --seed the plan was made with")
 
 
 def apply_plan_file(plan: Plan, plan_name: str, loaded: LoadedModel, calib_data: str | None, out: Path,

@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from hwprune.cost.signature import ATTENTION, CONV_OPS, COPY_OPS, OpSignature
 from hwprune.errors import HwpruneError
-from hwprune.latency.signature import ATTENTION, CONV_OPS, COPY_OPS, OpSignature
 
 OPSET = 17
 
