@@ -38,9 +38,9 @@ from rich.table import Table
 from torch import nn
 
 from hwprune.calibration import fidelity
+from hwprune.config import Budget, Options
 from hwprune.export.onnx_export import export_onnx
 from hwprune.models import LoadedModel, load_model
-from hwprune.options import Budget, Options
 from hwprune.pipeline.compile import compile_model
 from hwprune.runtime.ort import OnnxRuntime, make_session, random_feeds
 from hwprune.runtime.timing import interleave

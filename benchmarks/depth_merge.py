@@ -49,13 +49,13 @@ from rich.console import Console
 from rich.table import Table
 
 from hwprune.calibration import fidelity
+from hwprune.config import Budget, Options
 from hwprune.cost.depth import depth_options, merge_key
 from hwprune.cost.layers import model_layers
 from hwprune.graph.analyze import analyze
 from hwprune.graph.spans import depth_candidates
 from hwprune.importance.depth import depth_costs
 from hwprune.models import LoadedModel, load_model
-from hwprune.options import Budget, Options
 from hwprune.pipeline.compile import compile_model
 from hwprune.runtime.ort import OnnxRuntime
 from hwprune.search.spandp import span_dp
@@ -117,7 +117,7 @@ def fixed_cost(console: Console) -> dict:
     from gpu_analytic_check import DEFAULT_DATA, TIMES, harness_ms, load_rows, mapped_layers
 
     from hwprune.cost.predictor import nonnegative_least_squares
-    from hwprune.report import count_flops
+    from hwprune.pipeline.finish import count_flops
 
     rows = load_rows(DEFAULT_DATA / TIMES)
     layers, _ = mapped_layers(rows)

@@ -30,9 +30,9 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from hwprune.config import Budget, Options
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm
 from hwprune.models import LoadedModel
-from hwprune.options import Budget, Options
 from hwprune.pipeline.compile import compile_model
 from hwprune.runtime.ort import OnnxRuntime, make_session
 from hwprune.targets import load_target

@@ -456,7 +456,7 @@ def _run_compile(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from hwprune.options import Budget, Options
+    from hwprune.config import Budget, Options
     from hwprune.pipeline.compile import compile_model
     from hwprune.targets import load_target
 
@@ -505,7 +505,7 @@ def _run_compile(args: argparse.Namespace) -> int:
 
 def _fractions(text: str) -> list[float]:
     """``--latency 0.5`` or ``0.4,0.5,0.6``: each a fraction in (0, 1), no repeats, ascending."""
-    from hwprune.options import Budget
+    from hwprune.config import Budget
 
     try:
         values = [float(v) for v in text.split(",")]

@@ -6,26 +6,19 @@ attribute, so a renamed field fails loudly instead of printing a wrong number.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from hwprune import __version__
 from hwprune.calibration import Fidelity
 from hwprune.cost.predictor import TablePredictor
-from hwprune.export.copies import copy_ops
-from hwprune.export.onnx_export import ONNX_OPSET, export_onnx, slim_available
 from hwprune.export.verify import Verification
 from hwprune.graph.analyze import Analysis
 from hwprune.models import LoadedModel
-from hwprune.plan import Sparsity, WidthDecision
-from hwprune.runtime import Runtime
+from hwprune.plan import Sparsity
 from hwprune.runtime.timing import Comparison
-from hwprune.search.decide import WidthSearch
+from hwprune.search.decide import SearchProblem
 from hwprune.search.refine import TOLERANCE, Round, meets
 
 FORMAT = "hwprune-report/1"
@@ -199,36 +192,71 @@ class Report:
         return {"format": FORMAT, **asdict(self)}
 
 
-def build_report(loaded: LoadedModel, analysis: Analysis, options, runtime: Runtime, predictor: TablePredictor,
-                 search: WidthSearch, chosen: Round, rounds: list[Round], final: Comparison | None,
-                 engine: tuple[str | None, str], verification: Verification, quality: Fidelity,
-                 calibration_source: str, seconds: float, decode: DecodeSection | None = None) -> Report:
-    """The report of a compile (``copies`` filled in by the caller, which has the exports); ``decode``: an
-    ``hf:`` decoder's decode step, measured or why not."""
+@dataclass
+class Checked:
+    """The verify stage: the export against the pruned module, fidelity, N:M in the exported weights."""
+
+    verification: Verification
+    quality: Fidelity
+    calibration_source: str
+    onnx_nm: dict[str, dict]
+
+
+@dataclass
+class Measured:
+    """The measure stage: the chosen model against the baseline, interleaved (None where this host cannot
+    run the target: ``unavailable`` says why), the host's fingerprint, and a decoder's decode step."""
+
+    final: Comparison | None
+    method: dict | None  # the runtime's measurement settings, where measured
+    unavailable: str | None
+    fingerprint: dict
+    decode: DecodeSection | None = None
+
+
+@dataclass
+class Built:
+    """What else the pipeline made: engines (and which layers run sparse), the exports' copy ops, the pruned
+    model's size, what the baseline is and whether the exports were slimmed."""
+
+    engine_path: str | None
+    engine_note: str
+    engine_sparse: list[str] | None  # None: no engine built here
+    copies: dict
+    flops: int
+    params: int
+    baseline_source: str
+    opset: int
+    slimmed: bool
+
+
+def build_report(loaded: LoadedModel, analysis: Analysis, options, predictor: TablePredictor, search: SearchProblem,
+                 rounds: list[Round], chosen: Round, checked: Checked, measured: Measured, built: Built,
+                 seconds: float) -> Report:
+    """The report of a compile, from its stages' results alone: nothing is run, exported or measured here."""
     x = analysis.capture.example_input
-    target = options.target
-    plan, model = chosen.decision.plan, chosen.realised.model
+    plan = chosen.decision.plan
     fraction = plan.provenance.budget.latency_fraction
     baseline_predicted = predictor.predict({}).total_ms
+    final, quality = measured.final, checked.quality
 
     def side(index: int, predicted_ms: float, flops: int, params: int) -> Side:
         timing = None if final is None else final.timings[index]
         stats = None if timing is None else LatencyStats(timing.median_ms, timing.p90_ms, timing.p99_ms, timing.spread)
         return Side(stats, predicted_ms, flops, params)
 
-    engine_path, engine_note = engine
-    measured = None if final is None else 1.0 / final.ratios[1]
-    method = ({**runtime.measurement(), "rounds": 30} if final is not None else
-              {"runtime": None, "method": f"not measured: {runtime.unavailable_reason() or engine_note}"})
+    method = (dict(measured.method) if measured.method is not None else
+              {"runtime": None, "method": f"not measured: {measured.unavailable or built.engine_note}"})
     if getattr(analysis.model, "generates", False):  # an hf: decoder
-        method["phase"] = _phase(x.shape[0], x.shape[1], decode)
+        method["phase"] = _phase(x.shape[0], x.shape[1], measured.decode)
     latency_model = predictor.provenance()
     table = predictor.table.provenance
     decision = chosen.decision
     judged = chosen.fraction if final is None else final.ratios[1]
+    scores = search.scores
     search_section = SearchSection(
-        search.importance.method, search.importance.fallbacks, options.allocation, decision.strategy,
-        options.unconstrained, sorted(search.reader_scores),
+        scores.importance.method, scores.importance.fallbacks, options.allocation, decision.strategy,
+        options.unconstrained, sorted(scores.reader_scores),
         [CandidateRow(c.strategy, c.search.predicted_ms, c.quality.cosine, c.quality.top1_agreement, c.score)
          for c in decision.candidates],
         options.min_keep, len(plan.groups()), baseline_predicted, rounds.index(chosen),
@@ -237,24 +265,28 @@ def build_report(loaded: LoadedModel, analysis: Analysis, options, runtime: Runt
     return Report(
         __version__, loaded.name, {"source": loaded.weights, "seed": loaded.seed,
                                    "state_sha256": plan.provenance.state_sha256},
-        list(x.shape), target.name,
+        list(x.shape), options.target.name,
         BudgetSection(options.budget.kind, options.budget.value, fraction, TOLERANCE, meets(judged, fraction), judged),
         side(0, baseline_predicted, analysis.capture.flops, analysis.capture.params),
-        side(1, plan.predicted_ms, count_flops(model, x), sum(p.numel() for p in model.parameters())),
-        Speedup(baseline_predicted / plan.predicted_ms, latency_model.source, measured,
-                None if final is None else final.ratio_spread[1]),
-        verification,
-        FidelitySection(quality.cosine, quality.top1_agreement, quality.samples, calibration_source, quality.caveat,
-                        quality.per_output, quality.box_agreement, quality.kl, quality.perplexity),
+        side(1, plan.predicted_ms, built.flops, built.params),
+        Speedup(baseline_predicted / plan.predicted_ms, latency_model.source,
+                None if final is None else 1.0 / final.ratios[1], None if final is None else final.ratio_spread[1]),
+        checked.verification,
+        FidelitySection(quality.cosine, quality.top1_agreement, quality.samples, checked.calibration_source,
+                        quality.caveat, quality.per_output, quality.box_agreement, quality.kl, quality.perplexity),
         plan.bn_recalibration, search_section, method, final is not None,
         {"kind": latency_model.source, "fingerprint": table.get("fingerprint"), "created": table.get("created"),
          "host": table.get("host"), "layer_scale": predictor.layer_scale, "rest_ms": predictor.rest_ms},
         _layer_rows(predictor, decision.search.counts, decision.search.depth),
-        [GroupRow(gid, d.keep, d.of, search.sensitivity.get(gid)) for gid, d in plan.groups().items()],
-        {"opset": ONNX_OPSET, "dynamic_batch": options.dynamic_batch, "slimmed": slim_available()},
-        Engine(engine_path, engine_note), runtime.fingerprint(), seconds, None,
-        depth_section(analysis.model, model, predictor, decision.search, search.depth_costs, search.influence),
-        decode=decode)
+        [GroupRow(gid, d.keep, d.of, scores.sensitivity.get(gid)) for gid, d in plan.groups().items()],
+        {"opset": built.opset, "dynamic_batch": options.dynamic_batch, "slimmed": built.slimmed,
+         "baseline": built.baseline_source},
+        Engine(built.engine_path, built.engine_note), measured.fingerprint, seconds, built.copies,
+        depth_section(analysis.model, chosen.realised.model, predictor, decision.search, scores.depth_costs,
+                      scores.influence),
+        sparsity_section(predictor, decision.search, scores.depth_costs, plan.sparsity, options.sparsity,
+                         checked.onnx_nm, built.engine_sparse, built.engine_note),
+        measured.decode)
 
 
 def _phase(batch: int, tokens: int, decode: DecodeSection | None) -> str:
@@ -336,26 +368,6 @@ def sparsity_section(predictor: TablePredictor, result, costs: dict[str, float],
 def _timed_layers(model: nn.Module) -> int:
     return sum(isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.ConvTranspose2d | nn.Linear)
                for m in model.modules())
-
-
-def copy_counts(stage: Path, width: dict[str, WidthDecision], naive: Callable[[], nn.Module], x: torch.Tensor,
-                dynamic_batch: bool) -> dict:
-    """Copy ops (Gather/Slice/Concat: count, bytes written) in both exports; for unconstrained
-    pruning also in the same plan exported without reordering (``naive``), the export it improves on."""
-    found = {"baseline": copy_ops(stage / "baseline.onnx"), "pruned": copy_ops(stage / "pruned.onnx"),
-             "pruned_without_reordering": None}
-    if any(d.readers is not None for d in width.values()):
-        path = export_onnx(naive(), x, stage / "naive-order.onnx", dynamic_batch)
-        found["pruned_without_reordering"] = copy_ops(path)
-        path.unlink()
-    return found
-
-
-def count_flops(model: nn.Module, x: torch.Tensor) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x)
-    return int(counter.get_total_flops())
 
 
 def _layer_rows(predictor: TablePredictor, counts: dict[str, int], depth: frozenset[str] = frozenset()

@@ -29,9 +29,10 @@ from hwprune.importance.readers import reader_scores
 from hwprune.importance.scores import score_groups
 from hwprune.importance.sensitivity import group_sensitivity
 from hwprune.models import state_digest
-from hwprune.pipeline.compile import Realiser, _copies_ms
+from hwprune.pipeline.measure import Realiser
+from hwprune.pipeline.score import copies_ms
 from hwprune.plan import Plan, PlanBudget, Provenance, plan_json
-from hwprune.search.decide import WidthSearch
+from hwprune.search.decide import CalibrationBatches, Realisation, Scores, SearchProblem, SearchSettings
 from hwprune.targets import load_target
 
 DATA = Path(__file__).parent / "data" / "golden"
@@ -73,9 +74,10 @@ def first_round_plan(name: str, unconstrained: bool, table: LatencyTable, table_
                             "activation")
     scores = reader_scores(analysis, segments(analysis), calibration.batches[0]) if unconstrained else {}
     realiser = Realiser(analysis)
-    copies = (lambda plan: _copies_ms(realiser, predictor, target, table_path, plan)) if unconstrained else None
-    search = WidthSearch(analysis, predictor, importance, sensitivity, provenance, target.channel_alignment, 0.1,
-                         "auto", calibration.batches, False, [], scores, copies)
+    copies = (lambda plan: copies_ms(realiser, predictor, target, table_path, plan)) if unconstrained else None
+    search = SearchProblem(analysis, predictor, Scores(importance, sensitivity, reader_scores=scores),
+                           SearchSettings("width", "auto", target.channel_alignment, 0.1), provenance,
+                           CalibrationBatches(calibration.batches, False), Realisation(copies_ms=copies))
     return search(fraction * predictor.predict({}).total_ms).plan
 
 

@@ -37,12 +37,13 @@ def width_plan(analysis: Analysis, predictor, importance, result, readers: dict 
     ``readers`` (segment masks) makes those groups unconstrained."""
     from hwprune.models import state_digest
     from hwprune.plan import PlanBudget, Provenance
-    from hwprune.search.decide import WidthSearch
+    from hwprune.search.decide import CalibrationBatches, Scores, SearchProblem, SearchSettings
 
     provenance = Provenance(analysis.name, "test", 0, tuple(analysis.capture.example_input.shape), (),
                             state_digest(analysis.model), "cpu", PlanBudget("latency", 0.5, 0.5),
                             predictor.provenance(), importance.method)
-    search = WidthSearch(analysis, predictor, importance, {}, provenance, 16, 0.1, "structure", [], False)
+    search = SearchProblem(analysis, predictor, Scores(importance), SearchSettings("width", "structure", 16, 0.1),
+                           provenance, CalibrationBatches([], False))
     return search.plan(result, result.predicted_ms, readers)
 
 

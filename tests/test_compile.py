@@ -131,7 +131,7 @@ def test_apply_verifies_its_export_and_fails_as_compile_does(compiled, tmp_path,
 
 
 def test_interrupted_compile_leaves_nothing_that_looks_finished(tmp_path, monkeypatch, capsys):
-    import hwprune.pipeline.compile as compile_module
+    import hwprune.pipeline.finish as compile_module
 
     monkeypatch.setenv("HWPRUNE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "out").mkdir()

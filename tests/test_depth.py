@@ -277,8 +277,8 @@ def test_compile_on_a_launch_bound_target_merges_or_drops_and_verifies(tmp_path)
 
     from rich.console import Console
 
+    from hwprune.config import Budget, Options
     from hwprune.models import LoadedModel
-    from hwprune.options import Budget, Options
     from hwprune.pipeline.compile import compile_model
     from hwprune.targets import load_target
 

@@ -110,3 +110,10 @@ def test_no_module_at_the_package_top_shares_a_public_function_name():
     public = {"compile", "analyze", "apply", "recover", "latency", "bench"}
     top = {p.stem for p in PACKAGE.glob("*.py")} | {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
     assert not top & public
+
+
+def test_the_report_is_built_from_stage_results_alone():
+    """The report module exports nothing, counts no FLOPs and asks no runtime: what it states, a stage made."""
+    found = imports(PACKAGE / "report.py")
+    doers = ("hwprune.export.onnx_export", "hwprune.export.copies", "torch.utils.flop_counter", "hwprune.runtime")
+    assert not [name for name in found if name.startswith(doers) and not name.startswith("hwprune.runtime.timing")]

@@ -39,7 +39,7 @@ def test_analyze_reports_the_refusal_and_compile_prunes_the_rest(tmp_path, capsy
 
 
 def test_an_unexpected_failure_mid_compile_names_its_step_and_leaves_nothing(tmp_path, capsys, monkeypatch):
-    import hwprune.pipeline.compile as compile_module
+    import hwprune.pipeline.finish as compile_module
 
     def broken(*_args, **_kwargs):
         raise IndexError("list index out of range")

@@ -1,4 +1,4 @@
-"""One search round: a predicted budget in, a Plan out. The search decides everything a plan holds.
+"""One search round: a predicted budget in, a Plan out (``SearchProblem``). The search decides everything a plan holds.
 
 Per round: every allocation strategy proposes counts at the budget (``width``), the most faithful
 on the calibration inputs wins (``choose``; or the strategy the user named), and each group's
@@ -45,48 +45,77 @@ class Decision:
     candidates: list[Candidate]  # empty unless the allocation is auto
 
 
+@dataclass(frozen=True)
+class Scores:
+    """What the score stage measured for the search to weigh."""
+
+    importance: Importance  # per channel group, each unit's score
+    sensitivity: dict[str, float] = field(default_factory=dict)  # per group, the output change of halving it
+    # Per depth option (merged span, dropped block, N:M layer), its measured output change.
+    depth_costs: dict[str, float] = field(default_factory=dict)
+    # Per stack layer (transformers), its block influence, reported beside its cost.
+    influence: dict[str, float] = field(default_factory=dict)
+    # Unconstrained pruning: per segment, each reader's channel scores.
+    reader_scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How the search may decide: what (width, depth or both), how it shares the budget among groups, the
+    runtime's channel alignment and the least fraction of a group kept."""
+
+    kind: str = "width"  # one of SEARCHES
+    allocation: str = "auto"  # "auto" or one of STRATEGIES
+    alignment: int = 1
+    min_keep: float = 0.1
+
+
+@dataclass(frozen=True)
+class CalibrationBatches:
+    """The inputs candidates are judged on, and the ones BatchNorm is re-estimated on (none: as trained)."""
+
+    batches: list[torch.Tensor]
+    real: bool  # from the user's data, not seeded noise
+    recalibration: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Realisation:
+    """What the search needs of the transform, passed in (the search never imports it): the predicted time
+    of an unconstrained plan's copy ops, the model with a plan's depth decisions taken (to judge it), and
+    the N:M channel permutations (None: no N:M)."""
+
+    copies_ms: Callable[[Plan], float] | None = None
+    depth_view: Callable[[nn.Module, Plan], nn.Module] | None = None
+    permutations: Permutations | None = None
+
+
 @dataclass
-class WidthSearch:
-    """What every round of one compile's width search shares."""
+class SearchProblem:
+    """What to decide for one model on one target: which channels, heads, spans, blocks, layers and N:M
+    layers to keep, merge, drop or sparsify under a predicted budget; every round of a compile shares it."""
 
     analysis: Analysis
     predictor: TablePredictor
-    importance: Importance
-    sensitivity: dict[str, float]
+    scores: Scores
+    settings: SearchSettings
     provenance: Provenance  # copied into every plan; its budget gains the round's predicted budget (ms)
-    alignment: int
-    min_keep: float
-    allocation: str  # "auto" or one of STRATEGIES
-    calibration_batches: list[torch.Tensor]
-    real_calibration: bool  # from the user's data, not seeded noise
-    recalibration_batches: list[torch.Tensor] = field(default_factory=list)  # empty: BN statistics as trained
-    # Unconstrained: each segment reader's channel scores, and the predicted time of a plan's copy ops.
-    reader_scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    copies_ms: Callable[[Plan], float] | None = None
-    # Depth: what the search may decide ("width", "depth" or "joint"), each priced depth option's
-    # measured cost (importance.depth), and the model with depth options taken, for choosing by
-    # fidelity (the caller's transform: the search never imports it).
-    search: str = "width"
-    depth_costs: dict[str, float] = field(default_factory=dict)
-    depth_view: Callable[[nn.Module, Plan], nn.Module] | None = None
-    # N:M: the channel permutations of groups feeding the layers the search gave N:M (None: no N:M).
-    permutations: Permutations | None = None
-    # Stack layers (transformers): each one's block influence (importance.depth), reported beside its cost.
-    influence: dict[str, float] = field(default_factory=dict)
+    calibration: CalibrationBatches
+    realisation: Realisation = field(default_factory=Realisation)
 
     def __call__(self, predicted_budget: float) -> Decision:
         strategies = self.strategies()
         candidates = []
-        if self.allocation == "auto":
-            candidates = choose(self.analysis, self.importance,
+        if self.settings.allocation == "auto":
+            candidates = choose(self.analysis, self.scores.importance,
                                 {name: partial(search, predicted_budget) for name, search in strategies.items()},
-                                self.calibration_batches[:CHOICE_BATCHES], self.real_calibration,
-                                self.recalibration_batches, self._depth_view)
+                                self.calibration.batches[:CHOICE_BATCHES], self.calibration.real,
+                                self.calibration.recalibration, self._depth_view)
             strategy, result = candidates[0].strategy, candidates[0].search
         else:  # a named allocation; with --search joint or depth, that search is the one strategy
-            strategy = self.allocation if self.allocation in strategies else next(iter(strategies))
+            strategy = self.settings.allocation if self.settings.allocation in strategies else next(iter(strategies))
             result = strategies[strategy](predicted_budget)
-        if self.reader_scores:
+        if self.scores.reader_scores:
             result, plan = self._fit_unconstrained(strategies[strategy], predicted_budget, result)
         else:
             plan = self.plan(result, predicted_budget)
@@ -98,22 +127,24 @@ class WidthSearch:
         width and depth, weighted by sensitivity; depth alone, every group whole. ``--search width``
         offers the first three, ``joint`` all four, ``depth`` the last."""
         def strategy(search: Callable[..., SearchResult], **weights) -> Callable[[float], SearchResult]:
-            return lambda budget: search(self.analysis, self.predictor, self.importance, self.alignment, budget,
-                                         self.min_keep, **weights)
+            return lambda budget: search(self.analysis, self.predictor, self.scores.importance,
+                                         self.settings.alignment, budget, self.settings.min_keep, **weights)
 
-        width = {"sensitivity": strategy(search_widths, weights=self.sensitivity),
+        width = {"sensitivity": strategy(search_widths, weights=self.scores.sensitivity),
                  "structure": strategy(search_widths, weights=None),
                  "uniform": strategy(uniform_widths)}
-        joint = {"joint": strategy(search_joint, weights=self.sensitivity or None, costs=self.depth_costs)}
-        depth = {"depth": strategy(search_joint, weights=None, costs=self.depth_costs, widths=False)}
-        if self.search == "depth":
+        costs = self.scores.depth_costs
+        joint = {"joint": strategy(search_joint, weights=self.scores.sensitivity or None, costs=costs)}
+        depth = {"depth": strategy(search_joint, weights=None, costs=self.scores.depth_costs, widths=False)}
+        if self.settings.kind == "depth":
             return depth
-        if self.search == "joint" and self.depth_costs:
-            return {**width, **joint} if self.allocation == "auto" else joint
+        if self.settings.kind == "joint" and self.scores.depth_costs:
+            return {**width, **joint} if self.settings.allocation == "auto" else joint
         return width
 
     def _depth_view(self, model: nn.Module, result: SearchResult) -> nn.Module:
-        return self.depth_view(model, self.depth_plan(result)) if result.depth and self.depth_view else model
+        view = self.realisation.depth_view
+        return view(model, self.depth_plan(result)) if result.depth and view else model
 
     def depth_plan(self, result: SearchResult) -> Plan:
         """A plan holding only ``result``'s depth decisions (for the depth view)."""
@@ -140,28 +171,29 @@ class WidthSearch:
             if gid in masks:
                 width[gid] = WidthDecision(len(masks[gid].union), group.channels, masks[gid].union, masks[gid].reads)
             else:
-                width[gid] = WidthDecision(count, group.channels, select(self.importance.scores[gid], count,
+                width[gid] = WidthDecision(count, group.channels, select(self.scores.importance.scores[gid], count,
                                                                          group.repeat))
         provenance = replace(self.provenance, budget=replace(self.provenance.budget,
                                                              predicted_budget_ms=predicted_budget))
         merge, depth = self._depth_entries(result.depth)
         sparse = self._sparse(result.depth)
-        permutations = self.permutations or Permutations(lambda gid: False)  # None: masks without permutation
+        # None: masks without permutation
+        permutations = self.realisation.permutations or Permutations(lambda gid: False)
         sparsity = permutations.section(self.analysis, self.predictor.layers, sparse, width)
         heads = {gid: d for gid, d in width.items() if self.analysis.group(gid).kind == "heads"}
         channels = {gid: d for gid, d in width.items() if gid not in heads}
         return Plan(provenance, result.predicted_ms, result.baseline_predicted_ms, channels, heads, merge, depth,
-                    sparsity, bn_recalibration=bool(self.recalibration_batches))
+                    sparsity, bn_recalibration=bool(self.calibration.recalibration))
 
     def _fit_unconstrained(self, search: Callable[[float], SearchResult], predicted_budget: float,
                            result: SearchResult) -> tuple[SearchResult, Plan]:
         search_budget = predicted_budget
         for rounds in range(1, UNCONSTRAINED_ROUNDS + 1):
-            masks = reader_masks(self.reader_scores, result.counts)
+            masks = reader_masks(self.scores.reader_scores, result.counts)
             plan = self.plan(result, predicted_budget, masks)
             keep = {**result.counts, **{gid: len(mask.union) for gid, mask in masks.items()}}
             predicted = (self.predictor.predict(keep, {gid: result.counts[gid] for gid in masks}).total_ms
-                         + self.copies_ms(plan))
+                         + self.realisation.copies_ms(plan))
             result = replace(result, predicted_ms=predicted)
             plan = replace(plan, predicted_ms=predicted)
             if predicted <= predicted_budget or rounds == UNCONSTRAINED_ROUNDS:

@@ -1,16 +1,16 @@
-"""What a user asks of ``hwprune compile``: the budget and the knobs, checked when they are made."""
+"""What a user asks of ``hwprune compile``: the budget and the knobs, typed and checked once, when
+they are made. Facts of the host (can it run the target?) are read by the stage that needs them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hwprune.cost.sparse import SparsityMode, parse_mode
 from hwprune.errors import HwpruneError
 from hwprune.export.verify import DEFAULT_ATOL, DEFAULT_RTOL
-from hwprune.runtime import runtime_for
-from hwprune.search.decide import SEARCHES, STRATEGIES
 from hwprune.targets import Target
 
 if TYPE_CHECKING:
@@ -46,11 +46,65 @@ class Budget:
         return self.value / baseline_ms
 
 
+class Choice(str, Enum):
+    """A choice among named values: compares equal to its value and prints as it (``--search joint``)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+    @classmethod
+    def parse(cls, value: object, flag: str) -> Choice:
+        try:
+            return cls(value)
+        except ValueError:
+            raise HwpruneError(f"{flag} {value}: use one of {', '.join(m.value for m in cls)}") from None
+
+
+class Importance(Choice):
+    L1 = "l1"
+    L2 = "l2"
+    BN = "bn"
+    TAYLOR = "taylor"
+    ACTIVATION = "activation"
+
+
+class Allocation(Choice):
+    AUTO = "auto"
+    SENSITIVITY = "sensitivity"
+    STRUCTURE = "structure"
+    UNIFORM = "uniform"
+
+
+class SearchKind(Choice):
+    WIDTH = "width"
+    DEPTH = "depth"
+    JOINT = "joint"
+
+
+class Recalibrate(Choice):
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
+class Widths(Choice):
+    HOMOGENEOUS = "homogeneous"
+    PER_LAYER = "per-layer"
+
+
+class Criterion(Choice):
+    MAGNITUDE = "magnitude"
+    ACTIVATION = "activation"
+
+
 @dataclass
 class Options:
     target: Target
     budget: Budget
-    importance: str = "activation"
+    importance: Importance = Importance.ACTIVATION
     calib_data: str | None = None
     min_keep: float = 0.1
     lut: Path | None = None
@@ -61,10 +115,10 @@ class Options:
     dynamic_batch: bool = False
     # Re-estimate BatchNorm statistics of the pruned model on the calibration inputs: "auto" does
     # it when real calibration data is given (recalibrating on random noise would be worse).
-    recalibrate_bn: str = "auto"
+    recalibrate_bn: Recalibrate = Recalibrate.AUTO
     # How the budget is shared among groups: "auto" tries every strategy in every search round and
     # keeps the most faithful on the calibration inputs (search.choose); or one of STRATEGIES.
-    allocation: str = "auto"
+    allocation: Allocation = Allocation.AUTO
     # Unconstrained (UPSCALE) pruning: every dense reader of a segment keeps its own channels, the
     # producers their union; exported reordered, with the copies this needs priced by profiling.
     unconstrained: bool = False
@@ -72,7 +126,7 @@ class Options:
     recovery: RecoverOptions | None = None
     # What the search decides: channel widths, depth (merged spans, dropped blocks), or both together
     # (None: joint, or width alone with ``unconstrained``, whose reader copies are priced for width only).
-    search: str | None = None
+    search: SearchKind | None = None
     # Depth options' cost after this many distillation steps each (0: the output change alone).
     depth_distil_steps: int = 0
     # N:M sparsity: "off", "auto" (2:4 where the target's cost model predicts or measures a gain) or
@@ -80,39 +134,34 @@ class Options:
     sparsity: str = "auto"
     # Which weights an N:M mask keeps: the largest by magnitude, or by magnitude x the input
     # channel's activation norm on the calibration inputs ("activation").
-    sparsity_criterion: str = "magnitude"
+    sparsity_criterion: Criterion = Criterion.MAGNITUDE
     # "homogeneous": groups with one role in every layer of a layer stack keep one width together
     # (``graph.stack.stack_ties``: what a transformers config holds); "per-layer": each its own.
     # None: homogeneous for hf: models, per-layer otherwise.
-    widths: str | None = None
+    widths: Widths | None = None
 
     def __post_init__(self) -> None:
-        if self.widths not in (None, "homogeneous", "per-layer"):
-            raise HwpruneError(f"--widths {self.widths}: homogeneous or per-layer")
-        if self.allocation not in ("auto", *STRATEGIES):
-            raise HwpruneError(f"--allocation {self.allocation}: use auto or one of {', '.join(STRATEGIES)}")
+        self.importance = Importance.parse(self.importance, "--importance")
+        self.recalibrate_bn = Recalibrate.parse(self.recalibrate_bn, "--recalibrate-bn")
+        self.allocation = Allocation.parse(self.allocation, "--allocation")
+        self.sparsity_criterion = Criterion.parse(self.sparsity_criterion, "--sparsity-criterion")
+        if self.widths is not None:
+            self.widths = Widths.parse(self.widths, "--widths")
         if self.depth_distil_steps < 0:
             raise HwpruneError(f"--depth-distil-steps {self.depth_distil_steps}: must be >= 0")
         if self.search is None:
-            self.search = "width" if self.unconstrained else "joint"
+            self.search = SearchKind.WIDTH if self.unconstrained else SearchKind.JOINT
+        self.search = SearchKind.parse(self.search, "--search")
         try:
             mode = parse_mode(self.sparsity)
         except ValueError as exc:
             raise HwpruneError(str(exc)) from None
-        if self.sparsity_criterion not in ("magnitude", "activation"):
-            raise HwpruneError(f"--sparsity-criterion {self.sparsity_criterion}: magnitude or activation")
-        if mode is not None and mode.explicit and self.search == "width":
+        if mode is not None and mode.explicit and self.search == SearchKind.WIDTH:
             raise HwpruneError(f"--sparsity {self.sparsity} is an option of the joint search; not with --search width")
-        if self.search not in SEARCHES:
-            raise HwpruneError(f"--search {self.search}: use one of {', '.join(SEARCHES)}")
-        if self.search == "joint" and self.allocation == "uniform":
+        if self.search == SearchKind.JOINT and self.allocation == Allocation.UNIFORM:
             raise HwpruneError("--allocation uniform shares width alone; use it with --search width")
-        if self.search != "width" and self.unconstrained:
+        if self.search != SearchKind.WIDTH and self.unconstrained:
             raise HwpruneError("--unconstrained prices reader copies for width alone; use it with --search width")
-        if self.unconstrained:
-            runtime_for(self.target).require("--unconstrained needs a target this host can measure: the copy ops it "
-                                             "adds are priced by profiling them, and the analytic model has no copy "
-                                             "costs")
 
     @property
     def sparsity_mode(self) -> SparsityMode | None:
@@ -120,4 +169,4 @@ class Options:
 
     def homogeneous(self, model: str) -> bool:
         """Whether ``model``'s layers of one role keep one width (see ``widths``)."""
-        return self.widths == "homogeneous" or (self.widths is None and model.startswith("hf:"))
+        return self.widths == Widths.HOMOGENEOUS or (self.widths is None and model.startswith("hf:"))

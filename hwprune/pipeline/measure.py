@@ -1,0 +1,112 @@
+"""The measurement half of the refinement loop: a round's plan realised (transform), exported and, where
+this host runs the target's runtime, timed against the baseline, interleaved."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hwprune.calibration import Calibration
+from hwprune.config import Options, Recalibrate
+from hwprune.evaluate.batchnorm import recalibrate_batchnorm
+from hwprune.export.onnx_export import export_onnx, slim_available
+from hwprune.graph.analyze import Analysis
+from hwprune.plan import Plan
+from hwprune.runtime import Runner, Runtime
+from hwprune.runtime.timing import Comparison
+from hwprune.search.decide import Decision
+from hwprune.transform.apply import finish, realise_unmerged
+
+
+class Realiser:
+    """``transform.apply.realise`` that keeps the last plan's pruned model: an unconstrained round
+    prices the copy ops of the very plan it returns, and measuring that plan would otherwise
+    apply it to a fresh copy again (10 s each time on densenet169); a deep copy of the kept model
+    is what both get, BatchNorm re-estimated on the copy where asked."""
+
+    def __init__(self, analysis: Analysis):
+        self.analysis = analysis
+        self._last: tuple[tuple, nn.Module] | None = None
+
+    def __call__(self, plan: Plan, recalibration: Sequence[torch.Tensor] = (), merge: bool = True) -> nn.Module:
+        """The realised plan; with ``merge`` False its spans still apart (BatchNorm re-estimated alike)."""
+        key = plan.decisions()
+        if self._last is None or self._last[0] != key:
+            self._last = (key, realise_unmerged(plan, self.analysis))
+        model = copy.deepcopy(self._last[1])
+        if not merge:
+            if recalibration:
+                recalibrate_batchnorm(model, recalibration)
+            return model
+        return finish(plan, self.analysis, model, recalibration)
+
+
+@dataclass
+class Realised:
+    model: nn.Module
+    onnx: Path
+    comparison: Comparison | None
+
+
+@dataclass
+class Measurer:
+    """Realises a round's plan, exports it and, where this host runs the target's runtime, times it
+    against the baseline (interleaved): the measurement half of the refinement loop."""
+
+    realise: Realiser
+    options: Options
+    runtime: Runtime
+    stage: Path
+    recalibration: list[torch.Tensor]  # empty: BatchNorm statistics stay as trained
+    baseline: Runner | None  # None where this host cannot run the target's runtime
+    baseline_ms: float
+    rounds: int = 0
+
+    @classmethod
+    def start(cls, realiser: Realiser, options: Options, runtime: Runtime, stage: Path, baseline_onnx: Path,
+              calibration: Calibration) -> Measurer:
+        recalibrate = options.recalibrate_bn == Recalibrate.ON or (options.recalibrate_bn == Recalibrate.AUTO
+                                                                    and not calibration.random)
+        batches = calibration.batches if recalibrate else []
+        if runtime.unavailable_reason() is not None:
+            return cls(realiser, options, runtime, stage, batches, None, float("nan"))
+        baseline = runtime.load(baseline_onnx)
+        baseline_ms = runtime.time(baseline, 3, 10, 0.5).median_ms
+        return cls(realiser, options, runtime, stage, batches, baseline, baseline_ms)
+
+    @property
+    def measurable(self) -> bool:
+        return self.baseline is not None
+
+    def __call__(self, decision: Decision) -> tuple[float | None, Realised]:
+        model = self.realise(decision.plan, self.recalibration)
+        path = export_onnx(model, self.realise.analysis.capture.example_input,
+                           self.stage / f"pruned-round{self.rounds}.onnx", self.options.dynamic_batch, slim_available())
+        self.rounds += 1
+        realised = Realised(model, path, None)
+        if not self.measurable:
+            return None, realised
+        realised.comparison = self._against_baseline(realised, rounds=12)
+        return realised.comparison.ratios[1], realised
+
+    def final(self, realised: Realised, step: Callable) -> Comparison | None:
+        if not self.measurable:
+            return None
+        with step("measure baseline vs pruned (interleaved)"):
+            comparison = self._against_baseline(realised, rounds=30)
+        self.baseline.close()
+        return comparison
+
+    def _against_baseline(self, realised: Realised, rounds: int) -> Comparison:
+        """The realised model timed against the baseline in what the runtime loads: the exported ONNX
+        file (onnxruntime, TensorRT)."""
+        pruned = self.runtime.load(realised.onnx)
+        try:
+            return self.runtime.interleaved([self.baseline, pruned], rounds=rounds)
+        finally:
+            pruned.close()

@@ -1,0 +1,30 @@
+"""How a pipeline step shows itself: its name, then how long it took, or one line saying where it failed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+
+from rich.console import Console
+
+from hwprune.errors import HwpruneError, first_line
+
+Step = Callable[[str], AbstractContextManager[None]]  # ``partial(step, console)``
+
+
+@contextmanager
+def step(console: Console, name: str) -> Iterator[None]:
+    """Print a pipeline step and, when it succeeds, how long it took. An unexpected failure inside
+    it becomes one line naming the step (exit 2; --debug shows the traceback), and the staging
+    folder goes with it, so nothing that looks finished is left."""
+    started = time.perf_counter()
+    console.print(f"[bold]{name}[/bold] ...")
+    try:
+        yield
+    except HwpruneError:
+        raise
+    except Exception as exc:  # a bug or an unforeseen model: say where, in one line
+        raise HwpruneError(f"step '{name}' failed unexpectedly: {first_line(exc, 300)} "
+                           "(rerun with --debug for the traceback)") from exc
+    console.print(f"  done in {time.perf_counter() - started:.1f} s")
