@@ -57,6 +57,7 @@ from hwprune.graph.spans import depth_candidates
 from hwprune.importance.depth import depth_costs
 from hwprune.models import LoadedModel, load_model
 from hwprune.pipeline.compile import compile_model
+from hwprune.pipeline.score import TAKING
 from hwprune.runtime.ort import OnnxRuntime
 from hwprune.search.spandp import span_dp
 from hwprune.targets import load_target
@@ -208,7 +209,7 @@ def span_table(console: Console) -> dict:
             offered[(start, end)], keys[(start, end)] = ms, merge_key(span)
     batch = torch.randn((8, *x.shape[1:]), generator=torch.Generator().manual_seed(7))
     started = time.perf_counter()
-    costs = depth_costs(model, x, [options[k] for k in set(keys.values())], batch)
+    costs = depth_costs(model, x, [options[k] for k in set(keys.values())], batch, taking=TAKING)
     importance_seconds = time.perf_counter() - started
     values = {span: -costs[key] for span, key in keys.items()}
     unmerged = sum(times[(p, p + 1)] for p in range(n))

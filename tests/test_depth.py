@@ -218,6 +218,7 @@ def small_resnet_search(target_name: str):
     from hwprune.cost.model_latency import analytic_predictor
     from hwprune.importance.depth import depth_costs
     from hwprune.importance.scores import score_groups
+    from hwprune.pipeline.score import TAKING
     from hwprune.targets import load_target
 
     model, x = small_resnet()
@@ -226,7 +227,7 @@ def small_resnet_search(target_name: str):
     predictor = analytic_predictor(analysis, target)
     batch = torch.randn(4, *x.shape[1:], generator=torch.Generator().manual_seed(0))
     importance = score_groups(analysis, "activation", [batch])
-    costs = depth_costs(analysis.model, x, list(predictor.options.values()), batch)
+    costs = depth_costs(analysis.model, x, list(predictor.options.values()), batch, taking=TAKING)
     return analysis, predictor, importance, costs, target
 
 
@@ -371,6 +372,7 @@ def test_a_frontier_compiles_every_point_from_one_analysis(tmp_path, capsys):
 
 def test_a_short_distillation_per_option_lowers_its_cost_and_leaves_the_model_alone():
     from hwprune.importance.depth import depth_costs
+    from hwprune.pipeline.score import TAKING
 
     analysis, predictor, _, plain, _ = small_resnet_search("jetson-orin-nano")
     model = analysis.model
@@ -379,7 +381,7 @@ def test_a_short_distillation_per_option_lowers_its_cost_and_leaves_the_model_al
     training = [torch.randn(8, 3, 64, 64, generator=generator) for _ in range(4)]
     batch = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     options = [o for o in predictor.options.values() if plain[o.key] > 1e-3]
-    distilled = depth_costs(model, analysis.capture.example_input, options, batch, distil_steps=30,
+    distilled = depth_costs(model, analysis.capture.example_input, options, batch, distil_steps=30, taking=TAKING,
                             training=training)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     assert sum(distilled[o.key] < plain[o.key] for o in options) >= len(options) - 1

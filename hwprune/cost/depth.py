@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from hwprune.cost.layers import GroupInput, Layer
 from hwprune.cost.signature import OpSignature
 from hwprune.graph.analyze import Analysis
-from hwprune.graph.spans import Block, DepthCandidates, Span
+from hwprune.graph.candidates import Block, DepthCandidates, Span
 from hwprune.plan import DroppedBlock, MergedSpan, NMLayer
 
 

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from hwprune.graph.candidates import Block
 from hwprune.graph.groups import ChannelGroup
 from hwprune.graph.hooks import run_hooked
-from hwprune.graph.spans import Block
 
 
 def stack_blocks(model: nn.Module, example_input: torch.Tensor) -> list[Block]:

@@ -26,8 +26,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,16 +41,24 @@ from hwprune.graph.hooks import run_hooked
 from hwprune.graph.stack import hidden_in, hidden_out
 from hwprune.importance.sensitivity import flat_outputs, output_change
 from hwprune.io import write_text_atomic
-from hwprune.plan import NMLayer
-from hwprune.recovery.distill import distillation_loss
+from hwprune.plan import DroppedBlock, MergedSpan, NMLayer
 from hwprune.sparsity.masks import nm_mask
-from hwprune.transform.depth import unmerged
+
+
+@dataclass(frozen=True)
+class Taking:
+    """What costing a depth option needs of the stages after it, passed in (importance never imports
+    the transform or recovery): the model with spans unmerged and blocks dropped (the transform's
+    ``unmerged``), and the distillation loss (recovery's)."""
+
+    view: Callable[[nn.Module, torch.Tensor, Sequence[MergedSpan], Sequence[DroppedBlock]], nn.Module]
+    loss: Callable[..., torch.Tensor]
 
 
 def depth_costs(model: nn.Module, example_input: torch.Tensor, options: Sequence[DepthOption],
                 batch: torch.Tensor, recalibration: Sequence[torch.Tensor] = (), progress: object | None = None,
                 distil_steps: int = 0, training: Sequence[torch.Tensor] = (),
-                scales: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+                scales: dict[str, torch.Tensor] | None = None, *, taking: Taking) -> dict[str, float]:
     """Per option key, the output change when that option alone is taken (after ``distil_steps`` of
     distillation on ``training`` batches, when given); N:M masks weigh magnitudes by ``scales``
     (per layer, its input channels' activation norms) where given."""
@@ -64,14 +73,14 @@ def depth_costs(model: nn.Module, example_input: torch.Tensor, options: Sequence
             else:
                 with restored_batchnorm(model):  # the view shares the model's BatchNorms
                     costs[option.key] = _cost(model, example_input, option, batch, reference, recalibration,
-                                              distil_steps, training, scales or {})
+                                              taking, distil_steps, training, scales or {})
             if task is not None:
                 progress.advance(task)
     return costs
 
 
 def _cost(model: nn.Module, example_input: torch.Tensor, option: DepthOption, batch: torch.Tensor,
-          reference: list[torch.Tensor], recalibration: Sequence[torch.Tensor], distil_steps: int = 0,
+          reference: list[torch.Tensor], recalibration: Sequence[torch.Tensor], taking: Taking, distil_steps: int = 0,
           training: Sequence[torch.Tensor] = (), scales: dict[str, torch.Tensor] | None = None) -> float:
     if option.kind == "sparse":
         with _masked(model, option.name, option.choice, (scales or {}).get(option.name)):
@@ -80,11 +89,11 @@ def _cost(model: nn.Module, example_input: torch.Tensor, option: DepthOption, ba
             return output_change(reference, model(batch))
     merge, depth = ([option.choice], []) if option.kind == "merge" else ([], [option.choice])
     student = copy.deepcopy(model) if distil_steps else model  # trained: never the model's own layers
-    changed = unmerged(student, example_input, merge, depth)
+    changed = taking.view(student, example_input, merge, depth)
     if recalibration:
         recalibrate_batchnorm(changed, recalibration)
     if distil_steps:
-        _distil(model, changed, training, distil_steps)
+        _distil(model, changed, training, distil_steps, taking.loss)
     return output_change(reference, changed(batch))
 
 
@@ -105,7 +114,8 @@ def block_influence(model: nn.Module, layers: Sequence[str], batch: torch.Tensor
     return seen
 
 
-def _distil(teacher: nn.Module, student: nn.Module, batches: Sequence[torch.Tensor], steps: int) -> None:
+def _distil(teacher: nn.Module, student: nn.Module, batches: Sequence[torch.Tensor], steps: int,
+            distillation_loss: Callable[..., torch.Tensor]) -> None:
     """A short distillation of ``student`` towards ``teacher``: Adam, recovery's loss, BatchNorm frozen."""
     optimiser = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=1e-4)
     student.eval()  # BatchNorm keeps the statistics just re-estimated

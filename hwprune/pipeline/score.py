@@ -21,7 +21,7 @@ from hwprune.cost.depth import stack_layers
 from hwprune.cost.predictor import TablePredictor, op_ms
 from hwprune.cost.profiler import profile
 from hwprune.graph.segments import segments
-from hwprune.importance.depth import CostTable, block_influence, depth_costs
+from hwprune.importance.depth import CostTable, Taking, block_influence, depth_costs
 from hwprune.importance.nm import input_norms
 from hwprune.importance.readers import reader_scores
 from hwprune.importance.scores import ACTIVATION_BATCHES, score_groups
@@ -31,12 +31,15 @@ from hwprune.pipeline.measure import Realiser
 from hwprune.pipeline.prepare import Prepared
 from hwprune.pipeline.steps import Step
 from hwprune.plan import Plan, Provenance
+from hwprune.recovery.distill import distillation_loss
 from hwprune.search.decide import CalibrationBatches, Realisation, Scores, SearchProblem, SearchSettings
 from hwprune.search.nm import Permutations
 from hwprune.targets import Target
 from hwprune.transform.depth import unmerged
 from hwprune.transform.nm import sparsify
 from hwprune.transform.permute import permutable
+
+TAKING = Taking(unmerged, distillation_loss)  # what costing a depth option takes of transform and recovery
 
 
 def search_problem(prepared: Prepared, options: Options, recalibration: list[torch.Tensor], provenance: Provenance,
@@ -88,7 +91,7 @@ def _depth_scores(prepared: Prepared, options: Options, recalibration: list[torc
                       [*calibration.batches, *recalibration[:4]], steps, options.sparsity_criterion)
     missing = table.missing(list(predictor.options.values()))
     table.add(depth_costs(analysis.model, analysis.capture.example_input, missing, calibration.batches[0],
-                          recalibration[:4], progress, steps, training, scales))
+                          recalibration[:4], progress, steps, training, scales, taking=TAKING))
     costs = {key: table.costs[key] for key in predictor.options}
     layers = stack_layers(predictor.options.values())
     influence = block_influence(analysis.model, layers, calibration.batches[0]) if layers else {}

@@ -30,7 +30,8 @@ import torch.fx as fx
 from torch import nn
 
 from hwprune.errors import PlanError
-from hwprune.graph.spans import Block, DepthCandidates, Span, branch_of, candidates_of, depth_candidates, trace
+from hwprune.graph.candidates import Block, DepthCandidates, Span
+from hwprune.graph.spans import branch_of, candidates_of, depth_candidates, trace
 from hwprune.plan import DroppedBlock, MergedSpan
 from hwprune.transform.convmath import fold_batchnorm, fold_skip, merge_convs, move_padding
 from hwprune.transform.layers import drop_layers

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from hwprune.graph.spans import Block
+from hwprune.graph.candidates import Block
 from hwprune.graph.stack import without_layers
 from hwprune.transform.passes import Pass, TransformError, run_passes
 
