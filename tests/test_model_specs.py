@@ -271,7 +271,7 @@ def test_onnx_compile_measures_against_the_users_own_file(tmp_path, capsys, monk
     assert f"Baseline: the user's ONNX file {path}" in (out / "report.md").read_text()
 
     failed = Verification(0.5, 0.5, False, 1e-4, 1e-3, 1, "input 0, output 0 at (0, 1): onnx 1, torch 0.5")
-    monkeypatch.setattr("hwprune.pipeline.compile.verify_onnx", lambda *args, **kwargs: failed)
+    monkeypatch.setattr("hwprune.pipeline.prepare.verify_onnx", lambda *args, **kwargs: failed)
     capsys.readouterr()
     assert main(["compile", f"onnx:{path}", "--target", "cpu", "--latency", "0.7",
                  "--out", str(tmp_path / "other")]) == 2
