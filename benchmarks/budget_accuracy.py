@@ -37,8 +37,8 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from hwprune.calibration import fidelity
 from hwprune.config import Budget, Options
+from hwprune.evaluate.calibration import fidelity
 from hwprune.export.onnx_export import export_onnx
 from hwprune.models import LoadedModel, load_model
 from hwprune.pipeline.compile import compile_model

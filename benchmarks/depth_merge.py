@@ -48,13 +48,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from hwprune.calibration import fidelity
 from hwprune.config import Budget, Options
-from hwprune.cost.depth import depth_options, merge_key
 from hwprune.cost.layers import model_layers
+from hwprune.cost.structural import depth_options, merge_key
+from hwprune.evaluate.calibration import fidelity
 from hwprune.graph.analyze import analyze
 from hwprune.graph.spans import depth_candidates
-from hwprune.importance.depth import depth_costs
+from hwprune.importance.option_costs import depth_costs
 from hwprune.models import LoadedModel, load_model
 from hwprune.pipeline.compile import compile_model
 from hwprune.pipeline.score import TAKING
@@ -275,7 +275,7 @@ def digits(console: Console, budgets: list[float]) -> list[dict]:
                                   calib=f"{ROOT / 'tests' / 'data' / 'digits.py'}:calib")
                 if "error" not in row:
                     from hwprune.plan import load_plan
-                    from hwprune.transform.apply import realise
+                    from hwprune.transform.realise import realise
 
                     plan = load_plan(out / "plan.json")
                     model = realise(plan, analyze(loaded.module, loaded.example_input, spec, strict=False))

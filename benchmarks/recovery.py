@@ -57,7 +57,7 @@ from hwprune.recovery.world import World
 from hwprune.runtime.ort import OnnxRuntime, make_session, random_feeds
 from hwprune.runtime.timing import interleave
 from hwprune.targets import load_target
-from hwprune.transform.apply import realise
+from hwprune.transform.realise import realise
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from budget_accuracy import matched_uniform  # noqa: E402

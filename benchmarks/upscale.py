@@ -40,7 +40,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from hwprune.calibration import fidelity
+from hwprune.evaluate.calibration import fidelity
 from hwprune.evaluate.mask import masked_readers
 from hwprune.export.copies import copy_ops
 from hwprune.export.onnx_export import export_onnx
@@ -55,8 +55,8 @@ from hwprune.runtime.timing import interleave
 from hwprune.search.readers import reader_masks
 from hwprune.search.width import allowed_counts
 from hwprune.targets import load_target
-from hwprune.transform.apply import apply_plan
 from hwprune.transform.prune import prune
+from hwprune.transform.realise import apply_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from budget_accuracy import bisect_latency, held_out_batches, measured_fraction  # noqa: E402  (also puts the repository root on the path)

@@ -376,7 +376,7 @@ def _run_profile(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from hwprune.cost.model_latency import open_table
-    from hwprune.profiling import export_ops, profile_model
+    from hwprune.pipeline.profiling import export_ops, profile_model
     from hwprune.targets import load_target
     from hwprune.transform.trial import prove_prunable
 
@@ -434,7 +434,7 @@ def _run_latency(args: argparse.Namespace) -> int:
     prediction = predictor.predict({})
     measured = None
     if args.measure:
-        from hwprune.profiling import measure_model
+        from hwprune.pipeline.profiling import measure_model
 
         measured = measure_model(analysis.model, analysis.capture.example_input, target).median_ms
     result = {"model": analysis.name, "target": target.name, "predicted_ms": prediction.total_ms,
@@ -519,7 +519,7 @@ def _fractions(text: str) -> list[float]:
 
 
 def _compile_summary(report) -> str:
-    from hwprune.decode import decode_summary
+    from hwprune.pipeline.decode import decode_summary
 
     fid, speed = report.fidelity, report.speedup
     top1 = "n/a" if fid.top1_agreement is None else f"{100 * fid.top1_agreement:.1f}%"

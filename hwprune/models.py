@@ -490,7 +490,7 @@ class HFModel(nn.Module):
         super().__init__()
         self.model = model
         # transformers names a model with a head <Base>For<Task>: its output is logits (fidelity adds KL);
-        # one that can generate is searched in prefill, and compile also measures its decode step (hwprune.decode)
+        # one that can generate is searched in prefill, and compile also measures its decode step (pipeline.decode)
         self.returns_logits = "For" in type(model).__name__ or "LMHead" in type(model).__name__  # GPT2LMHeadModel
         self.generates = bool(getattr(model, "can_generate", lambda: False)())
         self.pixels = hf_takes_pixels(type(model))

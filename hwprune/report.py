@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from hwprune import __version__
-from hwprune.calibration import Fidelity
 from hwprune.cost.predictor import TablePredictor
+from hwprune.evaluate.calibration import Fidelity
 from hwprune.export.verify import Verification
 from hwprune.graph.analyze import Analysis
 from hwprune.models import LoadedModel
@@ -180,7 +180,7 @@ class Report:
     seconds: float
     copies: dict | None = None
     # Depth decisions: layer counts before and after, each merged span and dropped block with its
-    # predicted time and measured fidelity cost (importance.depth).
+    # predicted time and measured fidelity cost (importance.option_costs).
     depth: dict | None = None
     # N:M sparsity: what pricing found (and why none, when none), each chosen layer's predicted time
     # dense and sparse and its cost, each permuted group's retained magnitude, the exported

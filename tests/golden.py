@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 import torchvision
 
-from hwprune.calibration import load_calibration
 from hwprune.cost.lut import LatencyTable, load_table
 from hwprune.cost.model_latency import predictor_for
+from hwprune.evaluate.calibration import load_calibration
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.segments import segments
 from hwprune.importance.readers import reader_scores
@@ -114,7 +114,7 @@ def record(profile: bool = False) -> None:
     DATA.mkdir(parents=True, exist_ok=True)
     if profile:
         from hwprune.cost.model_latency import open_table
-        from hwprune.profiling import profile_model
+        from hwprune.pipeline.profiling import profile_model
 
         table, _ = open_table(target, TABLE, create=True)
         for name in MODELS:

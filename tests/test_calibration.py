@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from hwprune.calibration import fidelity, load_calibration
 from hwprune.errors import ModelSpecError
+from hwprune.evaluate.calibration import fidelity, load_calibration
 
 X = torch.randn(1, 3, 8, 8)
 
@@ -65,7 +65,7 @@ def test_a_model_with_several_outputs_gets_each_outputs_cosine():
     """Detection heads (boxes, classes) are compared one by one; the first is the headline cosine."""
     from torch import nn
 
-    from hwprune.calibration import fidelity
+    from hwprune.evaluate.calibration import fidelity
 
     class TwoHeads(nn.Module):
         def __init__(self, flip: bool = False):

@@ -17,9 +17,9 @@ from hwprune.export.verify import verify_onnx
 from hwprune.graph.analyze import analyze
 from hwprune.graph.spans import depth_candidates
 from hwprune.plan import DroppedBlock, MergedSpan
-from hwprune.transform.apply import apply_plan
 from hwprune.transform.convmath import fold_batchnorm, fold_skip, merge_convs, move_padding
-from hwprune.transform.depth import apply_depth
+from hwprune.transform.realise import apply_plan
+from hwprune.transform.rewrite import apply_depth
 from tests.data.small_models import small_resnet
 from tests.pruning_helpers import plan_of
 from tests.zoo import CONV_ZOO, ZOO
@@ -216,7 +216,7 @@ def test_overlapping_or_unknown_entries_are_refused_before_any_layer_changes():
 
 def small_resnet_search(target_name: str):
     from hwprune.cost.model_latency import analytic_predictor
-    from hwprune.importance.depth import depth_costs
+    from hwprune.importance.option_costs import depth_costs
     from hwprune.importance.scores import score_groups
     from hwprune.pipeline.score import TAKING
     from hwprune.targets import load_target
@@ -371,7 +371,7 @@ def test_a_frontier_compiles_every_point_from_one_analysis(tmp_path, capsys):
 
 
 def test_a_short_distillation_per_option_lowers_its_cost_and_leaves_the_model_alone():
-    from hwprune.importance.depth import depth_costs
+    from hwprune.importance.option_costs import depth_costs
     from hwprune.pipeline.score import TAKING
 
     analysis, predictor, _, plain, _ = small_resnet_search("jetson-orin-nano")

@@ -9,7 +9,7 @@ import torch
 
 from hwprune.cli import main
 from hwprune.errors import HwpruneError
-from hwprune.export.decode import cache_keyword, export_decode
+from hwprune.export.kv_step import cache_keyword, export_decode
 from hwprune.graph.heads import head_modules
 from hwprune.graph.stack import without_layers
 from hwprune.models import load_model
@@ -125,7 +125,7 @@ def test_a_failed_decode_export_is_one_line_and_the_compile_succeeds(llama_dir, 
     def fails(*args, **kwargs):
         raise RuntimeError("cannot trace this cache\nsecond line")
 
-    monkeypatch.setattr("hwprune.decode.export_decode", fails)
+    monkeypatch.setattr("hwprune.pipeline.decode.export_decode", fails)
     out = tmp_path / "build"
     assert _compile(llama_dir, out, "--refine", "0") == 0, capsys.readouterr().err.strip().splitlines()[-1]
     report = json.loads((out / "report.json").read_text())

@@ -15,7 +15,7 @@ from hwprune.models import load_model
 from hwprune.plan import DroppedBlock
 from hwprune.search.width import search_widths
 from hwprune.targets import load_target
-from hwprune.transform.depth import unmerged
+from hwprune.transform.rewrite import unmerged
 
 transformers = pytest.importorskip("transformers")
 
@@ -98,7 +98,7 @@ def test_mlp_roles_tie_and_the_search_keeps_one_width(llama_dir):
 
 
 def test_timed_layers_of_a_dropped_layer_all_go(llama_dir):
-    from hwprune.cost.depth import depth_options
+    from hwprune.cost.structural import depth_options
 
     loaded = load_model(f"hf:{llama_dir}", (1, 16))
     analysis = analyze(loaded.module, loaded.example_input, loaded.name, strict=False)

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from hwprune.calibration import load_calibration
 from hwprune.cli import main
 from hwprune.errors import ModelSpecError
+from hwprune.evaluate.calibration import load_calibration
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")

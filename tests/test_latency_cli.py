@@ -72,7 +72,7 @@ def test_tensorrt_profiling_builds_one_engine_per_op_where_tensorrt_runs(monkeyp
     """The plumbing only (TensorRT cannot run here): which graphs reach the engine builder and timer,
     with which input names and shapes, and that the table is labelled TensorRT. No number here is a
     TensorRT one."""
-    import hwprune.cost.profiler as profiler
+    import hwprune.cost.op_timing as profiler
     import hwprune.runtime.trt as trt_module
     from hwprune.cost.lut import new_table
     from hwprune.cost.signature import OpSignature

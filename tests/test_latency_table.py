@@ -6,8 +6,8 @@ import pytest
 
 from hwprune.cost.layers import GroupInput, Layer
 from hwprune.cost.lut import LutError, load_table, new_table
+from hwprune.cost.op_timing import profile
 from hwprune.cost.predictor import Anchor, TablePredictor
-from hwprune.cost.profiler import profile
 from hwprune.cost.signature import OpSignature
 from hwprune.cost.space import channel_choices
 from hwprune.errors import HwpruneError

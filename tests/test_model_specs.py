@@ -226,7 +226,7 @@ def test_pruned_detector_saved_for_ultralytics(tmp_path):
     from ultralytics import YOLO
 
     from hwprune.graph.analyze import analyze
-    from hwprune.transform.apply import apply_plan
+    from hwprune.transform.realise import apply_plan
     from tests.pruning_helpers import plan_of
 
     loaded = load_model("ultralytics:yolov8n.yaml", input_shape=SMALL)
@@ -284,7 +284,7 @@ def test_onnx_compile_measures_against_the_users_own_file(tmp_path, capsys, monk
 def test_box_agreement_of_a_detector(tmp_path):
     """Boxes after Ultralytics' decode and NMS: a detector agrees with itself completely; one that finds
     nothing gives no number rather than a perfect one; boxes match by class and IoU >= 0.5."""
-    from hwprune.calibration import box_agreement
+    from hwprune.evaluate.calibration import box_agreement
     loaded = load_model("ultralytics:yolov8n.yaml", input_shape=SMALL)
     images = [torch.rand(2, 3, 64, 64)]
     assert box_agreement(loaded.module, loaded.module, images) is None  # random init: no box passes 0.25

@@ -8,9 +8,9 @@ import torch
 from hwprune.errors import PlanError
 from hwprune.graph.analyze import analyze
 from hwprune.plan import DroppedBlock, NMLayer, Sparsity, WidthDecision
-from hwprune.transform.apply import apply_plan
 from hwprune.transform.passes import Pass, Surgery, TransformError, run_passes
 from hwprune.transform.prune import PruneChannels
+from hwprune.transform.realise import apply_plan
 from tests.data.small_models import small_resnet
 from tests.pruning_helpers import plan_of
 

@@ -198,7 +198,7 @@ def test_a_merged_span_trains_apart_and_merges_at_export(compiled, tmp_path, mon
     from hwprune.graph.analyze import analyze
     from hwprune.models import load_model
     from hwprune.plan import load_plan
-    from hwprune.transform.apply import realise
+    from hwprune.transform.realise import realise
 
     monkeypatch.setenv("DIGITS_WEIGHTS", str(compiled / "weights.pt"))
     monkeypatch.setenv("HWPRUNE_CACHE", str(compiled / "cache"))

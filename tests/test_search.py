@@ -10,12 +10,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hwprune.calibration import fidelity
 from hwprune.cost.layers import model_layers
 from hwprune.cost.lut import new_table
 from hwprune.cost.predictor import TablePredictor
 from hwprune.cost.space import profile_signatures
 from hwprune.errors import PlanError
+from hwprune.evaluate.calibration import fidelity
 from hwprune.graph.analyze import analyze
 from hwprune.importance.scores import score_groups, select
 from hwprune.plan import load_plan, save_plan
@@ -23,7 +23,7 @@ from hwprune.runtime.timing import Timing
 from hwprune.search import knapsack
 from hwprune.search.choose import choose
 from hwprune.search.width import allowed_counts, search_widths, uniform_widths
-from hwprune.transform.apply import apply_plan
+from hwprune.transform.realise import apply_plan
 from tests.pruning_helpers import width_plan
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))

@@ -20,13 +20,13 @@ from hwprune.errors import PlanError
 from hwprune.export.nm_check import nm_weights
 from hwprune.export.onnx_export import export_onnx
 from hwprune.graph.analyze import analyze
-from hwprune.importance.nm import input_norms
+from hwprune.importance.activation_norms import input_norms
 from hwprune.plan import MergedSpan, NMLayer, Sparsity, plan_from_json, plan_json
 from hwprune.runtime.trt import EngineConfig, sparse_layers, trtexec_command
-from hwprune.search.nm import Permutations
+from hwprune.search.permutations import Permutations
 from hwprune.sparsity.masks import is_nm, nm_mask, retained
 from hwprune.targets import load_target
-from hwprune.transform.apply import apply_plan
+from hwprune.transform.realise import apply_plan
 from tests.data.nm_models import wide_net
 from tests.data.small_models import small_resnet
 from tests.pruning_helpers import plan_of

@@ -25,7 +25,7 @@ from hwprune.graph.select import ChannelSelect
 from hwprune.importance.readers import reader_scores
 from hwprune.importance.scores import score_groups, select
 from hwprune.search.readers import reader_masks
-from hwprune.transform.apply import apply_plan
+from hwprune.transform.realise import apply_plan
 from tests.pruning_helpers import plan_of
 from tests.random_dags import OpSpec, build_dag_model, random_dag_models
 from tests.zoo import randomize_model

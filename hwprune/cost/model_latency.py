@@ -1,6 +1,6 @@
 """A whole model's cost model on a target: the measured table it reads, and its predictor.
 
-Measuring (profiling op signatures and whole-model anchors) is ``hwprune.profiling``'s job; this
+Measuring (profiling op signatures and whole-model anchors) is ``hwprune.pipeline.profiling``'s job; this
 module only opens tables and predicts from them, or from the analytic model.
 """
 
@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from hwprune.cost.depth import DepthOption, depth_options
 from hwprune.cost.layers import Layer, model_layers
 from hwprune.cost.lut import LatencyTable, LutError, load_table, new_table
 from hwprune.cost.predictor import Anchor, TablePredictor
 from hwprune.cost.space import channel_choices, profile_signatures
 from hwprune.cost.sparse import SparsityCheck, SparsityMode, not_offered, sparse_options, worthwhile
+from hwprune.cost.structural import StructuralOption, depth_options
 from hwprune.errors import HwpruneError
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.spans import depth_candidates
@@ -64,7 +64,7 @@ def anchor_counts(analysis: Analysis, alignment: int, fraction: float) -> dict[s
             for g in analysis.prunable()}
 
 
-def depth_choices(analysis: Analysis, layers: list[Layer], target: Target) -> list[DepthOption]:
+def depth_choices(analysis: Analysis, layers: list[Layer], target: Target) -> list[StructuralOption]:
     """The model's depth options worth pricing on ``target``: every droppable block, and every span
     whose merged conv the analytic model does not predict ``MERGE_SLOWDOWN`` times slower than its
     convolutions at full width."""
@@ -91,7 +91,7 @@ def analytic_predictor(analysis: Analysis, target: Target, sparsity: SparsityMod
     return priced_sparsity(predictor, sparse, sparsity, target, measured=False)
 
 
-def priced_sparsity(predictor: TablePredictor, sparse: Sequence[DepthOption], mode: SparsityMode | None,
+def priced_sparsity(predictor: TablePredictor, sparse: Sequence[StructuralOption], mode: SparsityMode | None,
                     target: Target, measured: bool) -> TablePredictor:
     """``predictor`` with only the sparse options worth taking (``cost.sparse.worthwhile``) and
     the check that says why, as ``predictor.sparsity``."""
@@ -149,7 +149,7 @@ def predictor_for(analysis: Analysis, table: LatencyTable, target: Target, spars
     return priced_sparsity(predictor, sparse, sparsity, target, measured=True)
 
 
-def analytic_table(analysis: Analysis, target: Target, options: Sequence[DepthOption] = ()) -> LatencyTable:
+def analytic_table(analysis: Analysis, target: Target, options: Sequence[StructuralOption] = ()) -> LatencyTable:
     """Every signature the search needs for this model, predicted by the analytic model.
 
     Same shape as a measured table, so the same predictor and search run on it; its provenance

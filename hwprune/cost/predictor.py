@@ -32,11 +32,11 @@ from fractions import Fraction
 
 import numpy as np
 
-from hwprune.cost.depth import DepthOption
 from hwprune.cost.layers import Layer
 from hwprune.cost.lut import LatencyTable
 from hwprune.cost.signature import OpSignature
 from hwprune.cost.sparse import SparsityCheck
+from hwprune.cost.structural import StructuralOption
 from hwprune.errors import HwpruneError
 from hwprune.plan import LatencyModelInfo
 
@@ -67,12 +67,12 @@ class TablePredictor:
     """
 
     def __init__(self, layers: list[Layer], table: LatencyTable, anchors: Sequence[Anchor] = (),
-                 options: Sequence[DepthOption] = ()):
+                 options: Sequence[StructuralOption] = ()):
         self.layers = layers
         self.table = table
         self._by_shape = _index_by_shape(table)
         self._axes = {layer.name: self._measured_axes(layer) for layer in layers}
-        self.options: dict[str, DepthOption] = {}
+        self.options: dict[str, StructuralOption] = {}
         for option in options:
             try:
                 axes = {layer.name: self._measured_axes(layer) for layer in option.adds}

@@ -3,7 +3,7 @@ and whether the target's cost model says it is worth anything there.
 
 A sparse option replaces one conv or linear layer by the same layer with an N:M signature
 (``OpSignature.sparsity``), sized by the same groups, so the width search prices it at every
-width like the merged convs of ``cost.depth``; it conflicts with any merge or drop that removes
+width like the merged convs of ``cost.structural``; it conflicts with any merge or drop that removes
 the layer. Prices come from where every other price comes from: a measured table (``cpu``: the
 profiler times N:M-zeroed single-op graphs; onnxruntime here runs them no faster) or the analytic
 model (TensorRT targets: the profile's derated ``[sparsity] layer_speedup``, labelled predicted).
@@ -20,8 +20,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, replace
 
-from hwprune.cost.depth import DepthOption
 from hwprune.cost.layers import Layer
+from hwprune.cost.structural import StructuralOption
 from hwprune.plan import NMLayer
 from hwprune.sparsity.masks import parse_pattern
 from hwprune.targets import Target
@@ -84,7 +84,7 @@ def eligible(layer: Layer, mode: SparsityMode, target: Target) -> bool:
 
 
 def sparse_options(layers: list[Layer], target: Target, mode: SparsityMode | None, measured: bool
-                   ) -> list[DepthOption]:
+                   ) -> list[StructuralOption]:
     """One option per eligible layer (none when :func:`not_offered` says why)."""
     if not_offered(mode, target, measured) is not None:
         return []
@@ -93,7 +93,7 @@ def sparse_options(layers: list[Layer], target: Target, mode: SparsityMode | Non
         if eligible(layer, mode, target):
             sparse = replace(layer, name=sparse_key(layer.name),
                              signature=replace(layer.signature, sparsity=mode.pattern))
-            options.append(DepthOption(sparse_key(layer.name), frozenset({layer.name}), (sparse,),
+            options.append(StructuralOption(sparse_key(layer.name), frozenset({layer.name}), (sparse,),
                                        NMLayer(mode.n, mode.m)))
     return options
 
@@ -116,9 +116,9 @@ class SparsityCheck:
                 "offered": len(self.offered), "sparse_over_dense": spread, "reason": self.reason}
 
 
-def worthwhile(options: list[DepthOption], dense_ms: dict[str, float], sparse_ms: dict[str, float],
+def worthwhile(options: list[StructuralOption], dense_ms: dict[str, float], sparse_ms: dict[str, float],
                mode: SparsityMode | None, target: Target, source: str, measured: bool
-               ) -> tuple[list[DepthOption], SparsityCheck]:
+               ) -> tuple[list[StructuralOption], SparsityCheck]:
     """The options that save at least ``MIN_SAVING`` of their layer's time (full width), and the check."""
     reason = not_offered(mode, target, measured)
     ratios = {o.name: sparse_ms[o.key] / dense_ms[o.name] for o in options if o.key in sparse_ms}

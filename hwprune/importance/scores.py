@@ -27,8 +27,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from hwprune.calibration import first_output
 from hwprune.errors import HwpruneError
+from hwprune.evaluate.calibration import first_output
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.capture import frozen_index_mapping, tolerant_index_mapping
 from hwprune.graph.groups import ChannelGroup

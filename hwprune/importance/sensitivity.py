@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hwprune.calibration import output_tensors
+from hwprune.evaluate.calibration import output_tensors
 from hwprune.evaluate.mask import silenced
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.capture import frozen_index_mapping

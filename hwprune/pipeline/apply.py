@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hwprune.calibration import load_calibration
 from hwprune.errors import ModelSpecError, PlanError
+from hwprune.evaluate.calibration import load_calibration
 from hwprune.export.nm_check import nm_weights
 from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.export.verify import Verification, verified
@@ -23,7 +23,7 @@ from hwprune.graph.analyze import analyze
 from hwprune.io import staged
 from hwprune.models import NATIVE_FILES, LoadedModel, check_model, save_native
 from hwprune.plan import Plan
-from hwprune.transform.apply import realise
+from hwprune.transform.realise import realise
 
 ARTEFACTS = ("pruned.onnx", "pruned.pt", *NATIVE_FILES)
 

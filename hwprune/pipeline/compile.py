@@ -25,10 +25,10 @@ from pathlib import Path
 from rich.console import Console
 
 from hwprune.config import Budget, Options
-from hwprune.decode import DECODE_FILES
 from hwprune.io import staged, write_text_atomic
 from hwprune.models import NATIVE_FILES, LoadedModel
 from hwprune.pipeline import finish
+from hwprune.pipeline.decode import DECODE_FILES
 from hwprune.pipeline.measure import Measurer
 from hwprune.pipeline.prepare import Prepared, prepare
 from hwprune.pipeline.score import search_problem

@@ -13,23 +13,23 @@ from rich.markup import escape
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from hwprune.calibration import Calibration, box_agreement, fidelity
 from hwprune.config import Options
-from hwprune.decode import decode_section, decode_summary
 from hwprune.errors import HwpruneError, ModelSpecError
+from hwprune.evaluate.calibration import Calibration, box_agreement, fidelity
 from hwprune.export.copies import copy_ops
 from hwprune.export.nm_check import nm_weights
 from hwprune.export.onnx_export import ONNX_OPSET, export_onnx, slim_available
 from hwprune.export.verify import verified
 from hwprune.graph.analyze import Analysis
 from hwprune.models import LoadedModel, save_native
+from hwprune.pipeline.decode import decode_section, decode_summary
 from hwprune.pipeline.measure import Measurer, Realised
 from hwprune.pipeline.steps import Step
 from hwprune.report import Built, Checked, Measured
 from hwprune.runtime import Runtime
 from hwprune.search.decide import Decision
 from hwprune.search.refine import Round
-from hwprune.transform.apply import realise
+from hwprune.transform.realise import realise
 
 
 def keep_chosen(chosen: Round[Decision, Realised], rounds: list[Round], measurer: Measurer, loaded: LoadedModel,

@@ -11,20 +11,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hwprune.calibration import Calibration
 from hwprune.config import Options, Recalibrate
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm
+from hwprune.evaluate.calibration import Calibration
 from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.graph.analyze import Analysis
 from hwprune.plan import Plan
 from hwprune.runtime import Runner, Runtime
 from hwprune.runtime.timing import Comparison
 from hwprune.search.decide import Decision
-from hwprune.transform.apply import finish, realise_unmerged
+from hwprune.transform.realise import finish, realise_unmerged
 
 
 class Realiser:
-    """``transform.apply.realise`` that keeps the last plan's pruned model: an unconstrained round
+    """``transform.realise.realise`` that keeps the last plan's pruned model: an unconstrained round
     prices the copy ops of the very plan it returns, and measuring that plan would otherwise
     apply it to a fresh copy again (10 s each time on densenet169); a deep copy of the kept model
     is what both get, BatchNorm re-estimated on the copy where asked."""

@@ -12,12 +12,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 
-from hwprune.calibration import Calibration, load_calibration
 from hwprune.config import Options
-from hwprune.cost.depth import stack_layers
 from hwprune.cost.model_latency import offline_predictor, open_table, predictor_for
 from hwprune.cost.predictor import TablePredictor
+from hwprune.cost.structural import stack_layers
 from hwprune.errors import HwpruneError, PlanError
+from hwprune.evaluate.calibration import Calibration, load_calibration
 from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.export.verify import verify_onnx
 from hwprune.graph.analyze import Analysis, analyze
@@ -25,8 +25,8 @@ from hwprune.graph.stack import stack_ties
 from hwprune.hf_layout import heads_fixed
 from hwprune.models import HFModel, LoadedModel, state_digest
 from hwprune.pipeline.measure import Realiser
+from hwprune.pipeline.profiling import profile_model
 from hwprune.pipeline.steps import Step
-from hwprune.profiling import profile_model
 from hwprune.runtime import Runtime, runtime_for
 from hwprune.search.decide import SearchProblem
 from hwprune.transform.trial import prove_prunable

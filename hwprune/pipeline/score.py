@@ -17,12 +17,12 @@ from torch import nn
 
 from hwprune.config import Criterion, Options, SearchKind
 from hwprune.cost.copies import copy_signatures
-from hwprune.cost.depth import stack_layers
+from hwprune.cost.op_timing import profile
 from hwprune.cost.predictor import TablePredictor, op_ms
-from hwprune.cost.profiler import profile
+from hwprune.cost.structural import stack_layers
 from hwprune.graph.segments import segments
-from hwprune.importance.depth import CostTable, Taking, block_influence, depth_costs
-from hwprune.importance.nm import input_norms
+from hwprune.importance.activation_norms import input_norms
+from hwprune.importance.option_costs import CostTable, Taking, block_influence, depth_costs
 from hwprune.importance.readers import reader_scores
 from hwprune.importance.scores import ACTIVATION_BATCHES, score_groups
 from hwprune.importance.sensitivity import group_sensitivity
@@ -33,11 +33,11 @@ from hwprune.pipeline.steps import Step
 from hwprune.plan import Plan, Provenance
 from hwprune.recovery.distill import distillation_loss
 from hwprune.search.decide import CalibrationBatches, Realisation, Scores, SearchProblem, SearchSettings
-from hwprune.search.nm import Permutations
+from hwprune.search.permutations import Permutations
 from hwprune.targets import Target
-from hwprune.transform.depth import unmerged
-from hwprune.transform.nm import sparsify
 from hwprune.transform.permute import permutable
+from hwprune.transform.rewrite import unmerged
+from hwprune.transform.sparsify import sparsify
 
 TAKING = Taking(unmerged, distillation_loss)  # what costing a depth option takes of transform and recovery
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from hwprune.calibration import output_tensors
 from hwprune.errors import ModelSpecError
+from hwprune.evaluate.calibration import output_tensors
 from hwprune.recovery.data import Batch, TrainingData
 from hwprune.recovery.world import World
 

@@ -25,8 +25,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from hwprune.calibration import compare_all, logits_kl, output_tensors
 from hwprune.errors import HwpruneError, PlanError
+from hwprune.evaluate.calibration import compare_all, logits_kl, output_tensors
 from hwprune.export.nm_check import nm_weights
 from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.export.verify import verify_onnx
@@ -39,9 +39,9 @@ from hwprune.recovery.distill import Recipe, Trained, distil
 from hwprune.recovery.world import World, join
 from hwprune.runtime import runtime_for
 from hwprune.targets import load_target
-from hwprune.transform.apply import realise, realise_unmerged
-from hwprune.transform.depth import merged
-from hwprune.transform.nm import sparsify
+from hwprune.transform.realise import realise, realise_unmerged
+from hwprune.transform.rewrite import merged
+from hwprune.transform.sparsify import sparsify
 
 CHECKPOINT_FORMAT = "hwprune-recovery-checkpoint/1"
 EVAL_BATCHES = 64  # at most this many batches of --eval-data (or of --data when none) for fidelity

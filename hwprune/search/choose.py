@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hwprune.calibration import Fidelity, compare_all, output_tensors
 from hwprune.errors import PlanError
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm, restored_batchnorm
+from hwprune.evaluate.calibration import Fidelity, compare_all, output_tensors
 from hwprune.evaluate.mask import silenced
 from hwprune.graph.analyze import Analysis
 from hwprune.importance.scores import Importance, select

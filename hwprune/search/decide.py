@@ -25,7 +25,7 @@ from hwprune.importance.scores import Importance, select
 from hwprune.plan import DroppedBlock, MergedSpan, Plan, Provenance, Sparsity, WidthDecision
 from hwprune.search.choose import Candidate, choose
 from hwprune.search.joint import search_joint
-from hwprune.search.nm import Permutations, nm_entries
+from hwprune.search.permutations import Permutations, nm_entries
 from hwprune.search.readers import SegmentMask, reader_masks
 from hwprune.search.width import SearchResult, search_widths, uniform_widths
 

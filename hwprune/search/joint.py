@@ -1,7 +1,7 @@
 """Width and depth in one knapsack: how many channels each group keeps, which spans merge and which
 residual blocks go, under one predicted-latency budget.
 
-The depth options (``cost.depth``; N:M layers, ``cost.sparse``, are options of the same
+The depth options (``cost.structural``; N:M layers, ``cost.sparse``, are options of the same
 kind) form *units*: the connected components of "these two cannot both be taken" (they share a
 layer: overlapping spans of one chain, a block and the spans inside its branch, a span with and
 without its skip, a layer made N:M and a span that merges it away). A unit's choices are its sets of compatible
@@ -11,7 +11,7 @@ already solves (``search.width``), beside one class per channel group:
 
 - a group's class: its allowed keep counts, valued ``weight x log(retained importance)``;
 - a unit's class: its option sets, valued ``-ln 2 x`` the sum of their measured costs
-  (``importance.depth``: 1 - cosine with that option alone). The group weights are sensitivities
+  (``importance.option_costs``: 1 - cosine with that option alone). The group weights are sensitivities
   in the same measure (1 - cosine with half the group silenced), and half a group is valued
   ``weight x ln(1/2)``: ``ln 2`` converts a measured cost into the knapsack's value.
 
@@ -32,9 +32,9 @@ from collections.abc import Iterable
 
 import networkx as nx
 
-from hwprune.cost.depth import DepthOption
 from hwprune.cost.layers import Layer
 from hwprune.cost.predictor import TablePredictor
+from hwprune.cost.structural import StructuralOption
 from hwprune.errors import PlanError
 from hwprune.graph.analyze import Analysis
 from hwprune.importance.scores import Importance
@@ -53,7 +53,7 @@ VALUE_PER_COST = math.log(2)
 MAX_SETS = 256  # option sets per unit; a longer chain is searched with its shorter spans only
 
 
-def units(options: Iterable[DepthOption]) -> list[list[frozenset[str]]]:
+def units(options: Iterable[StructuralOption]) -> list[list[frozenset[str]]]:
     """The option sets of each unit, the empty set first."""
     options = list(options)
     conflicts = nx.Graph()
@@ -124,7 +124,7 @@ def search_joint(analysis: Analysis, predictor: TablePredictor, importance: Impo
 
 
 def _check_smallest(predictor: TablePredictor, options: dict[str, list[int]], unit_sets: list[list[frozenset[str]]],
-                    by_key: dict[str, DepthOption], budget_ms: float, min_keep: float) -> None:
+                    by_key: dict[str, StructuralOption], budget_ms: float, min_keep: float) -> None:
     """PlanError unless the smallest model (every group at its minimum, each unit at its cheapest
     option set there) is predicted within budget."""
     smallest = {gid: counts[0] for gid, counts in options.items()}
@@ -138,7 +138,7 @@ def _check_smallest(predictor: TablePredictor, options: dict[str, list[int]], un
 
 
 def _round(predictor: TablePredictor, options: dict[str, list[int]], values: dict[str, list[float]],
-           unit_sets: list[list[frozenset[str]]], unit_values: list[list[float]], by_key: dict[str, DepthOption],
+           unit_sets: list[list[frozenset[str]]], unit_values: list[list[float]], by_key: dict[str, StructuralOption],
            counts: dict[str, int], depth: frozenset[str], budget_ms: float
            ) -> tuple[dict[str, int], frozenset[str]] | None:
     view = predictor.with_depth(depth)
@@ -164,7 +164,7 @@ def _round(predictor: TablePredictor, options: dict[str, list[int]], values: dic
     return new_counts, chosen
 
 
-def _unit_ms(predictor: TablePredictor, by_key: dict[str, DepthOption], sets: list[frozenset[str]],
+def _unit_ms(predictor: TablePredictor, by_key: dict[str, StructuralOption], sets: list[frozenset[str]],
              chosen: frozenset[str], counts: dict[str, int]) -> float:
     """The time of a unit's layers with ``chosen`` taken, at ``counts``."""
     involved = frozenset().union(*(by_key[k].removes for s in sets for k in s))

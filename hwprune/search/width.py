@@ -46,7 +46,7 @@ class SearchResult:
     objective: float
     rounds: int
     seconds: float
-    depth: frozenset[str] = frozenset()  # depth options taken (``cost.depth`` keys; search.joint)
+    depth: frozenset[str] = frozenset()  # depth options taken (``cost.structural`` keys; search.joint)
 
 
 def allowed_counts(analysis: Analysis, alignment: int, min_keep: float) -> dict[str, list[int]]:

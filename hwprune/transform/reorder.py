@@ -31,7 +31,7 @@ from collections.abc import Collection, Sequence
 import numpy as np
 import torch
 
-from hwprune.calibration import first_output
+from hwprune.evaluate.calibration import first_output
 from hwprune.graph.capture import frozen_index_mapping
 from hwprune.plan import WidthDecision
 from hwprune.transform.passes import Pass, Surgery, TransformError

@@ -22,7 +22,7 @@ from hwprune.plan import DroppedBlock, MergedSpan, NMLayer
 
 
 @dataclass(frozen=True)
-class DepthOption:
+class StructuralOption:
     """One span merged, one block dropped or one layer made N:M (``cost.sparse``): a structural
     option, as the latency model and the joint search see it."""
 
@@ -41,7 +41,7 @@ class DepthOption:
         return self.key.split(":", 1)[1]
 
 
-def stack_layers(options: Iterable[DepthOption]) -> list[str]:
+def stack_layers(options: Iterable[StructuralOption]) -> list[str]:
     """The layers of a layer stack among ``options`` (drops of a whole module, ``graph.stack``)."""
     return [o.choice.block for o in options if isinstance(o.choice, DroppedBlock) and o.choice.add is None]
 
@@ -54,7 +54,7 @@ def drop_key(block: Block) -> str:
     return f"drop:{block.name}"
 
 
-def depth_options(analysis: Analysis, found: DepthCandidates, layers: list[Layer]) -> list[DepthOption]:
+def depth_options(analysis: Analysis, found: DepthCandidates, layers: list[Layer]) -> list[StructuralOption]:
     """Every candidate whose layers the latency model times, as options; spans with a non-square
     merged kernel are left out (op signatures hold one kernel size)."""
     by_name = {layer.name: layer for layer in layers}
@@ -74,10 +74,10 @@ def depth_options(analysis: Analysis, found: DepthCandidates, layers: list[Layer
             inputs = (GroupInput(group.id, group.channels, sig.c_in),) if group.prunable else ()
         merged = Layer(merge_key(span), merged_sig, last.out_group, inputs, span.depthwise, last.out_scale)
         choice = MergedSpan(tuple(span.convs), tuple(span.activations), span.skip)
-        options.append(DepthOption(merge_key(span), frozenset(span.convs), (merged,), choice))
+        options.append(StructuralOption(merge_key(span), frozenset(span.convs), (merged,), choice))
     for block in found.blocks:
         removed = frozenset(name for name in by_name if name in block.layers or (
             block.add is None and name.startswith((f"{block.name}.", f"{block.name}:"))))
         if removed:
-            options.append(DepthOption(drop_key(block), removed, (), DroppedBlock(block.name, block.add)))
+            options.append(StructuralOption(drop_key(block), removed, (), DroppedBlock(block.name, block.add)))
     return options

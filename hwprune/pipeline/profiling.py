@@ -18,7 +18,7 @@ from torch import nn
 from hwprune.cost.layers import model_layers
 from hwprune.cost.lut import LatencyTable
 from hwprune.cost.model_latency import ANCHOR_FRACTIONS, anchor_counts, anchor_key, depth_choices, model_key
-from hwprune.cost.profiler import profile, profile_pairs
+from hwprune.cost.op_timing import profile, profile_pairs
 from hwprune.cost.signature import OpSignature
 from hwprune.cost.space import profile_signatures
 from hwprune.cost.sparse import SparsityMode, sparse_options
@@ -47,7 +47,7 @@ def profile_model(analysis: Analysis, target: Target, table: LatencyTable, progr
     layers' N:M signatures too), and the whole model unpruned and uniformly pruned at each of
     ``ANCHOR_FRACTIONS`` (the predictor's anchors); returns how many measurements were new. The N:M
     signatures at full width, which decide whether N:M is offered at all, are timed against their
-    dense twins alternately (``cost.profiler.profile_pairs``)."""
+    dense twins alternately (``cost.op_timing.profile_pairs``)."""
     alignment = target.channel_alignment
     signatures, paired = _signatures(analysis, target, sparsity)
     timed_in_pairs = set(paired)

@@ -21,12 +21,12 @@ from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.segments import segments
 from hwprune.graph.spans import depth_candidates
 from hwprune.plan import Plan
-from hwprune.transform.depth import merged, resolve, unmerged
-from hwprune.transform.nm import PermuteForSparsity, check_layers, sparsify
 from hwprune.transform.passes import Pass, Surgery, run_passes
 from hwprune.transform.prune import PruneChannels
 from hwprune.transform.reorder import ReorderSegments
+from hwprune.transform.rewrite import merged, resolve, unmerged
 from hwprune.transform.select import SelectReaders
+from hwprune.transform.sparsify import PermuteForSparsity, check_layers, sparsify
 
 
 def apply_plan(plan: Plan, analysis: Analysis, reorder: bool = True, merge: bool = True) -> nn.Module:
@@ -35,7 +35,7 @@ def apply_plan(plan: Plan, analysis: Analysis, reorder: bool = True, merge: bool
     unpruned model afterwards, so it must not be used for a second application. With depth or merge
     decisions the result is a new module (an fx ``GraphModule``), not ``analysis.model``; with
     ``merge`` False its spans are left unmerged (activations removed, padding moved), the form
-    BatchNorm re-estimation and training see, and ``transform.depth.merged`` finishes them."""
+    BatchNorm re-estimation and training see, and ``transform.rewrite.merged`` finishes them."""
     width = dict(plan.groups())  # the passes renumber decisions in this copy (frozen, replaced whole)
     found = {s.group: s for s in segments(analysis)} if any(d.readers for d in width.values()) else {}
     passes: list[Pass] = [ReorderSegments()] if reorder and found else []

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from hwprune.cost.depth import DepthOption
 from hwprune.cost.layers import Layer
+from hwprune.cost.structural import StructuralOption
 from hwprune.graph.analyze import Analysis
 from hwprune.plan import NMLayer, PermutationGain, Sparsity, WidthDecision
 from hwprune.sparsity.masks import columns, retained
@@ -28,7 +28,7 @@ from hwprune.sparsity.permutation import search_permutation
 PERMUTATION_SECONDS = 0.5  # per group and round; the search keeps its best order when time is up
 
 
-def nm_entries(chosen: Iterable[DepthOption]) -> dict[str, NMLayer]:
+def nm_entries(chosen: Iterable[StructuralOption]) -> dict[str, NMLayer]:
     """The plan's N:M entry of each chosen layer, by magnitude (``Permutations.section`` adds the
     activation scale where it has one)."""
     return {o.name: NMLayer(o.choice.n, o.choice.m) for o in chosen}
@@ -41,11 +41,11 @@ class Permutations:
 
     permutable: Callable[[str], bool]  # the transform's exactness check, passed in (search never imports it)
     # Activation-aware masks: per layer, its input channels' activation norms on the unpruned model
-    # (``importance.nm``); empty: masks by magnitude alone.
+    # (``importance.activation_norms``); empty: masks by magnitude alone.
     scales: dict[str, np.ndarray] = field(default_factory=dict)
     found: dict[tuple, tuple[list[int], PermutationGain]] = field(default_factory=dict)
 
-    def section(self, analysis: Analysis, layers: Iterable[Layer], chosen: Iterable[DepthOption],
+    def section(self, analysis: Analysis, layers: Iterable[Layer], chosen: Iterable[StructuralOption],
                 width: dict[str, WidthDecision]) -> Sparsity:
         """The plan's ``sparsity`` section for the N:M options ``chosen``."""
         chosen = sorted(chosen, key=lambda o: o.key)

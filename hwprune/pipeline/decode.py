@@ -3,7 +3,7 @@
 The compile searches and measures prefill (the prompt in one forward). Generation is then one token at a
 time against the cache, where the weights and the cache are read for one token's arithmetic, so the same
 pruning may speed it by another factor. After the search, both models' decode steps are exported
-(:mod:`hwprune.export.decode`), each checked against PyTorch, and timed interleaved like the prefill. This
+(:mod:`hwprune.export.kv_step`), each checked against PyTorch, and timed interleaved like the prefill. This
 is evidence for the report only, never an input to the search; any failure is the section's one-line
 reason and the compile goes on, its prefill result untouched.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from hwprune.errors import first_line
-from hwprune.export.decode import DecodeExport, export_decode
+from hwprune.export.kv_step import DecodeExport, export_decode
 from hwprune.report import DecodeSection, LatencyStats
 from hwprune.runtime import Runtime
 from hwprune.runtime.timing import Comparison, Timing

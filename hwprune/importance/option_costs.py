@@ -34,9 +34,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hwprune.calibration import output_tensors
-from hwprune.cost.depth import DepthOption
+from hwprune.cost.structural import StructuralOption
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm, restored_batchnorm
+from hwprune.evaluate.calibration import output_tensors
 from hwprune.graph.hooks import run_hooked
 from hwprune.graph.stack import hidden_in, hidden_out
 from hwprune.importance.sensitivity import flat_outputs, output_change
@@ -55,7 +55,7 @@ class Taking:
     loss: Callable[..., torch.Tensor]
 
 
-def depth_costs(model: nn.Module, example_input: torch.Tensor, options: Sequence[DepthOption],
+def depth_costs(model: nn.Module, example_input: torch.Tensor, options: Sequence[StructuralOption],
                 batch: torch.Tensor, recalibration: Sequence[torch.Tensor] = (), progress: object | None = None,
                 distil_steps: int = 0, training: Sequence[torch.Tensor] = (),
                 scales: dict[str, torch.Tensor] | None = None, *, taking: Taking) -> dict[str, float]:
@@ -79,7 +79,7 @@ def depth_costs(model: nn.Module, example_input: torch.Tensor, options: Sequence
     return costs
 
 
-def _cost(model: nn.Module, example_input: torch.Tensor, option: DepthOption, batch: torch.Tensor,
+def _cost(model: nn.Module, example_input: torch.Tensor, option: StructuralOption, batch: torch.Tensor,
           reference: list[torch.Tensor], recalibration: Sequence[torch.Tensor], taking: Taking, distil_steps: int = 0,
           training: Sequence[torch.Tensor] = (), scales: dict[str, torch.Tensor] | None = None) -> float:
     if option.kind == "sparse":
@@ -145,7 +145,7 @@ def _masked(model: nn.Module, layer: str, nm: NMLayer, scale: torch.Tensor | Non
         weight.data.copy_(original)
 
 
-def _exact(model: nn.Module, option: DepthOption) -> bool:
+def _exact(model: nn.Module, option: StructuralOption) -> bool:
     convs = option.choice.convs
     return not option.choice.activations and all(
         model.get_submodule(name).padding in ((0, 0), 0) for name in convs[1:])
@@ -168,7 +168,7 @@ class CostTable:
         except (OSError, ValueError, AttributeError):
             self.costs = {}  # absent or unreadable: measured again
 
-    def missing(self, options: Sequence[DepthOption]) -> list[DepthOption]:
+    def missing(self, options: Sequence[StructuralOption]) -> list[StructuralOption]:
         return [o for o in options if o.key not in self.costs]
 
     def add(self, costs: dict[str, float]) -> None:
