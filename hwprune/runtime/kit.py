@@ -5,7 +5,7 @@ facts a measurement records, and the files the kit is made of.
 ``manifest.json``; ``export/profile_ops.py DIR --target T`` times them on the device with the
 target's runtime into a table in the ``latency_models/`` schema (``hwprune-lut/1``), writing it
 after every op so that a rerun resumes. Op names are opaque here (they are latency signature
-keys), so this layer knows nothing of latency/. Nothing here imports torch.
+keys), so this layer knows nothing of cost/. Nothing here imports torch.
 """
 
 from __future__ import annotations
