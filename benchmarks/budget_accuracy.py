@@ -40,7 +40,7 @@ from torch import nn
 from hwprune.config import Budget, Options
 from hwprune.evaluate.calibration import fidelity
 from hwprune.export.onnx_export import export_onnx
-from hwprune.models import LoadedModel, load_model
+from hwprune.frontends import LoadedModel, load_model
 from hwprune.pipeline.compile import compile_model
 from hwprune.runtime.ort import OnnxRuntime, make_session, random_feeds
 from hwprune.runtime.timing import interleave

@@ -52,10 +52,10 @@ from hwprune.config import Budget, Options
 from hwprune.cost.layers import model_layers
 from hwprune.cost.structural import depth_options, merge_key
 from hwprune.evaluate.calibration import fidelity
+from hwprune.frontends import LoadedModel, load_model
 from hwprune.graph.analyze import analyze
 from hwprune.graph.spans import depth_candidates
 from hwprune.importance.option_costs import depth_costs
-from hwprune.models import LoadedModel, load_model
 from hwprune.pipeline.compile import compile_model
 from hwprune.pipeline.score import TAKING
 from hwprune.runtime.ort import OnnxRuntime

@@ -32,7 +32,7 @@ from torch import nn
 
 from hwprune.config import Budget, Options
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm
-from hwprune.models import LoadedModel
+from hwprune.frontends import LoadedModel
 from hwprune.pipeline.compile import compile_model
 from hwprune.runtime.ort import OnnxRuntime, make_session
 from hwprune.targets import load_target

@@ -30,8 +30,8 @@ from rich.table import Table
 from hwprune.cost.layers import model_layers
 from hwprune.cost.model_latency import open_table, predictor_for
 from hwprune.cost.space import channel_choices
+from hwprune.frontends import load_model
 from hwprune.graph.analyze import analyze
-from hwprune.models import load_model
 from hwprune.pipeline.profiling import measure_model, profile_model
 from hwprune.targets import load_target
 from hwprune.transform.prune import leading_channels, prune

@@ -47,8 +47,8 @@ from torch import nn
 
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm
 from hwprune.export.onnx_export import export_onnx
+from hwprune.frontends import load_model
 from hwprune.graph.analyze import analyze
-from hwprune.models import load_model
 from hwprune.plan import load_plan
 from hwprune.recovery.data import open_data
 from hwprune.recovery.distill import Recipe, Trained, distil

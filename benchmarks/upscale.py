@@ -45,11 +45,11 @@ from hwprune.evaluate.mask import masked_readers
 from hwprune.export.copies import copy_ops
 from hwprune.export.onnx_export import export_onnx
 from hwprune.export.verify import verify_onnx
+from hwprune.frontends import load_model
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.segments import segments
 from hwprune.importance.readers import reader_scores
 from hwprune.importance.scores import score_groups, select
-from hwprune.models import load_model
 from hwprune.runtime.ort import OnnxRuntime, make_session, random_feeds
 from hwprune.runtime.timing import interleave
 from hwprune.search.readers import reader_masks

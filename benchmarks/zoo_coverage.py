@@ -3,7 +3,7 @@
 For every model in ``torchvision.models.list_models(module=torchvision.models)`` (random weights):
 
 1. models over 150M parameters are listed as skipped;
-2. ``hwprune.models.load_model("torchvision:NAME")`` gives the module and its example input
+2. ``hwprune.frontends.load_model("torchvision:NAME")`` gives the module and its example input
    (1x3x224x224, or the weights' default crop when that differs, e.g. 299 for inception_v3);
 3. ``hwprune.graph.analyze.analyze(..., strict=False)`` finds the channel groups;
 4. every prunable group keeps a random 70% of its channels (the same local positions in every
@@ -220,7 +220,7 @@ def load_spec(name: str):
     """A zoo name (torchvision), an ``ultralytics:`` spec, or ``onnx-roundtrip:NAME`` (the torchvision
     model exported to ONNX and loaded back through hwprune's ``onnx:`` spec)."""
     from hwprune.export.onnx_export import export_onnx
-    from hwprune.models import load_model
+    from hwprune.frontends import load_model
 
     if name.startswith("ultralytics:"):
         return load_model(name)

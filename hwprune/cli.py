@@ -15,7 +15,7 @@ from dataclasses import asdict
 from hwprune import __version__
 from hwprune.errors import HwpruneError
 
-DEFAULT_SEED = 0  # hwprune.models.DEFAULT_SEED, restated so that --help imports no torch
+DEFAULT_SEED = 0  # hwprune.frontends.DEFAULT_SEED, restated so that --help imports no torch
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -354,7 +354,7 @@ def _print_depth(console, depth: dict) -> None:
 
 def _load(args: argparse.Namespace):
     """The model named by the common model arguments."""
-    from hwprune.models import load_model, parse_input_shape
+    from hwprune.frontends import load_model, parse_input_shape
 
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     return load_model(args.model, shape, args.weights, DEFAULT_SEED if args.seed is None else args.seed,
@@ -543,7 +543,7 @@ def _compile_summary(report) -> str:
 def _run_apply(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hwprune.models import load_model, parse_input_shape
+    from hwprune.frontends import load_model, parse_input_shape
     from hwprune.pipeline.apply import apply_plan_file
     from hwprune.plan import load_plan
 

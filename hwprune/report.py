@@ -14,8 +14,8 @@ from hwprune import __version__
 from hwprune.cost.predictor import TablePredictor
 from hwprune.evaluate.calibration import Fidelity
 from hwprune.export.verify import Verification
+from hwprune.frontends import LoadedModel
 from hwprune.graph.analyze import Analysis
-from hwprune.models import LoadedModel
 from hwprune.plan import Sparsity
 from hwprune.runtime.timing import Comparison
 from hwprune.search.decide import SearchProblem
@@ -247,7 +247,7 @@ def build_report(loaded: LoadedModel, analysis: Analysis, options, predictor: Ta
 
     method = (dict(measured.method) if measured.method is not None else
               {"runtime": None, "method": f"not measured: {measured.unavailable or built.engine_note}"})
-    if getattr(analysis.model, "generates", False):  # an hf: decoder
+    if loaded.capabilities.decode_step:  # an hf: decoder
         method["phase"] = _phase(x.shape[0], x.shape[1], measured.decode)
     latency_model = predictor.provenance()
     table = predictor.table.provenance

@@ -23,12 +23,12 @@ import torchvision
 from hwprune.cost.lut import LatencyTable, load_table
 from hwprune.cost.model_latency import predictor_for
 from hwprune.evaluate.calibration import load_calibration
+from hwprune.frontends import state_digest
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.segments import segments
 from hwprune.importance.readers import reader_scores
 from hwprune.importance.scores import score_groups
 from hwprune.importance.sensitivity import group_sensitivity
-from hwprune.models import state_digest
 from hwprune.pipeline.measure import Realiser
 from hwprune.pipeline.score import copies_ms
 from hwprune.plan import Plan, PlanBudget, Provenance, plan_json

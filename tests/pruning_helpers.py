@@ -35,7 +35,7 @@ def max_abs_diff(a: object, b: object) -> float:
 def width_plan(analysis: Analysis, predictor, importance, result, readers: dict | None = None):
     """The search's Plan for ``result`` (a ``SearchResult``), as a compile round would write it;
     ``readers`` (segment masks) makes those groups unconstrained."""
-    from hwprune.models import state_digest
+    from hwprune.frontends import state_digest
     from hwprune.plan import PlanBudget, Provenance
     from hwprune.search.decide import CalibrationBatches, Scores, SearchProblem, SearchSettings
 

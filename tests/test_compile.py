@@ -257,7 +257,7 @@ def test_ultralytics_compile_writes_a_checkpoint_ultralytics_loads(tmp_path):
     does; the report has each head's cosine. A TensorRT target keeps it quick (nothing measured); at 64x64 a
     GPU is launch-bound (no depth options: Ultralytics' forward does not trace with torch.fx), hence a budget near 1."""
     from hwprune.export.verify import verify_onnx
-    from hwprune.models import load_model
+    from hwprune.frontends import load_model
 
     argv = ["compile", "ultralytics:yolov8n.yaml", "--input-shape", "1,3,64,64", "--target", "a100",
             "--latency", "0.99", "--out", str(tmp_path)]

@@ -279,7 +279,7 @@ def test_compile_on_a_launch_bound_target_merges_or_drops_and_verifies(tmp_path)
     from rich.console import Console
 
     from hwprune.config import Budget, Options
-    from hwprune.models import LoadedModel
+    from hwprune.frontends import LoadedModel
     from hwprune.pipeline.compile import compile_model
     from hwprune.targets import load_target
 

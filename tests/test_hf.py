@@ -5,7 +5,8 @@ import torch
 
 from hwprune.cli import main
 from hwprune.errors import ModelSpecError
-from hwprune.models import HFModel, load_model
+from hwprune.frontends import load_model
+from hwprune.frontends.hf.model import HFModel
 
 transformers = pytest.importorskip("transformers")
 
@@ -127,7 +128,7 @@ def _prune_mlp(module, keep):
 
 
 def test_homogeneous_widths_reload_with_from_pretrained(llama_dir, tmp_path):
-    from hwprune.models import save_native
+    from hwprune.frontends import save_native
 
     loaded = load_model(f"hf:{llama_dir}", (1, 16))
     _prune_mlp(loaded.module, 512)
@@ -141,7 +142,7 @@ def test_homogeneous_widths_reload_with_from_pretrained(llama_dir, tmp_path):
 
 
 def test_per_layer_widths_say_they_cannot_reload(llama_dir, tmp_path):
-    from hwprune.models import save_native
+    from hwprune.frontends import save_native
 
     loaded = load_model(f"hf:{llama_dir}", (1, 16))
     _prune_mlp(loaded.module, 512)

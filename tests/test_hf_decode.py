@@ -10,9 +10,9 @@ import torch
 from hwprune.cli import main
 from hwprune.errors import HwpruneError
 from hwprune.export.kv_step import cache_keyword, export_decode
+from hwprune.frontends import load_model
 from hwprune.graph.heads import head_modules
 from hwprune.graph.stack import without_layers
-from hwprune.models import load_model
 from hwprune.runtime.ort import VERIFY_SETTINGS, make_session
 
 transformers = pytest.importorskip("transformers")

@@ -8,10 +8,10 @@ import torch
 from hwprune.cli import main
 from hwprune.cost.layers import model_layers
 from hwprune.cost.model_latency import analytic_predictor
+from hwprune.frontends import load_model
 from hwprune.graph.analyze import analyze
 from hwprune.graph.spans import depth_candidates
 from hwprune.graph.stack import stack_ties
-from hwprune.models import load_model
 from hwprune.plan import DroppedBlock
 from hwprune.search.width import search_widths
 from hwprune.targets import load_target

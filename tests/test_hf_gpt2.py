@@ -8,7 +8,8 @@ import torch
 
 from hwprune.cli import main
 from hwprune.errors import ModelSpecError
-from hwprune.models import HFModel, load_model, save_native
+from hwprune.frontends import load_model, save_native
+from hwprune.frontends.hf.model import HFModel
 
 transformers = pytest.importorskip("transformers")
 from transformers.pytorch_utils import Conv1D  # noqa: E402

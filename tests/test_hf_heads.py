@@ -14,9 +14,9 @@ from hwprune.cli import main
 from hwprune.cost.layers import model_layers
 from hwprune.cost.space import profile_signatures
 from hwprune.evaluate.mask import silence_channels
+from hwprune.frontends import load_model
 from hwprune.graph.analyze import analyze
 from hwprune.graph.heads import group_heads
-from hwprune.models import load_model
 from hwprune.transform.prune import prune
 from tests.pruning_helpers import max_abs_diff
 from tests.recorded_tables import adopt

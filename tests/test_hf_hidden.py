@@ -16,8 +16,8 @@ from hwprune.cost.layers import model_layers
 from hwprune.evaluate.mask import silenced
 from hwprune.export.onnx_export import export_onnx
 from hwprune.export.verify import verify_onnx
+from hwprune.frontends import load_model, save_native
 from hwprune.graph.analyze import analyze
-from hwprune.models import load_model, save_native
 from hwprune.transform.prune import prune
 from tests.pruning_helpers import max_abs_diff
 
@@ -189,7 +189,7 @@ def test_the_hidden_size_sizes_every_projection_in_the_latency_model(folders):
 def test_qwen2_pruned_heads_save_with_head_dim_written(folders, tmp_path):
     """Qwen2's config has no head_dim: with fewer heads hidden_size / heads no longer gives the head width, so
     head_dim is written (its attention reads it), and a homogeneous compile may prune its heads."""
-    from hwprune.hf_layout import heads_fixed
+    from hwprune.frontends.hf.layout import heads_fixed
 
     loaded, analysis = _analysed(folders["qwen2"])
     model, x = loaded.module, loaded.example_input

@@ -7,7 +7,7 @@ import torch
 
 from hwprune.cli import main
 from hwprune.errors import ModelSpecError
-from hwprune.models import load_model
+from hwprune.frontends import load_model
 
 transformers = pytest.importorskip("transformers")
 ort = pytest.importorskip("onnxruntime")
@@ -67,8 +67,8 @@ def test_vit_mlp_and_heads_are_prunable_layers_are_stack_blocks(vit_dir):
 def test_vit_pruned_mlp_reloads_and_heads_stay_whole(vit_dir, tmp_path):
     """A homogeneous MLP width is written as intermediate_size; ViTConfig derives the head width from
     hidden_size, so a homogeneous compile keeps heads whole."""
-    from hwprune.hf_layout import heads_fixed
-    from hwprune.models import save_native
+    from hwprune.frontends import save_native
+    from hwprune.frontends.hf.layout import heads_fixed
 
     loaded = load_model(f"hf:{vit_dir}")
     assert "ViTConfig" in heads_fixed(loaded.module.model)

@@ -58,6 +58,7 @@ def stage_imports(source: str) -> set[str]:
     ("search", {"pipeline", "recovery"}),
     ("transform", {"search", "cost", "importance", "pipeline", "recovery"}),
     ("report", {"pipeline", "transform", "recovery"}),
+    ("frontends", {"pipeline", "search", "transform", "cost", "importance", "report", "recovery", "export"}),
 ])
 def test_a_stage_imports_none_of_what_it_must_not(source, forbidden):
     assert not stage_imports(source) & forbidden

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from hwprune.errors import ModelSpecError
-from hwprune.models import load_model, save_ultralytics, state_digest
+from hwprune.frontends import load_model, state_digest
+from hwprune.frontends.ultralytics import save_ultralytics
 
 needs_onnx2torch = pytest.mark.skipif(importlib.util.find_spec("onnx2torch") is None,
                                       reason="onnx2torch not installed (pip install 'hwprune[onnx]')")
@@ -177,7 +178,7 @@ def test_ultralytics_builds_offline():
             raise OSError("no network in this test")
         socket.getaddrinfo = socket.create_connection = socket.socket.connect = refuse
         os.environ.pop("OMP_NUM_THREADS", None)
-        from hwprune.models import load_model
+        from hwprune.frontends import load_model
         load_model("ultralytics:yolo11n.yaml", input_shape=(1, 3, 64, 64))
         print(attempts, os.environ.get("OMP_NUM_THREADS"))
     """)

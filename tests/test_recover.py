@@ -195,8 +195,8 @@ def test_a_merged_span_trains_apart_and_merges_at_export(compiled, tmp_path, mon
     a budget it can reach takes it; one search round, since the merge measures far below any budget
     it is predicted to meet and a re-search above the baseline would undo it); recovery trains them
     apart, from the compile's unmerged weights, and exports the merged model, which the plan rebuilds."""
+    from hwprune.frontends import load_model
     from hwprune.graph.analyze import analyze
-    from hwprune.models import load_model
     from hwprune.plan import load_plan
     from hwprune.transform.realise import realise
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from hwprune.cli import DEFAULT_SEED
-from hwprune.models import DEFAULT_SEED as MODELS_DEFAULT_SEED
-from hwprune.models import load_model, state_digest
+from hwprune.frontends import DEFAULT_SEED as MODELS_DEFAULT_SEED
+from hwprune.frontends import load_model, state_digest
 
 
 def test_the_same_spec_and_seed_give_the_same_model_and_another_seed_another():

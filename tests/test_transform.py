@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from hwprune.errors import PlanError
+from hwprune.frontends import load_model
 from hwprune.graph.analyze import analyze
 from hwprune.graph.attention import HeadAttention, convert_multihead_attention
 from hwprune.graph.lift import lift_exported_program
-from hwprune.models import load_model
 from hwprune.transform.prune import prune
 from tests.pruning_helpers import max_abs_diff, random_keep, zero_dropped_channels
 from tests.zoo import ZOO

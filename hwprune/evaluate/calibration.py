@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from hwprune.errors import ModelSpecError, first_line
-from hwprune.models import user_function
+from hwprune.frontends import user_function
 
 RANDOM_BATCHES = 4
 RANDOM_BATCH_SIZE = 8

@@ -19,9 +19,9 @@ from hwprune.evaluate.calibration import load_calibration
 from hwprune.export.nm_check import nm_weights
 from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.export.verify import Verification, verified
+from hwprune.frontends import NATIVE_FILES, LoadedModel, check_model, save_native
 from hwprune.graph.analyze import analyze
 from hwprune.io import staged
-from hwprune.models import NATIVE_FILES, LoadedModel, check_model, save_native
 from hwprune.plan import Plan
 from hwprune.transform.realise import realise
 

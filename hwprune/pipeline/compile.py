@@ -25,8 +25,8 @@ from pathlib import Path
 from rich.console import Console
 
 from hwprune.config import Budget, Options
+from hwprune.frontends import NATIVE_FILES, LoadedModel
 from hwprune.io import staged, write_text_atomic
-from hwprune.models import NATIVE_FILES, LoadedModel
 from hwprune.pipeline import finish
 from hwprune.pipeline.decode import DECODE_FILES
 from hwprune.pipeline.measure import Measurer
@@ -106,8 +106,8 @@ def compile_point(prepared: Prepared, options: Options, stage: Path, console: Co
                     options.refine + 1 if measurer.measurable else 1, partial(_print_round, console, fraction))
     chosen = pick(rounds, fraction)
     finish.keep_chosen(chosen, rounds, measurer, loaded, stage, console)
-    checked = finish.check(analysis, chosen, prepared.calibration, options, stage, step, console)
-    measured = finish.measure(measurer, analysis, chosen.realised, runtime, options, stage, step, console)
+    checked = finish.check(loaded, analysis, chosen, prepared.calibration, options, stage, step, console)
+    measured = finish.measure(measurer, loaded, analysis, chosen.realised, runtime, options, stage, step, console)
     built = finish.build(runtime, chosen, analysis, options, prepared.baseline.source, stage, step)
     save_plan(chosen.decision.plan, stage / "plan.json")
     report = build_report(loaded, analysis, options, predictor, problem, rounds, chosen, checked, measured, built,

@@ -20,8 +20,8 @@ from hwprune.export.copies import copy_ops
 from hwprune.export.nm_check import nm_weights
 from hwprune.export.onnx_export import ONNX_OPSET, export_onnx, slim_available
 from hwprune.export.verify import verified
+from hwprune.frontends import LoadedModel, save_native
 from hwprune.graph.analyze import Analysis
-from hwprune.models import LoadedModel, save_native
 from hwprune.pipeline.decode import decode_section, decode_summary
 from hwprune.pipeline.measure import Measurer, Realised
 from hwprune.pipeline.steps import Step
@@ -54,15 +54,15 @@ def keep_chosen(chosen: Round[Decision, Realised], rounds: list[Round], measurer
         console.print(f"  {native}: the pruned model in its framework's format")
 
 
-def check(analysis: Analysis, chosen: Round[Decision, Realised], calibration: Calibration, options: Options,
-          stage: Path, step: Step, console: Console) -> Checked:
+def check(loaded: LoadedModel, analysis: Analysis, chosen: Round[Decision, Realised], calibration: Calibration,
+          options: Options, stage: Path, step: Step, console: Console) -> Checked:
     """The export against the pruned module, its N:M layers in the exported weights, and fidelity to the
     unpruned model (and, for a detector on the user's images, box agreement)."""
     model, x = chosen.realised.model, analysis.capture.example_input
     with step("verify"):
         verification = verified(model, stage / "pruned.onnx", x, options.dynamic_batch, options.atol, options.rtol)
         quality = fidelity(analysis.model, model, calibration.batches, text=not calibration.random)
-        if hasattr(analysis.model, "detections") and not calibration.random:  # boxes on the user's images
+        if loaded.capabilities.detections and not calibration.random:  # boxes on the user's images
             quality.box_agreement = box_agreement(analysis.model, model, calibration.batches)
         if quality.caveat:
             console.print(f"  [yellow]warning:[/yellow] fidelity: {quality.caveat} (random weights?)")
@@ -73,14 +73,14 @@ def check(analysis: Analysis, chosen: Round[Decision, Realised], calibration: Ca
     return Checked(verification, quality, calibration.source, onnx_nm)
 
 
-def measure(measurer: Measurer, analysis: Analysis, realised: Realised, runtime: Runtime, options: Options,
-            stage: Path, step: Step, console: Console) -> Measured:
+def measure(measurer: Measurer, loaded: LoadedModel, analysis: Analysis, realised: Realised, runtime: Runtime,
+            options: Options, stage: Path, step: Step, console: Console) -> Measured:
     """The chosen model against the baseline, interleaved, where this host runs the target; an ``hf:``
     decoder's decode step too."""
     final, model = measurer.final(realised, step), realised.model
     decode = None
     x = analysis.capture.example_input
-    if getattr(analysis.model, "generates", False):  # an hf: decoder: its per-token latency, after prefill's
+    if loaded.capabilities.decode_step:  # an hf: decoder: its per-token latency, after prefill's
         with step("decode step with a KV cache: export, verify, measure (interleaved)"):
             decode = decode_section(analysis.model, model, runtime, stage, x.shape[0], x.shape[1], slim_available(),
                                     options.atol, options.rtol)

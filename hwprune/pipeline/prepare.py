@@ -20,10 +20,11 @@ from hwprune.errors import HwpruneError, PlanError
 from hwprune.evaluate.calibration import Calibration, load_calibration
 from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.export.verify import verify_onnx
+from hwprune.frontends import LoadedModel, state_digest
+from hwprune.frontends.hf.layout import heads_fixed
+from hwprune.frontends.hf.model import HFModel
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.stack import stack_ties
-from hwprune.hf_layout import heads_fixed
-from hwprune.models import HFModel, LoadedModel, state_digest
 from hwprune.pipeline.measure import Realiser
 from hwprune.pipeline.profiling import profile_model
 from hwprune.pipeline.steps import Step

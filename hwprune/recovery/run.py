@@ -30,9 +30,9 @@ from hwprune.evaluate.calibration import compare_all, logits_kl, output_tensors
 from hwprune.export.nm_check import nm_weights
 from hwprune.export.onnx_export import export_onnx, slim_available
 from hwprune.export.verify import verify_onnx
+from hwprune.frontends import check_model, load_model, weights_named
 from hwprune.graph.analyze import analyze
 from hwprune.io import staged, write_atomic, write_text_atomic
-from hwprune.models import check_model, load_model, weights_named
 from hwprune.plan import Plan, Recovery, load_plan, save_plan
 from hwprune.recovery.data import TrainingData, open_data, spec_normalisation
 from hwprune.recovery.distill import Recipe, Trained, distil

@@ -1,0 +1,106 @@
+"""``onnx:FILE.onnx``: an ONNX file as a module (through onnx2torch), measured against the file itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hwprune.errors import ModelSpecError
+from hwprune.frontends.base import _one_line
+
+
+def _load_onnx(path: Path, input_shape: tuple[int, ...] | None) -> tuple[nn.Module, torch.Tensor]:
+    """The ONNX file as an nn.Module (through onnx2torch) and an example for its one input: the graph's
+    static dims (a symbolic batch dim becomes 1) and dtype, or ``input_shape``."""
+    if not path.is_file():
+        raise ModelSpecError(f"{path}: file not found")
+    try:
+        import onnx2torch
+    except ImportError:
+        raise ModelSpecError(f"onnx:{path}: onnx2torch is not installed (pip install 'hwprune[onnx]')") from None
+    import numpy
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        proto = onnx.load(str(path))
+    except (DecodeError, ValueError, OSError) as exc:
+        raise ModelSpecError(f"{path}: not an ONNX model: {_one_line(exc)}") from exc
+    if not proto.graph.node:
+        raise ModelSpecError(f"{path}: not an ONNX model (no graph nodes)")
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise ModelSpecError(f"{path}: the graph has {len(inputs)} inputs; hwprune handles models with one input")
+    tensor_type = inputs[0].type.tensor_type
+    try:
+        dtype = torch.from_numpy(numpy.zeros(0, onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))).dtype
+    except (KeyError, TypeError, ValueError):
+        raise ModelSpecError(f"{path}: input {inputs[0].name!r} has an element type hwprune cannot feed "
+                             f"({onnx.TensorProto.DataType.Name(tensor_type.elem_type)})") from None
+    if input_shape is None:
+        input_shape = _onnx_static_shape(path, inputs[0].name, tensor_type)
+    try:
+        module = onnx2torch.convert(_for_onnx2torch(proto))
+    except Exception as exc:  # onnx2torch raises NotImplementedError, KeyError, ... per unsupported op or attribute
+        raise ModelSpecError(f"{path}: onnx2torch cannot convert it: {_one_line(exc)}") from exc
+    if dtype.is_floating_point:
+        return module, torch.randn(input_shape, dtype=dtype)
+    return module, torch.zeros(input_shape, dtype=dtype)  # integer inputs are often indices: 0 is always valid
+
+
+def _for_onnx2torch(proto):
+    """The same computation in the forms onnx2torch converts, which today's exporters do not always write:
+    opset <= 17 (torch's dynamo exporter writes 18+, e.g. ReduceMean with axes as an input), weights as
+    initializers (the TorchScript exporter aliases equal constants through Identity nodes, and some write
+    Constant nodes), and Reshape's ``allowzero=1`` dropped where the shape has no 0 (then it means nothing)."""
+    import onnx
+    import onnx.numpy_helper
+    import onnx.version_converter
+
+    if max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0) > 17:
+        try:
+            proto = onnx.version_converter.convert_version(proto, 17)
+        except Exception:  # no adapter for some op: convert as it is, and onnx2torch names what it lacks
+            pass
+    graph = proto.graph
+    constants = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    for node in list(graph.node):  # in topological order, so chains of aliases resolve
+        if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in constants:
+            allowzero = next((a for a in node.attribute if a.name == "allowzero" and a.i == 1), None)
+            if allowzero is not None and 0 not in onnx.numpy_helper.to_array(constants[node.input[1]]):
+                node.attribute.remove(allowzero)
+            continue
+        if node.output[0] in outputs:
+            continue
+        if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
+            value = node.attribute[0].t
+        elif node.op_type == "Identity" and node.input[0] in constants:
+            value = constants[node.input[0]]
+        else:
+            continue
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(value)
+        tensor.name = node.output[0]
+        graph.initializer.append(tensor)
+        constants[tensor.name] = tensor
+        graph.node.remove(node)
+    return proto
+
+
+def _onnx_static_shape(path: Path, name: str, tensor_type) -> tuple[int, ...]:
+    if not tensor_type.HasField("shape"):
+        raise ModelSpecError(f"{path}: input {name!r} has no shape in the graph; give --input-shape")
+    shape = []
+    for position, dim in enumerate(tensor_type.shape.dim):
+        if dim.HasField("dim_value") and dim.dim_value > 0:
+            shape.append(dim.dim_value)
+        elif position == 0:
+            shape.append(1)  # a symbolic batch: one sample
+        else:
+            raise ModelSpecError(f"{path}: input {name!r} has a symbolic dimension {dim.dim_param or '?'!r} at "
+                                 f"position {position}; give --input-shape")
+    return tuple(shape)
