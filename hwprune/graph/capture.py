@@ -15,15 +15,13 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 import torch
-import torch_pruning as tp
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from torch_pruning.dependency import index_mapping
-from torch_pruning.dependency.constants import INDEX_MAPPING_PLACEHOLDER
-from torch_pruning.ops import OPTYPE
 
 from hwprune.errors import CaptureError
+from hwprune.graph import depgraph as tp
 from hwprune.graph.attention import convert_multihead_attention
+from hwprune.graph.depgraph import INDEX_MAPPING_PLACEHOLDER, OPTYPE, index_mapping
 from hwprune.graph.opaque import opaque_types, traced_whole
 from hwprune.graph.pieces import Piece, splits_as_slices
 

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import torch_pruning as tp
 from torch import nn
-from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
-from torch_pruning.ops import OPTYPE
 
 from hwprune.errors import UnsupportedOpError
+from hwprune.graph import depgraph as tp
 from hwprune.graph.capture import Capture, frozen_index_mapping, tolerant_index_mapping
+from hwprune.graph.depgraph import OPTYPE, FlattenIndexMapping
 from hwprune.graph.heads import HEADS_SUFFIX, Heads, grouped_query_types, head_modules
 from hwprune.graph.hidden import rms_norm_types
 from hwprune.graph.opaque import fixed_width_types
@@ -97,19 +96,69 @@ def channel_groups(cap: Capture, exclude: Iterable[str] = (), strict: bool = Tru
     return groups
 
 
-def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns: list[str],
+@dataclass
+class Found:
+    """What the members of one dependency group tell about it, as the handlers find it."""
+
+    couplings: set[str] = field(default_factory=set)
+    reasons: list[str] = field(default_factory=list)  # why it cannot be pruned (none: prunable)
+    exact: bool = True  # removing zeroed channels leaves the outputs unchanged
+    embeddings: list[str] = field(default_factory=list)  # token embeddings writing it (a decoder's hidden size)
+
+
+def _on_elementwise(cap: Capture, dep, found: Found) -> None:
+    op = dep.target.grad_fn.name()
+    if op.startswith(("AddBackward", "SubBackward")):
+        found.couplings.add("residual")
+    mixing = _mixing_reason(op, dep.target.grad_fn)
+    if mixing:
+        found.reasons.append(f"unsupported op {op} ({mixing}) after {cap.module_name(dep.source.module)}")
+
+
+def _on_concat(cap: Capture, dep, found: Found) -> None:
+    found.couplings.add("concat")
+
+
+def _on_split(cap: Capture, dep, found: Found) -> None:
+    found.couplings.add("split")
+    found.reasons.append("passes a torch.split/chunk whose sizes are fixed in the model's code")
+
+
+def _on_norm(cap: Capture, dep, found: Found) -> None:
+    found.couplings.add("norm")
+    found.exact = False  # the norm's statistics run over these channels: removal is never exact
+
+
+def _on_embedding(cap: Capture, dep, found: Found) -> None:
+    found.couplings.add("embedding")
+    found.embeddings.append(cap.module_name(dep.target.module))
+
+
+def _on_slice(cap: Capture, dep, found: Found) -> None:
+    bounds = _channel_slice(dep.target)
+    if bounds:
+        found.reasons.append(f"passes a slice [:, {bounds}] along channels fixed in the model's code")
+
+
+# What a group member of each op type tells about the group (torch-pruning's op types; the rest say nothing).
+HANDLERS: dict[object, Callable[[Capture, object, Found], None]] = {
+    OPTYPE.ELEMENTWISE: _on_elementwise, OPTYPE.CONCAT: _on_concat, OPTYPE.SPLIT: _on_split,
+    OPTYPE.UNBIND: _on_split, OPTYPE.LN: _on_norm, OPTYPE.GN: _on_norm, OPTYPE.EMBED: _on_embedding,
+    OPTYPE.SLICE: _on_slice,
+}
+
+
+def _from_dependency_group(cap: Capture, dg_group: tp.Group, patterns: list[str],
                            strict: bool, attentions: dict[str, Heads]) -> ChannelGroup:
     graph = cap.dependency_graph
     root = dg_group[0].dep.target.module
     root_name = cap.module_name(root)
-    couplings: set[str] = set()
+    found = Found()
+    couplings, reasons, embeddings = found.couplings, found.reasons, found.embeddings
     layers: list[str] = []
     producers: list[str] = []
     positions: dict[str, int] = {}
-    reasons: list[str] = []
     repeat = 1
-    exact = True
-    embeddings: list[str] = []  # token embeddings writing the group: with attention ends, the hidden size
     passes_ends = False
     fixed, norms = fixed_width_types(), rms_norm_types()
     pieces: dict[int, dict[int, set[int]]] = {}  # split call -> piece -> the root channels it holds
@@ -127,41 +176,23 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
                            f"({graph.hwprune_unmapped[target.name]})")
         if fixed and isinstance(module, fixed):
             reasons.append(f"passes {cap.module_name(module)} ({type(module).__name__}), kept at its width")
-        if target.type == OPTYPE.RESHAPE and not any(isinstance(m, _FlattenIndexMapping) for m in dep.index_mapping):
+        if target.type == OPTYPE.RESHAPE and not any(isinstance(m, FlattenIndexMapping) for m in dep.index_mapping):
             moved = _reshape_moves_channels(target.grad_fn)
             if moved:
                 reasons.append(f"passes a reshape {moved} that splits or reorders channels")
         if target.type == OPTYPE.OUTPUT or (out_pruning and not target.outputs):
-            reasons.append("feeds a model output")
+            found.reasons.append("feeds a model output")
         elif target.name in graph.hwprune_pieces:
-            couplings.add("split")
+            found.couplings.add("split")
             piece = graph.hwprune_pieces[target.name]
             pieces.setdefault(piece.call, {}).setdefault(piece.index, set()).update(int(i) for i in item.root_idxs)
-        elif target.type == OPTYPE.SLICE and (bounds := _channel_slice(target)):
-            reasons.append(f"passes a slice [:, {bounds}] along channels fixed in the model's code")
-        elif target.name in graph.hwprune_spatial:
-            pass  # a split or concat along height/width: channels pass through unchanged
-        elif target.type == OPTYPE.ELEMENTWISE:
-            op = target.grad_fn.name()
-            if op.startswith(("AddBackward", "SubBackward")):
-                couplings.add("residual")
-            mixing = _mixing_reason(op, target.grad_fn)
-            if mixing:
-                reasons.append(f"unsupported op {op} ({mixing}) after {cap.module_name(dep.source.module)}")
-        elif target.type == OPTYPE.CONCAT:
-            couplings.add("concat")
-        elif target.type in (OPTYPE.SPLIT, OPTYPE.UNBIND):
-            couplings.add("split")
-            reasons.append("passes a torch.split/chunk whose sizes are fixed in the model's code")
-        elif target.type in (OPTYPE.LN, OPTYPE.GN):
-            couplings.add("norm")
-            exact = False  # the norm's statistics run over these channels: removal is never exact
-        elif target.type == OPTYPE.EMBED:
-            couplings.add("embedding")
-            embeddings.append(cap.module_name(module))
-        elif norms and isinstance(module, norms):
-            couplings.add("norm")
-            exact = False  # RMSNorm: its mean of squares runs over these channels
+        elif target.name not in graph.hwprune_spatial:  # a split or concat along height/width passes channels
+            handler = HANDLERS.get(target.type)
+            if handler is not None:
+                handler(cap, dep, found)
+            elif norms and isinstance(module, norms):
+                found.couplings.add("norm")
+                found.exact = False  # RMSNorm: its mean of squares runs over these channels
         ends = _attention_ends(cap, module, out_pruning, attentions)
         if ends:  # an attention traced whole: its projections hold the channels
             passes_ends = True
@@ -186,7 +217,7 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
             else:
                 couplings.add("grouped")
                 repeat = max(repeat, module.groups)
-        if any(isinstance(m, _FlattenIndexMapping) for m in dep.index_mapping):
+        if any(isinstance(m, FlattenIndexMapping) for m in dep.index_mapping):
             couplings.add("flatten")
     channels = graph.get_out_channels(root)
     for call in sorted(pieces):
@@ -220,7 +251,7 @@ def _from_dependency_group(cap: Capture, dg_group: tp.dependency.Group, patterns
         id=root_name, channels=int(channels or 0), kind=_primary_kind(couplings), couplings=sorted(couplings),
         layers=layers, producers=producers, positions=positions, prunable=not reasons,
         reason="; ".join(dict.fromkeys(reasons)) or None,
-        repeat=repeat, exact_removal=exact, flops_share=_share(layers, cap.layer_flops, cap.flops),
+        repeat=repeat, exact_removal=found.exact, flops_share=_share(layers, cap.layer_flops, cap.flops),
         params_share=_params_share(cap, layers))
 
 
@@ -263,7 +294,7 @@ def _piece_blocks(graph: tp.DependencyGraph, call: int, held: dict[int, set[int]
     return len(sizes), None
 
 
-def _aliased_layer(cap: Capture, dg_group: tp.dependency.Group) -> str | None:
+def _aliased_layer(cap: Capture, dg_group: tp.Group) -> str | None:
     """The first layer that holds only some channels of the group, if any: torch-pruning keeps one
     root per layer channel, so a layer channel that is two channels of the group (a tensor combined
     with a function of itself) hides one of them, and removing either removes both. Behind a traced

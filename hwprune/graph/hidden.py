@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
-from torch_pruning.pruner.function import BasePruningFunc
 
+from hwprune.graph.depgraph import BasePruningFunc
 from hwprune.graph.heads import grouped_query_types, heads_of
 
 # transformers' RMSNorm classes of the grouped-query families: (family, class); each reads ``weight`` and

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch_pruning.pruner.function import BasePruningFunc
 
 from hwprune.errors import PlanError
+from hwprune.graph.depgraph import BasePruningFunc
 from hwprune.graph.hidden import whole_pruners
 
 

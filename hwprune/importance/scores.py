@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from hwprune.errors import HwpruneError
 from hwprune.evaluate.calibration import first_output
+from hwprune.graph import depgraph as tp
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.capture import frozen_index_mapping, tolerant_index_mapping
 from hwprune.graph.groups import ChannelGroup
