@@ -127,7 +127,7 @@ def run(name: str, budget: float, target, importance: str, console: Console) -> 
         model = LoadedModel(loaded.name, copy.deepcopy(original), x, "re-initialised by the benchmark", None)
         report = compile_model(model, Options(target, Budget("latency", budget), importance=importance,
                                               search="width"), tmp / "out",
-                               Console(quiet=True))
+                               Console(quiet=True)).report
         seconds = time.perf_counter() - started
         achieved = 1.0 / report.speedup.measured
         threads, level = OnnxRuntime(target).settings

@@ -95,7 +95,7 @@ def compile_one(name: str, model: torch.nn.Module, x: torch.Tensor, target, budg
     try:
         report = compile_model(LoadedModel(name, copy.deepcopy(model), x, "re-initialised by the benchmark", None),
                                Options(target, Budget("latency", budget), calib_data=calib,
-                                       search=search), out, Console(quiet=True))
+                                       search=search), out, Console(quiet=True)).report
     except Exception as exc:  # a search that cannot reach the budget is a result here
         return {"search": search, "error": str(exc).splitlines()[0]}
     depth = report.depth

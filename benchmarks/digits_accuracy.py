@@ -125,8 +125,7 @@ def main() -> None:
                                   recalibrate_bn="on" if variant == "unconstrained" else variant,
                                   unconstrained=variant == "unconstrained", search="width")
                 loaded = LoadedModel("digits_cnn", copy.deepcopy(model), example, "trained on digits", None)
-                report = compile_model(loaded, options, out,
-                                       Console(quiet=True))
+                report = compile_model(loaded, options, out, Console(quiet=True)).report
                 session = make_session(str(out / "pruned.onnx"), threads, level)
                 scores[variant] = (accuracy(onnx_predictor(session), test_x, test_y), report.speedup.measured)
                 strategy = report.search.strategy

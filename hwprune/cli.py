@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from hwprune import __version__
+from hwprune._version import __version__
 from hwprune.errors import HwpruneError
 
 DEFAULT_SEED = 0  # hwprune.frontends.DEFAULT_SEED, restated so that --help imports no torch
@@ -467,12 +467,6 @@ def _run_compile(args: argparse.Namespace) -> int:
         budget = Budget("speedup", args.speedup)
     else:
         budget = Budget("ms", args.budget_ms)
-    if not 0 < args.min_keep <= 1:
-        raise HwpruneError(f"--min-keep {args.min_keep}: must be in (0, 1]")
-    if args.atol < 0 or args.rtol < 0:
-        raise HwpruneError("--atol and --rtol must be >= 0")
-    if args.refine < 0:
-        raise HwpruneError(f"--refine {args.refine}: must be >= 0")
     target = load_target(args.target)
     options = Options(target, budget, args.importance, args.calib_data, args.min_keep,
                       Path(args.lut) if args.lut else None, args.refine, exclude=tuple(args.exclude),
@@ -496,7 +490,7 @@ def _run_compile(args: argparse.Namespace) -> int:
               "frontier.png")
         return 0
     with _remote(args):
-        report = compile_model(_load(args), options, args.out, console)
+        report = compile_model(_load(args), options, args.out, console).report
     print(_compile_summary(report))
     print(f"wrote {args.out}/: report.json, report.md, plan.json, baseline.onnx, pruned.onnx, pruned.pt, plots/"
           + (", build_engine.sh" if (Path(args.out) / "build_engine.sh").exists() else ""))
@@ -572,7 +566,7 @@ def _run_apply(args: argparse.Namespace) -> int:
 def _run_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hwprune import gate
+    import hwprune.gate as gate
     from hwprune.targets import load_target
 
     if not 0 <= args.tolerance < 10:

@@ -3,6 +3,7 @@ they are made. Facts of the host (can it run the target?) are read by the stage 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -105,7 +106,7 @@ class Options:
     target: Target
     budget: Budget
     importance: Importance = Importance.ACTIVATION
-    calib_data: str | None = None
+    calib_data: str | Iterable | None = None  # a spec (module:fn, file.py:fn, text:FILE) or the batches themselves
     min_keep: float = 0.1
     lut: Path | None = None
     refine: int = 2  # measured re-search rounds after the first (search.refine)
@@ -141,6 +142,12 @@ class Options:
     widths: Widths | None = None
 
     def __post_init__(self) -> None:
+        if not 0 < self.min_keep <= 1:
+            raise HwpruneError(f"--min-keep {self.min_keep}: must be in (0, 1]")
+        if self.atol < 0 or self.rtol < 0:
+            raise HwpruneError("--atol and --rtol must be >= 0")
+        if self.refine < 0:
+            raise HwpruneError(f"--refine {self.refine}: must be >= 0")
         self.importance = Importance.parse(self.importance, "--importance")
         self.recalibrate_bn = Recalibrate.parse(self.recalibrate_bn, "--recalibrate-bn")
         self.allocation = Allocation.parse(self.allocation, "--allocation")

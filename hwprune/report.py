@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from hwprune import __version__
+from hwprune._version import __version__
 from hwprune.cost.predictor import TablePredictor
 from hwprune.evaluate.calibration import Fidelity
 from hwprune.export.verify import Verification

@@ -286,7 +286,7 @@ def test_compile_on_a_launch_bound_target_merges_or_drops_and_verifies(tmp_path)
     model, x = small_resnet()
     report = compile_model(LoadedModel("small_resnet", model, x, "seed 0", 0),
                            Options(load_target("jetson-orin-nano"), Budget("latency", 0.5)), tmp_path / "out",
-                           Console(quiet=True))
+                           Console(quiet=True)).report
     plan = json.loads((tmp_path / "out" / "plan.json").read_text())
     assert plan["merge"] or plan["depth"]
     assert report.search.strategy == "joint" and report.verify.ok

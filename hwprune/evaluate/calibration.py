@@ -11,6 +11,7 @@ exactness, a weak proxy for what real data exercises.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +32,15 @@ class Calibration:
     random: bool = False
 
 
-def load_calibration(spec: str | None, example_input: torch.Tensor, limit: int = 16, model: str | None = None
-                     ) -> Calibration:
-    """Up to ``limit`` batches from ``spec``, or seeded random batches when it is None; ``model`` (the
-    model spec) says where a ``text:`` spec's tokenizer is."""
+def load_calibration(spec: str | Iterable | None, example_input: torch.Tensor, limit: int = 16,
+                     model: str | None = None) -> Calibration:
+    """Up to ``limit`` batches from ``spec`` (a spec, or the batches themselves: a DataLoader or any iterable of
+    tensors or (input, label) pairs), or seeded random batches when it is None; ``model`` (the model spec)
+    says where a ``text:`` spec's tokenizer is."""
+    if spec is not None and not isinstance(spec, str):
+        batches = _batches(lambda: spec, "the calibration data passed in", limit)
+        _check_shapes(batches, example_input, "the calibration data passed in")
+        return Calibration(batches, "batches passed in by the caller")
     if spec is None:
         generator = torch.Generator().manual_seed(0)
         shape = (RANDOM_BATCH_SIZE, *example_input.shape[1:])
@@ -50,26 +56,36 @@ def load_calibration(spec: str | None, example_input: torch.Tensor, limit: int =
     if ":" not in spec:
         raise ModelSpecError(f"--calib-data {spec!r}: use module:function or path/to/file.py:function")
     source, name = spec.rsplit(":", 1)
-    fn = user_function(source, name)
+    batches = _batches(user_function(source, name), f"--calib-data {spec}", limit)
+    _check_shapes(batches, example_input, f"--calib-data {spec}")
+    return Calibration(batches, spec)
+
+
+def _batches(make: Callable[[], Iterable], what: str, limit: int) -> list[torch.Tensor]:
+    """Up to ``limit`` input tensors from what ``make`` returns (tensors or (input, label) pairs); any
+    failure of the user's code is a one-line ModelSpecError naming ``what``."""
     batches = []
     try:
-        for item in fn():
+        for item in make():
             batch = item[0] if isinstance(item, tuple | list) else item
             if not isinstance(batch, torch.Tensor):
-                raise ModelSpecError(f"--calib-data {spec}: yields {type(batch).__name__}, not a tensor")
+                raise ModelSpecError(f"{what}: yields {type(batch).__name__}, not a tensor")
             batches.append(batch)
             if len(batches) == limit:
                 break
     except ModelSpecError:
         raise
     except Exception as exc:  # arbitrary user code
-        raise ModelSpecError(f"--calib-data {spec}: failed: {type(exc).__name__}: {exc}") from exc
+        raise ModelSpecError(f"{what}: failed: {type(exc).__name__}: {exc}") from exc
     if not batches:
-        raise ModelSpecError(f"--calib-data {spec}: yielded no batches")
+        raise ModelSpecError(f"{what}: yielded no batches")
+    return batches
+
+
+def _check_shapes(batches: list[torch.Tensor], example_input: torch.Tensor, what: str) -> None:
     if any(b.shape[1:] != example_input.shape[1:] for b in batches):
-        raise ModelSpecError(f"--calib-data {spec}: batches must have the example input's shape "
+        raise ModelSpecError(f"{what}: batches must have the example input's shape "
                              f"(N, {', '.join(str(d) for d in example_input.shape[1:])})")
-    return Calibration(batches, spec)
 
 
 def _text_batches(spec: str, example_input: torch.Tensor, model: str | None, limit: int) -> list[torch.Tensor]:

@@ -18,11 +18,12 @@ import json
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
 from rich.console import Console
+from torch import nn
 
 from hwprune.config import Budget, Options
 from hwprune.frontends import NATIVE_FILES, LoadedModel
@@ -44,19 +45,25 @@ ARTEFACTS = ("report.json", "report.md", "plan.json", "pruned.pt", "pruned_unmer
              "timing.cache", "pruned.layers.json", "recovered.onnx", "recovered.pt", "recover", *DECODE_FILES)
 
 
+@dataclass
+class Compiled:
+    report: Report  # also written to ``report.json``
+    model: nn.Module  # the pruned model (its spans merged), in eval mode
+
+
 def compile_model(loaded: LoadedModel, options: Options, out_dir: str | Path, console: Console | None = None
-                  ) -> Report:
-    """Run the whole pipeline; returns the report (also written to ``out_dir/report.json``). Log
-    lines go to ``console`` (default: stderr, never wrapped, so CI logs keep each line whole)."""
+                  ) -> Compiled:
+    """Run the whole pipeline; returns the report (also written to ``out_dir/report.json``) and the pruned
+    model. Log lines go to ``console`` (default: stderr, never wrapped, so CI logs keep each line whole)."""
     console = console or Console(stderr=True, soft_wrap=True)
     with staged(Path(out_dir), ARTEFACTS) as stage:  # report.json moves last: its presence means finished
         prepared = prepare(loaded, options, stage, partial(step_of, console), console)
-        report = compile_point(prepared, options, stage, console)
+        compiled = compile_point(prepared, options, stage, console)
         if options.recovery is not None:
             from hwprune.recovery.run import recover
 
             recover(stage, options.recovery, console)
-        return report
+        return compiled
 
 
 def compile_frontier(loaded: LoadedModel, options: Options, fractions: Sequence[float], out_dir: str | Path,
@@ -77,14 +84,14 @@ def compile_frontier(loaded: LoadedModel, options: Options, fractions: Sequence[
         folder = out / f"latency-{fraction:g}"
         with staged(folder, ARTEFACTS) as stage:
             prepared = prepared or prepare(loaded, point, stage, partial(step_of, console), console)
-            reports.append(compile_point(prepared, point, stage, console))
+            reports.append(compile_point(prepared, point, stage, console).report)
         prepared.baseline.onnx = folder / "baseline.onnx"  # the staged copy moved here
     with staged(out, ("frontier.json", "frontier.png")) as stage:
         write_frontier(reports, fractions, stage)
     return reports
 
 
-def compile_point(prepared: Prepared, options: Options, stage: Path, console: Console) -> Report:
+def compile_point(prepared: Prepared, options: Options, stage: Path, console: Console) -> Compiled:
     """One budget: score (once per model), search rounds, and the chosen round verified, measured, reported.
     The first budget's time counts from the start of ``prepare``."""
     started, step = prepared.started if prepared.problem is None else time.perf_counter(), partial(step_of, console)
@@ -116,7 +123,7 @@ def compile_point(prepared: Prepared, options: Options, stage: Path, console: Co
         write_plots(report, stage / "plots")
         write_text_atomic(stage / "report.md", markdown(report))
     write_text_atomic(stage / "report.json", json.dumps(report.to_json(), indent=1) + "\n")
-    return report
+    return Compiled(report, chosen.realised.model)
 
 
 def _announced(problem: SearchProblem, step, predicted_budget: float) -> Decision:
