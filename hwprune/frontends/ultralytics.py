@@ -170,7 +170,7 @@ def save_ultralytics(module: nn.Module, spec: str, path: str | Path) -> None:
     atomically. ``ultralytics.YOLO(path)`` loads it for predict, val and export, and so does
     ``ultralytics:path``: the modules are pickled with their pruned widths. Training it needs a trainer
     whose ``get_model`` returns this model, because Ultralytics' trainer rebuilds the model from its yaml,
-    which still describes the unpruned widths (see the README)."""
+    which still describes the unpruned widths (see docs/detectors-and-onnx.md)."""
     if not isinstance(module, UltralyticsDetector):
         raise ModelSpecError(f"{spec}: only a model loaded from an ultralytics: spec can be saved for Ultralytics")
     ultralytics = _import_ultralytics(spec)
