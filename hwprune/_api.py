@@ -132,18 +132,14 @@ def latency(model: nn.Module | str, example_input: torch.Tensor | None = None, *
             measure: bool = False) -> Latency:
     """The model's predicted latency on ``target`` (this host's measured table where it runs the target,
     else the analytic model) and, with ``measure``, its latency measured here."""
-    from hwprune.cost.model_latency import offline_predictor, open_table, predictor_for
+    from hwprune.cost.model_latency import host_predictor
     from hwprune.runtime import runtime_for
 
     device = load_target(target)
-    runtime = runtime_for(device)
     if measure:
-        runtime.require("measure on the device, or drop measure for the prediction")
+        runtime_for(device).require("measure on the device, or drop measure for the prediction")
     found = analyze(model, example_input)
-    if runtime.unavailable_reason() is None:
-        predictor = predictor_for(found, open_table(device)[0], device)
-    else:
-        predictor = offline_predictor(found, device)
+    predictor = host_predictor(found, device)
     prediction = predictor.predict({})
     measured = None
     if measure:

@@ -417,7 +417,7 @@ def _sparsity_mode(text: str):
 def _run_latency(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hwprune.cost.model_latency import offline_predictor, open_table, predictor_for
+    from hwprune.cost.model_latency import host_predictor
     from hwprune.runtime import runtime_for
     from hwprune.targets import load_target
 
@@ -426,11 +426,7 @@ def _run_latency(args: argparse.Namespace) -> int:
     if args.measure:  # says why this host cannot measure the target, before any work
         runtime.require("measure on the device, or drop --measure for the prediction")
     analysis = _load_and_analyze(args)
-    if runtime.unavailable_reason() is None:
-        table, _path = open_table(target, Path(args.lut) if args.lut else None)
-        predictor = predictor_for(analysis, table, target)
-    else:
-        predictor = offline_predictor(analysis, target)
+    predictor = host_predictor(analysis, target, Path(args.lut) if args.lut else None)
     prediction = predictor.predict({})
     measured = None
     if args.measure:

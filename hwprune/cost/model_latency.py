@@ -132,6 +132,14 @@ def offline_predictor(analysis: Analysis, target: Target, sparsity: SparsityMode
     return predictor
 
 
+def host_predictor(analysis: Analysis, target: Target, lut: Path | None = None) -> TablePredictor:
+    """The model's cost model as this host has it: the table measured here (``lut``, else the cache)
+    where this host runs the target, else the offline one (shipped table or analytic)."""
+    if runtime_for(target).unavailable_reason() is None:
+        return predictor_for(analysis, open_table(target, lut)[0], target)
+    return offline_predictor(analysis, target)
+
+
 def predictor_for(analysis: Analysis, table: LatencyTable, target: Target, sparsity: SparsityMode | None = None
                   ) -> TablePredictor:
     """A predictor for ``analysis``'s model; needs the model profiled into ``table`` first."""

@@ -44,7 +44,7 @@ class LoadedModel:
     weights: str  # where the weights came from, for the plan's provenance
     seed: int | None  # the seed random weights and the example were drawn with; None: weights from a file
     source_onnx: Path | None = None  # an onnx: spec's file: the baseline compile measures and checks against
-    capabilities: Capabilities = field(default_factory=lambda: Capabilities())
+    capabilities: Capabilities = field(default_factory=Capabilities)
 
 
 def weights_named(source: str) -> str | None:
