@@ -8,9 +8,19 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import torch
 
+import hwprune
 from hwprune.plan import load_plan, plan_json
-from tests.golden import MODELS, assert_same_plan, first_round_plan, golden_path, plan_text, recorded_table
+from tests.golden import (
+    MODELS,
+    assert_same_plan,
+    first_round_plan,
+    golden_model,
+    golden_path,
+    plan_text,
+    recorded_table,
+)
 
 
 @pytest.mark.parametrize("unconstrained", [False, True], ids=["constrained", "unconstrained"])
@@ -49,3 +59,16 @@ def test_the_golden_plan_is_the_same_under_other_thread_counts_and_hash_seeds(th
                          cwd=Path(__file__).resolve().parents[1], timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert_same_plan(json.loads(run.stdout), json.loads(golden_path("resnet18", False).read_text()))
+
+
+def test_apply_on_the_v1_v2_and_v3_files_of_one_decision_builds_the_same_verified_model(tmp_path):
+    """The golden model passed in through the API: a v1 file (no digest to check), its v2 file and the current
+    one rebuild the same pruned weights, each verified against its export."""
+    model, x = golden_model("resnet18")
+    built = []
+    for version in ("v1", "v2", ""):
+        applied = hwprune.apply(golden_path("resnet18", False, version), model, x, out=tmp_path / (version or "v3"))
+        assert applied.verified_max_abs_err <= 1e-4
+        built.append(applied.pruned_model.state_dict())
+    for other in built[1:]:
+        assert other.keys() == built[0].keys() and all(torch.equal(other[k], built[0][k]) for k in other)
