@@ -16,7 +16,32 @@ from tests.test_layering import MODULES, imports
 def test_only_the_seam_imports_torch_pruning():
     importers = {name for name, path in MODULES.items()
                  if any(t.split(".")[0] == "torch_pruning" for t in imports(path))}
-    assert importers == {"hwprune.graph.depgraph"}
+    assert importers == {"hwprune.graph.depgraph", "hwprune.graph.depgraph.index_maps",
+                         "hwprune.graph.depgraph.pruners"}
+
+
+def test_the_frontends_plugins_implement_the_seams_interface_without_torch_pruning():
+    """transformers' layers are pruned through hwprune's own pruner interface, registered with torch-pruning's
+    extension point (customized_pruners) by the seam; the plugin named for each library exists."""
+    import importlib
+
+    import transformers  # noqa: F401  (a plugin loads once its library is imported)
+
+    from hwprune.graph import plugins
+    from hwprune.graph.depgraph.pruners import ChannelPruner, as_customized
+
+    for module in plugins.PLUGINS.values():
+        assert isinstance(importlib.import_module(module).PLUGIN, plugins.Plugin)
+    from transformers.models.llama import modeling_llama
+
+    ends = plugins.end_pruners()
+    assert {modeling_llama.LlamaAttention, modeling_llama.LlamaRMSNorm} <= set(ends)
+    assert all(isinstance(p, ChannelPruner) for p in ends.values())
+    wrapped = as_customized(ends)
+    norm = modeling_llama.LlamaRMSNorm(8)
+    assert wrapped[modeling_llama.LlamaRMSNorm].get_out_channels(norm) == 8
+    wrapped[modeling_llama.LlamaRMSNorm].prune_out_channels(norm, [1, 5])
+    assert norm.weight.shape == (6,)
 
 
 def test_the_version_check_accepts_the_tested_releases_and_names_them_otherwise():

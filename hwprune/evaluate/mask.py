@@ -5,7 +5,7 @@ lets importance and search see a candidate's output without changing the model f
 (sensitivity, the choice among allocations), and lets the tests check surgery against it.
 An RMSNorm over the channels (a transformers decoder's hidden size) is the exception: its
 statistics change with the channel count, so it is also rescaled to compute what the pruned
-norm does (``graph.hidden.silence_norm``). Everything here is undone on exit.
+norm does (its plugin's silencer, ``graph.plugins``). Everything here is undone on exit.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from torch import nn
 
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm, restored_batchnorm
 from hwprune.graph.analyze import Analysis
-from hwprune.graph.capture import frozen_index_mapping, tolerant_index_mapping
+from hwprune.graph.depgraph.index_maps import frozen_index_mapping, tolerant_index_mapping
 from hwprune.graph.groups import ChannelGroup
 from hwprune.graph.heads import group_heads, heads_of
-from hwprune.graph.hidden import rms_norm_types, silence_norm
+from hwprune.graph.plugins import norm_silencers
 from hwprune.graph.segments import Segment
 
 
@@ -43,10 +43,11 @@ def silence_channels(analysis: Analysis, group: ChannelGroup, dropped: Sequence[
         with tolerant_index_mapping(graph.hwprune_unmapped):
             pruning_group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels,
                                                     dropped)
-        norms = rms_norm_types()
+        norms = norm_silencers()
         for dep, idxs in pruning_group:
-            if norms and isinstance(dep.target.module, norms):
-                undo_norms.append(silence_norm(dep.target.module, list(idxs)))
+            silence = next((s for kind, s in norms.items() if isinstance(dep.target.module, kind)), None)
+            if silence is not None:
+                undo_norms.append(silence(dep.target.module, list(idxs)))
             elif graph.is_out_channel_pruning_fn(dep.handler):
                 targets += _output_tensors(dep.target, list(idxs))
     saved = [(param, dim, idxs, param.index_select(dim, _index(idxs)).clone()) for param, dim, idxs in targets]

@@ -21,7 +21,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from hwprune.errors import CaptureError
 from hwprune.graph import depgraph as tp
 from hwprune.graph.attention import convert_multihead_attention
-from hwprune.graph.depgraph import INDEX_MAPPING_PLACEHOLDER, OPTYPE, index_mapping
+from hwprune.graph.depgraph import OPTYPE
+from hwprune.graph.depgraph.index_maps import (
+    identity_mapping,
+    isolate_unmappable_concats,
+    remap,
+    tolerant_index_mapping,
+)
+from hwprune.graph.depgraph.pruners import as_customized
 from hwprune.graph.opaque import opaque_types, traced_whole
 from hwprune.graph.pieces import Piece, splits_as_slices
 
@@ -59,8 +66,8 @@ def capture(model: nn.Module, example_input: torch.Tensor) -> Capture:
                 _visible_to_autograd(model), splits_as_slices(traced_pieces):
             # A tuple: given a bare tensor, torch-pruning first tries model(*tensor), which for a batch of
             # one runs the model on an unbatched sample (and traces wrong shapes) without failing.
-            graph = tp.DependencyGraph().build_dependency(model, (example_input,), customized_pruners=pruners,
-                                                          verbose=False)
+            graph = tp.DependencyGraph().build_dependency(model, (example_input,), verbose=False,
+                                                          customized_pruners=as_customized(pruners))
     except Exception as exc:  # torch-pruning raises many kinds; each means "cannot trace this model"
         raise CaptureError(f"tracing channel dependencies failed: {type(exc).__name__}: {exc}") from exc
     by_grad_fn = {id(grad_fn): piece for grad_fn, piece in traced_pieces}
@@ -75,99 +82,12 @@ def capture(model: nn.Module, example_input: torch.Tensor) -> Capture:
                 node.module.concat_sizes = _traced_concat_sizes(node)
                 node.module.offsets = None
         unmapped.clear()
-        with tolerant_index_mapping(unmapped):
-            index_mapping.update_index_mapping(graph)
-    _isolate_unmappable_concats(graph, unmapped)
+        remap(graph, unmapped)
+    isolate_unmappable_concats(graph, unmapped)
     graph.hwprune_unmapped = unmapped
     _check_every_layer_traced(model, graph, shapes)
     params = sum(p.numel() for p in model.parameters())
     return Capture(model, example_input, graph, _op_graph(graph, shapes, layer_flops), layer_flops, flops, params)
-
-
-@contextlib.contextmanager
-def tolerant_index_mapping(unmapped: dict[str, str]) -> Iterator[None]:
-    """Let torch-pruning skip ops whose channel index mapping it cannot work out.
-
-    torch-pruning derives index mappings op by op (when the graph is built and again for every
-    group it forms) and raises on some it cannot follow (a channel shuffle's 5-D view divides by
-    zero). Such an op is recorded in ``unmapped`` with the error, so the groups through it are
-    reported as not prunable, instead of failing the whole model. Only hwprune's own calls into
-    torch-pruning run under this; the library is restored afterwards.
-    """
-    originals = {name: getattr(index_mapping, name) for name in dir(index_mapping)
-                 if name.startswith("update_") and name.endswith("_index_mapping") and name != "update_index_mapping"}
-
-    def tolerant(name: str, update):
-        def run(graph, node):
-            try:
-                update(graph, node)
-            except Exception as exc:  # recorded per op, reported on its groups
-                unmapped[node.name] = f"{type(exc).__name__}: {exc}"
-        return run
-
-    for name, update in originals.items():
-        setattr(index_mapping, name, tolerant(name, update))
-    try:
-        yield
-    finally:
-        for name, update in originals.items():
-            setattr(index_mapping, name, update)
-
-
-@contextlib.contextmanager
-def frozen_index_mapping(graph: tp.DependencyGraph) -> Iterator[None]:
-    """Compute torch-pruning's channel index mapping once for a stretch of calls that change no
-    channel count, instead of once per group formed.
-
-    torch-pruning re-derives every op's mapping each time it forms a group; on concat-heavy nets
-    that is most of the time (densenet169: 0.11 s per group, 95 of the 110 s it took to realise a
-    plan). The mapping depends only on channel counts, so while none changes (analysis,
-    silencing, permuting, reading what pruning will remove) once is enough. Never around pruning
-    itself. Nested uses are no-ops.
-    """
-    if getattr(graph, "hwprune_frozen", False):
-        yield
-        return
-    with tolerant_index_mapping(graph.hwprune_unmapped):
-        index_mapping.update_index_mapping(graph)
-    original = index_mapping.update_index_mapping
-
-    def update(other: tp.DependencyGraph) -> None:
-        if other is not graph:
-            original(other)
-
-    index_mapping.update_index_mapping = update
-    graph.hwprune_frozen = True
-    try:
-        yield
-    finally:
-        index_mapping.update_index_mapping = original
-        graph.hwprune_frozen = False
-
-
-def _isolate_unmappable_concats(graph: tp.DependencyGraph, unmapped: dict[str, str]) -> None:
-    """Cut the dependencies through a concat whose channel offsets torch-pruning cannot map.
-
-    Without offsets (e.g. a concat feeding flatten -> linear) torch-pruning passes indices
-    through the concat unchanged, and with one tensor concatenated twice it maps both copies to
-    one offset: groups come out wrong, and where the concat closes a cycle the index walk never
-    ends. Cutting the concat out keeps the walk finite; its neighbours are recorded as unmapped,
-    so every group that touches them is reported as not prunable.
-    """
-    for node in list(graph.module2node.values()):
-        if node.type != OPTYPE.CONCAT:  # (spatial concats are element-wise nodes by now)
-            continue
-        if node.module.offsets is None:
-            reason = "a concat whose channel offsets torch-pruning could not infer"
-        elif len(node.grad_fn.next_functions) != len(set(node.inputs)):
-            reason = "a concat of the same tensor more than once"
-        else:
-            continue
-        for other in {*node.inputs, *node.outputs}:
-            other.dependencies = [d for d in other.dependencies if d.target is not node]
-            unmapped[other.name] = reason
-        node.dependencies = []
-        unmapped[node.name] = reason
 
 
 def channel_constants_as_parameters(model: nn.Module) -> None:
@@ -250,28 +170,8 @@ def _spatial_splits_and_concats(graph: tp.DependencyGraph, shapes: dict[str, tup
             dim += ndim
         if dim != 1:
             spatial.add(node.name)
-            _identity_mapping(node)
+            identity_mapping(node)
     return spatial
-
-
-def _identity_mapping(node) -> None:
-    """Channels pass ``node`` unchanged, as through an add: torch-pruning is told so by making it an
-    element-wise node (no offsets; its channel count is its input's, where torch-pruning would sum
-    a concat's inputs or take a split's piece sizes as channel counts), and the offsets and sizes
-    it derived for the node are dropped."""
-    node.type = OPTYPE.ELEMENTWISE
-    node.enable_index_mapping = False
-    for attribute in ("offsets", "concat_sizes", "split_sizes"):
-        if hasattr(node.module, attribute):
-            setattr(node.module, attribute, None)
-    slot, sides = (1, node.inputs) if node.grad_fn.name().startswith("Cat") else (0, node.outputs)
-    for dep in node.dependencies:
-        if dep.target in sides:
-            dep.index_mapping[slot] = INDEX_MAPPING_PLACEHOLDER
-    for other in sides:
-        for dep in other.dependencies:
-            if dep.target is node:
-                dep.index_mapping[slot] = INDEX_MAPPING_PLACEHOLDER
 
 
 def _ndim(graph: tp.DependencyGraph, node, shapes: dict[str, tuple[int, ...]], depth: int = 8) -> int | None:

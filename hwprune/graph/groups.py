@@ -19,11 +19,12 @@ from torch import nn
 
 from hwprune.errors import UnsupportedOpError
 from hwprune.graph import depgraph as tp
-from hwprune.graph.capture import Capture, frozen_index_mapping, tolerant_index_mapping
+from hwprune.graph.capture import Capture
 from hwprune.graph.depgraph import OPTYPE, FlattenIndexMapping
-from hwprune.graph.heads import HEADS_SUFFIX, Heads, grouped_query_types, head_modules
-from hwprune.graph.hidden import rms_norm_types
+from hwprune.graph.depgraph.index_maps import frozen_index_mapping, tolerant_index_mapping
+from hwprune.graph.heads import HEADS_SUFFIX, Heads, head_modules
 from hwprune.graph.opaque import fixed_width_types
+from hwprune.graph.plugins import end_pruners, norm_silencers
 
 # Autograd ops that mix channels, so a channel cannot be removed in front of them without changing
 # every output. Reductions are listed separately: they are fine unless they reduce the channel dim.
@@ -160,7 +161,7 @@ def _from_dependency_group(cap: Capture, dg_group: tp.Group, patterns: list[str]
     positions: dict[str, int] = {}
     repeat = 1
     passes_ends = False
-    fixed, norms = fixed_width_types(), rms_norm_types()
+    fixed, norms = fixed_width_types(), tuple(norm_silencers())
     pieces: dict[int, dict[int, set[int]]] = {}  # split call -> piece -> the root channels it holds
     aliased = _aliased_layer(cap, dg_group)
     if aliased is not None:
@@ -360,11 +361,12 @@ def _enclosing_attention(attentions: dict[str, Heads], producers: list[str]) -> 
 
 def _attention_ends(cap: Capture, module: object, out_pruning: bool, attentions: dict[str, Heads]
                     ) -> dict[str, int]:
-    """For a grouped-query attention (traced as one op, ``graph.hidden``), the projections at the end a group
-    holds, with their widths: o_proj's outputs, or the q/k/v projections' inputs; empty for any other module."""
-    if not isinstance(module, grouped_query_types()):
-        return {}
+    """For an attention traced as one op and pruned at its ends (transformers' grouped-query attention), the
+    projections at the end a group holds, with their widths: o_proj's outputs, or the q/k/v projections' inputs;
+    empty for any other module."""
     name = cap.module_name(module)
+    if type(module) not in end_pruners() or name not in attentions:
+        return {}
     heads = attentions[name]
     if out_pruning:
         return {f"{name}.{heads.projections[3]}": heads.layer(3).out_features}

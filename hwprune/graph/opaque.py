@@ -6,8 +6,8 @@ While the dependency graph is traced, each such module runs inside one autograd 
 the trace sees a single op from its input to its output. For most, a pruner registered for it
 reports its widths and refuses to change them, and every group that touches it is reported as
 not prunable; transformers' grouped-query attention and RMSNorm get pruners that prune their
-ends (``graph.hidden``: the hidden size). The model itself is never changed: the wrapping lasts
-only for the trace.
+ends (the hidden size: ``frontends/hf/layers.py``, through ``graph.plugins``). The model itself
+is never changed: the wrapping lasts only for the trace.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import torch
 from torch import nn
 
 from hwprune.errors import PlanError
-from hwprune.graph.depgraph import BasePruningFunc
-from hwprune.graph.hidden import whole_pruners
+from hwprune.graph.depgraph.pruners import ChannelPruner
+from hwprune.graph.plugins import end_pruners, fixed_widths
 
 
 def opaque_types() -> tuple[type, ...]:
     """Module types traced as one layer."""
-    return (*_channel_dims(), *whole_pruners())
+    return (*_channel_dims(), *end_pruners())
 
 
 def fixed_width_types() -> tuple[type, ...]:
@@ -51,10 +51,7 @@ def _channel_dims() -> dict[type, int]:
     block = sys.modules.get("ultralytics.nn.modules.block")
     if block is not None and hasattr(block, "Attention"):
         found[block.Attention] = 1
-    # GPT-2's q, k and v split from one fused projection (c_attn)
-    modeling = sys.modules.get("transformers.models.gpt2.modeling_gpt2")
-    if modeling is not None and hasattr(modeling, "GPT2Attention"):
-        found[modeling.GPT2Attention] = -1
+    found.update(fixed_widths())
     return found
 
 
@@ -70,22 +67,22 @@ class _RunWhole(torch.autograd.Function):
         raise RuntimeError("hwprune traces opaque blocks for their dependencies only")
 
 
-class FixedWidthPruner(BasePruningFunc):
+class FixedWidthPruner(ChannelPruner):
     """Reports an opaque module's channel counts (along ``dim``) and refuses to prune it."""
 
     def __init__(self, widths: dict[nn.Module, tuple[int, int]], dim: int):
-        super().__init__(pruning_dim=dim)
         self.widths = widths
+        self.dim = dim
 
-    def prune_out_channels(self, layer: nn.Module, idxs: list[int]) -> nn.Module:
+    def prune_out(self, layer: nn.Module, removed: list[int]) -> None:
         raise PlanError(f"{type(layer).__name__} is kept at its width")
 
-    prune_in_channels = prune_out_channels
+    prune_in = prune_out
 
-    def get_out_channels(self, layer: nn.Module) -> int | None:
+    def out_channels(self, layer: nn.Module) -> int | None:
         return self.widths.get(layer, (None, None))[1]
 
-    def get_in_channels(self, layer: nn.Module) -> int | None:
+    def in_channels(self, layer: nn.Module) -> int | None:
         return self.widths.get(layer, (None, None))[0]
 
 
@@ -111,9 +108,9 @@ def _whole(call):
 
 @contextlib.contextmanager
 def traced_whole(model: nn.Module, shapes_in: dict[str, tuple], shapes_out: dict[str, tuple]
-                 ) -> Iterator[dict[type, BasePruningFunc]]:
+                 ) -> Iterator[dict[type, ChannelPruner]]:
     """Within the block, opaque modules run as one op; yields the pruners to register per type."""
-    dims, ends = _channel_dims(), whole_pruners()
+    dims, ends = _channel_dims(), end_pruners()
     modules = {name: m for name, m in model.named_modules() if type(m) in dims or type(m) in ends}
     widths = {m: (shapes_in[name][dims[type(m)]], shapes_out[name][dims[type(m)]]) for name, m in modules.items()
               if type(m) in dims and name in shapes_in and name in shapes_out}

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from hwprune.graph.analyze import Analysis
-from hwprune.graph.capture import frozen_index_mapping, tolerant_index_mapping
+from hwprune.graph.depgraph.index_maps import frozen_index_mapping, tolerant_index_mapping
 from hwprune.graph.groups import ChannelGroup
 
 DENSE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)

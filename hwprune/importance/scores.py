@@ -30,7 +30,7 @@ from hwprune.errors import HwpruneError
 from hwprune.evaluate.calibration import first_output
 from hwprune.graph import depgraph as tp
 from hwprune.graph.analyze import Analysis
-from hwprune.graph.capture import frozen_index_mapping, tolerant_index_mapping
+from hwprune.graph.depgraph.index_maps import frozen_index_mapping, tolerant_index_mapping
 from hwprune.graph.groups import ChannelGroup
 from hwprune.graph.heads import Heads, group_heads
 from hwprune.graph.segments import segments

@@ -16,7 +16,7 @@ from torch import nn
 from hwprune.evaluate.calibration import output_tensors
 from hwprune.evaluate.mask import silenced
 from hwprune.graph.analyze import Analysis
-from hwprune.graph.capture import frozen_index_mapping
+from hwprune.graph.depgraph.index_maps import frozen_index_mapping
 from hwprune.importance.scores import Importance, select
 
 PROBE_FRACTION = 0.5

@@ -27,7 +27,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from hwprune.errors import PlanError
 from hwprune.graph.analyze import Analysis
-from hwprune.graph.capture import tolerant_index_mapping
+from hwprune.graph.depgraph.index_maps import tolerant_index_mapping
 from hwprune.graph.groups import ChannelGroup
 
 # One tensor that holds the group's channels: (module, parameter or buffer name, dim of the channels).

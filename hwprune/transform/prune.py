@@ -14,7 +14,7 @@ from torch import nn
 
 from hwprune.errors import PlanError
 from hwprune.graph.analyze import Analysis
-from hwprune.graph.capture import frozen_index_mapping, tolerant_index_mapping
+from hwprune.graph.depgraph.index_maps import frozen_index_mapping, tolerant_index_mapping
 from hwprune.graph.groups import ChannelGroup
 from hwprune.graph.heads import group_heads
 from hwprune.plan import WidthDecision

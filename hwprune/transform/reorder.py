@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from hwprune.evaluate.calibration import first_output
-from hwprune.graph.capture import frozen_index_mapping
+from hwprune.graph.depgraph.index_maps import frozen_index_mapping
 from hwprune.plan import WidthDecision
 from hwprune.transform.passes import Pass, Surgery, TransformError
 from hwprune.transform.permute import permutable, permute_group

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from hwprune.errors import PlanError
-from hwprune.graph.capture import frozen_index_mapping
+from hwprune.graph.depgraph.index_maps import frozen_index_mapping
 from hwprune.plan import NMLayer, WidthDecision
 from hwprune.sparsity.masks import is_nm, nm_mask
 from hwprune.transform.passes import Surgery, TransformError
