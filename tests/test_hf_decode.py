@@ -9,8 +9,9 @@ import torch
 
 from hwprune.cli import main
 from hwprune.errors import HwpruneError
-from hwprune.export.kv_step import cache_keyword, export_decode
+from hwprune.export.kv_step import export_decode
 from hwprune.frontends import load_model
+from hwprune.frontends.hf.decode import cache_keyword, decode_step
 from hwprune.graph.heads import head_modules
 from hwprune.graph.stack import without_layers
 from hwprune.runtime.ort import VERIFY_SETTINGS, make_session
@@ -30,6 +31,12 @@ def llama_dir(tmp_path_factory):
     return folder
 
 
+def _export(model, path):
+    """``model``'s decode step at batch 1 and a cache of PAST positions, exported and checked."""
+    step = decode_step(model, 1, PAST)
+    return export_decode(step.module, step.past, step.vocab, path, False, 1e-4, 1e-3)
+
+
 def _prefill(model, tokens):
     """The model's own cache after reading ``tokens``, and its past keys and values as plain tensors."""
     cache = transformers.DynamicCache(config=model.config)
@@ -46,7 +53,7 @@ def _run(path, tokens, past):
 
 def test_decode_step_onnx_is_the_models_own_decode(llama_dir, tmp_path):
     model = load_model(f"hf:{llama_dir}", (1, PAST)).module.model
-    exported = export_decode(model, 1, PAST, tmp_path / "decode.onnx", False, 1e-4, 1e-3)
+    exported = _export(model, tmp_path / "decode.onnx")
     assert exported.verification.ok and exported.verification.inputs == 3
     assert exported.past == [(1, 2, PAST, 16)] * 2
 
@@ -67,7 +74,7 @@ def test_decode_step_onnx_is_the_models_own_decode(llama_dir, tmp_path):
 def test_decode_step_follows_dropped_layers_and_pruned_heads(llama_dir, tmp_path):
     loaded = load_model(f"hf:{llama_dir}", (1, PAST))
     dropped = without_layers(loaded.module, ["model.model.layers.0"]).model
-    exported = export_decode(dropped, 1, PAST, tmp_path / "dropped.onnx", False, 1e-4, 1e-3)
+    exported = _export(dropped, tmp_path / "dropped.onnx")
     tokens = torch.randint(0, 500, (1, PAST + 1), generator=torch.Generator().manual_seed(2))
     _, past = _prefill(dropped, tokens[:, :PAST])
     names, (logits, *_) = _run(exported.path, tokens[:, PAST:], past)
@@ -78,7 +85,7 @@ def test_decode_step_follows_dropped_layers_and_pruned_heads(llama_dir, tmp_path
 
     first = head_modules(loaded.module)["model.model.layers.0.self_attn"]
     first.keep([1])  # one of two key/value heads (the config still says two)
-    pruned = export_decode(loaded.module.model, 1, PAST, tmp_path / "heads.onnx", False, 1e-4, 1e-3)
+    pruned = _export(loaded.module.model, tmp_path / "heads.onnx")
     assert pruned.past == [(1, 1, PAST, 16), (1, 2, PAST, 16)] and pruned.verification.ok
 
 
@@ -87,7 +94,7 @@ def test_a_sliding_window_shorter_than_the_past_is_refused(tmp_path):
                                         num_key_value_heads=1, intermediate_size=64, sliding_window=8,
                                         attn_implementation="eager")
     with pytest.raises(HwpruneError, match="sliding window"):
-        export_decode(transformers.MistralForCausalLM(config).eval(), 1, PAST, tmp_path / "d.onnx", False, 1e-4, 1e-3)
+        _export(transformers.MistralForCausalLM(config).eval(), tmp_path / "d.onnx")
 
 
 def _compile(llama_dir, out, *extra):

@@ -46,7 +46,8 @@ def stage_imports(source: str) -> set[str]:
 
 
 @pytest.mark.parametrize("source, forbidden", [
-    ("graph", {"importance", "cost", "search", "transform", "export", "evaluate", "runtime"}),
+    ("graph", {"importance", "cost", "search", "transform", "export", "evaluate", "runtime", "frontends",
+               "pipeline"}),
     ("search", {"transform", "export", "runtime"}),
     ("cost", {"export", "search", "transform"}),
     ("export", {"cost", "search"}),
@@ -62,6 +63,18 @@ def stage_imports(source: str) -> set[str]:
 ])
 def test_a_stage_imports_none_of_what_it_must_not(source, forbidden):
     assert not stage_imports(source) & forbidden
+
+
+def test_only_the_drivers_import_the_pipeline():
+    """The pipeline runs the stages; no stage reaches back into it (the CLI and the Python API drive it)."""
+    assert {stage(m) for m in GRAPH if any(stage(t) == "pipeline" for t in GRAPH.successors(m))} <= {
+        "pipeline", "cli", "_api", "gate"}
+
+
+def test_only_the_hf_frontend_imports_transformers():
+    """What hwprune knows of Hugging Face models lives in frontends/hf (the graph reaches it as a plugin)."""
+    importers = {name for name, path in MODULES.items() if any(t.split(".")[0] == "transformers" for t in imports(path))}
+    assert importers and all(name.startswith("hwprune.frontends.hf.") for name in importers), importers
 
 
 def test_no_import_circle_even_through_imports_inside_functions():

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hwprune.errors import ModelSpecError, first_line
+from hwprune.errors import ModelSpecError
 from hwprune.frontends import user_function
 
 RANDOM_BATCHES = 4
@@ -96,14 +96,9 @@ def _text_batches(spec: str, example_input: torch.Tensor, model: str | None, lim
         raise ModelSpecError(f"--calib-data {spec}: text is for hf: models (tokenized with their tokenizer)")
     if not path.is_file():
         raise ModelSpecError(f"--calib-data {spec}: no such file")
-    from transformers import AutoTokenizer
+    from hwprune.frontends.hf.text import token_ids
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model.removeprefix("hf:"), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ModelSpecError(f"--calib-data {spec}: {model} has no tokenizer to read text with "
-                             f"({first_line(exc, 200)})") from exc
-    ids = torch.tensor(tokenizer(path.read_text(), add_special_tokens=False)["input_ids"], dtype=torch.long)
+    ids = token_ids(model.removeprefix("hf:"), path.read_text(), f"--calib-data {spec}")
     batch, length = example_input.shape[0], example_input.shape[1]
     windows = ids[:len(ids) // length * length].reshape(-1, length)
     batches = [windows[i:i + batch] for i in range(0, len(windows) - batch + 1, batch)][:limit]

@@ -87,11 +87,13 @@ def _ultralytics(spec: str, shape, weights, seed, trust_pickle) -> Made:
 
 
 def _hf(spec: str, shape, weights, seed, trust_pickle) -> Made:
+    from hwprune.frontends.hf.decode import wrapped_decode_step
     from hwprune.frontends.hf.model import _load_hf
 
     module, example, source = _load_hf(spec.split(":", 1)[1], weights, shape)
+    step = wrapped_decode_step if module.generates else None
     return Made(module, example, weights=source, shaped=True,
-                capabilities=Capabilities(decode_step=module.generates, native_format=HF_FOLDER))
+                capabilities=Capabilities(decode_step=step, native_format=HF_FOLDER))
 
 
 def _pt2(spec: str, shape, weights, seed, trust_pickle) -> Made:

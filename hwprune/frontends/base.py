@@ -25,11 +25,24 @@ HUB_WEIGHTS = "weights from the torch hub cache"
 
 
 @dataclass(frozen=True)
+class StepModule:
+    """A decoder's one decode step as a module of plain tensors: ``forward(input_ids, key_0, value_0, ...)`` ->
+    ``(logits, new key_0, new value_0, ...)``; ``past``: per cached layer, its past keys' shape (values alike);
+    ``vocab``: the token ids it takes are below it."""
+
+    module: nn.Module
+    past: list[tuple[int, ...]]
+    vocab: int
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """What a loaded model can do beyond a forward, as its frontend declares it; the pipeline reads these,
     never the model's attributes."""
 
-    decode_step: bool = False  # a decoder with a KV cache: compile also measures its decode step
+    # a decoder with a KV cache (compile also measures its decode step): builds the step of the model as loaded
+    # or pruned, at a batch and a past length
+    decode_step: Callable[[nn.Module, int, int], StepModule] | None = None
     detections: bool = False  # a detector: box agreement is measured on the user's images
     native_format: str | None = None  # the framework's own format the pruned model is saved in, if any
 

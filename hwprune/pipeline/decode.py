@@ -2,20 +2,22 @@
 
 The compile searches and measures prefill (the prompt in one forward). Generation is then one token at a
 time against the cache, where the weights and the cache are read for one token's arithmetic, so the same
-pruning may speed it by another factor. After the search, both models' decode steps are exported
-(:mod:`hwprune.export.kv_step`), each checked against PyTorch, and timed interleaved like the prefill. This
-is evidence for the report only, never an input to the search; any failure is the section's one-line
+pruning may speed it by another factor. After the search, both models' decode steps (built by the model's
+frontend) are exported (:mod:`hwprune.export.kv_step`), each checked against PyTorch, and timed interleaved like
+the prefill. This is evidence for the report only, never an input to the search; any failure is the section's one-line
 reason and the compile goes on, its prefill result untouched.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
 
 from hwprune.errors import first_line
 from hwprune.export.kv_step import DecodeExport, export_decode
+from hwprune.frontends.base import StepModule
 from hwprune.report import DecodeSection, LatencyStats
 from hwprune.runtime import Runtime
 from hwprune.runtime.timing import Comparison, Timing
@@ -24,15 +26,18 @@ DECODE_FILES = ("baseline_decode.onnx", "pruned_decode.onnx")
 ROUNDS = 30  # as the prefill's final measurement
 
 
-def decode_section(baseline: nn.Module, pruned: nn.Module, runtime: Runtime, stage: Path, batch: int,
-                   past_length: int, slim: bool, atol: float, rtol: float) -> DecodeSection:
-    """Export, verify and time (interleaved, :data:`ROUNDS` rounds) the decode steps of ``baseline`` and
-    ``pruned`` (``HFModel``\\ s) with a cache of ``past_length`` positions at ``batch``, into ``stage``."""
+def decode_section(make_step: Callable[[nn.Module, int, int], StepModule], baseline: nn.Module, pruned: nn.Module,
+                   runtime: Runtime, stage: Path, batch: int, past_length: int, slim: bool, atol: float,
+                   rtol: float) -> DecodeSection:
+    """Export, verify and time (interleaved, :data:`ROUNDS` rounds) the decode steps ``make_step`` (the
+    frontend's capability) builds of ``baseline`` and ``pruned`` with a cache of ``past_length`` positions at
+    ``batch``, into ``stage``."""
     section = DecodeSection(batch, past_length, False, None, None, None, None, None, ROUNDS, {}, {}, [])
     exports: dict[str, DecodeExport] = {}
     for (name, model), file in zip((("baseline", baseline), ("pruned", pruned)), DECODE_FILES, strict=True):
         try:
-            exports[name] = export_decode(model.model, batch, past_length, stage / file, slim, atol, rtol)
+            step = make_step(model, batch, past_length)
+            exports[name] = export_decode(step.module, step.past, step.vocab, stage / file, slim, atol, rtol)
         except Exception as exc:  # an unforeseen model is a line in the report, never a failed compile
             section.reason = f"the {name} model's decode step was not exported and verified: {first_line(exc, 300)}"
             return section

@@ -82,8 +82,8 @@ def measure(measurer: Measurer, loaded: LoadedModel, analysis: Analysis, realise
     x = analysis.capture.example_input
     if loaded.capabilities.decode_step:  # an hf: decoder: its per-token latency, after prefill's
         with step("decode step with a KV cache: export, verify, measure (interleaved)"):
-            decode = decode_section(analysis.model, model, runtime, stage, x.shape[0], x.shape[1], slim_available(),
-                                    options.atol, options.rtol)
+            decode = decode_section(loaded.capabilities.decode_step, analysis.model, model, runtime, stage,
+                                    x.shape[0], x.shape[1], slim_available(), options.atol, options.rtol)
             console.print(f"  {escape(decode_summary(decode))}")
     method = None if final is None else {**runtime.measurement(), "rounds": 30}
     return Measured(final, method, runtime.unavailable_reason(), runtime.fingerprint(), decode)
