@@ -2,7 +2,7 @@
 
 A profile holds what a latency model needs to know about a device and where each number comes
 from (every numeric line of a profile carries a ``# source:``, ``# fitted:`` or ``# assumed:``
-comment; tests/test_targets.py checks it). Layout of a profile::
+comment; tests/unit/runtime/test_targets.py checks it). Layout of a profile::
 
     name, description, runtime ("onnxruntime" | "tensorrt"), default_dtype, default_batch,
     channel_alignment, [threads, graph_optimization_level: onnxruntime targets only]

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from hwprune.cli import main
+from tests.hf_models import tiny_config
 from tests.recorded_tables import adopt_file
 
 DATA = Path(__file__).parent / "data" / "golden" / "compiles"
@@ -47,9 +48,7 @@ def llama_folder(parent: Path) -> Path:
     if not folder.exists():
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            config = transformers.LlamaConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=4,
-                                              num_attention_heads=4, num_key_value_heads=2, intermediate_size=256,
-                                              tie_word_embeddings=True)
+            config = tiny_config("llama", num_hidden_layers=4, tie_word_embeddings=True)
             transformers.LlamaForCausalLM(config).save_pretrained(folder)
     return folder
 

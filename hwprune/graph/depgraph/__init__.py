@@ -1,5 +1,5 @@
 """The one seam to torch-pruning: every name hwprune takes from it, checked against the releases hwprune
-is tested with. No other module of hwprune imports ``torch_pruning`` (``tests/test_layering.py``).
+is tested with. No other module of hwprune imports ``torch_pruning`` (``tests/house/test_layering.py``).
 
 torch-pruning's DependencyGraph traces one forward and models residual adds, concat/split offsets and
 flatten/reshape index mappings; hwprune builds its channel groups on it (``graph.capture``,
