@@ -154,7 +154,7 @@ def main() -> None:
         report = _compile(folders[name], out, args.latency, args.seq, None)
         base, pruned = report["baseline"]["latency_ms"]["median"], report["pruned"]["latency_ms"]["median"]
         fid = report["fidelity"]
-        table.add_row(name, f"{base:.2f}", f"{pruned:.2f}", f"{_fraction(report):.3f}", str(report["budget"]["met"]),
+        table.add_row(name, f"{base:.2f}", f"{pruned:.2f}", f"{_fraction(report):.3f}", report["budget"]["verdict"],
                       str(report["verify"]["ok"]), f"{fid['cosine']:.4f}",
                       "n/a" if fid.get("kl") is None else f"{fid['kl']:.3g}", _decode(report), _reloads(out, args.seq),
                       _removed(out))

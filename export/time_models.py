@@ -4,8 +4,9 @@
     python export/time_models.py baseline.onnx pruned.onnx --target jetson-orin-nano --rounds 30
 
 Prints one JSON line: ``timings`` (median, p90, p99 ms, spread, runs per model) and, for several
-models, ``ratios`` (model i against the first: the median over rounds of the per-round ratio) and
-their spread; exactly what ``hwprune compile`` and ``hwprune bench`` compute on a local runtime.
+models, ``ratios`` (model i against the first: the median over rounds of the per-round ratio), their
+spread and the per-round ratios themselves (``round_ratios``, what a verdict pools); exactly what
+``hwprune compile`` and ``hwprune bench`` compute on a local runtime.
 Exit 2 with one line when a model or the runtime is missing. Torch-free.
 """
 
@@ -56,7 +57,7 @@ def _timed(args: argparse.Namespace) -> dict:
         else:
             comparison = runtime.interleaved(runners, rounds=args.rounds)
             result = {"timings": [asdict(t) for t in comparison.timings], "ratios": comparison.ratios,
-                      "ratio_spread": comparison.ratio_spread}
+                      "ratio_spread": comparison.ratio_spread, "round_ratios": comparison.round_ratios}
         result["input_shapes"] = [[list(s) for s in r.input_shapes] for r in runners]
         return result
     finally:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from hwprune.cost.sparse import SparsityMode, parse_mode
 from hwprune.errors import HwpruneError
 from hwprune.export.verify import DEFAULT_ATOL, DEFAULT_RTOL
+from hwprune.search.refine import ROUNDS, SECONDS, TOLERANCE
 from hwprune.targets import Target
 
 if TYPE_CHECKING:
@@ -109,7 +110,9 @@ class Options:
     calib_data: str | Iterable | None = None  # a spec (module:fn, file.py:fn, text:FILE) or the batches themselves
     min_keep: float = 0.1
     lut: Path | None = None
-    refine: int = 2  # measured re-search rounds after the first (search.refine)
+    refine: int = ROUNDS - 1  # at most this many measured re-search rounds after the first (search.refine)
+    refine_seconds: float = SECONDS  # time for them: a round starts only if it should end within it
+    tolerance: float = TOLERANCE  # the verdict's band, relative to the request (search.verdict)
     exclude: tuple[str, ...] = ()
     atol: float = DEFAULT_ATOL
     rtol: float = DEFAULT_RTOL
@@ -148,6 +151,10 @@ class Options:
             raise HwpruneError("--atol and --rtol must be >= 0")
         if self.refine < 0:
             raise HwpruneError(f"--refine {self.refine}: must be >= 0")
+        if self.refine_seconds < 0:
+            raise HwpruneError(f"--refine-time {self.refine_seconds}: must be >= 0")
+        if not 0 < self.tolerance < 1:
+            raise HwpruneError(f"--tolerance {self.tolerance}: must be in (0, 1)")
         self.importance = Importance.parse(self.importance, "--importance")
         self.recalibrate_bn = Recalibrate.parse(self.recalibrate_bn, "--recalibrate-bn")
         self.allocation = Allocation.parse(self.allocation, "--allocation")

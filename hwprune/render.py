@@ -50,16 +50,24 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
     ax.scatter(predicted, measured, label="search rounds")
     if report.speedup.measured is not None:
         ax.scatter([1 / report.speedup.predicted], [1 / report.speedup.measured], marker="*", s=200,
-                   label="chosen (final measurement)")
+                   label="chosen (every pair measured on it)")
     else:
         ax.text(0.5, 0.5, f"not measured:\n{report.engine.reason}", ha="center", va="center", wrap=True,
                 fontsize=7, transform=ax.transAxes)
     low, high = 0.0, 1.05 * max(predicted + measured + [1.0])
     ax.plot([low, high], [low, high], "k--", linewidth=0.8, label="predicted = measured")
-    ax.axhline(report.budget.latency_fraction, color="red", linewidth=0.8, label="requested")
+    budget = report.budget
+    ax.axhline(budget.latency_fraction, color="red", linewidth=0.8, label="requested")
+    ax.axhspan(budget.latency_fraction * (1 - budget.tolerance), budget.latency_fraction * (1 + budget.tolerance),
+               color="red", alpha=0.1, label=f"band ±{100 * budget.tolerance:.0f}%")
+    if budget.interval is not None:
+        low, high = budget.interval
+        ax.errorbar([1 / report.speedup.predicted], [budget.measured_fraction], color="black", capsize=4,
+                    yerr=[[budget.measured_fraction - low], [high - budget.measured_fraction]],
+                    label="95% interval (pooled pairs)")
     ax.set_xlabel("predicted latency / baseline")
     ax.set_ylabel("measured latency / baseline (interleaved)")
-    ax.set_title("predicted vs measured")
+    ax.set_title(f"predicted vs measured: budget {budget.verdict}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     written.append(_save(fig, folder / PLOTS[2], plt))
@@ -247,18 +255,28 @@ def _ms(side: Side, key: str) -> str:
 
 
 def verdict_line(budget: BudgetSection) -> str:
-    """The budget's verdict as ``report.json`` holds it (``met``), with the measurement it judged."""
+    """The budget's verdict as ``report.json`` holds it (``budget.verdict``), with what it judged; the console,
+    report.md and the plots all print this line."""
     band = f"±{100 * budget.tolerance:.0f}% of {budget.latency_fraction:.3f}"
     if budget.measured_fraction is None:
         return f"**Budget: not measured** (the request's band is {band})."
-    return (f"**Budget: {'met' if budget.met else 'missed'}**: measured {budget.measured_fraction:.3f} of the "
-            f"baseline's latency, {'inside' if budget.met else 'outside'} {band}.")
+    low, high = budget.interval
+    where = {"met": "inside", "missed": "outside"}.get(budget.verdict, "across the edge of")
+    text = (f"**Budget: {budget.verdict}**: measured {budget.measured_fraction:.3f} of the baseline's latency "
+            f"(95% interval {low:.3f} .. {high:.3f}, {budget.pairs} interleaved pairs), {where} {band}.")
+    if budget.verdict == "undecided":
+        text += (f" About {budget.more_pairs} more pairs would decide it." if budget.more_pairs is not None
+                 else " It sits on the band's edge: more pairs would not decide it.")
+    return text
 
 
 def _speed_line(report: Report) -> str:
     speed, method = report.speedup, report.measurement
     spread = speed.measured_ratio_spread
     spread_text = "" if spread is None else f"; spread of the per-round ratio {100 * spread:.1f}%"
+    if speed.measured_interval is not None:
+        low, high = speed.measured_interval
+        spread_text = f", 95% interval {low:.2f}x .. {high:.2f}x{spread_text}"
     settings = (f", {method['threads']} thread(s), {method['graph_optimization_level']}"
                 if "threads" in method else "")
     return (f"**Measured speedup {speed.measured:.2f}x** (predicted {speed.predicted:.2f}x{spread_text}). "
@@ -287,7 +305,7 @@ def write_frontier(reports: list[Report], fractions: list[float], folder: Path) 
                      "predicted_fraction": 1 / report.speedup.predicted, "cosine": report.fidelity.cosine,
                      "top1_agreement": report.fidelity.top1_agreement, "params": report.pruned.params,
                      "layers": depth["layers_after"], "merged": len(depth["merged"]),
-                     "dropped": len(depth["dropped"]), "met": report.budget.met})
+                     "dropped": len(depth["dropped"]), "verdict": report.budget.verdict})
     (folder / "frontier.json").write_text(json.dumps({"model": reports[0].model, "target": reports[0].target,
                                                       "points": rows}, indent=1) + "\n")
     measured = all(r["measured_fraction"] is not None for r in rows)

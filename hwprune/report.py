@@ -19,7 +19,8 @@ from hwprune.graph.analyze import Analysis
 from hwprune.plan import Sparsity
 from hwprune.runtime.timing import Comparison
 from hwprune.search.decide import SearchProblem
-from hwprune.search.refine import TOLERANCE, Round, meets
+from hwprune.search.refine import Round
+from hwprune.search.verdict import Outcome, Verdict
 
 FORMAT = "hwprune-report/1"
 
@@ -46,16 +47,26 @@ class BudgetSection:
     value: float
     latency_fraction: float
     tolerance: float
-    met: bool  # the final measurement (else the chosen round's) is within ``tolerance`` of the fraction
-    measured_fraction: float | None = None  # what ``met`` judged; None where nothing was measured
+    # met, missed, undecided or not measured (search.verdict): the one verdict every output states
+    verdict: str
+    # the median of every interleaved pair measured on the chosen model (its round's and the final run's)
+    measured_fraction: float | None = None
+    interval: list[float] | None = None  # its 95% confidence interval
+    pairs: int = 0
+    more_pairs: int | None = None  # undecided: about how many more pairs would decide
+
+    @property
+    def met(self) -> bool:
+        return self.verdict == Outcome.MET.value
 
 
 @dataclass
 class Speedup:
     predicted: float
     predicted_by: str  # the latency model's source: lut, shipped or analytic
-    measured: float | None
+    measured: float | None  # 1 / the budget's measured fraction (the pooled pairs' median)
     measured_ratio_spread: float | None
+    measured_interval: list[float] | None = None  # the measured speedup's 95% confidence interval
 
 
 @dataclass
@@ -211,6 +222,7 @@ class Measured:
     method: dict | None  # the runtime's measurement settings, where measured
     unavailable: str | None
     fingerprint: dict
+    verdict: Verdict
     decode: DecodeSection | None = None
 
 
@@ -252,7 +264,7 @@ def build_report(loaded: LoadedModel, analysis: Analysis, options, predictor: Ta
     latency_model = predictor.provenance()
     table = predictor.table.provenance
     decision = chosen.decision
-    judged = chosen.fraction if final is None else final.ratios[1]
+    verdict = measured.verdict
     scores = search.scores
     search_section = SearchSection(
         scores.importance.method, scores.importance.fallbacks, options.allocation, decision.strategy,
@@ -266,11 +278,15 @@ def build_report(loaded: LoadedModel, analysis: Analysis, options, predictor: Ta
         __version__, loaded.name, {"source": loaded.weights, "seed": loaded.seed,
                                    "state_sha256": plan.provenance.state_sha256},
         list(x.shape), options.target.name,
-        BudgetSection(options.budget.kind, options.budget.value, fraction, TOLERANCE, meets(judged, fraction), judged),
+        BudgetSection(options.budget.kind, options.budget.value, fraction, verdict.tolerance, verdict.outcome.value,
+                      verdict.fraction, None if verdict.low is None else [verdict.low, verdict.high], verdict.pairs,
+                      verdict.more_pairs),
         side(0, baseline_predicted, analysis.capture.flops, analysis.capture.params),
         side(1, plan.predicted_ms, built.flops, built.params),
         Speedup(baseline_predicted / plan.predicted_ms, latency_model.source,
-                None if final is None else 1.0 / final.ratios[1], None if final is None else final.ratio_spread[1]),
+                None if verdict.fraction is None else 1.0 / verdict.fraction,
+                None if final is None else final.ratio_spread[1],
+                None if verdict.speedup_interval is None else list(verdict.speedup_interval)),
         checked.verification,
         FidelitySection(quality.cosine, quality.top1_agreement, quality.samples, checked.calibration_source,
                         quality.caveat, quality.per_output, quality.box_agreement, quality.kl, quality.perplexity),

@@ -42,8 +42,14 @@ def add(subparsers: Subparsers) -> None:
                         help="smallest fraction of any group's channels to keep (default: 0.1)")
     parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                         help="glob of layer names whose channels must stay (repeatable)")
-    parser.add_argument("--refine", type=int, default=2, metavar="N",
-                        help="re-searches when the measured latency misses the budget (default: 2)")
+    parser.add_argument("--refine", type=int, default=9, metavar="N",
+                        help="at most N measured re-searches after the first round, while the measured latency is "
+                             "more than 2/5 of --tolerance off the request (default: 9)")
+    parser.add_argument("--refine-time", type=float, default=60.0, metavar="SECONDS",
+                        help="time for those re-searches: one starts only if it should end within it (default: 60)")
+    parser.add_argument("--tolerance", type=float, default=0.05, metavar="F",
+                        help="the budget's band, relative to the request: met when the 95%% interval of the "
+                             "measured latency fraction lies within it (default: 0.05)")
     parser.add_argument("--recalibrate-bn", choices=("auto", "on", "off"), default="auto",
                         help="re-estimate BatchNorm statistics of the pruned model on the calibration inputs "
                              "(auto: only with --calib-data)")
@@ -108,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
                       recalibrate_bn=args.recalibrate_bn, allocation=args.allocation, search=args.search,
                       depth_distil_steps=args.depth_distil_steps, sparsity=args.sparsity,
                       sparsity_criterion=args.sparsity_criterion, widths=args.widths,
-                      unconstrained=args.unconstrained,
+                      unconstrained=args.unconstrained, refine_seconds=args.refine_time, tolerance=args.tolerance,
                       recovery=recover_options(args, "recover_") if args.recover_data else None)
     console = Console(stderr=True, soft_wrap=True)
     if len(fractions) > 1:
@@ -148,14 +154,15 @@ def _fractions(text: str) -> list[float]:
 
 def _compile_summary(report: Report) -> str:
     from hwprune.pipeline.decode import decode_summary
+    from hwprune.render import verdict_line
 
     fid, speed = report.fidelity, report.speedup
     top1 = "n/a" if fid.top1_agreement is None else f"{100 * fid.top1_agreement:.1f}%"
     if speed.measured is not None:
+        low, high = speed.measured_interval
         timing = (f"{report.baseline.latency_ms.median:.3g} ms -> {report.pruned.latency_ms.median:.3g} ms, measured "
-                  f"speedup {speed.measured:.2f}x (predicted {speed.predicted:.2f}x"
-                  + ("" if report.budget.met else f"; outside ±{100 * report.budget.tolerance:.0f}% of the request")
-                  + ")")
+                  f"speedup {speed.measured:.2f}x (95% interval {low:.2f}x .. {high:.2f}x; predicted "
+                  f"{speed.predicted:.2f}x); {verdict_line(report.budget).replace('**', '')}")
     else:
         timing = (f"predicted speedup {speed.predicted:.2f}x by the {speed.predicted_by} model, not measured "
                   f"({report.engine.reason})")

@@ -25,7 +25,7 @@ from pathlib import Path
 from rich.console import Console
 from torch import nn
 
-from hwprune.config import Budget, Options
+from hwprune.config import Budget, Options, SearchKind
 from hwprune.frontends import NATIVE_FILES, LoadedModel
 from hwprune.io import staged, write_text_atomic
 from hwprune.pipeline import finish
@@ -37,8 +37,8 @@ from hwprune.pipeline.steps import step as step_of
 from hwprune.plan import PlanBudget, Provenance, save_plan
 from hwprune.render import markdown, write_plots
 from hwprune.report import Report, build_report
-from hwprune.search.decide import Decision, SearchProblem
-from hwprune.search.refine import Round, pick, refine
+from hwprune.search.decide import Decision, SearchProblem, structure
+from hwprune.search.refine import Refinement, Round, pick, refine
 
 ARTEFACTS = ("report.json", "report.md", "plan.json", "pruned.pt", "pruned_unmerged.pt", *NATIVE_FILES,
              "baseline.onnx", "pruned.onnx", "plots", "build_engine.sh", "baseline.engine", "pruned.engine",
@@ -109,12 +109,14 @@ def compile_point(prepared: Prepared, options: Options, stage: Path, console: Co
     if prepared.problem is None:
         prepared.problem = search_problem(prepared, options, measurer.recalibration, provenance, step, console)
     problem = replace(prepared.problem, provenance=provenance)
-    rounds = refine(partial(_announced, problem, step), measurer, fraction, fraction * baseline_predicted,
-                    options.refine + 1 if measurer.measurable else 1, partial(_print_round, console, fraction))
+    settings = Refinement(options.tolerance, options.refine + 1 if measurer.measurable else 1, options.refine_seconds)
+    rounds = refine(partial(_announced, problem, step), measurer, fraction, fraction * baseline_predicted, settings,
+                    partial(_print_round, console, fraction), structure if options.search == SearchKind.JOINT else None)
     chosen = pick(rounds, fraction)
     finish.keep_chosen(chosen, rounds, measurer, loaded, stage, console)
     checked = finish.check(loaded, analysis, chosen, prepared.calibration, options, stage, step, console)
-    measured = finish.measure(measurer, loaded, analysis, chosen.realised, runtime, options, stage, step, console)
+    measured = finish.measure(measurer, loaded, analysis, chosen.realised, runtime, options, fraction, stage, step,
+                              console)
     built = finish.build(runtime, chosen, analysis, options, prepared.baseline.source, stage, step)
     save_plan(chosen.decision.plan, stage / "plan.json")
     report = build_report(loaded, analysis, options, predictor, problem, rounds, chosen, checked, measured, built,
@@ -126,9 +128,10 @@ def compile_point(prepared: Prepared, options: Options, stage: Path, console: Co
     return Compiled(report, chosen.realised.model)
 
 
-def _announced(problem: SearchProblem, step, predicted_budget: float) -> Decision:
-    with step(f"search + prune (predicted budget {predicted_budget:.3g} ms)"):
-        return problem(predicted_budget)
+def _announced(problem: SearchProblem, step, predicted_budget: float, hold: frozenset[str] | None) -> Decision:
+    held = "" if hold is None else f", structure held: {len(hold)} depth options, widths move"
+    with step(f"search + prune (predicted budget {predicted_budget:.3g} ms{held})"):
+        return problem(predicted_budget, hold)
 
 
 def _print_round(console: Console, fraction: float, done: Round) -> None:

@@ -29,6 +29,7 @@ from hwprune.report import Built, Checked, Measured
 from hwprune.runtime import Runtime
 from hwprune.search.decide import Decision
 from hwprune.search.refine import Round
+from hwprune.search.verdict import judge
 from hwprune.transform.realise import realise
 
 
@@ -74,9 +75,10 @@ def check(loaded: LoadedModel, analysis: Analysis, chosen: Round[Decision, Reali
 
 
 def measure(measurer: Measurer, loaded: LoadedModel, analysis: Analysis, realised: Realised, runtime: Runtime,
-            options: Options, stage: Path, step: Step, console: Console) -> Measured:
-    """The chosen model against the baseline, interleaved, where this host runs the target; an ``hf:``
-    decoder's decode step too."""
+            options: Options, requested: float, stage: Path, step: Step, console: Console) -> Measured:
+    """The chosen model against the baseline, interleaved, where this host runs the target, and the verdict
+    on every pair measured on it against the ``requested`` latency fraction; an ``hf:`` decoder's decode step
+    too."""
     final, model = measurer.final(realised, step), realised.model
     decode = None
     x = analysis.capture.example_input
@@ -86,7 +88,9 @@ def measure(measurer: Measurer, loaded: LoadedModel, analysis: Analysis, realise
                                     x.shape[0], x.shape[1], slim_available(), options.atol, options.rtol)
             console.print(f"  {escape(decode_summary(decode))}")
     method = None if final is None else {**runtime.measurement(), "rounds": 30}
-    return Measured(final, method, runtime.unavailable_reason(), runtime.fingerprint(), decode)
+    pairs = [] if final is None else [*realised.comparison.round_ratios[1], *final.round_ratios[1]]
+    verdict = judge(pairs, requested, options.tolerance)
+    return Measured(final, method, runtime.unavailable_reason(), runtime.fingerprint(), verdict, decode)
 
 
 def build(runtime: Runtime, chosen: Round[Decision, Realised], analysis: Analysis, options: Options,

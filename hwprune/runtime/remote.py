@@ -185,7 +185,8 @@ class RemoteRuntime(Runtime):
         out = self.session.kit("time_models.py", *self._models(runners), "--target", self.target.name,
                                "--rounds", str(rounds), what="timing models interleaved")
         return Comparison([_timing(t) for t in out["timings"]], [float(r) for r in out["ratios"]],
-                          [float(s) for s in out["ratio_spread"]])
+                          [float(s) for s in out["ratio_spread"]],
+                          [[float(r) for r in rounds] for rounds in out["round_ratios"]])
 
     def time_graph(self, graph: bytes, shape: tuple[int, ...], calls: int | None = None) -> Timing:
         return self.time_graphs([OpGraph("graph", lambda: graph, shape, calls)])[0]

@@ -35,11 +35,13 @@ class Timing:
 @dataclass(frozen=True)
 class Comparison:
     """Models timed in one interleaved run; ``ratios[i]`` is the median over rounds of
-    (model i's round median / model 0's round median), robust to the machine's drift."""
+    (model i's round median / model 0's round median), robust to the machine's drift; ``round_ratios[i]``
+    are those per-round ratios, the paired samples a verdict pools (``search.verdict``)."""
 
     timings: list[Timing]
     ratios: list[float]
     ratio_spread: list[float]
+    round_ratios: list[list[float]]
 
 
 def time_runs(run: Callable[[], object], warmup: int = 3, min_runs: int = 10, min_seconds: float = 0.1) -> Timing:
@@ -77,10 +79,11 @@ def interleave(runs: Sequence[Callable[[], object]], rounds: int = 15, runs_per_
             times[i].extend(this_round)
             round_medians[i].append(float(np.median(this_round)))
         done += 1
-    ratios, spreads = [], []
+    ratios, spreads, pairs = [], [], []
     for medians in round_medians:
         per_round = np.asarray(medians) / np.asarray(round_medians[0])
         p10, p50, p90 = np.percentile(per_round, [10, 50, 90])
         ratios.append(float(p50))
         spreads.append(float((p90 - p10) / p50) if p50 > 0 else 0.0)
-    return Comparison([Timing.of(t) for t in times], ratios, spreads)
+        pairs.append([float(r) for r in per_round])
+    return Comparison([Timing.of(t) for t in times], ratios, spreads, pairs)

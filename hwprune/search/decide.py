@@ -90,6 +90,12 @@ class Realisation:
     permutations: Permutations | None = None
 
 
+def structure(decision: Decision) -> frozenset[str]:
+    """What a decision drops, merges or sparsifies (its depth options): the refinement loop holds it once
+    rounds bracket the request with two structures."""
+    return decision.search.depth
+
+
 @dataclass
 class SearchProblem:
     """What to decide for one model on one target: which channels, heads, spans, blocks, layers and N:M
@@ -103,8 +109,10 @@ class SearchProblem:
     calibration: CalibrationBatches
     realisation: Realisation = field(default_factory=Realisation)
 
-    def __call__(self, predicted_budget: float) -> Decision:
-        strategies = self.strategies()
+    def __call__(self, predicted_budget: float, hold: frozenset[str] | None = None) -> Decision:
+        """The decision at ``predicted_budget``; ``hold``: keep these depth options (a measured round's
+        structure, :func:`structure`) and move only the widths, with the joint search."""
+        strategies = self.strategies(hold)
         candidates = []
         if self.settings.allocation == "auto":
             candidates = choose(self.analysis, self.scores.importance,
@@ -121,11 +129,12 @@ class SearchProblem:
             plan = self.plan(result, predicted_budget)
         return Decision(plan, result, strategy, candidates)
 
-    def strategies(self) -> dict[str, Callable[[float], SearchResult]]:
+    def strategies(self, hold: frozenset[str] | None = None) -> dict[str, Callable[[float], SearchResult]]:
         """The allocation strategies, each a search at a predicted budget: weighted by measured group
         sensitivity, by how many layer sides a group sizes, or uniform (width); the joint search of
         width and depth, weighted by sensitivity; depth alone, every group whole. ``--search width``
-        offers the first three, ``joint`` all four, ``depth`` the last."""
+        offers the first three, ``joint`` all four, ``depth`` the last; with a structure to ``hold``, the joint
+        search alone, its depth options held."""
         def strategy(search: Callable[..., SearchResult], **weights) -> Callable[[float], SearchResult]:
             return lambda budget: search(self.analysis, self.predictor, self.scores.importance,
                                          self.settings.alignment, budget, self.settings.min_keep, **weights)
@@ -134,7 +143,9 @@ class SearchProblem:
                  "structure": strategy(search_widths, weights=None),
                  "uniform": strategy(uniform_widths)}
         costs = self.scores.depth_costs
-        joint = {"joint": strategy(search_joint, weights=self.scores.sensitivity or None, costs=costs)}
+        joint = {"joint": strategy(search_joint, weights=self.scores.sensitivity or None, costs=costs, fixed=hold)}
+        if hold is not None:
+            return joint
         depth = {"depth": strategy(search_joint, weights=None, costs=self.scores.depth_costs, widths=False)}
         if self.settings.kind == "depth":
             return depth

@@ -93,9 +93,10 @@ def _independent_sets(keys: list[str], conflicts: nx.Graph, limit: int) -> list[
 
 def search_joint(analysis: Analysis, predictor: TablePredictor, importance: Importance, alignment: int,
                  budget_ms: float, min_keep: float, weights: dict[str, float] | None, costs: dict[str, float],
-                 widths: bool = True) -> SearchResult:
+                 widths: bool = True, fixed: frozenset[str] | None = None) -> SearchResult:
     """Keep counts and depth options maximising the joint objective with predicted latency <= budget;
-    ``widths`` False keeps every group whole (depth only)."""
+    ``widths`` False keeps every group whole (depth only); ``fixed`` holds the depth options (a structure
+    a measured round chose) and moves the widths only."""
     started = time.perf_counter()
     options = allowed_counts(analysis, alignment, min_keep)
     if not widths:
@@ -103,6 +104,8 @@ def search_joint(analysis: Analysis, predictor: TablePredictor, importance: Impo
     options, values = tied(options, group_values(analysis, predictor, importance, options, weights), predictor.ties)
     priced = [o for key, o in predictor.options.items() if key in costs]
     unit_sets = units(priced)
+    if fixed is not None:
+        unit_sets = [[fixed & frozenset().union(*sets)] for sets in unit_sets]
     unit_values = [[-VALUE_PER_COST * sum(costs[k] for k in chosen) for chosen in sets] for sets in unit_sets]
     by_key = {o.key: o for o in priced}
     _check_smallest(predictor, options, unit_sets, by_key, budget_ms, min_keep)

@@ -96,7 +96,8 @@ def test_a_sliding_window_shorter_than_the_past_is_refused(tmp_path):
 
 
 def _compile(llama_dir, out, *extra):
-    return main(["compile", f"hf:{llama_dir}", "--input-shape", "1,64", "--target", "cpu", "--latency", "0.7",
+    return main(["compile", "--refine", "2",
+                 f"hf:{llama_dir}", "--input-shape", "1,64", "--target", "cpu", "--latency", "0.7",
                  "--out", str(out), *extra])
 
 

@@ -33,7 +33,8 @@ def compiled(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DIGITS_WEIGHTS", str(weights))
         patch.setenv("HWPRUNE_CACHE", str(root / "cache"))
-        code = main(["compile", MODEL, "--target", "cpu", "--latency", "0.6", "--calib-data", fn("calib"),
+        code = main(["compile", "--refine", "2",
+                     MODEL, "--target", "cpu", "--latency", "0.6", "--calib-data", fn("calib"),
                      "--out", str(root / "build")])
         assert code == 0
         yield root
@@ -126,7 +127,7 @@ def test_compile_with_recovery_writes_both_models_and_the_report_last(compiled, 
     monkeypatch.setenv("DIGITS_WEIGHTS", str(compiled / "weights.pt"))
     monkeypatch.setenv("HWPRUNE_CACHE", str(compiled / "cache"))
     out = tmp_path / "build"
-    assert main(["compile", MODEL, "--target", "cpu", "--latency", "0.6", "--calib-data", fn("calib"),
+    assert main(["compile", "--refine", "2", MODEL, "--target", "cpu", "--latency", "0.6", "--calib-data", fn("calib"),
                  "--recover-data", fn("train"), "--recover-eval-data", fn("test"), "--recover-epochs", "1",
                  "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())

@@ -79,9 +79,9 @@ def llama_dir(tmp_path_factory):
 
 def test_llama_gate_and_up_prune_together_attention_traced_whole(llama_dir):
     """RoPE and grouped-query attention are traced as one op (torch-pruning's index walk through repeat_kv
-    and rotate_half did not finish in 10 minutes), pruned in heads (tests/unit/frontends/test_hf_heads.py) and at its ends
-    by the hidden-size group (tests/unit/frontends/test_hf_hidden.py); each layer's MLP is one group: gate_proj and up_proj
-    out, down_proj in."""
+    and rotate_half did not finish in 10 minutes), pruned in heads (test_hf_heads.py) and at its ends by the
+    hidden-size group (test_hf_hidden.py); each layer's MLP is one group: gate_proj and up_proj out, down_proj
+    in."""
     from hwprune.graph.analyze import analyze
 
     loaded = load_model(f"hf:{llama_dir}", (1, 16))

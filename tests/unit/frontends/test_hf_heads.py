@@ -55,7 +55,7 @@ def test_heads_are_groups_and_bert_keeps_its_hidden_size(folders, name):
     heads = [g for g in analysis.groups if g.kind == "heads"]
     assert len(heads) == 2 and all(g.prunable and g.channels == units for g in heads)
     hidden = [g for g in analysis.groups if g.channels == SMALL["hidden_size"] and g.kind != "heads"]
-    # a decoder's hidden size is pruned through its attention's ends (tests/unit/frontends/test_hf_hidden.py); BERT's is kept
+    # a decoder's hidden size is pruned through its attention's ends (test_hf_hidden.py); BERT's is kept
     assert hidden and any(g.prunable for g in hidden) == (name != "bert")
 
 

@@ -90,7 +90,7 @@ def test_vit_compiles_verifies_and_reloads_like_its_onnx(vit_dir, tmp_path, caps
     monkeypatch.setenv("HWPRUNE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "build"
     # 0.8, not 0.7: this model runs in about 0.1 ms, and on a loaded machine the profiled floor read above 0.7
-    code = main(["compile", f"hf:{vit_dir}", "--target", "cpu", "--latency", "0.8", "--out", str(out)])
+    code = main(["compile", "--refine", "2", f"hf:{vit_dir}", "--target", "cpu", "--latency", "0.8", "--out", str(out)])
     assert code == 0, capsys.readouterr().err.strip().splitlines()[-1]
     report = json.loads((out / "report.json").read_text())
     assert report["verify"]["ok"] and report["input_shape"] == [1, 3, 32, 32]

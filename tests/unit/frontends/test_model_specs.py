@@ -266,7 +266,8 @@ def test_onnx_compile_measures_against_the_users_own_file(tmp_path, capsys, monk
     path = export_onnx(wide, torch.randn(1, 3, 32, 32), tmp_path / "wide.onnx")
     out = tmp_path / "build"
     monkeypatch.setenv("HWPRUNE_CACHE", str(tmp_path / "cache"))
-    assert main(["compile", f"onnx:{path}", "--target", "cpu", "--latency", "0.7", "--out", str(out)]) == 0
+    assert main(["compile", "--refine", "2",
+                 f"onnx:{path}", "--target", "cpu", "--latency", "0.7", "--out", str(out)]) == 0
     assert (out / "baseline.onnx").read_bytes() == path.read_bytes()
     report = json.loads((out / "report.json").read_text())
     assert report["export"]["baseline"].startswith(f"the user's ONNX file {path}")
@@ -275,7 +276,7 @@ def test_onnx_compile_measures_against_the_users_own_file(tmp_path, capsys, monk
     failed = Verification(0.5, 0.5, False, 1e-4, 1e-3, 1, "input 0, output 0 at (0, 1): onnx 1, torch 0.5")
     monkeypatch.setattr("hwprune.pipeline.prepare.verify_onnx", lambda *args, **kwargs: failed)
     capsys.readouterr()
-    assert main(["compile", f"onnx:{path}", "--target", "cpu", "--latency", "0.7",
+    assert main(["compile", "--refine", "2", f"onnx:{path}", "--target", "cpu", "--latency", "0.7",
                  "--out", str(tmp_path / "other")]) == 2
     err = capsys.readouterr().err.strip().splitlines()  # progress lines, then the error
     assert "conversion does not compute what the file does" in err[-1] and "Traceback" not in "".join(err)

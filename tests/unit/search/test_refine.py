@@ -1,38 +1,58 @@
-"""The measured refinement loop: two-sided 5%, widest round that meets, else the nearest."""
+"""The measured refinement loop: aim inside +-2% of the request, choose the nearest round, budget rounds by time,
+bracket, and hold a structure once two structures bracket the request."""
 
 import pytest
 
 from hwprune.errors import PlanError
-from hwprune.search.refine import Round, meets, pick, refine
+from hwprune.search.refine import Refinement, Round, pick, refine
 
 
 def rounds_of(*fractions):
     return [Round(1.0, n, f, None) for n, f in enumerate(fractions)]
 
 
-def test_meeting_is_two_sided():
-    assert meets(0.57, 0.60) and meets(0.63, 0.60) and meets(0.60, 0.60)
-    assert not meets(0.565, 0.60) and not meets(0.635, 0.60) and not meets(None, 0.60)
-
-
-def test_pick_prefers_the_widest_round_that_meets_else_the_nearest():
-    assert pick(rounds_of(0.58, 0.62, 0.70), 0.60).fraction == 0.62
-    # a round far under the request no longer beats one just over it: nearest wins when none meets
+def test_pick_chooses_the_round_nearest_the_request():
+    assert pick(rounds_of(0.58, 0.62, 0.70), 0.60).fraction == 0.58  # not the widest inside the band
     assert pick(rounds_of(0.45, 0.641), 0.60).fraction == 0.641
     assert pick(rounds_of(None), 0.60).decision == 0
 
 
-def test_refine_rescales_the_predicted_budget_until_a_round_meets():
+def test_refine_goes_on_inside_the_band_until_inside_the_inner_band():
+    """0.62 of a 0.60 request is inside +-5% but not +-2%: another round; 0.605 is close enough."""
+    seen = iter([0.62, 0.605, 0.6])
+    done = refine(lambda b, hold: b, lambda b: (next(seen), None), 0.6, 6.0, Refinement(rounds=5))
+    assert [r.fraction for r in done] == [0.62, 0.605]
+
+
+def test_refine_rescales_the_predicted_budget_until_close():
     speed = 1.25  # this "machine" runs everything 25% slower than predicted
     budgets = []
 
-    def search(budget):
+    def search(budget, hold):
         budgets.append(budget)
         return budget
 
-    done = refine(search, lambda b: (speed * b / 10.0, None), 0.5, 5.0, rounds=5)
+    done = refine(search, lambda b: (speed * b / 10.0, None), 0.5, 5.0, Refinement(rounds=5))
     assert [r.fraction for r in done] == pytest.approx([0.625, 0.5])
     assert budgets == pytest.approx([5.0, 4.0])
+
+
+def test_rounds_are_budgeted_by_time_not_only_by_count():
+    """Rounds of 4 s after a first of 10 s: within 20 s of the first round's end, five more fit; the next,
+    expected to end at 24 s, does not start."""
+    now = [0.0]
+
+    def clock():
+        return now[0]
+
+    def search(budget, hold):
+        now[0] += 10.0 if not calls else 4.0
+        calls.append(budget)
+        return budget
+
+    calls = []
+    done = refine(search, lambda b: (0.9, None), 0.5, 5.0, Refinement(rounds=50, seconds=20.0), clock=clock)
+    assert len(done) == 6 and [r.seconds for r in done] == [10.0] + [4.0] * 5
 
 
 def test_refine_bisects_once_rounds_bracket_the_request():
@@ -40,27 +60,52 @@ def test_refine_bisects_once_rounds_bracket_the_request():
     two (0.6), above 12 none (1.04); rescaling alone jumps from 13.7 back below 9, the bracket does not."""
     budgets = []
 
-    def search(budget):
+    def search(budget, hold):
         budgets.append(budget)
         return 0.36 if budget < 9 else 0.6 if budget < 12 else 1.04
 
-    done = refine(search, lambda fraction: (fraction, None), 0.6, 8.2, rounds=3)
+    done = refine(search, lambda fraction: (fraction, None), 0.6, 8.2, Refinement(rounds=3))
     assert [r.fraction for r in done] == [0.36, 1.04, 0.6]
-    assert budgets[2] == pytest.approx((8.2 + budgets[1]) / 2)
+    assert budgets[2] == pytest.approx(8.2 + (budgets[1] - 8.2) * (0.6 - 0.36) / (1.04 - 0.36))
+
+
+def test_once_two_structures_bracket_the_request_the_nearest_is_held_and_widths_converge():
+    """A model of two structures: dropping a block (structure "drop") takes 0.3 off at any width, keeping it
+    none; widths scale the rest linearly with the predicted budget. The search drops the block below a budget
+    of 6, so rescaling alone jumps between structures (0.25, then 1.1); the loop holds the structure measured
+    nearer the request and moves the widths alone, interpolating, until inside +-2%."""
+    def search(budget, hold):
+        drop = hold == "drop" if hold is not None else budget < 6.0
+        return ("drop" if drop else "keep", budget)
+
+    def realise(decision):
+        kind, budget = decision
+        return budget / 10.0 - (0.3 if kind == "drop" else 0.0), None
+
+    holds = []
+
+    def searching(budget, hold):
+        holds.append(hold)
+        return search(budget, hold)
+
+    done = refine(searching, realise, 0.5, 5.5, Refinement(rounds=10), structure=lambda d: d[0])
+    assert holds[:2] == [None, None] and holds[2] == "drop"  # 0.25 (drop) and 1.1 (keep): drop is nearer
+    assert all(r.held and r.decision[0] == "drop" for r in done[2:])
+    assert abs(done[-1].fraction - 0.5) <= 0.02 * 0.5 and len(done) <= 5
 
 
 def test_refine_stops_when_a_later_search_finds_nothing_but_raises_in_the_first():
-    def search(budget):
+    def search(budget, hold):
         if budget < 4:
             raise PlanError("budget cannot be met")
         return budget
 
-    done = refine(search, lambda b: (b / 5.0, None), 0.5, 5.0, rounds=3)
+    done = refine(search, lambda b: (b / 5.0, None), 0.5, 5.0, Refinement(rounds=3))
     assert [r.fraction for r in done] == [1.0]
     with pytest.raises(PlanError):
-        refine(search, lambda b: (b, None), 0.5, 1.0, rounds=3)
+        refine(search, lambda b: (b, None), 0.5, 1.0, Refinement(rounds=3))
 
 
 def test_unmeasurable_rounds_end_after_one():
-    done = refine(lambda b: b, lambda b: (None, "engine script"), 0.5, 5.0, rounds=3)
+    done = refine(lambda b, hold: b, lambda b: (None, "engine script"), 0.5, 5.0, Refinement(rounds=3))
     assert len(done) == 1 and done[0].realised == "engine script"

@@ -67,7 +67,7 @@ def test_modes_parse_and_bad_ones_are_refused():
     for bad in ("2", "4:2", "0:4", "x:y"):
         with pytest.raises(ValueError):
             parse_mode(bad)
-    assert main(["compile", NM_MODEL, "--sparsity", "5:4", "--latency", "0.8", "--out", "unused"]) == 2
+    assert main(["compile", "--refine", "2", NM_MODEL, "--sparsity", "5:4", "--latency", "0.8", "--out", "unused"]) == 2
 
 
 def test_the_cost_model_offers_2_4_only_where_it_predicts_a_gain_and_says_why_not():
@@ -183,7 +183,8 @@ def test_tensorrt_builds_n_m_plans_with_sparse_weights_and_reads_which_layers_ra
 @pytest.mark.e2e
 def test_compile_on_a100_takes_the_free_n_m_layer_labelled_predicted_and_exports_it_n_m(tmp_path):
     out = tmp_path / "out"
-    assert main(["compile", NM_MODEL, "--target", "a100", "--latency", "0.8", "--search", "joint", "--allocation",
+    assert main(["compile", "--refine", "2",
+                 NM_MODEL, "--target", "a100", "--latency", "0.8", "--search", "joint", "--allocation",
                  "sensitivity", "--out", str(out)]) == 0
     plan = json.loads((out / "plan.json").read_text())
     assert "b.0" in plan["sparsity"]["layers"]  # already 2:4: no cost, a predicted saving

@@ -356,7 +356,7 @@ def test_a_frontier_compiles_every_point_from_one_analysis(tmp_path, capsys):
     from hwprune.cli import main
 
     out = tmp_path / "front"
-    assert main(["compile", "tests/data/small_models.py:small_resnet", "--target", "jetson-orin-nano",
+    assert main(["compile", "--refine", "2", "tests/data/small_models.py:small_resnet", "--target", "jetson-orin-nano",
                  "--latency", "0.7,0.5", "--out", str(out)]) == 0
     frontier = json.loads((out / "frontier.json").read_text())
     assert [p["requested"] for p in frontier["points"]] == [0.5, 0.7]
@@ -366,7 +366,7 @@ def test_a_frontier_compiles_every_point_from_one_analysis(tmp_path, capsys):
         assert (out / point["folder"] / "baseline.onnx").is_file()
     assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
     assert capsys.readouterr().out.count("small_resnet on jetson-orin-nano") == 2
-    assert main(["compile", "tests/data/small_models.py:small_resnet", "--latency", "0.5,0.5", "--out",
+    assert main(["compile", "--refine", "2", "tests/data/small_models.py:small_resnet", "--latency", "0.5,0.5", "--out",
                  str(tmp_path / "x")]) == 2
     assert "repeated" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
