@@ -1,6 +1,7 @@
 """On-device kit: what this device and the target's runtime on it are, as one JSON line.
 
     python export/device_info.py --target jetson-orin-nano
+    python export/device_info.py            # the device's own facts only
 
 The runtime's provenance and fingerprint (as a latency table or a report records them), how it
 times, why it cannot run here (or null), and the device's own facts: host name, and on a Jetson
@@ -22,10 +23,12 @@ from hwprune.targets import load_target  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", required=True, help="device profile, e.g. jetson-orin-nano")
+    parser.add_argument("--target", help="device profile, e.g. jetson-orin-nano (none: the device's facts only)")
     args = parser.parse_args(argv)
 
     def info() -> dict:
+        if args.target is None:
+            return {"device": device_facts(), "python": sys.version.split()[0]}
         runtime = runtime_for(load_target(args.target))
         reason = runtime.unavailable_reason()
         found = {"name": runtime.name, "method": runtime.method, "unavailable_reason": reason,

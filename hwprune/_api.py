@@ -20,7 +20,7 @@ from hwprune.graph.analyze import Analysis
 from hwprune.graph.analyze import analyze as _analyze
 from hwprune.plan import Plan, load_plan
 from hwprune.report import Report
-from hwprune.targets import load_target
+from hwprune.targets import Target, resolve_target
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def compile(model: nn.Module | str, example_input: torch.Tensor | None = None, *
                                                        ("ms", budget_ms)) if value is not None]
     if len(budgets) != 1:
         raise HwpruneError("give exactly one budget: latency=FRACTION, speedup=S or budget_ms=MS")
-    options = Options(load_target(target), budgets[0], calib_data=calib_data, **settings)
+    options = Options(_target(target), budgets[0], calib_data=calib_data, **settings)
     folder = Path(out)
     compiled = compile_model(loaded_model(model, example_input), options, folder,
                              console or Console(stderr=True, soft_wrap=True))
@@ -135,7 +135,7 @@ def latency(model: nn.Module | str, example_input: torch.Tensor | None = None, *
     from hwprune.cost.model_latency import host_predictor
     from hwprune.runtime import runtime_for
 
-    device = load_target(target)
+    device = _target(target)
     if measure:
         runtime_for(device).require("measure on the device, or drop measure for the prediction")
     found = analyze(model, example_input)
@@ -155,7 +155,7 @@ def bench(model: str | Path, *, baseline_model: str | Path | None = None, target
     regression verdict (the CI gate ``hwprune bench`` applies)."""
     import hwprune.gate as gate
 
-    device = load_target(target)
+    device = _target(target)
     if baseline_model is None:
         return gate.record(Path(model), device)
     return gate.compare_models(Path(model), Path(baseline_model), device, tolerance).to_json()
@@ -163,3 +163,13 @@ def bench(model: str | Path, *, baseline_model: str | Path | None = None, target
 
 def _files(folder: Path) -> dict[str, Path]:
     return {path.name: path for path in sorted(folder.iterdir())} if folder.is_dir() else {}
+
+
+def _target(name: str) -> Target:
+    """The target ``name`` names (``jetson``: jetson-orin-nano, warned, as there is no device to ask)."""
+    import warnings
+
+    target, line = resolve_target(name)
+    if line is not None:
+        warnings.warn(line, stacklevel=3)
+    return target

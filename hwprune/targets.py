@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -93,6 +94,49 @@ class Target:
 
 def _builtin_dir():
     return resources.files("hwprune.devices")
+
+
+JETSON = "jetson"  # --target jetson: the module --remote reaches, identified there; else DEFAULT_JETSON
+DEFAULT_JETSON = "jetson-orin-nano"
+# what /proc/device-tree/model names (a substring, most specific first) -> the profile, and None where the
+# profile is that module's own, else why it is the nearest one
+JETSON_MODULES = (
+    ("AGX Orin", "jetson-orin-agx", None),
+    ("Orin NX", "jetson-orin-nano", "the Orin Nano's GPU (1024 Ampere cores) at higher clocks"),
+    ("Orin Nano", "jetson-orin-nano", None),
+    ("Xavier NX", "jetson-xavier-nx", None),
+    ("AGX Xavier", "jetson-xavier-nx", "the Xavier NX's Volta GPU generation, 512 cores against 384"),
+)
+
+
+def jetson_profile(facts: dict) -> tuple[str, str]:
+    """The profile for the Jetson whose own ``facts`` (``runtime.kit.device_facts``) are given, and one line
+    saying what the device said and which profile it gets (the nearest, saying so, for a module without
+    its own); a DeviceError where the device is no Jetson."""
+    model, release = facts.get("model"), facts.get("l4t")
+    if not model and not release:
+        raise DeviceError(f"--target {JETSON}: the device has no /proc/device-tree/model or /etc/nv_tegra_release, "
+                          "so it is no Jetson; name its target (hwprune devices lists them)")
+    said = "; ".join(f"{what} {value}" for what, value in (("module", model), ("L4T", release),
+                                                            ("power mode", facts.get("power_mode"))) if value)
+    for name, profile, nearest in JETSON_MODULES:
+        if model and name.lower() in model.lower():
+            how = f"the nearest profile {profile} ({nearest})" if nearest else f"profile {profile}"
+            return profile, f"--target {JETSON}: the device says {said}: {how}"
+    return DEFAULT_JETSON, (f"--target {JETSON}: the device says {said}, a module hwprune has no profile for: "
+                            f"the nearest, {DEFAULT_JETSON}, with its numbers unchecked for this module")
+
+
+def resolve_target(name: str, device_facts: Callable[[], dict] | None = None) -> tuple[Target, str | None]:
+    """The target ``name`` names, and the line to print where it was chosen for the user: ``jetson`` is the
+    module whose ``device_facts`` (read on the device, ``--remote``) say what it is, else jetson-orin-nano."""
+    if name != JETSON:
+        return load_target(name), None
+    if device_facts is None:
+        return load_target(DEFAULT_JETSON), (f"--target {JETSON} without --remote: {DEFAULT_JETSON} (give --remote "
+                                             "USER@HOST to identify the module, or name its target)")
+    profile, line = jetson_profile(device_facts())
+    return load_target(profile), line
 
 
 def available_targets(directory: str | Path | None = None) -> list[str]:

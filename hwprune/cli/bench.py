@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from hwprune.cli.common import Subparsers, add_remote_arguments, remote
+from hwprune.cli.common import Subparsers, add_remote_arguments, remote, resolve_target
 from hwprune.errors import HwpruneError
 
 
@@ -13,7 +13,8 @@ def add(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("bench",
                                    help="time an ONNX model; with a baseline, exit 1 on a latency regression")
     parser.add_argument("onnx", metavar="MODEL.onnx", help="the model to time")
-    parser.add_argument("--target", default="cpu", help="device profile (default: cpu)")
+    parser.add_argument("--target", default="cpu", help="device profile (default: cpu); jetson: the module --remote "
+                                                        "reaches, identified there (else jetson-orin-nano)")
     parser.add_argument("--save", metavar="FILE", help="write the measurement record (JSON) to FILE")
     reference = parser.add_mutually_exclusive_group()
     reference.add_argument("--baseline", metavar="FILE", help="compare with a saved record (same host and settings)")
@@ -32,14 +33,13 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import hwprune.gate as gate
-    from hwprune.targets import load_target
 
     if not 0 <= args.tolerance < 10:
         raise HwpruneError(f"--tolerance {args.tolerance}: must be in [0, 10)")
-    target = load_target(args.target)
     model = Path(args.onnx)
     verdict = None
     with remote(args) as device:
+        target = resolve_target(args.target, device)
         if args.baseline_model:
             verdict = gate.compare_models(model, Path(args.baseline_model), target, args.tolerance)
             result = {"model": str(model), "baseline_model": args.baseline_model, **verdict.to_json()}

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from hwprune.graph.analyze import Analysis
     from hwprune.recovery.run import RecoverOptions
     from hwprune.runtime.remote import RemoteSession
+    from hwprune.targets import Target
 
 DEFAULT_SEED = 0  # hwprune.frontends.DEFAULT_SEED, restated so that --help imports no torch
 
@@ -45,6 +46,17 @@ def add_remote_arguments(parser: argparse.ArgumentParser) -> None:
                        help="record the device's host key if known_hosts has none (a changed key is still refused)")
     group.add_argument("--remote-python", default="python3", metavar="CMD",
                        help="python on the device, with numpy, onnx and onnxruntime or TensorRT (default: python3)")
+
+
+def resolve_target(name: str, device: RemoteSession | None = None) -> Target:
+    """The target ``--target`` names; ``jetson`` is the module ``device`` (``--remote``) is, identified there,
+    else jetson-orin-nano; either way one line on stderr says which."""
+    from hwprune.targets import resolve_target as resolve
+
+    target, line = resolve(name, None if device is None else device.device_facts)
+    if line is not None:
+        print(line, file=sys.stderr)
+    return target
 
 
 def remote(args: argparse.Namespace) -> AbstractContextManager[RemoteSession | None]:

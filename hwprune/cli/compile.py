@@ -13,6 +13,7 @@ from hwprune.cli.common import (
     load,
     recover_options,
     remote,
+    resolve_target,
 )
 from hwprune.errors import HwpruneError
 
@@ -24,7 +25,8 @@ def add(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("compile",
                                    help="prune a model to a latency budget on a target, export and measure it")
     add_model_arguments(parser)
-    parser.add_argument("--target", default="cpu", help="device profile (default: cpu)")
+    parser.add_argument("--target", default="cpu", help="device profile (default: cpu); jetson: the module --remote "
+                                                        "reaches, identified there (else jetson-orin-nano)")
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--latency", metavar="F[,F...]",
                         help="latency budget as a fraction of the baseline; several (0.4,0.5,0.6) compile a "
@@ -98,7 +100,6 @@ def run(args: argparse.Namespace) -> int:
 
     from hwprune.config import Budget, Options
     from hwprune.pipeline.compile import compile_model
-    from hwprune.targets import load_target
 
     fractions = _fractions(args.latency) if args.latency is not None else []
     if fractions:
@@ -107,31 +108,32 @@ def run(args: argparse.Namespace) -> int:
         budget = Budget("speedup", args.speedup)
     else:
         budget = Budget("ms", args.budget_ms)
-    target = load_target(args.target)
-    options = Options(target, budget, args.importance, args.calib_data, args.min_keep,
-                      Path(args.lut) if args.lut else None, args.refine, exclude=tuple(args.exclude),
-                      atol=args.atol, rtol=args.rtol, dynamic_batch=args.dynamic_batch,
-                      recalibrate_bn=args.recalibrate_bn, allocation=args.allocation, search=args.search,
-                      depth_distil_steps=args.depth_distil_steps, sparsity=args.sparsity,
-                      sparsity_criterion=args.sparsity_criterion, widths=args.widths,
-                      unconstrained=args.unconstrained, refine_seconds=args.refine_time, tolerance=args.tolerance,
-                      recovery=recover_options(args, "recover_") if args.recover_data else None)
+    if len(fractions) > 1 and args.recover_data:
+        raise HwpruneError("--recover-data recovers one build: run hwprune recover on the frontier point you pick")
     console = Console(stderr=True, soft_wrap=True)
-    if len(fractions) > 1:
-        from hwprune.pipeline.compile import compile_frontier
+    with remote(args) as device:
+        target = resolve_target(args.target, device)
+        options = Options(target, budget, args.importance, args.calib_data, args.min_keep,
+                          Path(args.lut) if args.lut else None, args.refine, exclude=tuple(args.exclude),
+                          atol=args.atol, rtol=args.rtol, dynamic_batch=args.dynamic_batch,
+                          recalibrate_bn=args.recalibrate_bn, allocation=args.allocation, search=args.search,
+                          depth_distil_steps=args.depth_distil_steps, sparsity=args.sparsity,
+                          sparsity_criterion=args.sparsity_criterion, widths=args.widths,
+                          unconstrained=args.unconstrained, refine_seconds=args.refine_time,
+                          tolerance=args.tolerance,
+                          recovery=recover_options(args, "recover_") if args.recover_data else None)
+        if len(fractions) > 1:
+            from hwprune.pipeline.compile import compile_frontier
 
-        if options.recovery is not None:
-            raise HwpruneError("--recover-data recovers one build: run hwprune recover on the frontier point you pick")
-        with remote(args):
             reports = compile_frontier(load(args), options, fractions, args.out, console)
-        for report in reports:
-            print(_compile_summary(report))
+        else:
+            reports = [compile_model(load(args), options, args.out, console).report]
+    for report in reports:
+        print(_compile_summary(report))
+    if len(fractions) > 1:
         print(f"wrote {args.out}/: latency-F/ per point ({', '.join(f'{f:g}' for f in fractions)}), frontier.json, "
               "frontier.png")
         return 0
-    with remote(args):
-        report = compile_model(load(args), options, args.out, console).report
-    print(_compile_summary(report))
     print(f"wrote {args.out}/: report.json, report.md, plan.json, baseline.onnx, pruned.onnx, pruned.pt, plots/"
           + (", build_engine.sh" if (Path(args.out) / "build_engine.sh").exists() else ""))
     return 0

@@ -6,13 +6,13 @@ import argparse
 import json
 from dataclasses import asdict
 
-from hwprune.cli.common import Subparsers, add_model_arguments, load_and_analyze
+from hwprune.cli.common import Subparsers, add_model_arguments, load_and_analyze, resolve_target
 
 
 def add(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("latency", help="predict (and with --measure, measure) a model's latency")
     add_model_arguments(parser)
-    parser.add_argument("--target", default="cpu", help="device profile (default: cpu)")
+    parser.add_argument("--target", default="cpu", help="device profile (default: cpu); jetson: jetson-orin-nano")
     parser.add_argument("--lut", metavar="FILE", help="latency table (default: the cache)")
     parser.add_argument("--measure", action="store_true", help="also measure on this host and print the error")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -24,9 +24,8 @@ def run(args: argparse.Namespace) -> int:
 
     from hwprune.cost.model_latency import host_predictor
     from hwprune.runtime import runtime_for
-    from hwprune.targets import load_target
 
-    target = load_target(args.target)
+    target = resolve_target(args.target)
     runtime = runtime_for(target)
     if args.measure:  # says why this host cannot measure the target, before any work
         runtime.require("measure on the device, or drop --measure for the prediction")

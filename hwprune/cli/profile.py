@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from hwprune.cli.common import Subparsers, add_model_arguments, add_remote_arguments, load_and_analyze, remote
+from hwprune.cli.common import (
+    Subparsers,
+    add_model_arguments,
+    add_remote_arguments,
+    load_and_analyze,
+    remote,
+    resolve_target,
+)
 from hwprune.errors import HwpruneError
 
 if TYPE_CHECKING:
@@ -15,7 +22,8 @@ if TYPE_CHECKING:
 def add(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("profile", help="measure the layer latencies a model's pruning search needs")
     add_model_arguments(parser)
-    parser.add_argument("--target", default="cpu", help="device profile (default: cpu)")
+    parser.add_argument("--target", default="cpu", help="device profile (default: cpu); jetson: the module --remote "
+                                                        "reaches, identified there (else jetson-orin-nano)")
     parser.add_argument("--lut", metavar="FILE", help="latency table to extend (default: the cache)")
     parser.add_argument("--export-ops", metavar="DIR",
                         help="time nothing: write the single-op ONNX graphs and whole models the search needs, "
@@ -35,13 +43,12 @@ def run(args: argparse.Namespace) -> int:
 
     from hwprune.cost.model_latency import open_table
     from hwprune.pipeline.profiling import export_ops, profile_model
-    from hwprune.targets import load_target
     from hwprune.transform.trial import prove_prunable
 
-    target = load_target(args.target)
     if args.export_ops:
         if args.remote or args.lut:
             raise HwpruneError("--export-ops writes the ops for the device and times nothing: drop --remote and --lut")
+        target = resolve_target(args.target)
         analysis = load_and_analyze(args)
         prove_prunable(analysis)
         ops, models = export_ops(analysis, target, Path(args.export_ops), _sparsity_mode(args.sparsity))
@@ -50,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
               f"--target {target.name}")
         return 0
     with remote(args) as device:
+        target = resolve_target(args.target, device)
         table, path = open_table(target, Path(args.lut) if args.lut else None, create=True)
         analysis = load_and_analyze(args)
         prove_prunable(analysis)

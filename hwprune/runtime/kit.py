@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import platform
 import re
 import shutil
@@ -92,9 +93,13 @@ def _command(*argv: str) -> str | None:
 
 
 def device_facts() -> dict:
-    """What the device says of itself: host name, and on a Jetson the L4T release, JetPack, power
-    mode and clocks. Only what is there is read; an absent fact is null, never guessed."""
-    release = _read("/etc/nv_tegra_release")
+    """What the device says of itself: host name, and on a Jetson its module (``/proc/device-tree/model``),
+    the L4T release, JetPack, power mode and clocks. Only what is there is read; an absent fact is null,
+    never guessed. ``HWPRUNE_DEVICE_ROOT`` reads the two files under another root (a container or a test
+    that mirrors a device's files)."""
+    root = Path(os.environ.get("HWPRUNE_DEVICE_ROOT", "/"))
+    model = _read(str(root / "proc/device-tree/model"))
+    release = _read(str(root / "etc/nv_tegra_release"))
     jetpack = _command("dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack") if release else None
     power = _command("nvpmodel", "-q")
     cpu_khz = sorted({int(v) for v in (_read(str(p)) for p in Path("/sys/devices/system/cpu").glob(
@@ -104,7 +109,8 @@ def device_facts() -> dict:
         if re.search(r"gpu|gv11b|ga10b|gp10b", path.name) and (value := _read(str(path / "cur_freq"))):
             gpu_hz = int(value) if value.isdigit() else None
             break
-    return {"hostname": platform.node(), "l4t": release.splitlines()[0] if release else None, "jetpack": jetpack,
+    return {"hostname": platform.node(), "model": model.strip("\x00").strip() if model else None,
+            "l4t": release.splitlines()[0] if release else None, "jetpack": jetpack,
             "power_mode": " ".join(power.split()) if power else None,
             "cpu_mhz": [khz // 1000 for khz in cpu_khz] or None, "gpu_mhz": gpu_hz // 1_000_000 if gpu_hz else None}
 

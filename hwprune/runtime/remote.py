@@ -107,6 +107,10 @@ class RemoteSession:
             self._local[self.path(name)] = str(source)
         return self.path(name)
 
+    def device_facts(self) -> dict:
+        """What the device says of itself (``runtime.kit.device_facts``): its module, L4T release, power mode."""
+        return self.kit("device_info.py", what="reading the device", timeout=120)["device"]
+
     def runtime(self, target: Target) -> RemoteRuntime:
         if target.name not in self._runtimes:
             self._runtimes[target.name] = RemoteRuntime(target, self)

@@ -186,3 +186,32 @@ def test_the_kit_is_the_export_scripts_and_what_they_import():
     assert {"export/profile_ops.py", "export/time_models.py", "export/device_info.py",
             "export/trt_build_and_time.py", "hwprune/runtime/ort.py", "hwprune/devices/cpu.toml"} <= set(files)
     assert not any(name.startswith(("hwprune/graph", "hwprune/transform", "hwprune/search")) for name in files)
+
+
+def test_target_jetson_is_the_module_the_device_says_it_is(sshd, tmp_path, capsys):
+    """The loopback device mirrors a Jetson AGX Orin's files (its model, L4T release and nvpmodel) through a
+    wrapper interpreter; --target jetson reads them there and compiles for jetson-orin-agx, the power mode
+    recorded. The device has no TensorRT, so the build is predicted, saying so, never timed elsewhere."""
+    root = tmp_path / "device"
+    (root / "proc" / "device-tree").mkdir(parents=True)
+    (root / "proc" / "device-tree" / "model").write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\x00")
+    (root / "etc").mkdir()
+    (root / "etc" / "nv_tegra_release").write_text("# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref\n")
+    (root / "bin").mkdir()
+    (root / "bin" / "nvpmodel").write_text("#!/bin/sh\necho 'NV Power Mode: MAXN'\necho 0\n")
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\nexport HWPRUNE_DEVICE_ROOT={root}\nexport PATH={root / 'bin'}:$PATH\n"
+                      f"exec {sys.executable} \"$@\"\n")
+    for script in (python, root / "bin" / "nvpmodel"):
+        script.chmod(0o755)
+    out = tmp_path / "build"
+    assert main(["compile", MODEL, "--target", "jetson", "--latency", "0.6", "--refine", "0", "--out", str(out),
+                 *remote(sshd), "--remote-python", str(python)]) == 0
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if line.startswith("--target jetson"))
+    assert "NVIDIA Jetson AGX Orin Developer Kit" in line and "R35" in line and "MAXN" in line
+    assert line.endswith("profile jetson-orin-agx")
+    report = json.loads((out / "report.json").read_text())
+    assert report["target"] == "jetson-orin-agx" and report["budget"]["verdict"] == "not measured"
+    assert report["fingerprint"]["device"]["model"] == "NVIDIA Jetson AGX Orin Developer Kit"
+    assert report["fingerprint"]["device"]["power_mode"] == "NV Power Mode: MAXN 0"

@@ -182,3 +182,30 @@ def test_devices_command_lists_every_profile(capsys):
     assert profiles["a100"]["peak_tflops_sparse"]["fp16"] == 624.0
     assert profiles["cpu"]["threads"] == 1 and profiles["t4"]["peak_tflops_sparse"] == {}
     assert profiles["a100"] == json.loads(json.dumps(asdict(load_target("a100"))))
+
+
+def test_target_jetson_names_the_module_or_the_nearest_profile_in_one_line():
+    from hwprune.errors import DeviceError
+    from hwprune.targets import jetson_profile, resolve_target
+
+    agx = {"model": "NVIDIA Jetson AGX Orin Developer Kit", "l4t": "# R35 (release)", "power_mode": "MAXN"}
+    profile, line = jetson_profile(agx)
+    assert profile == "jetson-orin-agx" and line.endswith("profile jetson-orin-agx") and "MAXN" in line
+    profile, line = jetson_profile({"model": "NVIDIA Jetson Orin NX Engineering Reference Developer Kit"})
+    assert profile == "jetson-orin-nano" and "nearest profile jetson-orin-nano" in line
+    profile, line = jetson_profile({"model": "NVIDIA Jetson TX2", "l4t": "# R32"})
+    assert profile == "jetson-orin-nano" and "no profile for" in line
+    with pytest.raises(DeviceError, match="no Jetson"):
+        jetson_profile({"model": None, "l4t": None})
+    target, line = resolve_target("jetson")
+    assert target.name == "jetson-orin-nano" and "without --remote" in line
+    assert resolve_target("cpu")[1] is None
+
+
+def test_target_jetson_without_remote_says_which_profile(capsys):
+    from hwprune.cli import main
+
+    assert main(["latency", "torchvision:resnet18", "--target", "jetson"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[0].startswith("--target jetson without --remote: jetson-orin-nano")
+    assert "on jetson-orin-nano: predicted" in captured.out
