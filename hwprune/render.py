@@ -109,6 +109,9 @@ def markdown(report: Report) -> str:
         f"**Not measured**: {report.engine.reason}. Predicted speedup {speed.predicted:.2f}x by the "
         f"{speed.predicted_by} latency model only; measure on the device before relying on it.",
         "",
+        f"**Wall time** {report.seconds:.1f} s: "
+        + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report.stages.items()) + ".",
+        "",
         *_decode_lines(report.decode),
         f"**Verification**: the exported `pruned.onnx` matches the pruned PyTorch model on {verify.inputs} random "
         f"inputs: max abs error {verify.max_abs_err:.3g} (atol {verify.atol:g}, rtol {verify.rtol:g}): "

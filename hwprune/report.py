@@ -6,7 +6,7 @@ attribute, so a renamed field fails loudly instead of printing a wrong number.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
@@ -198,6 +198,8 @@ class Report:
     # weights' check, and which layers the built engine really runs sparse (None: not built here).
     sparsity: dict | None = None
     decode: DecodeSection | None = None  # hf: decoders: per-token decode latency with a KV cache
+    # wall seconds per stage (each step's, summed over rounds; "other": the rest of ``seconds``)
+    stages: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"format": FORMAT, **asdict(self)}
@@ -244,7 +246,7 @@ class Built:
 
 def build_report(loaded: LoadedModel, analysis: Analysis, options, predictor: TablePredictor, search: SearchProblem,
                  rounds: list[Round], chosen: Round, checked: Checked, measured: Measured, built: Built,
-                 seconds: float) -> Report:
+                 seconds: float, stages: dict[str, float]) -> Report:
     """The report of a compile, from its stages' results alone: nothing is run, exported or measured here."""
     x = analysis.capture.example_input
     plan = chosen.decision.plan
@@ -302,7 +304,7 @@ def build_report(loaded: LoadedModel, analysis: Analysis, options, predictor: Ta
                       scores.influence),
         sparsity_section(predictor, decision.search, scores.depth_costs, plan.sparsity, options.sparsity,
                          checked.onnx_nm, built.engine_sparse, built.engine_note),
-        measured.decode)
+        measured.decode, {**stages, "other": max(seconds - sum(stages.values()), 0.0)})
 
 
 def _phase(batch: int, tokens: int, decode: DecodeSection | None) -> str:

@@ -30,7 +30,7 @@ from hwprune.frontends import NATIVE_FILES, LoadedModel
 from hwprune.io import staged, write_text_atomic
 from hwprune.pipeline import finish
 from hwprune.pipeline.decode import DECODE_FILES
-from hwprune.pipeline.measure import Measurer
+from hwprune.pipeline.measure import Measurer, Realised
 from hwprune.pipeline.prepare import Prepared, prepare
 from hwprune.pipeline.score import search_problem
 from hwprune.pipeline.steps import step as step_of
@@ -57,8 +57,9 @@ def compile_model(loaded: LoadedModel, options: Options, out_dir: str | Path, co
     model. Log lines go to ``console`` (default: stderr, never wrapped, so CI logs keep each line whole)."""
     console = console or Console(stderr=True, soft_wrap=True)
     with staged(Path(out_dir), ARTEFACTS) as stage:  # report.json moves last: its presence means finished
-        prepared = prepare(loaded, options, stage, partial(step_of, console), console)
-        compiled = compile_point(prepared, options, stage, console)
+        stages: dict[str, float] = {}
+        prepared = prepare(loaded, options, stage, partial(step_of, console, record=stages), console)
+        compiled = compile_point(prepared, options, stage, console, stages)
         if options.recovery is not None:
             from hwprune.recovery.run import recover
 
@@ -83,18 +84,21 @@ def compile_frontier(loaded: LoadedModel, options: Options, fractions: Sequence[
         console.print(f"[bold]frontier point: latency {fraction:g}[/bold]")
         folder = out / f"latency-{fraction:g}"
         with staged(folder, ARTEFACTS) as stage:
-            prepared = prepared or prepare(loaded, point, stage, partial(step_of, console), console)
-            reports.append(compile_point(prepared, point, stage, console).report)
+            stages: dict[str, float] = {}  # the first point's include the preparation all points share
+            prepared = prepared or prepare(loaded, point, stage, partial(step_of, console, record=stages), console)
+            reports.append(compile_point(prepared, point, stage, console, stages).report)
         prepared.baseline.onnx = folder / "baseline.onnx"  # the staged copy moved here
     with staged(out, ("frontier.json", "frontier.png")) as stage:
         write_frontier(reports, fractions, stage)
     return reports
 
 
-def compile_point(prepared: Prepared, options: Options, stage: Path, console: Console) -> Compiled:
+def compile_point(prepared: Prepared, options: Options, stage: Path, console: Console, stages: dict[str, float]
+                  ) -> Compiled:
     """One budget: score (once per model), search rounds, and the chosen round verified, measured, reported.
-    The first budget's time counts from the start of ``prepare``."""
-    started, step = prepared.started if prepared.problem is None else time.perf_counter(), partial(step_of, console)
+    The first budget's time counts from the start of ``prepare``; each step's wall time adds to ``stages``."""
+    started = prepared.started if prepared.problem is None else time.perf_counter()
+    step = partial(step_of, console, record=stages)
     loaded, analysis, runtime, predictor = prepared.loaded, prepared.analysis, prepared.runtime, prepared.cost.predictor
     if prepared.baseline.onnx != stage / "baseline.onnx":
         shutil.copyfile(prepared.baseline.onnx, stage / "baseline.onnx")
@@ -110,7 +114,8 @@ def compile_point(prepared: Prepared, options: Options, stage: Path, console: Co
         prepared.problem = search_problem(prepared, options, measurer.recalibration, provenance, step, console)
     problem = replace(prepared.problem, provenance=provenance)
     settings = Refinement(options.tolerance, options.refine + 1 if measurer.measurable else 1, options.refine_seconds)
-    rounds = refine(partial(_announced, problem, step), measurer, fraction, fraction * baseline_predicted, settings,
+    rounds = refine(partial(_announced, problem, step), partial(_measured, measurer, step), fraction,
+                    fraction * baseline_predicted, settings,
                     partial(_print_round, console, fraction), structure if options.search == SearchKind.JOINT else None)
     chosen = pick(rounds, fraction)
     finish.keep_chosen(chosen, rounds, measurer, loaded, stage, console)
@@ -120,7 +125,7 @@ def compile_point(prepared: Prepared, options: Options, stage: Path, console: Co
     built = finish.build(runtime, chosen, analysis, options, prepared.baseline.source, stage, step)
     save_plan(chosen.decision.plan, stage / "plan.json")
     report = build_report(loaded, analysis, options, predictor, problem, rounds, chosen, checked, measured, built,
-                          time.perf_counter() - started)
+                          time.perf_counter() - started, stages)
     with step("plots and report.md"):
         write_plots(report, stage / "plots")
         write_text_atomic(stage / "report.md", markdown(report))
@@ -132,6 +137,11 @@ def _announced(problem: SearchProblem, step, predicted_budget: float, hold: froz
     held = "" if hold is None else f", structure held: {len(hold)} depth options, widths move"
     with step(f"search + prune (predicted budget {predicted_budget:.3g} ms{held})"):
         return problem(predicted_budget, hold)
+
+
+def _measured(measurer: Measurer, step, decision: Decision) -> tuple[float | None, Realised]:
+    with step(f"realise, export and measure (round {measurer.rounds})"):
+        return measurer(decision)
 
 
 def _print_round(console: Console, fraction: float, done: Round) -> None:

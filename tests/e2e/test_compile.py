@@ -65,6 +65,11 @@ def test_compile_writes_a_verified_measured_report(compiled):
     speed_low, speed_high = report["speedup"]["measured_interval"]
     assert speed_low == pytest.approx(1 / high) and speed_high == pytest.approx(1 / low)
     assert f"**Budget: {budget['verdict']}**" in text and "met within" not in text  # report.json's verdict
+    stages = report["stages"]  # every stage's wall time, the rest as "other"
+    assert {"analyze and trial-prune", "profile", "score", "search + prune", "realise, export and measure",
+            "verify", "measure baseline vs pruned", "other"} <= set(stages)
+    assert all(s >= 0 for s in stages.values()) and sum(stages.values()) == pytest.approx(report["seconds"])
+    assert "**Wall time**" in text
     assert report["bn_recalibration"] is False  # random calibration inputs: statistics stay as trained
     candidates = report["search"]["candidates"]
     assert {c["strategy"] for c in candidates} == {"sensitivity", "structure", "uniform", "joint"}
