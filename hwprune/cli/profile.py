@@ -25,6 +25,9 @@ def add(subparsers: Subparsers) -> None:
     parser.add_argument("--target", default="cpu", help="device profile (default: cpu); jetson: the module --remote "
                                                         "reaches, identified there (else jetson-orin-nano)")
     parser.add_argument("--lut", metavar="FILE", help="latency table to extend (default: the cache)")
+    parser.add_argument("--every-width", action="store_true",
+                        help="time every width each layer can take (default: adaptively, a coarse pass and then "
+                             "the stretches a line through it misses, in two batches)")
     parser.add_argument("--export-ops", metavar="DIR",
                         help="time nothing: write the single-op ONNX graphs and whole models the search needs, "
                              "with DIR/manifest.json, for export/profile_ops.py on the device")
@@ -63,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         prove_prunable(analysis)
         started = time.perf_counter()
         with Progress(transient=True) as progress:
-            measured = profile_model(analysis, target, table, progress, _sparsity_mode(args.sparsity))
+            measured = profile_model(analysis, target, table, progress, _sparsity_mode(args.sparsity),
+                                     args.every_width)
         table.save(path)
         where = f" on {device.label} (work folder removed)" if device is not None else ""
         print(f"{analysis.name} on {target.name}: measured {measured} new configurations in "

@@ -18,14 +18,15 @@ call overhead; with one, k = 1 and r takes the difference; with none the predict
 
 A layer point that was measured is a ``lut`` prediction. Any other point combines the output
 sweep (inputs full) and the input sweep (outputs full) of that layer multiplicatively,
-T(ci, co) = T(Ci, co) * T(ci, Co) / T(Ci, Co), each axis read at the smallest measured count at
-or above the request (kernels cost the same up to the next step, so rounding up respects the
-staircase): an ``interpolated`` prediction.
+T(ci, co) = T(Ci, co) * T(ci, Co) / T(Ci, Co), each axis read where it was measured, else on the line
+between the nearest measured counts (adaptive profiling measures a straight stretch of an axis at its
+ends only, ``cost.space``): an ``interpolated`` prediction.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -187,10 +188,10 @@ class TablePredictor:
         exact = self.table.get(sig.with_channels(c_in, c_out))
         if exact is not None:
             return op_ms(self.table, exact.median_ms), True
-        along_out = _at_or_above(outs, c_out, layer.name)
+        along_out = _on_axis(outs, c_out, layer.name)
         if layer.depthwise or c_in == sig.c_in:
             return along_out, False
-        along_in = _at_or_above(ins, c_in, layer.name)
+        along_in = _on_axis(ins, c_in, layer.name)
         return along_out * along_in / outs[sig.c_out], False
 
     def _activations(self, layer: Layer, keep: dict[str, int]) -> int:
@@ -309,8 +310,19 @@ def op_ms(table: LatencyTable, measured_ms: float) -> float:
     return max(measured_ms - (table.call_overhead_ms or 0.0), 0.05 * measured_ms)
 
 
-def _at_or_above(axis: dict[int, float], count: int, name: str) -> float:
+def _on_axis(axis: dict[int, float], count: int, name: str) -> float:
+    """The time at ``count`` along one measured axis. Kernels cost the same up to the next step of the
+    staircase (the measured counts' greatest common divisor), so ``count`` is first rounded up to it; there
+    the time measured, else on the line between the nearest measured counts below and above (adaptive
+    profiling leaves gaps where the axis is straight), else, below the smallest measured count, its time."""
     above = [c for c in axis if c >= count]
     if not above:
         raise HwpruneError(f"layer {name}: no measurement at or above {count} channels; run hwprune profile")
-    return axis[min(above)]
+    high = min(above)
+    step = math.gcd(*axis)
+    count = min(-(-count // step) * step, high)
+    below = [c for c in axis if c < count]
+    if count == high or not below:
+        return axis[high]
+    low = max(below)
+    return axis[low] + (axis[high] - axis[low]) * (count - low) / (high - low)

@@ -12,6 +12,7 @@ attention's core, whose channels are its query heads) is profiled along it alone
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from hwprune.cost.layers import Layer
 from hwprune.cost.signature import OpSignature
@@ -56,3 +57,63 @@ def profile_signatures(layers: list[Layer], groups: dict[str, ChannelGroup], ali
             variant = sig.with_channels(c_in, c_out)
             needed.setdefault(variant.key(), variant)
     return list(needed.values())
+
+
+
+# Adaptive profiling: a layer's time along one channel axis is a staircase (steps at the runtime's alignment)
+# close to a line, so a few measurements fit it. The first pass times every ``stride``-th count of the axis (and
+# its last): line points at even multiples of the stride, check points halfway between. The second fills in,
+# count by count, each stretch whose check point is off the line through its neighbours by more than
+# ``UNSURE`` of its time. Two passes: two batches, so at most two round trips to a device.
+COARSE_POINTS = 8  # about this many line segments per axis in the first pass
+UNSURE = 0.03
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One axis of one layer: the channel counts it can take, ascending, and its signature at each."""
+
+    counts: tuple[int, ...]
+    signatures: tuple[OpSignature, ...]
+
+    def stride(self) -> int:
+        """Index spacing of the first pass (a power of two; 1 profiles every count)."""
+        spacing = max(1, (len(self.counts) - 1) // (2 * COARSE_POINTS))
+        return 2 ** (spacing.bit_length() - 1)
+
+    def first_pass(self) -> list[OpSignature]:
+        """Every ``stride``-th count's signature (line and check points alike) and the last's."""
+        indices = set(range(0, len(self.counts), self.stride())) | {len(self.counts) - 1}
+        return [self.signatures[i] for i in sorted(indices)]
+
+    def second_pass(self, measured: dict[int, float]) -> list[OpSignature]:
+        """The signatures of each stretch between line points whose check point the line through them
+        misses by more than ``UNSURE`` (``measured``: count -> ms, what the first pass found)."""
+        step, last = self.stride(), len(self.counts) - 1
+        fill: set[int] = set()
+        for start in range(0, last, 2 * step):
+            check, end = start + step, min(start + 2 * step, last)
+            if check >= end or not all(self.counts[i] in measured for i in (start, check, end)):
+                continue
+            a, b, c = (self.counts[i] for i in (start, check, end))
+            line = measured[a] + (measured[c] - measured[a]) * (b - a) / (c - a)
+            if abs(line - measured[b]) > UNSURE * measured[b]:
+                fill.update(i for i in range(start + 1, end) if i != check)
+        return [self.signatures[i] for i in sorted(fill)]
+
+
+def sweeps(layers: list[Layer], groups: dict[str, ChannelGroup], alignment: int) -> list[Sweep]:
+    """Every axis the predictor reads for these layers (a depthwise layer has one), without duplicates."""
+    found: dict[tuple, Sweep] = {}
+    for layer in layers:
+        sig = layer.signature
+        ins, outs = layer_axes(layer, groups, alignment)
+        axes = [[sig.with_channels(c, c) for c in outs]] if layer.depthwise else [
+            [sig.with_channels(sig.c_in, c) for c in outs], [sig.with_channels(c, sig.c_out) for c in ins]]
+        for points in axes:
+            points = sorted({p.key(): p for p in points}.values(), key=lambda p: (p.c_out, p.c_in))
+            along_in = len({p.c_in for p in points}) > 1 and len({p.c_out for p in points}) == 1
+            counts = tuple(p.c_in if along_in else p.c_out for p in points)
+            sweep = Sweep(counts, tuple(points))
+            found.setdefault(tuple(p.key() for p in points), sweep)
+    return list(found.values())

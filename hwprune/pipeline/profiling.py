@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hwprune.cost.layers import model_layers
+from hwprune.cost.layers import Layer, model_layers
 from hwprune.cost.lut import LatencyTable
 from hwprune.cost.model_latency import ANCHOR_FRACTIONS, anchor_counts, anchor_key, depth_choices, model_key
 from hwprune.cost.op_timing import profile, profile_pairs
 from hwprune.cost.signature import OpSignature
-from hwprune.cost.space import profile_signatures
+from hwprune.cost.space import Sweep, profile_signatures, sweeps
 from hwprune.cost.sparse import SparsityMode, sparse_options
 from hwprune.export.onnx_export import export_onnx
 from hwprune.graph.analyze import Analysis, analyze
@@ -42,16 +42,23 @@ def measure_model(model: nn.Module, example_input: torch.Tensor, target: Target,
 
 
 def profile_model(analysis: Analysis, target: Target, table: LatencyTable, progress: object | None = None,
-                  sparsity: SparsityMode | None = None) -> int:
-    """Measure every signature the search may need for this model (with ``sparsity``, its eligible
+                  sparsity: SparsityMode | None = None, every_width: bool = False) -> int:
+    """Measure the signatures the search may need for this model (with ``sparsity``, its eligible
     layers' N:M signatures too), and the whole model unpruned and uniformly pruned at each of
-    ``ANCHOR_FRACTIONS`` (the predictor's anchors); returns how many measurements were new. The N:M
-    signatures at full width, which decide whether N:M is offered at all, are timed against their
-    dense twins alternately (``cost.op_timing.profile_pairs``)."""
+    ``ANCHOR_FRACTIONS`` (the predictor's anchors); returns how many measurements were new. Each layer's
+    axes are profiled adaptively (``cost.space.Sweep``: a coarse pass, then the stretches the line through
+    it misses), or at ``every_width``. The N:M signatures at full width, which decide whether N:M is offered
+    at all, are timed against their dense twins alternately (``cost.op_timing.profile_pairs``)."""
     alignment = target.channel_alignment
-    signatures, paired = _signatures(analysis, target, sparsity)
-    timed_in_pairs = set(paired)
-    measured = profile([s for s in signatures if s not in timed_in_pairs], table, target, progress)
+    layers, paired = _layers(analysis, target, sparsity)
+    timed_in_pairs = {s.key() for s in paired}
+    groups = {g.id: g for g in analysis.groups}
+    axes = [] if every_width else sweeps(layers, groups, alignment)
+    first = (profile_signatures(layers, groups, alignment) if every_width
+             else [s for sweep in axes for s in sweep.first_pass()])
+    measured = profile(_unique(first, timed_in_pairs), table, target, progress)
+    fill = [s for sweep in axes for s in sweep.second_pass(_axis_ms(table, sweep))]
+    measured += profile(_unique(fill, timed_in_pairs), table, target, progress)
     measured += profile_pairs(paired, table, target)
     x = analysis.capture.example_input
     key = model_key(analysis.name, tuple(x.shape))
@@ -76,7 +83,8 @@ def export_ops(analysis: Analysis, target: Target, folder: Path, sparsity: Spars
     from hwprune.runtime.kit import OpGraph, write_ops
 
     alignment = target.channel_alignment
-    signatures, _paired = _signatures(analysis, target, sparsity)
+    layers, _paired = _layers(analysis, target, sparsity)
+    signatures = profile_signatures(layers, {g.id: g for g in analysis.groups}, alignment)
     ops = [OpGraph(s.key(), partial(single_op_model, s), input_shape(s)) for s in signatures]
     x = analysis.capture.example_input
     key = model_key(analysis.name, tuple(x.shape))
@@ -92,16 +100,25 @@ def export_ops(analysis: Analysis, target: Target, folder: Path, sparsity: Spars
     return len(ops), len(models)
 
 
-def _signatures(analysis: Analysis, target: Target, sparsity: SparsityMode | None
-                ) -> tuple[list[OpSignature], list[OpSignature]]:
-    """Every signature the search may price (layers at each aligned width, merged spans, N:M layers),
-    and among them the N:M layers at full width."""
+def _layers(analysis: Analysis, target: Target, sparsity: SparsityMode | None
+            ) -> tuple[list[Layer], list[OpSignature]]:
+    """Every layer the search may price (the model's, merged spans', N:M layers'), and the N:M layers'
+    signatures at full width."""
     layers = model_layers(analysis, target.default_dtype)
     sparse = sparse_options(layers, target, sparsity, measured=True)
     added = [layer for option in depth_choices(analysis, layers, target) + sparse for layer in option.adds]
-    groups = {g.id: g for g in analysis.groups}
-    return (profile_signatures(layers + added, groups, target.channel_alignment),
-            [option.adds[0].signature for option in sparse])
+    return layers + added, [option.adds[0].signature for option in sparse]
+
+
+def _unique(signatures: list[OpSignature], leaving: set[str]) -> list[OpSignature]:
+    """``signatures`` without repeats and without those whose keys are in ``leaving``."""
+    return [s for key, s in {s.key(): s for s in signatures}.items() if key not in leaving]
+
+
+def _axis_ms(table: LatencyTable, sweep: Sweep) -> dict[int, float]:
+    """What ``table`` holds along ``sweep``: count -> median ms."""
+    found = ((count, table.get(sig)) for count, sig in zip(sweep.counts, sweep.signatures, strict=True))
+    return {count: entry.median_ms for count, entry in found if entry is not None}
 
 
 def _leading(analysis: Analysis, counts: dict[str, int]) -> nn.Module:
