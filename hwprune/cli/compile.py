@@ -164,7 +164,7 @@ def _compile_summary(report: Report) -> str:
         low, high = speed.measured_interval
         timing = (f"{report.baseline.latency_ms.median:.3g} ms -> {report.pruned.latency_ms.median:.3g} ms, measured "
                   f"speedup {speed.measured:.2f}x (95% interval {low:.2f}x .. {high:.2f}x; predicted "
-                  f"{speed.predicted:.2f}x); {verdict_line(report.budget).replace('**', '')}")
+                  f"{speed.predicted:.2f}x); {verdict_line(report.budget).replace('**', '').rstrip('.')}")
     else:
         timing = (f"predicted speedup {speed.predicted:.2f}x by the {speed.predicted_by} model, not measured "
                   f"({report.engine.reason})")

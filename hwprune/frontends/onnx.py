@@ -42,8 +42,9 @@ def _load_onnx(path: Path, input_shape: tuple[int, ...] | None) -> tuple[nn.Modu
                              f"({onnx.TensorProto.DataType.Name(tensor_type.elem_type)})") from None
     if input_shape is None:
         input_shape = _onnx_static_shape(path, inputs[0].name, tensor_type)
+    proto = _for_onnx2torch(proto, f"onnx:{path}")
     try:
-        module = onnx2torch.convert(_for_onnx2torch(proto))
+        module = onnx2torch.convert(proto)
     except Exception as exc:  # onnx2torch raises NotImplementedError, KeyError, ... per unsupported op or attribute
         raise ModelSpecError(f"{path}: onnx2torch cannot convert it: {_one_line(exc)}") from exc
     if dtype.is_floating_point:
@@ -51,20 +52,17 @@ def _load_onnx(path: Path, input_shape: tuple[int, ...] | None) -> tuple[nn.Modu
     return module, torch.zeros(input_shape, dtype=dtype)  # integer inputs are often indices: 0 is always valid
 
 
-def _for_onnx2torch(proto):
+def _for_onnx2torch(proto, where: str):
     """The same computation in the forms onnx2torch converts, which today's exporters do not always write:
-    opset <= 17 (torch's dynamo exporter writes 18+, e.g. ReduceMean with axes as an input), weights as
+    opset <= 17 (``frontends.onnx_opset``: torch's dynamo exporter and Ultralytics write 18+), weights as
     initializers (the TorchScript exporter aliases equal constants through Identity nodes, and some write
     Constant nodes), and Reshape's ``allowzero=1`` dropped where the shape has no 0 (then it means nothing)."""
     import onnx
     import onnx.numpy_helper
-    import onnx.version_converter
 
-    if max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0) > 17:
-        try:
-            proto = onnx.version_converter.convert_version(proto, 17)
-        except Exception:  # no adapter for some op: convert as it is, and onnx2torch names what it lacks
-            pass
+    from hwprune.frontends.onnx_opset import to_opset_17
+
+    proto = to_opset_17(proto, where)
     graph = proto.graph
     constants = {t.name: t for t in graph.initializer}
     outputs = {o.name for o in graph.output}
