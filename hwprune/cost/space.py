@@ -65,7 +65,7 @@ def profile_signatures(layers: list[Layer], groups: dict[str, ChannelGroup], ali
 # its last): line points at even multiples of the stride, check points halfway between. The second fills in,
 # count by count, each stretch whose check point is off the line through its neighbours by more than
 # ``UNSURE`` of its time. Two passes: two batches, so at most two round trips to a device.
-COARSE_POINTS = 8  # about this many line segments per axis in the first pass
+COARSE_POINTS = 4  # about this many line segments per axis in the first pass (each with its check point)
 UNSURE = 0.03
 
 
@@ -77,9 +77,9 @@ class Sweep:
     signatures: tuple[OpSignature, ...]
 
     def stride(self) -> int:
-        """Index spacing of the first pass (a power of two; 1 profiles every count)."""
-        spacing = max(1, (len(self.counts) - 1) // (2 * COARSE_POINTS))
-        return 2 ** (spacing.bit_length() - 1)
+        """Index spacing of the first pass: the power of two nearest (counts - 1) / (2 * COARSE_POINTS), so
+        the first pass times about 2 * COARSE_POINTS + 1 counts (1: every count, for a short axis)."""
+        return 2 ** max(0, round(math.log2(max(len(self.counts) - 1, 1) / (2 * COARSE_POINTS))))
 
     def first_pass(self) -> list[OpSignature]:
         """Every ``stride``-th count's signature (line and check points alike) and the last's."""

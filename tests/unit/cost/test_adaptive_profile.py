@@ -17,11 +17,12 @@ def sweep_of(counts):
 
 
 def test_the_first_pass_takes_every_stride_th_width_and_the_last():
-    sweep = sweep_of(range(16, 2049, 16))  # 128 widths: stride 4 (about 16 segments of line and check points)
-    assert sweep.stride() == 4
+    sweep = sweep_of(range(16, 2049, 16))  # 128 widths: stride 16, four segments, each with its check point
+    assert sweep.stride() == 16
     first = [s.c_out for s in sweep.first_pass()]
-    assert first[:3] == [16, 80, 144] and first[-1] == 2048 and len(first) == 33
-    assert sweep_of(range(16, 129, 16)).stride() == 1  # few widths: every one
+    assert first[:3] == [16, 272, 528] and first[-1] == 2048 and len(first) == 9
+    assert sweep_of(range(16, 257, 16)).stride() == 2  # 16 widths: every other one
+    assert sweep_of(range(16, 129, 16)).stride() == 1  # 8 widths: every one
 
 
 def test_the_second_pass_fills_only_where_the_line_misses_its_check_point():
@@ -29,9 +30,9 @@ def test_the_second_pass_fills_only_where_the_line_misses_its_check_point():
     straight = {c: 0.01 * c for c in sweep.counts}
     assert sweep.second_pass({c: straight[c] for c in (s.c_out for s in sweep.first_pass())}) == []
     kinked = dict(straight)
-    kinked[80] = straight[80] * (1 + 2 * UNSURE)  # a check point off the line through 16 and 144
+    kinked[272] = straight[272] * (1 + 2 * UNSURE)  # a check point off the line through 16 and 528
     filled = [s.c_out for s in sweep.second_pass({c: kinked[c] for c in (s.c_out for s in sweep.first_pass())})]
-    assert filled == [c for c in range(32, 144, 16) if c != 80]
+    assert filled == [c for c in range(32, 528, 16) if c != 272]
 
 
 def test_the_predictor_reads_a_gap_on_the_line_and_a_measured_point_as_it_is():
