@@ -22,9 +22,10 @@ from hwprune.cost.predictor import TablePredictor, op_ms
 from hwprune.cost.structural import stack_layers
 from hwprune.graph.segments import segments
 from hwprune.importance.activation_norms import input_norms
+from hwprune.importance.cache import cached_scores, scores_path
 from hwprune.importance.option_costs import CostTable, Taking, block_influence, depth_costs
 from hwprune.importance.readers import reader_scores
-from hwprune.importance.scores import ACTIVATION_BATCHES, score_groups
+from hwprune.importance.scores import ACTIVATION_BATCHES, Importance, score_groups
 from hwprune.importance.sensitivity import group_sensitivity
 from hwprune.io import cache_dir
 from hwprune.pipeline.measure import Realiser
@@ -50,9 +51,7 @@ def search_problem(prepared: Prepared, options: Options, recalibration: list[tor
     with step("score"), Progress(console=console, transient=True) as progress:
         if calibration.random:
             console.print("  [yellow]warning:[/yellow] no --calib-data: importance and fidelity use random inputs")
-        importance = score_groups(analysis, options.importance, calibration.batches)
-        sensitivity = (group_sensitivity(analysis, importance, calibration.batches[0], progress, recalibration[:4])
-                       if options.allocation in ("auto", "sensitivity") else {})
+        importance, sensitivity = _scores(prepared, options, recalibration, provenance, progress, console)
         sparse = [o.name for o in predictor.options.values() if o.kind == "sparse"]
         scales = (input_norms(analysis.model, sparse, calibration.batches[:ACTIVATION_BATCHES])
                   if sparse and options.sparsity_criterion == Criterion.ACTIVATION else {})
@@ -71,6 +70,26 @@ def search_problem(prepared: Prepared, options: Options, recalibration: list[tor
         SearchSettings(options.search, options.allocation, options.target.channel_alignment, options.min_keep),
         provenance, CalibrationBatches(calibration.batches, not calibration.random, recalibration),
         Realisation(copies, partial(_depth_view, analysis.capture.example_input), permutations))
+
+
+def _scores(prepared: Prepared, options: Options, recalibration: list[torch.Tensor], provenance: Provenance,
+            progress: Progress, console: Console) -> tuple[Importance, dict[str, float]]:
+    """Channel importance and, where the allocation weighs it, group sensitivity: from the cache when these
+    weights were scored on these inputs before (``importance.cache``)."""
+    analysis, batches = prepared.analysis, prepared.calibration.batches
+    weighs = options.allocation in ("auto", "sensitivity")
+
+    def compute() -> tuple[Importance, dict[str, float]]:
+        importance = score_groups(analysis, options.importance, batches)
+        return importance, (group_sensitivity(analysis, importance, batches[0], progress, recalibration[:4])
+                            if weighs else {})
+
+    path = (scores_path(cache_dir() / "scores", provenance.state_sha256, options.importance.value, weighs,
+                        [*batches, *recalibration[:4]]) if provenance.state_sha256 else None)
+    importance, sensitivity, cached = cached_scores(path, compute)
+    if cached:
+        console.print(f"  importance{' and sensitivity' if weighs else ''} from {path}")
+    return importance, sensitivity
 
 
 def _depth_scores(prepared: Prepared, options: Options, recalibration: list[torch.Tensor], provenance: Provenance,
