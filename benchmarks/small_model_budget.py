@@ -23,26 +23,15 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Block(nn.Module):
-    """A residual block the joint search may drop whole (its body adds to the identity)."""
-
-    def __init__(self, channels: int, hidden: int):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
-                                  nn.ReLU(), nn.Conv2d(hidden, channels, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x + self.body(x))
+sys.path.insert(0, str(ROOT))
+from tests.data.small_models import ResidualBlock  # noqa: E402  (a block the joint search may drop whole)
 
 
 def blocky_net() -> tuple[nn.Module, torch.Tensor]:
     """Stem, six droppable residual blocks of 48 channels (64 inside) at 32x32, a classifier."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 48, 3, stride=2, padding=1), nn.BatchNorm2d(48), nn.ReLU(),
-                          *(Block(48, 64) for _ in range(6)), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          *(ResidualBlock(48, 64) for _ in range(6)), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(48, 10))
     return model.eval(), torch.randn(1, 3, 64, 64)
 
@@ -90,5 +79,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     sys.exit(main())
