@@ -110,7 +110,7 @@ def search_joint(analysis: Analysis, predictor: TablePredictor, importance: Impo
     by_key = {o.key: o for o in priced}
     _check_smallest(predictor, options, unit_sets, by_key, budget_ms, min_keep)
     counts = {gid: c[-1] for gid, c in options.items()}
-    depth: frozenset[str] = frozenset()
+    depth: frozenset[str] = frozenset() if fixed is None else frozenset().union(*(s[0] for s in unit_sets))
     rounds = 0
     while rounds < ROUNDS:
         rounds += 1

@@ -271,6 +271,11 @@ def test_a_launch_bound_target_reaches_by_depth_what_width_alone_cannot():
     only_depth = search_joint(analysis, predictor, importance, target.channel_alignment, 0.8 * budget / 0.5, 0.1,
                               None, costs, widths=False)
     assert only_depth.depth and all(n == analysis.group(g).channels for g, n in only_depth.counts.items())
+    # a held structure (the refinement loop's, once two structures bracket the request): widths move, depth stays
+    for held, at in ((result.depth, 1.1 * budget), (only_depth.depth, 1.6 * budget)):
+        again = search_joint(analysis, predictor, importance, target.channel_alignment, at, 0.1, None, costs,
+                             fixed=held)
+        assert again.depth == held and again.predicted_ms <= at
 
 
 def test_compile_on_a_launch_bound_target_merges_or_drops_and_verifies(tmp_path):
