@@ -17,6 +17,7 @@ from hwprune.search.width import search_widths
 from hwprune.targets import load_target
 from hwprune.transform.rewrite import unmerged
 from tests.hf_models import tiny_config
+from tests.recorded_tables import adopt
 
 transformers = pytest.importorskip("transformers")
 
@@ -112,10 +113,14 @@ def test_timed_layers_of_a_dropped_layer_all_go(llama_dir):
 
 @pytest.mark.e2e
 def test_depth_compile_drops_layers_and_reloads(llama_dir, tmp_path, capsys, monkeypatch):
+    """On a recorded table, one round (what it decides does not follow a table measured during the test: on a
+    busy runner one predicted the embedding and head alone at a quarter of their measured time, the search
+    dropped every layer, and the round nearest the request was then the next, which dropped none)."""
     monkeypatch.setenv("HWPRUNE_CACHE", str(tmp_path / "cache"))
+    adopt("hf-llama-depth-1x32", tmp_path / "cache", str(llama_dir))
     out = tmp_path / "build"
     code = main(["compile", f"hf:{llama_dir}", "--input-shape", "1,32", "--target", "cpu", "--latency", "0.6",
-                 "--search", "depth", "--refine", "1", "--out", str(out)])
+                 "--search", "depth", "--refine", "0", "--out", str(out)])
     assert code == 0, capsys.readouterr().err.strip().splitlines()[-1]
     plan = json.loads((out / "plan.json").read_text())
     report = json.loads((out / "report.json").read_text())
