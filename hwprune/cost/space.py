@@ -44,18 +44,9 @@ def layer_axes(layer: Layer, groups: dict[str, ChannelGroup], alignment: int) ->
 
 
 def profile_signatures(layers: list[Layer], groups: dict[str, ChannelGroup], alignment: int) -> list[OpSignature]:
-    """Every signature the predictor needs for these layers, without duplicates, in a stable order."""
-    needed: dict[str, OpSignature] = {}
-    for layer in layers:
-        sig = layer.signature
-        ins, outs = layer_axes(layer, groups, alignment)
-        if layer.depthwise:
-            points = [(c, c) for c in outs]
-        else:
-            points = [(sig.c_in, c_out) for c_out in outs] + [(c_in, sig.c_out) for c_in in ins]
-        for c_in, c_out in points:
-            variant = sig.with_channels(c_in, c_out)
-            needed.setdefault(variant.key(), variant)
+    """Every signature the predictor needs for these layers (every width of every axis), without duplicates,
+    in a stable order."""
+    needed = {s.key(): s for sweep in sweeps(layers, groups, alignment) for s in sweep.signatures}
     return list(needed.values())
 
 

@@ -146,13 +146,13 @@ def _grid_sample_modes(node: NodeProto) -> None:
 
 
 def _drop_defaults(node: NodeProto, what: str) -> None:
+    defaults = DEFAULTS[node.op_type]
     for attribute in list(node.attribute):
-        defaults = DEFAULTS[node.op_type]
         if attribute.name not in defaults:
             continue
         value = helper.get_attribute_value(attribute)
         default = defaults[attribute.name]
-        if default is None and all(v == 1 for v in value) or value == default:
+        if (default is None and all(v == 1 for v in value)) or value == default:
             node.attribute.remove(attribute)
         else:
             raise ModelSpecError(f"{what}: {attribute.name}={value!r}, which opset 17 lacks")

@@ -19,14 +19,22 @@ from hwprune.io import write_text_atomic
 FORMAT = "hwprune-scores/1"
 
 
+def batches_digest(prefix: str, batches: Sequence[torch.Tensor]) -> str:
+    """32 hex digits of the sha256 of ``prefix`` and each batch's shape and bytes: the name of a cache file
+    kept per weights and inputs (here and ``option_costs.CostTable``)."""
+    digest = hashlib.sha256(prefix.encode())
+    for tensor in batches:
+        digest.update(f"{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
 def scores_path(folder: Path, weights_digest: str, method: str, with_sensitivity: bool,
                 batches: Sequence[torch.Tensor]) -> Path:
     """Where the scores of these weights on these batches (and with this method) are kept."""
-    digest = hashlib.sha256(f"{FORMAT}|{weights_digest}|{method}|{with_sensitivity}|".encode())
-    for tensor in batches:
-        digest.update(f"{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return folder / f"{digest.hexdigest()[:32]}.json"
+    dtypes = ",".join(str(t.dtype) for t in batches)
+    key = batches_digest(f"{FORMAT}|{weights_digest}|{method}|{with_sensitivity}|{dtypes}|", batches)
+    return folder / f"{key}.json"
 
 
 def cached_scores(path: Path | None, compute: Callable[[], tuple[Importance, dict[str, float]]]

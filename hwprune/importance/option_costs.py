@@ -24,7 +24,6 @@ the weights, the batches and the proxy, so a new budget for the same model and d
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -39,6 +38,7 @@ from hwprune.evaluate.batchnorm import recalibrate_batchnorm, restored_batchnorm
 from hwprune.evaluate.calibration import output_tensors
 from hwprune.graph.hooks import run_hooked
 from hwprune.graph.stack import hidden_in, hidden_out
+from hwprune.importance.cache import batches_digest
 from hwprune.importance.sensitivity import flat_outputs, output_change
 from hwprune.io import write_text_atomic
 from hwprune.plan import DroppedBlock, MergedSpan, NMLayer
@@ -158,11 +158,7 @@ class CostTable:
 
     def __init__(self, folder: Path, weights_digest: str, batches: Sequence[torch.Tensor], distil_steps: int,
                  criterion: str = "magnitude"):
-        digest = hashlib.sha256(f"{weights_digest}|{distil_steps}|{criterion}|".encode())
-        for tensor in batches:
-            digest.update(f"{tuple(tensor.shape)}|".encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        self.path = folder / f"{digest.hexdigest()[:32]}.json"
+        self.path = folder / f"{batches_digest(f'{weights_digest}|{distil_steps}|{criterion}|', batches)}.json"
         try:
             self.costs: dict[str, float] = {k: float(v) for k, v in json.loads(self.path.read_text()).items()}
         except (OSError, ValueError, AttributeError):
