@@ -33,6 +33,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from hwprune.cost.correction import Correction
 from hwprune.cost.layers import Layer
 from hwprune.cost.lut import LatencyTable
 from hwprune.cost.signature import OpSignature
@@ -85,6 +86,7 @@ class TablePredictor:
         self.sparsity: SparsityCheck | None = None  # what pricing N:M found (``model_latency.priced_sparsity``)
         # Groups that keep one count together (``tie``): a key of ``keep`` may name a tie for all its groups.
         self.ties: dict[str, tuple[str, ...]] = {}
+        self.correction = Correction()  # what measured rounds taught about single depth options (``corrected``)
         self._full_activations = sum(self._activations(layer, {}) for layer in layers)
         self._index_groups()
         self.fixed_ms, self.layer_scale, self.rest_ms = self._fit(anchors)
@@ -113,6 +115,18 @@ class TablePredictor:
         """``keep`` with every tie replaced by its member groups."""
         members = {m: keep[tie] for tie, ms in self.ties.items() if tie in keep for m in ms}
         return {**{k: v for k, v in keep.items() if k not in self.ties}, **members}
+
+    def corrected(self, correction: Correction) -> TablePredictor:
+        """This predictor with ``correction`` (``cost.correction``): a depth option's milliseconds added to
+        every prediction that takes it."""
+        base = copy.copy(self._views[frozenset()])
+        base.correction = correction
+        base._views = {frozenset(): base}
+        return base
+
+    def option_ms(self, keys: frozenset[str]) -> float:
+        """What the correction adds to a model with the depth options ``keys`` taken."""
+        return sum(self.correction.options_ms.get(k, 0.0) for k in keys)
 
     def with_depth(self, keys: frozenset[str]) -> TablePredictor:
         """This predictor for the model with the depth options ``keys`` taken (they must not overlap)."""
@@ -243,7 +257,7 @@ class TablePredictor:
         keep = self.untie(keep)
         alone, all_exact = self._layers_ms(keep, reads)
         layers_ms = {name: self.layer_scale * ms for name, ms in alone.items()}
-        rest = self.fixed_ms + self.rest_ms * self._activation_ratio(keep)
+        rest = self.fixed_ms + self.rest_ms * self._activation_ratio(keep) + self.option_ms(self.depth)
         source = self.provenance().source if all_exact else "interpolated"
         return Prediction(sum(layers_ms.values()) + rest, layers_ms, rest, source)
 

@@ -26,6 +26,7 @@ from rich.console import Console
 from torch import nn
 
 from hwprune.config import Budget, Options, SearchKind
+from hwprune.cost.correction import Correction
 from hwprune.frontends import NATIVE_FILES, LoadedModel
 from hwprune.io import staged, write_text_atomic
 from hwprune.pipeline import finish
@@ -38,6 +39,7 @@ from hwprune.plan import PlanBudget, Provenance, save_plan
 from hwprune.render import markdown, write_plots
 from hwprune.report import Report, build_report
 from hwprune.search.decide import Decision, SearchProblem, structure
+from hwprune.search.learn import Learner
 from hwprune.search.refine import Refinement, Round, pick, refine
 
 ARTEFACTS = ("report.json", "report.md", "plan.json", "pruned.pt", "pruned_unmerged.pt", *NATIVE_FILES,
@@ -116,7 +118,8 @@ def compile_point(prepared: Prepared, options: Options, stage: Path, console: Co
     settings = Refinement(options.tolerance, options.refine + 1 if measurer.measurable else 1, options.refine_seconds)
     rounds = refine(partial(_announced, problem, step), partial(_measured, measurer, step), fraction,
                     fraction * baseline_predicted, settings,
-                    partial(_print_round, console, fraction), structure if options.search == SearchKind.JOINT else None)
+                    partial(_print_round, console, fraction), structure if options.search == SearchKind.JOINT else None,
+                    Learner(problem, predictor, partial(_print_correction, console)))
     chosen = pick(rounds, fraction)
     finish.keep_chosen(chosen, rounds, measurer, loaded, stage, console)
     checked = finish.check(loaded, analysis, chosen, prepared.calibration, options, stage, step, console)
@@ -142,6 +145,11 @@ def _announced(problem: SearchProblem, step, predicted_budget: float, hold: froz
 def _measured(measurer: Measurer, step, decision: Decision) -> tuple[float | None, Realised]:
     with step(f"realise, export and measure (round {measurer.rounds})"):
         return measurer(decision)
+
+
+def _print_correction(console: Console, correction: Correction) -> None:
+    console.print(f"  corrected {len(correction.options_ms)} depth options' predicted savings from "
+                  f"{correction.rounds} measured rounds")
 
 
 def _print_round(console: Console, fraction: float, done: Round) -> None:

@@ -169,10 +169,11 @@ def _round(predictor: TablePredictor, options: dict[str, list[int]], values: dic
 
 def _unit_ms(predictor: TablePredictor, by_key: dict[str, StructuralOption], sets: list[frozenset[str]],
              chosen: frozenset[str], counts: dict[str, int]) -> float:
-    """The time of a unit's layers with ``chosen`` taken, at ``counts``."""
+    """The time of a unit's layers with ``chosen`` taken, at ``counts`` (with what measured rounds taught of
+    those options, ``cost.correction``)."""
     involved = frozenset().union(*(by_key[k].removes for s in sets for k in s))
     removed = frozenset().union(*(by_key[k].removes for k in chosen))
     base = {layer.name: layer for layer in predictor.layers}
     layers: list[Layer] = [base[name] for name in involved - removed if name in base]
     layers += [layer for k in chosen for layer in by_key[k].adds]
-    return predictor.layers_cost(layers, counts)
+    return predictor.layers_cost(layers, counts) + predictor.option_ms(chosen)

@@ -15,6 +15,9 @@ requested one the predicted budget is scaled by (requested / measured) and the s
   the rescaling jump past the budget that fits; where the bracketing rounds differ in structure (which
   layers or blocks they drop or merge), the structure of the one nearest the request is held and only the
   widths move from then on (fine-grained), the search told so through ``hold``.
+- **Per-option correction**: the rescaling fixes an error common to the whole model; an option priced
+  wrong relative to the rest is learned from the rounds that took it and those that did not
+  (``cost.correction``), through ``learn``, before the next search.
 
 Where nothing can be measured (a device this host cannot run) there is one round, chosen as it is.
 """
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
 from hwprune.errors import PlanError
@@ -63,10 +66,14 @@ class Refinement:
 def refine(search: Callable[[float, Hashable | None], D], realise: Callable[[D], tuple[float | None, R]],
            requested: float, predicted_budget: float, settings: Refinement = Refinement(),
            on_round: Callable[[Round], None] | None = None, structure: Callable[[D], Hashable] | None = None,
+           learn: Callable[[list[Round[D, R]]], list[float]] | None = None,
            clock: Callable[[], float] = time.monotonic) -> list[Round[D, R]]:
     """Rounds of search (at a predicted budget, the structure to hold or None) -> realise and measure, until
     one lands close to ``requested``, the rounds or the time run out, or a later search finds nothing (in
-    the first round that is an error). ``structure`` tells a decision's structure (None: never held)."""
+    the first round that is an error). ``structure`` tells a decision's structure (None: never held);
+    ``learn`` hears of the rounds so far before each next search (the search's per-option correction,
+    ``cost.correction``, ``search.learn``) and answers how far each round's budget moves into the corrected
+    predictor's currency: the budget is rescaled from those, so nothing is corrected twice."""
     done: list[Round[D, R]] = []
     hold: Hashable | None = None
     started = clock()
@@ -86,9 +93,14 @@ def refine(search: Callable[[float, Hashable | None], D], realise: Callable[[D],
             on_round(done[-1])
         if fraction is None or settings.close_enough(fraction, requested):
             break
+        steering = done
+        if learn is not None:  # each round's budget in the currency of the corrected predictor
+            steering = [replace(r, predicted_budget_ms=r.predicted_budget_ms + shift)
+                        for r, shift in zip(done, learn(done), strict=True)]
         if hold is None and structure is not None:
             hold = _structure_to_hold(done, requested, structure)
-        predicted_budget = _next_budget([r for r in done if hold is None or structure(r.decision) == hold], requested)
+        predicted_budget = _next_budget([r for r in steering if hold is None or structure(r.decision) == hold],
+                                        requested)
     return done
 
 
