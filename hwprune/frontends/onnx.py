@@ -47,6 +47,7 @@ def _load_onnx(path: Path, input_shape: tuple[int, ...] | None) -> tuple[nn.Modu
         module = onnx2torch.convert(proto)
     except Exception as exc:  # onnx2torch raises NotImplementedError, KeyError, ... per unsupported op or attribute
         raise ModelSpecError(f"{path}: onnx2torch cannot convert it: {_one_line(exc)}") from exc
+    _equal_splits_as_chunks(module)
     if dtype.is_floating_point:
         return module, torch.randn(input_shape, dtype=dtype)
     return module, torch.zeros(input_shape, dtype=dtype)  # integer inputs are often indices: 0 is always valid
@@ -66,6 +67,11 @@ def _for_onnx2torch(proto, where: str):
     graph = proto.graph
     constants = {t.name: t for t in graph.initializer}
     outputs = {o.name for o in graph.output}
+    for node in graph.node:  # an equal split needs no sizes: without them, the pieces follow the width (below)
+        if node.op_type == "Split" and len(node.input) == 2 and node.input[1] in constants:
+            sizes = onnx.numpy_helper.to_array(constants[node.input[1]])
+            if len(set(sizes.tolist())) == 1 and len(sizes) == len(node.output):
+                del node.input[1]
     for node in list(graph.node):  # in topological order, so chains of aliases resolve
         if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in constants:
             allowzero = next((a for a in node.attribute if a.name == "allowzero" and a.i == 1), None)
@@ -87,6 +93,31 @@ def _for_onnx2torch(proto, where: str):
         constants[tensor.name] = tensor
         graph.node.remove(node)
     return proto
+
+
+def _equal_splits_as_chunks(module: nn.Module) -> None:
+    """Each equal split (an ONNX Split without sizes, ``_for_onnx2torch``) as ``chunk``: onnx2torch computes
+    its piece size from the width and calls ``torch.split`` with it, which reads as sizes fixed in code
+    (``graph.pieces``), while ``chunk`` divides whatever width it is given: pruned by equal blocks, the
+    converted model's C2f splits follow their producer's width as the native model's ``chunk`` does."""
+    from onnx2torch.node_converters.split import OnnxSplit13
+    from torch import fx
+
+    if not isinstance(module, fx.GraphModule):
+        return
+    for node in list(module.graph.nodes):
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            continue
+        split = module.get_submodule(node.target)
+        if not isinstance(split, OnnxSplit13):
+            continue
+        with module.graph.inserting_after(node):
+            chunk = module.graph.call_method("chunk", (node.args[0], split.num_splits, split.axis))
+        node.replace_all_uses_with(chunk)
+        module.graph.erase_node(node)
+        module.delete_submodule(node.target)
+    module.graph.lint()
+    module.recompile()
 
 
 def _onnx_static_shape(path: Path, name: str, tensor_type) -> tuple[int, ...]:

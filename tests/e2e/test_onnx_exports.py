@@ -39,3 +39,39 @@ def test_an_ultralytics_export_at_its_default_opset_analyses_as_its_opset_17_exp
         analysis = analyze(loaded.module, loaded.example_input, loaded.name, strict=False)
         groups[name] = (len(analysis.groups), len(analysis.prunable()))
     assert groups["default"] == groups["17"] and groups["default"][1] > 0
+
+
+def test_a_converted_c2f_split_is_pruned_by_equal_blocks_exactly_and_exports_with_its_new_sizes(tmp_path):
+    """Every C2f chunk of an Ultralytics export is an ONNX Split with constant sizes [c, c]; loaded, it divides
+    whatever width it gets (``frontends.onnx``), so its groups are prunable (8 refused before), removing
+    zeroed channels is exact, and the pruned model's ONNX export splits at the new sizes and matches it."""
+    import random
+
+    import torch
+
+    from hwprune.export.onnx_export import export_onnx
+    from hwprune.export.verify import verify_onnx
+    from hwprune.transform.prune import prune
+    from tests.pruning_helpers import max_abs_diff, random_keep, zero_dropped_channels
+
+    loaded = load_model(f"onnx:{exported(tmp_path / 'default', None)}")
+    analysis = analyze(loaded.module, loaded.example_input, loaded.name, strict=False)
+    split = [g for g in analysis.groups if "split" in g.couplings]
+    assert len(split) >= 8 and all(g.prunable and g.repeat == 2 for g in split), [g.reason for g in split]
+    assert not any("split" in (g.reason or "") for g in analysis.groups)
+    rng = random.Random(0)
+    keep = {g.id: random_keep(g, rng, 0.5) for g in split}
+    for gid, kept in keep.items():
+        zero_dropped_channels(analysis, analysis.group(gid), kept)
+    x = loaded.example_input
+    with torch.no_grad():
+        reference = loaded.module(x)
+    before = sum(p.numel() for p in loaded.module.parameters())
+    pruned = prune(analysis, keep)
+    with torch.no_grad():
+        output = pruned(x)
+    assert max_abs_diff(reference, output) <= 1e-4 * max(1.0, max_abs_diff(reference, 0 * reference))
+    path = export_onnx(pruned, x, tmp_path / "pruned.onnx")
+    # onnxruntime runs the file's Splits at the pruned widths (a Split at the old sizes would not run)
+    assert verify_onnx(pruned, path, [x]).ok
+    assert sum(p.numel() for p in pruned.parameters()) < before
