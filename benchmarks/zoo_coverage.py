@@ -22,9 +22,11 @@ Each model's hwprune run and torch-pruning run happen in their own subprocess wi
 memory as "MemoryError" and a crash as "crashed (exit code N)".
 
 ``--extra`` runs, instead of the zoo, the model families users bring: YOLO detectors built by the
-ultralytics package from its yaml files (``ultralytics:yolov8n.yaml``, random weights, 640x640)
-and torchvision models round-tripped through ONNX (``onnx-roundtrip:NAME``: exported with the
-TorchScript exporter, loaded back by hwprune's ``onnx:`` spec through onnx2torch). For every model
+ultralytics package from its yaml files (``ultralytics:yolov8n.yaml``, random weights, 640x640), the
+same detectors as the ONNX file Ultralytics itself exports (``ultralytics-onnx:yolov8n.yaml``: its default
+opset, loaded by hwprune's ``onnx:`` spec), and torchvision models round-tripped through ONNX
+(``onnx-roundtrip:NAME``: exported with the TorchScript exporter, loaded back by hwprune's ``onnx:`` spec
+through onnx2torch). For every model
 the groups are also trial-pruned (``transform.trial``), as ``hwprune analyze`` does: the table
 gives the groups prunable by the trace and after the trial.
 
@@ -224,12 +226,31 @@ def load_spec(name: str):
 
     if name.startswith("ultralytics:"):
         return load_model(name)
+    if name.startswith("ultralytics-onnx:"):
+        return load_model(f"onnx:{ultralytics_export(name.split(':', 1)[1])}")
     if name.startswith("onnx-roundtrip:"):
         original = load_model(f"torchvision:{name.split(':', 1)[1]}")
         folder = Path(tempfile.mkdtemp(prefix="hwprune-zoo-"))
         path = export_onnx(original.module, original.example_input, folder / "model.onnx")
         return load_model(f"onnx:{path}")
     return load_model(f"torchvision:{name}")
+
+
+def ultralytics_export(yaml: str) -> Path:
+    """The ONNX file Ultralytics itself writes for ``yaml`` (random weights, 640x640, its default opset),
+    exported offline in a temporary folder, as a user's ``yolo export format=onnx`` would."""
+    import os
+
+    os.environ["YOLO_OFFLINE"], os.environ["YOLO_AUTOINSTALL"] = "1", "0"
+    from ultralytics import YOLO
+
+    folder = Path(tempfile.mkdtemp(prefix="hwprune-zoo-"))
+    cwd = os.getcwd()
+    try:
+        os.chdir(folder)
+        return folder / YOLO(yaml).export(format="onnx", imgsz=640, verbose=False)
+    finally:
+        os.chdir(cwd)
 
 
 Pipeline = Callable[[str, Report], dict[str, Any]]
@@ -355,7 +376,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-EXTRA = ("ultralytics:yolov8n.yaml", "ultralytics:yolov8s.yaml", "ultralytics:yolo11n.yaml",
+EXTRA = ("ultralytics:yolov8n.yaml", "ultralytics-onnx:yolov8n.yaml", "ultralytics:yolov8s.yaml",
+         "ultralytics-onnx:yolov8s.yaml", "ultralytics:yolo11n.yaml", "ultralytics-onnx:yolo11n.yaml",
          "onnx-roundtrip:resnet18", "onnx-roundtrip:mobilenet_v2", "onnx-roundtrip:efficientnet_b0")
 
 

@@ -37,7 +37,10 @@ add (the analyzer must prune them exactly or refuse them by name):
 * ``deconv``: a ConvTranspose2d 3x3 (stride 1), optionally with BN and ReLU;
 * ``hswap``: the tensor chunked in two along height and concatenated back swapped (dim 2);
 * ``cchunk``: a tensor with an even channel count chunked in two along channels and the halves
-  added (prunable: both halves keep the same positions, so each kept sum keeps both its terms).
+  added (prunable: both halves keep the same positions, so each kept sum keeps both its terms);
+* ``csplit``: a tensor split along channels at sizes written in the code (``t.split([a, c - a], 1)``,
+  equal or not) and the pieces concatenated back swapped: the model's code fixes the sizes, so its
+  group must be refused by name, never pruned into a model that no longer runs.
 
 The raw input can only feed ``conv`` ops (its 3 channels are not prunable).
 Every tensor that nobody consumes is concatenated (in production order) into
@@ -68,7 +71,7 @@ from torch import nn
 __all__ = ["EXTRA_KINDS", "OpSpec", "RandomDAGNet", "build_dag_model", "random_dag_models", "random_dag_specs"]
 
 INPUT_SHAPE = (1, 3, 8, 8)
-EXTRA_KINDS = ("gate", "scale", "deconv", "hswap", "cchunk")
+EXTRA_KINDS = ("gate", "scale", "deconv", "hswap", "cchunk", "csplit")
 
 
 class BufferGate(nn.Module):
@@ -100,6 +103,7 @@ class OpSpec:
     out_channels: channel count of the produced tensor (bookkeeping only)
     kernel, depthwise, bias, with_bn, with_relu: conv options
     proj:    for "add": a projection 1x1 conv is applied to inputs[1]
+    first:   for "csplit": the size of the first piece
     """
 
     kind: str
@@ -111,6 +115,7 @@ class OpSpec:
     with_bn: bool = False
     with_relu: bool = False
     proj: bool = False
+    first: int = 0
 
     def __str__(self):
         ins = ",".join(f"t{i}" for i in self.inputs)
@@ -186,7 +191,7 @@ class RandomDAGNet(nn.Module):
                 mods += [nn.BatchNorm2d(s.out_channels)] if s.with_bn else []
                 mods += [nn.ReLU()] if s.with_relu else []
                 layers.append(nn.Sequential(*mods))
-            elif s.kind in ("hswap", "cchunk"):
+            elif s.kind in ("hswap", "cchunk", "csplit"):
                 layers.append(nn.Identity())
             else:  # pragma: no cover
                 raise ValueError(s.kind)
@@ -220,6 +225,9 @@ class RandomDAGNet(nn.Module):
             elif s.kind == "cchunk":
                 first, second = ts[s.inputs[0]].chunk(2, dim=1)
                 y = first + second
+            elif s.kind == "csplit":
+                first, second = ts[s.inputs[0]].split([s.first, s.out_channels - s.first], 1)
+                y = torch.cat([second, first], dim=1)
             elif s.kind == "add":
                 a, b = s.inputs
                 tb = ts[b]
@@ -277,7 +285,8 @@ def random_dag_specs(draw, min_ops=2, max_ops=7, max_channels=12, allow_depthwis
             kind = draw(st.sampled_from(["conv", "conv", "conv", "bn", "relu", "add", "cat", *extra]))
         else:  # add / cat would need two distinct tensors
             kind = draw(st.sampled_from(["conv", "conv", "conv", "bn", "relu", *extra]))
-        if kind == "cchunk" and not any(chans[t] % 2 == 0 for t in produced):
+        if (kind == "cchunk" and not any(chans[t] % 2 == 0 for t in produced)) or (
+                kind == "csplit" and not any(chans[t] >= 2 for t in produced)):
             kind = "conv"
         if kind == "conv":
             src = draw(st.sampled_from(list(range(len(chans)))))
@@ -299,6 +308,9 @@ def random_dag_specs(draw, min_ops=2, max_ops=7, max_channels=12, allow_depthwis
         elif kind == "cchunk":
             src = draw(st.sampled_from([t for t in produced if chans[t] % 2 == 0]))
             spec = OpSpec(kind, (src,), chans[src] // 2)
+        elif kind == "csplit":
+            src = draw(st.sampled_from([t for t in produced if chans[t] >= 2]))
+            spec = OpSpec(kind, (src,), chans[src], first=draw(st.integers(1, chans[src] - 1)))
         elif kind == "deconv":
             spec = OpSpec("deconv", (draw(st.sampled_from(produced)),), draw(st.integers(2, max_channels)),
                           bias=draw(st.booleans()), with_bn=draw(st.booleans()), with_relu=draw(st.booleans()))

@@ -553,6 +553,33 @@ def _yolo_style():
     return _finish(YoloStyleNet(), (1, 3, 32, 32))
 
 
+class YoloxHeadNet(nn.Module):
+    """A YOLOX-style decoupled head as converters leave it: per level a branch, a box conv (4) and an objectness
+    conv (1) concatenated, flattened and joined along anchors. torch-pruning cannot map the concat's offsets;
+    the convs writing it meet it with their outputs only, so the branches before them stay prunable."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = conv_bn_relu(3, 16, 3)
+        self.down = conv_bn_relu(16, 24, 3, stride=2)
+        self.branch = nn.ModuleList(conv_bn_relu(c, 20, 3) for c in (16, 24))
+        self.box = nn.ModuleList(nn.Conv2d(20, 4, 1) for _ in range(2))
+        self.obj = nn.ModuleList(nn.Conv2d(20, 1, 1) for _ in range(2))
+
+    def forward(self, x):
+        p3 = self.stem(x)
+        levels = []
+        for i, feature in enumerate((p3, self.down(p3))):
+            g = self.branch[i](feature)
+            levels.append(torch.cat([self.box[i](g), self.obj[i](g).sigmoid()], 1).flatten(2))
+        return torch.cat(levels, 2).permute(0, 2, 1)
+
+
+@_register("yolox_head", "YOLOX-style decoupled head: box and objectness convs concatenated per level, flattened and joined along anchors (offsets torch-pruning cannot map; the branches before stay prunable)")
+def _yolox_head():
+    return _finish(YoloxHeadNet(), (1, 3, 16, 16))
+
+
 # --------------------------------------------------------------------------
 # torchvision builds
 # --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import importlib.util
 import os
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,11 +30,36 @@ def slim_available() -> bool:
     return importlib.util.find_spec("onnxslim") is not None
 
 
+@dataclass(frozen=True)
+class OnnxIO:
+    """An ONNX file's input and output names, whether its batch is symbolic, and its opset: a pruned model
+    exported with a user's file's (``OnnxIO.of``) drops in where that file was."""
+
+    inputs: tuple[str, ...] = ("input",)
+    outputs: tuple[str, ...] = ("output",)
+    dynamic_batch: bool = False
+    opset: int = ONNX_OPSET
+
+    @classmethod
+    def of(cls, path: str | Path) -> OnnxIO:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        weights = {t.name for t in model.graph.initializer}
+        inputs = [i for i in model.graph.input if i.name not in weights]
+        dims = inputs[0].type.tensor_type.shape.dim if inputs else []
+        return cls(tuple(i.name for i in inputs), tuple(o.name for o in model.graph.output),
+                   bool(dims) and not dims[0].HasField("dim_value"),
+                   max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0))
+
+
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path, dynamic_batch: bool = False,
-                slim: bool = False) -> Path:
-    """Export ``model`` on ``example_input`` (TorchScript exporter) to ``path``; returns the path."""
-    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
-    return export_named(model, (example_input,), path, ["input"], ["output"], axes, slim)
+                slim: bool = False, io: OnnxIO = OnnxIO()) -> Path:
+    """Export ``model`` on ``example_input`` (TorchScript exporter) to ``path``; returns the path. ``io``: the
+    input and output names (and a symbolic batch) to keep, a user's file's for a model converted from it."""
+    dynamic = dynamic_batch or io.dynamic_batch
+    axes = {name: {0: "batch"} for name in (*io.inputs, *io.outputs)} if dynamic else None
+    return export_named(model, (example_input,), path, list(io.inputs), list(io.outputs), axes, slim)
 
 
 def export_named(model: nn.Module, args: tuple[torch.Tensor, ...], path: str | Path, input_names: list[str],

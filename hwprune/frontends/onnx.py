@@ -48,6 +48,11 @@ def _load_onnx(path: Path, input_shape: tuple[int, ...] | None) -> tuple[nn.Modu
     except Exception as exc:  # onnx2torch raises NotImplementedError, KeyError, ... per unsupported op or attribute
         raise ModelSpecError(f"{path}: onnx2torch cannot convert it: {_one_line(exc)}") from exc
     _equal_splits_as_chunks(module)
+    from onnx2torch.onnx_graph import OnnxGraph
+
+    # what refusals name (graph.origins): each module's ONNX node, as the user's file spells it
+    module.onnx_nodes = {name: (node.proto.name, node.proto.op_type)
+                         for name, node in OnnxGraph(proto.graph).nodes.items()}
     if dtype.is_floating_point:
         return module, torch.randn(input_shape, dtype=dtype)
     return module, torch.zeros(input_shape, dtype=dtype)  # integer inputs are often indices: 0 is always valid

@@ -30,6 +30,7 @@ from hwprune.graph.depgraph.index_maps import (
 )
 from hwprune.graph.depgraph.pruners import as_customized
 from hwprune.graph.opaque import opaque_types, traced_whole
+from hwprune.graph.origins import recording_origins
 from hwprune.graph.pieces import Piece, splits_as_slices
 
 
@@ -60,16 +61,19 @@ def capture(model: nn.Module, example_input: torch.Tensor) -> Capture:
     flops, layer_flops = _flops_by_module(counter)
     channel_constants_as_parameters(model)
     traced_pieces: list[tuple[object, Piece]] = []
+    origins: dict[int, tuple[object, str]] = {}
     try:
         unmapped: dict[str, str] = {}
         with traced_whole(model, shapes_in, shapes) as pruners, tolerant_index_mapping(unmapped), \
-                _visible_to_autograd(model), splits_as_slices(traced_pieces):
+                _visible_to_autograd(model), splits_as_slices(traced_pieces), recording_origins(model, origins):
             # A tuple: given a bare tensor, torch-pruning first tries model(*tensor), which for a batch of
             # one runs the model on an unbatched sample (and traces wrong shapes) without failing.
             graph = tp.DependencyGraph().build_dependency(model, (example_input,), verbose=False,
                                                           customized_pruners=as_customized(pruners))
     except Exception as exc:  # torch-pruning raises many kinds; each means "cannot trace this model"
         raise CaptureError(f"tracing channel dependencies failed: {type(exc).__name__}: {exc}") from exc
+    graph.hwprune_origins = {node.name: origins[id(node.grad_fn)][1] for node in graph.module2node.values()
+                             if id(node.grad_fn) in origins and origins[id(node.grad_fn)][0] is node.grad_fn}
     by_grad_fn = {id(grad_fn): piece for grad_fn, piece in traced_pieces}
     graph.hwprune_pieces = {node.name: by_grad_fn[id(node.grad_fn)] for node in graph.module2node.values()
                             if id(node.grad_fn) in by_grad_fn}
@@ -83,7 +87,8 @@ def capture(model: nn.Module, example_input: torch.Tensor) -> Capture:
                 node.module.offsets = None
         unmapped.clear()
         remap(graph, unmapped)
-    isolate_unmappable_concats(graph, unmapped)
+    graph.hwprune_unmapped_sides = {}
+    isolate_unmappable_concats(graph, unmapped, graph.hwprune_unmapped_sides)
     graph.hwprune_unmapped = unmapped
     _check_every_layer_traced(model, graph, shapes)
     params = sum(p.numel() for p in model.parameters())

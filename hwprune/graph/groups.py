@@ -113,7 +113,8 @@ def _on_elementwise(cap: Capture, dep, found: Found) -> None:
         found.couplings.add("residual")
     mixing = _mixing_reason(op, dep.target.grad_fn)
     if mixing:
-        found.reasons.append(f"unsupported op {op} ({mixing}) after {cap.module_name(dep.source.module)}")
+        found.reasons.append(f"unsupported op {op} ({mixing}) after {cap.module_name(dep.source.module)}"
+                             + _in(cap.dependency_graph, dep.target))
 
 
 def _on_concat(cap: Capture, dep, found: Found) -> None:
@@ -138,7 +139,8 @@ def _on_embedding(cap: Capture, dep, found: Found) -> None:
 def _on_slice(cap: Capture, dep, found: Found) -> None:
     bounds = _channel_slice(dep.target)
     if bounds:
-        found.reasons.append(f"passes a slice [:, {bounds}] along channels fixed in the model's code")
+        found.reasons.append(f"passes a slice [:, {bounds}] along channels fixed in the model's code"
+                             + _in(cap.dependency_graph, dep.target))
 
 
 # What a group member of each op type tells about the group (torch-pruning's op types; the rest say nothing).
@@ -172,15 +174,16 @@ def _from_dependency_group(cap: Capture, dg_group: tp.Group, patterns: list[str]
         target = dep.target
         module = target.module
         out_pruning = graph.is_out_channel_pruning_fn(dep.handler)
-        if target.name in graph.hwprune_unmapped:
-            reasons.append(f"torch-pruning could not map channels at {target.name} "
+        if target.name in graph.hwprune_unmapped and graph.hwprune_unmapped_sides.get(
+                target.name, "both") in ("both", "out" if out_pruning else "in"):
+            reasons.append(f"torch-pruning could not map channels at {_at(graph, target)} "
                            f"({graph.hwprune_unmapped[target.name]})")
         if fixed and isinstance(module, fixed):
             reasons.append(f"passes {cap.module_name(module)} ({type(module).__name__}), kept at its width")
         if target.type == OPTYPE.RESHAPE and not any(isinstance(m, FlattenIndexMapping) for m in dep.index_mapping):
             moved = _reshape_moves_channels(target.grad_fn)
             if moved:
-                reasons.append(f"passes a reshape {moved} that splits or reorders channels")
+                reasons.append(f"passes a reshape {moved} that splits or reorders channels ({_at(graph, target)})")
         if target.type == OPTYPE.OUTPUT or (out_pruning and not target.outputs):
             found.reasons.append("feeds a model output")
         elif target.name in graph.hwprune_pieces:
@@ -254,6 +257,20 @@ def _from_dependency_group(cap: Capture, dg_group: tp.Group, patterns: list[str]
         reason="; ".join(dict.fromkeys(reasons)) or None,
         repeat=repeat, exact_removal=found.exact, flops_share=_share(layers, cap.layer_flops, cap.flops),
         params_share=_params_share(cap, layers))
+
+
+def _at(graph: tp.DependencyGraph, node) -> str:
+    """A traced op as the user's model names it: a module of the model by itself (its ONNX node, for a converted
+    model), an op between modules by torch-pruning's name and the module that computed it."""
+    where = graph.hwprune_origins.get(node.name)
+    if where and node.module in graph._module2name:
+        return where
+    return node.name + _in(graph, node)
+
+
+def _in(graph: tp.DependencyGraph, node) -> str:
+    where = graph.hwprune_origins.get(node.name)
+    return f", in {where}" if where else ""
 
 
 def _split_producers_first(cap: Capture) -> list[nn.Module]:

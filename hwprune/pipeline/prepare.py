@@ -18,7 +18,7 @@ from hwprune.cost.predictor import TablePredictor
 from hwprune.cost.structural import stack_layers
 from hwprune.errors import HwpruneError, PlanError
 from hwprune.evaluate.calibration import Calibration, load_calibration
-from hwprune.export.onnx_export import export_onnx, slim_available
+from hwprune.export.onnx_export import ONNX_OPSET, OnnxIO, export_onnx, slim_available
 from hwprune.export.verify import verify_onnx
 from hwprune.frontends import LoadedModel, state_digest
 from hwprune.frontends.hf.layout import heads_fixed
@@ -136,5 +136,8 @@ def export_baseline(loaded: LoadedModel, analysis: Analysis, options: Options, s
     if not check.ok:
         raise HwpruneError(f"{loaded.source_onnx}: onnx2torch's conversion does not compute what the file does "
                            f"({check.worst}); cannot measure or prune against it")
+    io = OnnxIO.of(path)
+    kept = (f"; the pruned file keeps its input and output names ({', '.join(io.inputs)} -> {', '.join(io.outputs)})"
+            f" in opset {ONNX_OPSET}" + ("" if io.opset == ONNX_OPSET else f" (the file's is {io.opset})"))
     return Baseline(path, f"the user's ONNX file {loaded.source_onnx} (its onnx2torch conversion, which is pruned, "
-                          f"matches it: max abs err {check.max_abs_err:.2g})")
+                          f"matches it: max abs err {check.max_abs_err:.2g}){kept}")

@@ -28,7 +28,7 @@ from torch import nn
 from hwprune.errors import HwpruneError, PlanError
 from hwprune.evaluate.calibration import compare_all, logits_kl, output_tensors
 from hwprune.export.nm_check import nm_weights
-from hwprune.export.onnx_export import export_onnx, slim_available
+from hwprune.export.onnx_export import OnnxIO, export_onnx, slim_available
 from hwprune.export.verify import verify_onnx
 from hwprune.frontends import check_model, load_model, weights_named
 from hwprune.graph.analyze import analyze
@@ -237,7 +237,8 @@ def _publish(build: Path, plan: Plan, student: nn.Module, x: torch.Tensor, secti
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
     dynamic = bool(report and report.get("export", {}).get("dynamic_batch"))
     with staged(build, ("recovered.onnx", "recovered.pt")) as stage:
-        onnx = export_onnx(student, x, stage / "recovered.onnx", dynamic, slim_available())
+        io = OnnxIO.of(build / "pruned.onnx") if (build / "pruned.onnx").is_file() else OnnxIO()
+        onnx = export_onnx(student, x, stage / "recovered.onnx", dynamic, slim_available(), io)
         verification = verify_onnx(student, onnx, [x])
         if not verification.ok:
             raise HwpruneError(f"recovered.onnx does not match the recovered model: {verification.worst}")

@@ -86,14 +86,18 @@ def remap(graph: DependencyGraph, unmapped: dict[str, str]) -> None:
         index_mapping.update_index_mapping(graph)
 
 
-def isolate_unmappable_concats(graph: DependencyGraph, unmapped: dict[str, str]) -> None:
+def isolate_unmappable_concats(graph: DependencyGraph, unmapped: dict[str, str], sides: dict[str, str]) -> None:
     """Cut the dependencies through a concat whose channel offsets torch-pruning cannot map.
 
     Without offsets (e.g. a concat feeding flatten -> linear) torch-pruning passes indices
     through the concat unchanged, and with one tensor concatenated twice it maps both copies to
     one offset: groups come out wrong, and where the concat closes a cycle the index walk never
     ends. Cutting the concat out keeps the walk finite; its neighbours are recorded as unmapped,
-    so every group that touches them is reported as not prunable.
+    so every group that touches them is reported as not prunable. A neighbour that is a layer
+    (its input and output channels apart) meets the concat on one side only: ``sides`` says which
+    ("out" for a layer the concat reads, "in" for one that reads the concat), and the group of its
+    other side is not touched (a detector's box conv writes an unmappable concat; the branch
+    before it is still prunable).
     """
     for node in list(graph.module2node.values()):
         if node.type != OPTYPE.CONCAT:  # (spatial concats are element-wise nodes by now)
@@ -107,9 +111,19 @@ def isolate_unmappable_concats(graph: DependencyGraph, unmapped: dict[str, str])
         for other in {*node.inputs, *node.outputs}:
             other.dependencies = [d for d in other.dependencies if d.target is not node]
             unmapped[other.name] = reason
+            if _one_sided(other):
+                side = "out" if other in node.inputs else "in"
+                sides[other.name] = side if sides.get(other.name, side) == side else "both"
         node.dependencies = []
         unmapped[node.name] = reason
 
+
+
+def _one_sided(node) -> bool:
+    """Whether ``node`` is a layer whose input and output channels are apart (a depthwise conv's are one)."""
+    if node.type == OPTYPE.LINEAR:
+        return True
+    return node.type == OPTYPE.CONV and getattr(node.module, "groups", 1) == 1
 
 
 def identity_mapping(node) -> None:

@@ -254,16 +254,19 @@ def test_pruned_detector_saved_for_ultralytics(tmp_path):
 @needs_onnx2torch
 def test_onnx_compile_measures_against_the_users_own_file(tmp_path, capsys, monkeypatch):
     """An onnx: model's baseline is the user's file itself (byte for byte), once its conversion is
-    checked to compute what it does; a conversion that differs stops the compile with one line."""
+    checked to compute what it does; the pruned file keeps the user's input and output names; a conversion
+    that differs stops the compile with one line."""
+    import onnx
+
     from hwprune.cli import main
-    from hwprune.export.onnx_export import export_onnx
+    from hwprune.export.onnx_export import export_named
     from hwprune.export.verify import Verification
 
     torch.manual_seed(0)
     wide = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),  # enough work to prune
                          nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)).eval()
-    path = export_onnx(wide, torch.randn(1, 3, 32, 32), tmp_path / "wide.onnx")
+    path = export_named(wide, (torch.randn(1, 3, 32, 32),), tmp_path / "wide.onnx", ["images"], ["logits"])
     out = tmp_path / "build"
     monkeypatch.setenv("HWPRUNE_CACHE", str(tmp_path / "cache"))
     assert main(["compile", "--refine", "2",
@@ -272,6 +275,9 @@ def test_onnx_compile_measures_against_the_users_own_file(tmp_path, capsys, monk
     report = json.loads((out / "report.json").read_text())
     assert report["export"]["baseline"].startswith(f"the user's ONNX file {path}")
     assert f"Baseline: the user's ONNX file {path}" in (out / "report.md").read_text()
+    assert "keeps its input and output names (images -> logits)" in report["export"]["baseline"]
+    pruned = onnx.load(str(out / "pruned.onnx")).graph
+    assert [i.name for i in pruned.input] == ["images"] and [o.name for o in pruned.output] == ["logits"]
 
     failed = Verification(0.5, 0.5, False, 1e-4, 1e-3, 1, "input 0, output 0 at (0, 1): onnx 1, torch 0.5")
     monkeypatch.setattr("hwprune.pipeline.prepare.verify_onnx", lambda *args, **kwargs: failed)

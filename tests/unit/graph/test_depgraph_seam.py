@@ -52,9 +52,11 @@ def test_the_version_check_accepts_the_tested_releases_and_names_them_otherwise(
 
 
 def _member(grad_fn=None, module=None, source="stem"):
-    """A dependency as the handlers read it: its target node (op, autograd node, module) and source."""
-    cap = SimpleNamespace(module_name=lambda module: getattr(module, "name", source))
-    target = SimpleNamespace(grad_fn=grad_fn, module=module)
+    """A dependency as the handlers read it: its target node (op, autograd node, module) and source; the op was
+    computed by the model's module ``crop`` (``graph.origins``)."""
+    graph = SimpleNamespace(hwprune_origins={"op": "crop (Crop)"}, _module2name={})
+    cap = SimpleNamespace(module_name=lambda module: getattr(module, "name", source), dependency_graph=graph)
+    target = SimpleNamespace(grad_fn=grad_fn, module=module, name="op")
     return cap, SimpleNamespace(target=target, source=SimpleNamespace(module=SimpleNamespace(name=source)))
 
 
@@ -75,7 +77,7 @@ def test_an_add_couples_a_residual_and_a_channel_mixing_op_refuses():
     added = _run(OPTYPE.ELEMENTWISE, grad_fn=(x + x).grad_fn)
     assert added.couplings == {"residual"} and not added.reasons and added.exact
     mixed = _run(OPTYPE.ELEMENTWISE, grad_fn=torch.softmax(x, dim=1).grad_fn)
-    assert mixed.reasons == ["unsupported op SoftmaxBackward0 (mixes channels) after stem"]
+    assert mixed.reasons == ["unsupported op SoftmaxBackward0 (mixes channels) after stem, in crop (Crop)"]
     mean = _run(OPTYPE.ELEMENTWISE, grad_fn=x.mean(dim=1).grad_fn)  # a reduction over the channels
     assert mean.reasons and "MeanBackward1" in mean.reasons[0]
     spatial = _run(OPTYPE.ELEMENTWISE, grad_fn=x.mean(dim=(2, 3)).grad_fn)  # over height and width: fine
@@ -98,6 +100,6 @@ def test_a_slice_along_channels_refuses_and_one_along_height_does_not():
     x = torch.randn(1, 8, 4, 4, requires_grad=True)
     module = SimpleNamespace(start=0, end=4)
     channels = _run(OPTYPE.SLICE, grad_fn=x[:, :4].grad_fn, module=module)
-    assert channels.reasons == ["passes a slice [:, 0:4] along channels fixed in the model's code"]
+    assert channels.reasons == ["passes a slice [:, 0:4] along channels fixed in the model's code, in crop (Crop)"]
     height = _run(OPTYPE.SLICE, grad_fn=x[:, :, :2].grad_fn, module=module)
     assert not height.reasons and not height.couplings

@@ -48,3 +48,14 @@ def test_a_height_swap_feeding_a_channel_concat_keeps_the_concat_offsets_right()
              OpSpec("cchunk", (3,), 6)]
     model, x = build_dag_model(specs)
     assert [check_graph(model, x, seed).kind for seed in range(3)] == ["ok"] * 3
+
+
+def test_a_split_at_sizes_written_in_the_code_is_refused_by_name():
+    """``t.split([2, 4], 1)`` in a model's code cannot follow a pruned width: its group is refused, naming it."""
+    from hwprune.graph.analyze import analyze
+    from tests.random_dags import OpSpec, build_dag_model
+
+    model, x = build_dag_model([OpSpec("conv", (0,), 6, kernel=3), OpSpec("csplit", (1,), 6, first=2)])
+    group = analyze(model, x, "csplit", strict=False).group("layers.0.0")
+    assert not group.prunable and "split([2, 4])" in group.reason and "fixed in the model's code" in group.reason
+    assert check_graph(model, x, 0).kind in ("ok", "refused")
