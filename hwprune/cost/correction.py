@@ -1,4 +1,5 @@
-"""What measured rounds teach the predictor about single depth options: a per-option correction.
+"""What measured rounds teach the predictor about single depth options: a per-option correction (fitted by
+``search.learn``, applied by ``TablePredictor.corrected``).
 
 A round measures a whole model; the refinement loop (``search.refine``) rescales the budget by what it
 measured against what it asked for. That fixes an error the whole model shares, not an option priced
@@ -24,16 +25,7 @@ correction; a smooth error over the widths is what the rescaling fixes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-import numpy as np
-
-if TYPE_CHECKING:
-    from hwprune.cost.predictor import TablePredictor
-
-LIMIT = 1.0  # |a| at most: an option never saves more than twice its prediction, nor costs time
 
 
 @dataclass(frozen=True)
@@ -45,40 +37,3 @@ class Correction:
 
     def __bool__(self) -> bool:
         return bool(self.options_ms)
-
-
-@dataclass(frozen=True)
-class MeasuredRound:
-    """A measured round as the fit sees it: the search's keep counts and depth options, and the latency
-    measured as a fraction of the baseline's."""
-
-    counts: dict[str, int]
-    depth: frozenset[str]
-    fraction: float
-
-
-def fit(predictor: TablePredictor, rounds: Sequence[MeasuredRound]) -> Correction:
-    """The per-option correction explaining the measured rounds' errors (module docstring); ``predictor``
-    uncorrected."""
-    names = sorted(frozenset().union(*(r.depth for r in rounds)))
-    if not names:
-        return Correction(rounds=len(rounds))
-    base = predictor.predict({}).total_ms
-    predicted = np.array([predictor.with_depth(r.depth).predict(r.counts).total_ms for r in rounds])
-    x = np.array([[_saving(predictor, r, name) for name in names] for r in rounds])
-    errors = np.array([r.fraction for r in rounds]) * base - predicted
-    shares = np.clip(np.linalg.pinv(x, rcond=1e-6) @ errors, -LIMIT, LIMIT)
-    options_ms = {}
-    for j, name in enumerate(names):
-        taken = x[:, j][x[:, j] != 0]
-        if abs(shares[j]) > 1e-9 and taken.size:
-            options_ms[name] = float(shares[j] * taken.mean())
-    return Correction(options_ms, len(rounds))
-
-
-def _saving(predictor: TablePredictor, measured: MeasuredRound, key: str) -> float:
-    """Option ``key``'s predicted saving in the round's model (0 where the round did not take it)."""
-    if key not in measured.depth:
-        return 0.0
-    without = predictor.with_depth(measured.depth - {key}).predict(measured.counts).total_ms
-    return without - predictor.with_depth(measured.depth).predict(measured.counts).total_ms

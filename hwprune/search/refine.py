@@ -94,13 +94,15 @@ def refine(search: Callable[[float, Hashable | None], D], realise: Callable[[D],
         if fraction is None or settings.close_enough(fraction, requested):
             break
         steering = done
-        if learn is not None:  # each round's budget in the currency of the corrected predictor
+        if learn is not None:  # each round's budget in the currency of the corrected predictor (where it has one)
             steering = [replace(r, predicted_budget_ms=r.predicted_budget_ms + shift)
-                        for r, shift in zip(done, learn(done), strict=True)]
+                        if r.predicted_budget_ms + shift > 0 else r for r, shift in zip(done, learn(done), strict=True)]
         if hold is None and structure is not None:
             hold = _structure_to_hold(done, requested, structure)
         predicted_budget = _next_budget([r for r in steering if hold is None or structure(r.decision) == hold],
                                         requested)
+        if not predicted_budget > 0:  # nothing measured says where a smaller model would land
+            break
     return done
 
 

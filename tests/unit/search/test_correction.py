@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from hwprune.cost.correction import Correction, MeasuredRound, fit
-from hwprune.search.learn import Learner
+from hwprune.cost.correction import Correction
+from hwprune.search.learn import Learner, MeasuredRound, fit
 from hwprune.search.refine import Refinement, refine
 
 PREDICTED = {"drop:a": 0.30, "drop:b": 0.15}  # what the table says each option saves (fractions of the baseline)
