@@ -4,8 +4,10 @@ A profile holds what a latency model needs to know about a device and where each
 from (every numeric line of a profile carries a ``# source:``, ``# fitted:`` or ``# assumed:``
 comment; tests/unit/runtime/test_targets.py checks it). Layout of a profile::
 
-    name, description, runtime ("onnxruntime" | "tensorrt"), default_dtype, default_batch,
+    name, description, runtime ("onnxruntime" | "tensorrt" | "torch"), default_dtype, default_batch,
     channel_alignment, [threads, graph_optimization_level: onnxruntime targets only]
+    [device ("cpu" | "cuda"), mode ("eager" | "cudagraph" | "compile"), threads (device "cpu"):
+                          torch targets only; ``--target NAME:MODE`` picks another mode]
     [peak_tflops]         fp32, fp16, int8 (dense; int8 in TOPS)
     [peak_tflops_sparse]  2:4 structured-sparsity rates; only where tensor cores accelerate it
     [sparsity]            layer_speedup, min_channels: what the cost model predicts a 2:4 layer gains
@@ -26,7 +28,7 @@ import math
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -37,13 +39,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-RUNTIMES = ("onnxruntime", "tensorrt")
+RUNTIMES = ("onnxruntime", "tensorrt", "torch")
+TORCH_DEVICES = ("cpu", "cuda")
+TORCH_MODES = ("eager", "cudagraph", "compile")  # cudagraph: captured in a CUDA graph (cuda only)
 DTYPES = ("fp32", "fp16", "int8")
 OP_KINDS = ("conv", "pointwise", "depthwise", "linear")
 ORT_LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
 REQUIRED_FIELDS = ("name", "description", "runtime", "default_dtype", "default_batch", "channel_alignment",
                    "peak_tflops", "memory", "analytic")
-_OPTIONAL_FIELDS = ("peak_tflops_sparse", "sparsity", "threads", "graph_optimization_level")
+_OPTIONAL_FIELDS = ("peak_tflops_sparse", "sparsity", "threads", "graph_optimization_level", "device", "mode")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -76,9 +80,13 @@ class Target:
     bandwidth_gbps: float
     analytic: AnalyticParams
     threads: int | None = None
-    """onnxruntime intra-op threads (onnxruntime targets only)."""
+    """Intra-op threads (onnxruntime targets, and torch targets on the CPU)."""
     graph_optimization_level: str | None = None
     """onnxruntime graph optimisation level (onnxruntime targets only)."""
+    device: str | None = None
+    """Where a torch target runs: "cpu" or "cuda" (torch targets only)."""
+    mode: str | None = None
+    """How a torch target runs a whole model: "eager", "cudagraph" or "compile" (torch targets only)."""
     sparse_layer_speedup: float = 1.0
     """Predicted speedup of a 2:4 layer's compute-bound time (1: none predicted)."""
     sparse_min_channels: int = 0
@@ -151,7 +159,11 @@ def load_target(name: str, directory: str | Path | None = None) -> Target:
     """Load a device profile by name; a DeviceError lists the known names when it is missing.
 
     ``directory`` reads ``<directory>/<name>.toml`` instead of the profiles shipped with hwprune.
+    ``NAME:MODE`` is a torch target run in another mode (``cuda:compile``), under that name: its
+    tables and reports never mix with the default mode's.
     """
+    if ":" in name:
+        return _with_mode(name, directory)
     root = Path(directory) if directory is not None else _builtin_dir()
     path = root / f"{name}.toml"
     if not _NAME.match(name) or not path.is_file():
@@ -163,6 +175,22 @@ def load_target(name: str, directory: str | Path | None = None) -> Target:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise DeviceError(f"{where} is malformed: {exc}") from exc
     return _parse(data, name, where, str(path))
+
+
+def _with_mode(name: str, directory: str | Path | None) -> Target:
+    base, mode = name.split(":", 1)
+    target = load_target(base, directory)
+    if target.runtime != "torch":
+        raise DeviceError(f"target {name!r}: a :MODE suffix applies to torch targets only, not {target.runtime}")
+    _check_mode(mode, target.device, f"target {name!r}")
+    return replace(target, name=name, mode=mode)
+
+
+def _check_mode(mode: object, device: str | None, where: str) -> None:
+    if mode not in TORCH_MODES:
+        raise DeviceError(f"{where}: mode = {mode!r} is not one of {', '.join(TORCH_MODES)}")
+    if mode == "cudagraph" and device != "cuda":
+        raise DeviceError(f"{where}: mode cudagraph captures a CUDA graph and needs device cuda, not {device}")
 
 
 def _parse(data: dict, stem: str, where: str, path: str) -> Target:
@@ -205,19 +233,36 @@ def _parse(data: dict, stem: str, where: str, path: str) -> Target:
 
     analytic = _analytic(_table(data, "analytic", where), where)
 
-    threads = level = None
-    if runtime == "onnxruntime":
-        threads = _positive_int(data, "threads", where)
-        level = _choice(data, "graph_optimization_level", ORT_LEVELS, where)
-    else:
-        extra = [key for key in ("threads", "graph_optimization_level") if key in data]
-        if extra:
-            raise DeviceError(f"{where}: {', '.join(extra)} only apply to onnxruntime targets")
+    threads, level, device, mode = _runtime_settings(data, runtime, where)
     return Target(name=name, description=description, runtime=runtime, default_dtype=default_dtype,
                   default_batch=default_batch, channel_alignment=channel_alignment, peak_tflops=peak,
                   peak_tflops_sparse=sparse, bandwidth_gbps=bandwidth, analytic=analytic, threads=threads,
-                  graph_optimization_level=level, sparse_layer_speedup=speedup,
+                  graph_optimization_level=level, device=device, mode=mode, sparse_layer_speedup=speedup,
                   sparse_min_channels=min_channels, path=path)
+
+
+def _runtime_settings(data: dict, runtime: str, where: str) -> tuple[int | None, str | None, str | None, str | None]:
+    """Threads and optimisation level (onnxruntime), or device, mode and threads on the CPU (torch)."""
+    allowed = {"onnxruntime": ("threads", "graph_optimization_level"), "torch": ("device", "mode", "threads"),
+               "tensorrt": ()}[runtime]
+    extra = [key for key in ("threads", "graph_optimization_level", "device", "mode") if key in data
+             and key not in allowed]
+    if extra:
+        owners = {"threads": "onnxruntime targets (and torch targets on the cpu)",
+                  "graph_optimization_level": "onnxruntime targets", "device": "torch targets", "mode": "torch targets"}
+        raise DeviceError(f"{where}: {', '.join(extra)} only apply to {owners[extra[0]]}")
+    if runtime == "onnxruntime":
+        return (_positive_int(data, "threads", where),
+                _choice(data, "graph_optimization_level", ORT_LEVELS, where), None, None)
+    if runtime == "tensorrt":
+        return None, None, None, None
+    device = _choice(data, "device", TORCH_DEVICES, where)
+    mode = _required(data, "mode", where)
+    _check_mode(mode, device, where)
+    if device == "cuda" and "threads" in data:
+        raise DeviceError(f"{where}: threads only apply to torch targets on the cpu")
+    threads = _positive_int(data, "threads", where) if device == "cpu" else None
+    return threads, None, device, mode
 
 
 def _analytic(table: dict, where: str) -> AnalyticParams:

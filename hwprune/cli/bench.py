@@ -1,4 +1,5 @@
-"""``hwprune bench``: time an ONNX model; against a baseline, exit 1 on a latency regression."""
+"""``hwprune bench``: time an ONNX model (a torch target: also a ``.pt2`` program or a compile's build
+folder); against a baseline, exit 1 on a latency regression."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from hwprune.errors import HwpruneError
 def add(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("bench",
                                    help="time an ONNX model; with a baseline, exit 1 on a latency regression")
-    parser.add_argument("onnx", metavar="MODEL.onnx", help="the model to time")
+    parser.add_argument("onnx", metavar="MODEL.onnx",
+                        help="the model to time; a build folder (compile --out): its pruned.onnx; torch targets also "
+                             "time a MODEL.pt2")
     parser.add_argument("--target", default="cpu", help="device profile (default: cpu); jetson: the module --remote "
                                                         "reaches, identified there (else jetson-orin-nano)")
     parser.add_argument("--save", metavar="FILE", help="write the measurement record (JSON) to FILE")
@@ -37,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.tolerance < 10:
         raise HwpruneError(f"--tolerance {args.tolerance}: must be in [0, 10)")
     model = Path(args.onnx)
+    if model.is_dir():  # a compile's build folder
+        model = model / "pruned.onnx"
     verdict = None
     with remote(args) as device:
         target = resolve_target(args.target, device)

@@ -50,12 +50,15 @@ def add_remote_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_target(name: str, device: RemoteSession | None = None) -> Target:
     """The target ``--target`` names; ``jetson`` is the module ``device`` (``--remote``) is, identified there,
-    else jetson-orin-nano; either way one line on stderr says which."""
+    else jetson-orin-nano; either way one line on stderr says which. A torch target this host cannot run is
+    refused here, before a model loads or an output folder is made."""
+    from hwprune.runtime import runtime_for
     from hwprune.targets import resolve_target as resolve
 
     target, line = resolve(name, None if device is None else device.device_facts)
     if line is not None:
         print(line, file=sys.stderr)
+    runtime_for(target)  # a target this host can never time (cuda without a GPU) stops here, before the model loads
     return target
 
 

@@ -65,17 +65,21 @@ def verify_onnx(model: nn.Module, path: str | Path, inputs: Sequence[torch.Tenso
     return Verification(max_abs, max_rel, ok, atol, rtol, len(inputs), worst)
 
 
+def check_inputs(example: torch.Tensor, dynamic_batch: bool = False) -> list[torch.Tensor]:
+    """What an export is checked on: three seeded inputs of the example's shape (the example itself for
+    integer inputs, token ids), and a batch of 3 when the batch axis is dynamic."""
+    if not example.is_floating_point():
+        return [example]
+    shapes = [tuple(example.shape)] * 3 + ([(3, *example.shape[1:])] if dynamic_batch else [])
+    return [torch.randn(shape, generator=torch.Generator().manual_seed(n)) for n, shape in enumerate(shapes)]
+
+
 def verified(model: nn.Module, path: str | Path, example: torch.Tensor, dynamic_batch: bool, atol: float,
              rtol: float) -> Verification:
     """The check every exported model passes before it is reported (compile and apply alike): three
     seeded inputs of the example's shape, and a batch of 3 when the batch axis is dynamic. A
     mismatch is an error, not a warning."""
-    if example.is_floating_point():
-        shapes = [tuple(example.shape)] * 3 + ([(3, *example.shape[1:])] if dynamic_batch else [])
-        inputs = [torch.randn(shape, generator=torch.Generator().manual_seed(n)) for n, shape in enumerate(shapes)]
-    else:
-        inputs = [example]
-    verification = verify_onnx(model, path, inputs, atol, rtol)
+    verification = verify_onnx(model, path, check_inputs(example, dynamic_batch), atol, rtol)
     if not verification.ok:
         raise HwpruneError(f"exported ONNX does not match the pruned model (max abs err "
                            f"{verification.max_abs_err:.3g}; worst {verification.worst})")

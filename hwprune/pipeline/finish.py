@@ -19,14 +19,14 @@ from hwprune.evaluate.calibration import Calibration, box_agreement, fidelity
 from hwprune.export.copies import copy_ops
 from hwprune.export.nm_check import nm_weights
 from hwprune.export.onnx_export import ONNX_OPSET, export_onnx, slim_available
-from hwprune.export.verify import verified
+from hwprune.export.verify import check_inputs, verified
 from hwprune.frontends import LoadedModel, save_native
 from hwprune.graph.analyze import Analysis
 from hwprune.pipeline.decode import decode_section, decode_summary
 from hwprune.pipeline.measure import Measurer, Realised
 from hwprune.pipeline.steps import Step
 from hwprune.report import Built, Checked, Measured
-from hwprune.runtime import Runtime
+from hwprune.runtime import Runtime, runtime_for
 from hwprune.search.decide import Decision
 from hwprune.search.refine import Round
 from hwprune.search.verdict import judge
@@ -57,11 +57,20 @@ def keep_chosen(chosen: Round[Decision, Realised], rounds: list[Round], measurer
 
 def check(loaded: LoadedModel, analysis: Analysis, chosen: Round[Decision, Realised], calibration: Calibration,
           options: Options, stage: Path, step: Step, console: Console) -> Checked:
-    """The export against the pruned module, its N:M layers in the exported weights, and fidelity to the
-    unpruned model (and, for a detector on the user's images, box agreement)."""
+    """The export against the pruned module, the module as a torch target runs it (its precision and mode)
+    against it in fp32, its N:M layers in the exported weights, and fidelity to the unpruned model (and,
+    for a detector on the user's images, box agreement)."""
     model, x = chosen.realised.model, analysis.capture.example_input
     with step("verify"):
         verification = verified(model, stage / "pruned.onnx", x, options.dynamic_batch, options.atol, options.rtol)
+        runs = runtime_for(options.target).check_module(model, check_inputs(x), options.atol, options.rtol)
+        if runs is not None:
+            line = (f"{runs['runtime']} {runs['mode']} on {runs['device']} at {runs['precision']} against the fp32 "
+                    f"module: max abs err {runs['max_abs_err']:.3g} (atol {runs['atol']:g}"
+                    f"{' x output scale' if runs['output_scaled_atol'] else ''}, rtol {runs['rtol']:g})")
+            if not runs["ok"]:
+                raise HwpruneError(f"the pruned model as the target runs it does not match it: {line}")
+            console.print(f"  {line}")
         quality = fidelity(analysis.model, model, calibration.batches, text=not calibration.random)
         if loaded.capabilities.detections and not calibration.random:  # boxes on the user's images
             quality.box_agreement = box_agreement(analysis.model, model, calibration.batches)

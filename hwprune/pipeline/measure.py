@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 from hwprune.config import Options, Recalibrate
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm
 from hwprune.evaluate.calibration import Calibration
-from hwprune.export.onnx_export import export_onnx, slim_available
+from hwprune.export.onnx_export import OnnxIO, export_onnx, slim_available
 from hwprune.graph.analyze import Analysis
 from hwprune.plan import Plan
 from hwprune.runtime import Runner, Runtime
@@ -75,9 +76,15 @@ class Measurer:
         batches = calibration.batches if recalibrate else []
         if runtime.unavailable_reason() is not None:
             return cls(realiser, options, runtime, stage, batches, None, float("nan"))
-        baseline = runtime.load(baseline_onnx)
+        baseline = runtime.load_model(realiser.analysis.model, (realiser.analysis.capture.example_input,),
+                                      baseline_onnx)
         baseline_ms = runtime.time(baseline, 3, 10, 0.5).median_ms
         return cls(realiser, options, runtime, stage, batches, baseline, baseline_ms)
+
+    @cached_property
+    def io(self) -> OnnxIO:
+        """The baseline file's input and output names, kept by every round's export (a user's ONNX file's)."""
+        return OnnxIO.of(self.stage / "baseline.onnx")
 
     @property
     def measurable(self) -> bool:
@@ -86,7 +93,8 @@ class Measurer:
     def __call__(self, decision: Decision) -> tuple[float | None, Realised]:
         model = self.realise(decision.plan, self.recalibration)
         path = export_onnx(model, self.realise.analysis.capture.example_input,
-                           self.stage / f"pruned-round{self.rounds}.onnx", self.options.dynamic_batch, slim_available())
+                           self.stage / f"pruned-round{self.rounds}.onnx", self.options.dynamic_batch, slim_available(),
+                           self.io)
         self.rounds += 1
         realised = Realised(model, path, None)
         if not self.measurable:
@@ -104,8 +112,8 @@ class Measurer:
 
     def _against_baseline(self, realised: Realised, rounds: int) -> Comparison:
         """The realised model timed against the baseline in what the runtime loads: the exported ONNX
-        file (onnxruntime, TensorRT)."""
-        pruned = self.runtime.load(realised.onnx)
+        file (onnxruntime, TensorRT) or the module itself (torch)."""
+        pruned = self.runtime.load_model(realised.model, (self.realise.analysis.capture.example_input,), realised.onnx)
         try:
             return self.runtime.interleaved([self.baseline, pruned], rounds=rounds)
         finally:

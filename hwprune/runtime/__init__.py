@@ -1,10 +1,13 @@
 """The runtime layer: the only code that knows one inference runtime from another.
 
 A :class:`~hwprune.runtime.base.Runtime` loads a model for a target (an onnxruntime session, a
-TensorRT engine), times it alone or interleaved with others, times single-op graphs for latency
-tables, and fingerprints the host or device a measurement was made on. ``latency/`` (cost models)
-and ``export/`` (artefacts) both stand on it and never on each other. Nothing here imports torch:
-the TensorRT half runs on a bare JetPack (``export/trt_build_and_time.py``).
+TensorRT engine, a PyTorch module run eagerly, in a CUDA graph or compiled), times it alone or
+interleaved with others, times single-op graphs for latency tables, and fingerprints the host or
+device a measurement was made on. ``latency/`` (cost models) and ``export/`` (artefacts) both stand
+on it and never on each other. No module here imports torch at its top: the torch runtime
+(``pytorch.py``, ``torch_onnx.py``) imports it inside its functions, when a torch target is timed, so
+the layer imports without torch and the on-device kit that reaches it stays torch-free (the TensorRT
+half runs on a bare JetPack, ``export/trt_build_and_time.py``).
 """
 
 from __future__ import annotations
@@ -42,7 +45,17 @@ def remote_device(address: str, ssh_config: str | None = None, accept_new_host_k
 
 def runtime_for(target: Target) -> Runtime:
     """The runtime that times ``target`` (never another one in its place): on the device, inside
-    :func:`remote_device`."""
+    :func:`remote_device`. A torch target is measured on this host or not at all: where it cannot run
+    (``cuda`` without a GPU) this is the error that says why."""
+    if target.runtime == "torch":
+        if _REMOTE:
+            raise DeviceError(f"target {target.name} times this host's {target.device} through PyTorch; --remote "
+                              "times onnxruntime and TensorRT targets only")
+        from hwprune.runtime.pytorch import TorchRuntime
+
+        runtime = TorchRuntime(target)
+        runtime.require("a torch target is measured on this host only, never predicted or timed elsewhere in its place")
+        return runtime
     if _REMOTE:
         return _REMOTE[-1].runtime(target)
     if target.runtime == "onnxruntime":

@@ -9,11 +9,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 from hwprune.errors import HwpruneError
 from hwprune.runtime.kit import OpGraph
 from hwprune.runtime.timing import Comparison, Timing, interleave, time_runs
 from hwprune.targets import Target
+
+Module = Any  # a torch.nn.Module, and Tensor a torch.Tensor: named, not imported (this layer imports no torch)
+Tensor = Any
 
 
 class Runner(ABC):
@@ -64,6 +68,18 @@ class Runtime(ABC):
     @abstractmethod
     def load(self, model: Path) -> Runner:
         """``model`` (an ONNX file) ready to run with the target's settings and random inputs."""
+
+    def load_model(self, module: Module, inputs: tuple[Tensor, ...], onnx: Path) -> Runner:
+        """The model a compile measures, ready to run: ``onnx`` (its export) for runtimes that run ONNX
+        files, the module itself on ``inputs``' shapes for one that runs modules (torch). Callers that
+        hold both pass both, and the runtime picks."""
+        return self.load(onnx)
+
+    def check_module(self, module: Module, inputs: Sequence[Tensor], atol: float, rtol: float) -> dict | None:
+        """The module as this runtime runs it (the target's precision and mode) against ``module`` in fp32
+        on ``inputs``, for runtimes that run modules; None for those that run the (separately verified)
+        ONNX file."""
+        return None
 
     @abstractmethod
     def time_graph(self, graph: bytes, shape: tuple[int, ...], calls: int | None = None) -> Timing:

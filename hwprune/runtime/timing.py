@@ -2,7 +2,8 @@
 
 On a shared machine one absolute time is not a fact; medians of many runs are, and a ratio of
 two models timed in alternating rounds is robust to the machine's drift. Both work on plain
-callables, so every runtime times the same way.
+callables, so every runtime times the same way; a ``timer`` says how one call is timed (the wall
+clock by default; CUDA events around a queued GPU inference in the torch runtime).
 """
 
 from __future__ import annotations
@@ -44,21 +45,30 @@ class Comparison:
     round_ratios: list[list[float]]
 
 
-def time_runs(run: Callable[[], object], warmup: int = 3, min_runs: int = 10, min_seconds: float = 0.1) -> Timing:
+Timer = Callable[[Callable[[], object]], float]
+
+
+def wall_ms(run: Callable[[], object]) -> float:
+    """One call of ``run`` on the wall clock, in milliseconds."""
+    begin = time.perf_counter()
+    run()
+    return (time.perf_counter() - begin) * 1e3
+
+
+def time_runs(run: Callable[[], object], warmup: int = 3, min_runs: int = 10, min_seconds: float = 0.1,
+              timer: Timer = wall_ms) -> Timing:
     """Run ``warmup`` times, then at least ``min_runs`` runs and ``min_seconds`` of timed runs."""
     for _ in range(warmup):
         run()
     times: list[float] = []
     started = time.perf_counter()
     while len(times) < min_runs or time.perf_counter() - started < min_seconds:
-        begin = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - begin) * 1e3)
+        times.append(timer(run))
     return Timing.of(times)
 
 
 def interleave(runs: Sequence[Callable[[], object]], rounds: int = 15, runs_per_round: int = 5, warmup: int = 5,
-               min_seconds: float = 0.0) -> Comparison:
+               min_seconds: float = 0.0, timer: Timer = wall_ms) -> Comparison:
     """A B A B ...: every round runs each model ``runs_per_round`` times, alternating which goes
     first, so slow phases of a shared machine hit all alike."""
     for run in runs:
@@ -71,11 +81,7 @@ def interleave(runs: Sequence[Callable[[], object]], rounds: int = 15, runs_per_
     while done < rounds or time.perf_counter() - started < min_seconds:
         order = range(len(runs)) if done % 2 == 0 else reversed(range(len(runs)))
         for i in order:
-            this_round = []
-            for _ in range(runs_per_round):
-                begin = time.perf_counter()
-                runs[i]()
-                this_round.append((time.perf_counter() - begin) * 1e3)
+            this_round = [timer(runs[i]) for _ in range(runs_per_round)]
             times[i].extend(this_round)
             round_medians[i].append(float(np.median(this_round)))
         done += 1

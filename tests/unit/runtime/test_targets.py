@@ -20,9 +20,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-CPUS = {"cpu", "x86-avx512", "arm-cortex-a78ae"}
+CPUS = {"cpu", "x86-avx512", "arm-cortex-a78ae", "cpu-torch"}
 GPUS = {"jetson-orin-nano", "jetson-orin-agx", "jetson-xavier-nx", "t4", "a10", "a100", "l4", "h100",
-        "rtx-4090", "rtx-2080ti", "rtx-2080ti-trt84-fp32"}
+        "rtx-4090", "rtx-2080ti", "rtx-2080ti-trt84-fp32", "cuda"}
+TORCH = {"cpu-torch", "cuda"}  # measured through PyTorch (tests/unit/runtime/test_torch_runtime.py)
 SPARSE_24 = {"jetson-orin-nano", "jetson-orin-agx", "a10", "a100", "l4", "h100", "rtx-4090"}  # Ampere and newer
 DEVICES = resources.files("hwprune.devices")
 NUMBER = r"[-+]?(?:\d[\d_]*)(?:\.[\d_]+)?(?:[eE][-+]?\d+)?"
@@ -65,7 +66,7 @@ def test_every_required_target_is_shipped():
 def test_profile_parses_with_all_fields(name):
     target = load_target(name)
     assert isinstance(target, Target) and target.name == name and target.description
-    assert target.runtime == ("onnxruntime" if name in CPUS else "tensorrt")
+    assert target.runtime == ("torch" if name in TORCH else "onnxruntime" if name in CPUS else "tensorrt")
     assert set(target.peak_tflops) == set(DTYPES) and all(v > 0 for v in target.peak_tflops.values())
     assert target.default_dtype in target.peak_tflops
     assert target.bandwidth_gbps > 0 and target.default_batch >= 1 and target.channel_alignment >= 1
@@ -74,6 +75,8 @@ def test_profile_parses_with_all_fields(name):
     assert 0 < target.analytic.memory_efficiency <= 1 and target.analytic.launch_overhead_us >= 0
     if target.runtime == "onnxruntime":
         assert target.threads >= 1 and target.graph_optimization_level.startswith("ORT_")
+    elif target.runtime == "torch":
+        assert target.graph_optimization_level is None and (target.threads is not None) == (target.device == "cpu")
     else:
         assert target.threads is None and target.graph_optimization_level is None
     # 2:4 rates exist exactly on Ampere-and-newer tensor cores, and beat the dense rates
