@@ -44,20 +44,27 @@ def run(args: argparse.Namespace) -> int:
 
     from rich.progress import Progress
 
+    from hwprune.cost.lut import load_table, new_table
     from hwprune.cost.model_latency import open_table
     from hwprune.pipeline.profiling import export_ops, profile_model
     from hwprune.transform.trial import prove_prunable
 
     if args.export_ops:
-        if args.remote or args.lut:
-            raise HwpruneError("--export-ops writes the ops for the device and times nothing: drop --remote and --lut")
+        if args.remote or args.every_width:
+            raise HwpruneError("--export-ops writes the ops for the device and times nothing: drop --remote and "
+                               "--every-width")
         target = resolve_target(args.target)
+        lut = Path(args.lut) if args.lut else None  # the device's table so far (its first pass)
+        table = load_table(lut) if lut is not None and lut.exists() else new_table({}, {})
         analysis = load_and_analyze(args)
         prove_prunable(analysis)
-        ops, models = export_ops(analysis, target, Path(args.export_ops), _sparsity_mode(args.sparsity))
-        print(f"{analysis.name} on {target.name}: wrote {ops} single-op graphs and {models} whole models to "
-              f"{args.export_ops}/ (manifest.json); on the device: python export/profile_ops.py {args.export_ops} "
-              f"--target {target.name}")
+        ops, models, which = export_ops(analysis, target, Path(args.export_ops), table, _sparsity_mode(args.sparsity))
+        back = args.lut or "table.json"
+        print(f"{analysis.name} on {target.name}: wrote the {which} pass, {ops} single-op graphs and {models} whole "
+              f"models, to {args.export_ops}/ (manifest.json); on the device: python export/profile_ops.py "
+              f"{args.export_ops} --target {target.name} --out {back}, then bring {back} here"
+              + (f" and run this again with --lut {back} for the second pass" if which == "first" else
+                 f" and compile with --lut {back}"))
         return 0
     with remote(args) as device:
         target = resolve_target(args.target, device)

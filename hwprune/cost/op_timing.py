@@ -22,25 +22,33 @@ from hwprune.runtime.kit import OpGraph
 from hwprune.runtime.timing import Timing
 from hwprune.targets import Target
 
+MODEL_CALLS = 30  # timed runs of a whole model (a table's ``models``: the predictor's anchors)
+
 
 def profile(signatures: Iterable[OpSignature], table: LatencyTable, target: Target,
-            progress: object | None = None) -> int:
-    """Measure every signature missing from ``table``; returns how many were measured."""
+            progress: object | None = None, models: Iterable[OpGraph] = ()) -> int:
+    """Measure every signature missing from ``table``, and the whole ``models`` (each named by its key in
+    ``table.models``) in the same batch: one round trip to a remote device. Returns how many were measured."""
     runtime = runtime_for(target)
     runtime.require("profile on the device, or use the analytic model (hwprune latency without --measure)")
     missing = [s for s in signatures if table.get(s) is None]
+    wholes = [m for m in models if m.name not in table.models]
     if table.call_overhead_ms is None:
         table.call_overhead_ms = runtime.time_graph(identity_model(), (1,), calls=200).median_ms
     task = progress.add_task("profiling", total=len(missing)) if progress is not None and missing else None
 
     def measured(i: int, timing) -> None:
+        if i >= len(missing):
+            table.models[wholes[i - len(missing)].name] = timing.median_ms
+            return
         table.put(missing[i], timing)
         if task is not None:
             progress.advance(task)
 
-    runtime.time_graphs([OpGraph(sig.key(), partial(single_op_model, sig), input_shape(sig)) for sig in missing],
-                        measured)
-    return len(missing)
+    graphs = [OpGraph(sig.key(), partial(single_op_model, sig), input_shape(sig)) for sig in missing]
+    if graphs or wholes:
+        runtime.time_graphs(graphs + wholes, measured)
+    return len(missing) + len(wholes)
 
 
 PAIR_ROUNDS = 5

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,23 +21,27 @@ from torch import nn
 from hwprune.cost.layers import Layer, model_layers
 from hwprune.cost.lut import LatencyTable
 from hwprune.cost.model_latency import ANCHOR_FRACTIONS, anchor_counts, anchor_key, depth_choices, model_key
-from hwprune.cost.op_timing import profile, profile_pairs
+from hwprune.cost.onnx_ops import input_shape, single_op_model
+from hwprune.cost.op_timing import MODEL_CALLS, profile, profile_pairs
 from hwprune.cost.signature import OpSignature
 from hwprune.cost.space import Sweep, profile_signatures, sweeps
 from hwprune.cost.sparse import SparsityMode, sparse_options
 from hwprune.export.onnx_export import export_onnx
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.runtime import runtime_for
+from hwprune.runtime.kit import OpGraph
 from hwprune.runtime.timing import Timing
 from hwprune.targets import Target
 from hwprune.transform.prune import leading_channels, prune
 
 
 def measure_model(model: nn.Module, example_input: torch.Tensor, target: Target, runs: int = 30) -> Timing:
-    """Export to a temporary ONNX file and time it on this host with the target's runtime."""
+    """Time ``model`` on this host with the target's runtime: its ONNX export (onnxruntime, TensorRT) or the
+    module itself (torch)."""
     runtime = runtime_for(target)
     with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
-        runner = runtime.load(export_onnx(model, example_input, Path(tmp) / "model.onnx"))
+        onnx = export_onnx(model, example_input, Path(tmp) / "model.onnx")
+        runner = runtime.load_model(model, (example_input,), onnx)
         try:
             return runtime.time(runner, warmup=5, min_runs=runs, min_seconds=0.5)
         finally:
@@ -47,8 +54,32 @@ def profile_model(analysis: Analysis, target: Target, table: LatencyTable, progr
     layers' N:M signatures too), and the whole model unpruned and uniformly pruned at each of
     ``ANCHOR_FRACTIONS`` (the predictor's anchors); returns how many measurements were new. Each layer's
     axes are profiled adaptively (``cost.space.Sweep``: a coarse pass, then the stretches the line through
-    it misses), or at ``every_width``. The N:M signatures at full width, which decide whether N:M is offered
-    at all, are timed against their dense twins alternately (``cost.op_timing.profile_pairs``)."""
+    it misses), or at ``every_width``; the whole models ride with the first pass, so a remote device is
+    reached twice. The N:M signatures at full width, which decide whether N:M is offered at all, are timed
+    against their dense twins alternately (``cost.op_timing.profile_pairs``)."""
+    x = analysis.capture.example_input
+    with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
+        passes = _passes(analysis, target, table, sparsity, every_width, Path(tmp))
+        models = [OpGraph(name, path.read_bytes, tuple(x.shape), MODEL_CALLS) for name, path in passes.models]
+        measured = profile(passes.first, table, target, progress, models)
+    measured += profile(passes.second(), table, target, progress)
+    return measured + profile_pairs(passes.paired, table, target)
+
+
+@dataclass
+class Passes:
+    """What profiling a model times: the first pass's signatures, the second pass's (read from the first's
+    results once they are in the table), the N:M signatures timed in pairs, and the whole models the
+    table lacks (name, exported file)."""
+
+    first: list[OpSignature]
+    second: Callable[[], list[OpSignature]]
+    paired: list[OpSignature]
+    models: list[tuple[str, Path]]
+
+
+def _passes(analysis: Analysis, target: Target, table: LatencyTable, sparsity: SparsityMode | None,
+            every_width: bool, folder: Path) -> Passes:
     alignment = target.channel_alignment
     layers, paired = _layers(analysis, target, sparsity)
     timed_in_pairs = {s.key() for s in paired}
@@ -56,48 +87,40 @@ def profile_model(analysis: Analysis, target: Target, table: LatencyTable, progr
     axes = [] if every_width else sweeps(layers, groups, alignment)
     first = (profile_signatures(layers, groups, alignment) if every_width
              else [s for sweep in axes for s in sweep.first_pass()])
-    measured = profile(_unique(first, timed_in_pairs), table, target, progress)
-    fill = [s for sweep in axes for s in sweep.second_pass(_axis_ms(table, sweep))]
-    measured += profile(_unique(fill, timed_in_pairs), table, target, progress)
-    measured += profile_pairs(paired, table, target)
+
+    def second() -> list[OpSignature]:
+        return _unique([s for sweep in axes for s in sweep.second_pass(_axis_ms(table, sweep))], timed_in_pairs)
+
     x = analysis.capture.example_input
     key = model_key(analysis.name, tuple(x.shape))
-    if key not in table.models:
-        table.models[key] = measure_model(analysis.model, x, target).median_ms
-        measured += 1
-    for fraction in ANCHOR_FRACTIONS:
-        counts = anchor_counts(analysis, alignment, fraction)
-        if counts and anchor_key(key, fraction) not in table.models:
-            table.models[anchor_key(key, fraction)] = measure_model(_leading(analysis, counts), x, target).median_ms
-            measured += 1
-    return measured
+    wanted = [(key, None)] + [(anchor_key(key, f), anchor_counts(analysis, alignment, f)) for f in ANCHOR_FRACTIONS]
+    models = []
+    for i, (name, counts) in enumerate(wanted):
+        if name in table.models or counts == {}:
+            continue
+        model = analysis.model if counts is None else _leading(analysis, counts)
+        models.append((name, export_onnx(model, x, folder / f"model-{i}.onnx")))
+    return Passes(_unique(first, timed_in_pairs), second, paired, models)
 
 
-def export_ops(analysis: Analysis, target: Target, folder: Path, sparsity: SparsityMode | None = None
-               ) -> tuple[int, int]:
-    """The single-op graphs and whole models ``profile_model`` would time, written to ``folder`` with
-    a manifest for ``export/profile_ops.py`` on the device; (ops, models) written."""
-    from functools import partial
+def export_ops(analysis: Analysis, target: Target, folder: Path, table: LatencyTable,
+               sparsity: SparsityMode | None = None) -> tuple[int, int, str]:
+    """What ``profile_model`` would time next, written to ``folder`` with a manifest for
+    ``export/profile_ops.py`` on the device: the first pass (the N:M signatures with it) and the whole
+    models where ``table`` (what the device measured so far) lacks them, else the second pass; so two
+    round trips profile a model. Returns (ops, models, which pass)."""
+    from hwprune.cost.onnx_ops import identity_model
+    from hwprune.runtime.kit import write_ops
 
-    from hwprune.cost.onnx_ops import identity_model, input_shape, single_op_model
-    from hwprune.runtime.kit import OpGraph, write_ops
-
-    alignment = target.channel_alignment
-    layers, _paired = _layers(analysis, target, sparsity)
-    signatures = profile_signatures(layers, {g.id: g for g in analysis.groups}, alignment)
-    ops = [OpGraph(s.key(), partial(single_op_model, s), input_shape(s)) for s in signatures]
-    x = analysis.capture.example_input
-    key = model_key(analysis.name, tuple(x.shape))
-    folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
-        models = [(key, export_onnx(analysis.model, x, Path(tmp) / "model.onnx"))]
-        for fraction in ANCHOR_FRACTIONS:
-            counts = anchor_counts(analysis, alignment, fraction)
-            if counts:
-                models.append((anchor_key(key, fraction),
-                               export_onnx(_leading(analysis, counts), x, Path(tmp) / f"keep-{fraction}.onnx")))
-        write_ops(folder, target.name, ops, models, OpGraph("identity", identity_model, (1,), 200))
-    return len(ops), len(models)
+        passes = _passes(analysis, target, table, sparsity, False, Path(tmp))
+        missing = [s for s in passes.first + passes.paired if table.get(s) is None]
+        which = "first" if missing or passes.models else "second"
+        if which == "second":
+            missing = [s for s in passes.second() if table.get(s) is None]
+        ops = [OpGraph(s.key(), partial(single_op_model, s), input_shape(s)) for s in missing]
+        write_ops(folder, target.name, ops, passes.models, OpGraph("identity", identity_model, (1,), 200))
+    return len(ops), len(passes.models), which
 
 
 def _layers(analysis: Analysis, target: Target, sparsity: SparsityMode | None

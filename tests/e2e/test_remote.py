@@ -164,6 +164,8 @@ def test_compile_measures_its_speedup_on_the_device(sshd, tmp_path, capsys):
 
 
 def test_export_ops_writes_what_the_kit_times_and_the_kit_resumes(tmp_path, capsys):
+    """The offline kit profiles as the compile does, adaptively, in two round trips: the first pass and the whole
+    models, then (given the device's table) the stretches the first pass left unsure."""
     folder = tmp_path / "ops"
     assert main(["profile", MODEL, "--target", "cpu", "--export-ops", str(folder)]) == 0
     assert "single-op graphs" in capsys.readouterr().out
@@ -179,6 +181,18 @@ def test_export_ops_writes_what_the_kit_times_and_the_kit_resumes(tmp_path, caps
     again = json.loads(subprocess.run([sys.executable, str(kit), str(folder), "--target", "cpu"], capture_output=True,
                                       text=True).stdout)
     assert again["measured"] == 0 and again["skipped"] == manifest["count"]
+    # the second round trip: with the device's table, only the stretches its first pass left unsure, no models
+    lut = folder / "table.json"
+    second = tmp_path / "ops2"
+    assert main(["profile", MODEL, "--target", "cpu", "--export-ops", str(second), "--lut", str(lut)]) == 0
+    assert "the second pass" in capsys.readouterr().out
+    fills = json.loads((second / "manifest.json").read_text())
+    assert not fills["models"] and not {op["name"] for op in fills["ops"]} & set(table["entries"])
+    run = subprocess.run([sys.executable, str(kit), str(second), "--target", "cpu", "--out", str(lut)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert main(["profile", MODEL, "--target", "cpu", "--export-ops", str(tmp_path / "ops3"), "--lut", str(lut)]) == 0
+    assert json.loads((tmp_path / "ops3" / "manifest.json").read_text())["count"] == 0  # two trips: done
 
 
 def test_the_kit_is_the_export_scripts_and_what_they_import():
