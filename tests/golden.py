@@ -72,7 +72,7 @@ def first_round_plan(name: str, unconstrained: bool, table: LatencyTable, table_
     provenance = Provenance(analysis.name, "random, seed 0", 0, tuple(x.shape), (), state_digest(analysis.model),
                             target.name, PlanBudget("latency", fraction, fraction), predictor.provenance(),
                             "activation")
-    scores = reader_scores(analysis, segments(analysis), calibration.batches[0]) if unconstrained else {}
+    scores = reader_scores(analysis, segments(analysis), calibration.batches[:1]) if unconstrained else {}
     realiser = Realiser(analysis)
     copies = (lambda plan: copies_ms(realiser, predictor, target, table_path, plan)) if unconstrained else None
     search = SearchProblem(analysis, predictor, Scores(importance, sensitivity, reader_scores=scores),

@@ -33,31 +33,34 @@ class Calibration:
 
 
 def load_calibration(spec: str | Iterable | None, example_input: torch.Tensor, limit: int = 16,
-                     model: str | None = None) -> Calibration:
+                     model: str | None = None, fixed_batch: bool = False) -> Calibration:
     """Up to ``limit`` batches from ``spec`` (a spec, or the batches themselves: a DataLoader or any iterable of
     tensors or (input, label) pairs), or seeded random batches when it is None; ``model`` (the model spec)
-    says where a ``text:`` spec's tokenizer is."""
+    says where a ``text:`` spec's tokenizer is. A model whose batch is ``fixed_batch`` (an ONNX file exported
+    at a static batch) runs batches of the example's size only."""
+    batch = example_input.shape[0] if fixed_batch else None
     if spec is not None and not isinstance(spec, str):
         batches = _batches(lambda: spec, "the calibration data passed in", limit)
-        _check_shapes(batches, example_input, "the calibration data passed in")
+        _check_shapes(batches, example_input, "the calibration data passed in", batch)
         return Calibration(batches, "batches passed in by the caller")
     if spec is None:
         generator = torch.Generator().manual_seed(0)
-        shape = (RANDOM_BATCH_SIZE, *example_input.shape[1:])
+        size = batch or RANDOM_BATCH_SIZE
+        shape = (size, *example_input.shape[1:])
         if example_input.is_floating_point():
             batches = [torch.randn(shape, generator=generator) for _ in range(RANDOM_BATCHES)]
         else:
             high = int(example_input.max()) + 1
             batches = [torch.randint(0, high, shape, generator=generator, dtype=example_input.dtype)
                        for _ in range(RANDOM_BATCHES)]
-        return Calibration(batches, f"random ({RANDOM_BATCHES} batches of {RANDOM_BATCH_SIZE}, seed 0)", random=True)
+        return Calibration(batches, f"random ({RANDOM_BATCHES} batches of {size}, seed 0)", random=True)
     if spec.startswith("text:"):
         return Calibration(_text_batches(spec, example_input, model, limit), spec)
     if ":" not in spec:
         raise ModelSpecError(f"--calib-data {spec!r}: use module:function or path/to/file.py:function")
     source, name = spec.rsplit(":", 1)
     batches = _batches(user_function(source, name), f"--calib-data {spec}", limit)
-    _check_shapes(batches, example_input, f"--calib-data {spec}")
+    _check_shapes(batches, example_input, f"--calib-data {spec}", batch)
     return Calibration(batches, spec)
 
 
@@ -82,10 +85,14 @@ def _batches(make: Callable[[], Iterable], what: str, limit: int) -> list[torch.
     return batches
 
 
-def _check_shapes(batches: list[torch.Tensor], example_input: torch.Tensor, what: str) -> None:
+def _check_shapes(batches: list[torch.Tensor], example_input: torch.Tensor, what: str, batch: int | None = None
+                  ) -> None:
     if any(b.shape[1:] != example_input.shape[1:] for b in batches):
         raise ModelSpecError(f"{what}: batches must have the example input's shape "
                              f"(N, {', '.join(str(d) for d in example_input.shape[1:])})")
+    if batch is not None and any(b.shape[0] != batch for b in batches):
+        raise ModelSpecError(f"{what}: the model's batch is fixed at {batch} (its ONNX file's input); give batches "
+                             f"of {batch}")
 
 
 def _text_batches(spec: str, example_input: torch.Tensor, model: str | None, limit: int) -> list[torch.Tensor]:

@@ -19,10 +19,14 @@ from hwprune.graph.analyze import Analysis
 from hwprune.graph.segments import Segment
 
 
-def reader_scores(analysis: Analysis, segments: Sequence[Segment], batch: torch.Tensor
+def reader_scores(analysis: Analysis, segments: Sequence[Segment], batches: Sequence[torch.Tensor]
                   ) -> dict[str, dict[str, np.ndarray]]:
-    """Per segment, per reader: each group channel's contribution to the reader's output on ``batch``."""
-    norms = _input_norms(analysis.model, {r.layer for s in segments for r in s.readers}, batch)
+    """Per segment, per reader: each group channel's contribution to the reader's output on ``batches``.
+    The model runs one batch at a time (a model exported at a fixed batch takes no other) and the input
+    norms are those over all batches together."""
+    layers = {r.layer for s in segments for r in s.readers}
+    per_batch = [_input_norms(analysis.model, layers, batch) for batch in batches]
+    norms = {name: torch.stack([n[name] for n in per_batch]).square().sum(dim=0).sqrt() for name in per_batch[0]}
     scores = {}
     for segment in segments:
         per_reader = {}

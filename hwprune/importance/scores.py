@@ -104,7 +104,7 @@ def _reader_totals(analysis: Analysis, calibration: Iterable[torch.Tensor]) -> d
     if not batches:
         raise HwpruneError("activation importance needs calibration inputs")
     with torch.no_grad():
-        per_group = reader_scores(analysis, segments(analysis), torch.cat(batches))
+        per_group = reader_scores(analysis, segments(analysis), batches)
     return {gid: sum(per_reader.values()) for gid, per_reader in per_group.items()}
 
 

@@ -68,7 +68,9 @@ def prepare(loaded: LoadedModel, options: Options, stage: Path, step: Step, cons
     if options.unconstrained:
         runtime.require("--unconstrained needs a target this host can measure: the copy ops it adds are priced by "
                         "profiling them, and the analytic model has no copy costs")
-    calibration = load_calibration(options.calib_data, loaded.example_input, model=loaded.name)  # bad data first
+    fixed = loaded.source_onnx is not None and not OnnxIO.of(loaded.source_onnx).dynamic_batch
+    calibration = load_calibration(options.calib_data, loaded.example_input, model=loaded.name,  # bad data first
+                                   fixed_batch=fixed)
     digest = state_digest(loaded.module)
     with step("analyze and trial-prune"):
         analysis = analyzed(loaded, options, console)

@@ -59,7 +59,7 @@ def search_problem(prepared: Prepared, options: Options, recalibration: list[tor
         readers = {}
         if options.unconstrained:
             started = time.perf_counter()
-            readers = reader_scores(analysis, segments(analysis), calibration.batches[0])
+            readers = reader_scores(analysis, segments(analysis), calibration.batches[:1])
             console.print(f"  reader scores of {len(readers)} segments in {time.perf_counter() - started:.1f} s")
     copies = (partial(copies_ms, prepared.realiser, predictor, options.target, prepared.cost.table_path)
               if options.unconstrained else None)

@@ -38,7 +38,7 @@ def pruning_setup(model: nn.Module, x: torch.Tensor, seed: int):
     counts = {g.id: max(1, int(g.channels * rng.uniform(0.25, 0.75))) // g.repeat * g.repeat or g.repeat
               for g in analysis.prunable()}
     found = segments(analysis)
-    masks = reader_masks(reader_scores(analysis, found, x), counts)
+    masks = reader_masks(reader_scores(analysis, found, [x]), counts)
     importance = score_groups(analysis, "l1")
     keep = {g.id: select(importance.scores[g.id], counts[g.id], g.repeat) for g in analysis.prunable()
             if g.id not in masks}
