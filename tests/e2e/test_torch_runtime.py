@@ -9,7 +9,7 @@ import torch
 from hwprune.cli import main
 from tests import DATA
 
-MODEL = f"{DATA / 'small_models.py'}:tiny_cnn"
+MODEL = f"{DATA / 'small_models.py'}:wide_cnn"  # its narrowest form is far below 0.6 on a busy machine too
 
 
 @pytest.fixture(scope="module")
