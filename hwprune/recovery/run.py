@@ -15,6 +15,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -30,7 +31,7 @@ from hwprune.evaluate.calibration import compare_all, logits_kl, output_tensors
 from hwprune.export.nm_check import nm_weights
 from hwprune.export.onnx_export import OnnxIO, export_onnx, slim_available
 from hwprune.export.verify import verify_onnx
-from hwprune.frontends import check_model, load_model, weights_named
+from hwprune.frontends import NATIVE_FILES, check_model, load_model, save_native, weights_named
 from hwprune.graph.analyze import analyze
 from hwprune.io import staged, write_atomic, write_text_atomic
 from hwprune.plan import Plan, Recovery, load_plan, save_plan
@@ -236,7 +237,7 @@ def _publish(build: Path, plan: Plan, student: nn.Module, x: torch.Tensor, secti
     report_path = build / "report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
     dynamic = bool(report and report.get("export", {}).get("dynamic_batch"))
-    with staged(build, ("recovered.onnx", "recovered.pt")) as stage:
+    with staged(build, ("recovered.onnx", "recovered.pt", *RECOVERED_NATIVE.values())) as stage:
         io = OnnxIO.of(build / "pruned.onnx") if (build / "pruned.onnx").is_file() else OnnxIO()
         onnx = export_onnx(student, x, stage / "recovered.onnx", dynamic, slim_available(), io)
         verification = verify_onnx(student, onnx, [x])
@@ -248,6 +249,9 @@ def _publish(build: Path, plan: Plan, student: nn.Module, x: torch.Tensor, secti
         torch.save(student.state_dict(), stage / "recovered.pt")
         found = {"onnx": "recovered.onnx", "weights": "recovered.pt", "verify": verification.to_json(),
                  "measured_speedup": _measure(plan, build / "baseline.onnx", onnx, console)}
+        native = _save_native(build, plan, student, stage)
+        if native is not None:
+            found["native"] = native
     section = {**section, **found}
     write_atomic(build / "plots" / "recovery.png", lambda tmp: _plot(section, tmp))
     save_plan(replace(plan, recovery=Recovery(section["data"], section["recipe"]["epochs"], section["recipe"],
@@ -265,6 +269,23 @@ def _publish(build: Path, plan: Plan, student: nn.Module, x: torch.Tensor, secti
     kl = f", KL {before['kl']:.3g} -> {after['kl']:.3g} nats" if "kl" in after else ""
     console.print(f"  recovered: cosine {before['cosine']:.4f} -> {after['cosine']:.4f}{kl}{accuracy}")
     return found
+
+
+RECOVERED_NATIVE = {name: name.replace("pruned", "recovered", 1) for name in NATIVE_FILES}
+
+
+def _save_native(build: Path, plan: Plan, student: nn.Module, stage: Path) -> str | None:
+    """The recovered model in its framework's own format where the compile wrote the pruned one so
+    (``recovered_hf/`` beside ``pruned_hf/``: ``from_pretrained`` loads the distilled weights); its name."""
+    pruned = next((name for name in NATIVE_FILES if (build / name).exists()), None)
+    if pruned is None:
+        return None
+    with tempfile.TemporaryDirectory(dir=stage) as tmp:
+        written = save_native(student, plan.provenance.model, Path(tmp))
+        if written is None:
+            return None
+        (Path(tmp) / written).rename(stage / RECOVERED_NATIVE[written])
+    return RECOVERED_NATIVE[written]
 
 
 def _measure(plan: Plan, baseline: Path, recovered: Path, console: Console) -> float | None:

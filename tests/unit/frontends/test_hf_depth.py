@@ -144,6 +144,13 @@ def test_depth_compile_drops_layers_and_reloads(llama_dir, tmp_path, capsys, mon
     assert code == 0, capsys.readouterr().err.strip().splitlines()[-1]
     recovery = json.loads((out / "report.json").read_text())["recovery"]
     assert recovery["verify"]["ok"] and recovery["after"]["kl"] < recovery["before"]["kl"]
+    # the distilled weights in transformers' own format, beside the pruned ones
+    assert recovery["native"] == "recovered_hf"
+    recovered = transformers.AutoModelForCausalLM.from_pretrained(out / "recovered_hf", attn_implementation="eager")
+    assert recovered.config.num_hidden_layers == again.config.num_hidden_layers
+    weights = torch.load(out / "recovered.pt", weights_only=True)
+    name, value = next((k, v) for k, v in weights.items() if k.endswith("mlp.down_proj.weight"))
+    assert torch.equal(recovered.state_dict()[name.removeprefix("model.")], value)
 
 
 def test_dropping_a_layer_cuts_the_live_config(tmp_path):
