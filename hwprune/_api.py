@@ -53,11 +53,14 @@ class Latency:
     measured_ms: float | None = None
 
 
-def loaded_model(model: nn.Module | str, example_input: torch.Tensor | None = None) -> LoadedModel:
-    """A model spec loaded by its frontend, or an in-memory module with its example input; a module is
-    named by its qualified class name (what a plan made from it records, with its weights' digest)."""
+def loaded_model(model: nn.Module | str, example_input: torch.Tensor | tuple[int, ...] | None = None
+                 ) -> LoadedModel:
+    """A model spec loaded by its frontend (``example_input``: a tensor or just a shape, as ``--input-shape``),
+    or an in-memory module with its example input; a module is named by its qualified class name (what a
+    plan made from it records, with its weights' digest)."""
     if isinstance(model, str):
-        return load_model(model, None if example_input is None else tuple(example_input.shape))
+        shape = example_input.shape if isinstance(example_input, torch.Tensor) else example_input
+        return load_model(model, None if shape is None else tuple(int(d) for d in shape))
     if not isinstance(model, nn.Module):
         raise ModelSpecError(f"model: give an nn.Module or a model spec string, not {type(model).__name__}")
     if not isinstance(example_input, torch.Tensor):
@@ -67,7 +70,8 @@ def loaded_model(model: nn.Module | str, example_input: torch.Tensor | None = No
     return LoadedModel(name, model.eval(), example_input, f"the in-memory module {name}", None)
 
 
-def compile(model: nn.Module | str, example_input: torch.Tensor | None = None, *, out: str | Path,
+def compile(model: nn.Module | str, example_input: torch.Tensor | tuple[int, ...] | None = None, *,
+            out: str | Path,
             target: str = "cpu", latency: float | None = None, speedup: float | None = None,
             budget_ms: float | None = None, calib_data: str | Iterable | None = None,
             console: Console | None = None, **settings) -> Build:
@@ -90,7 +94,8 @@ def compile(model: nn.Module | str, example_input: torch.Tensor | None = None, *
     return Build(compiled.report, compiled.model, load_plan(folder / "plan.json"), _files(folder))
 
 
-def analyze(model: nn.Module | str, example_input: torch.Tensor | None = None, *, exclude: Iterable[str] = (),
+def analyze(model: nn.Module | str, example_input: torch.Tensor | tuple[int, ...] | None = None, *,
+            exclude: Iterable[str] = (),
             strict: bool = False) -> Analysis:
     """The model's channel groups (coupled channels: residual adds, concats, splits, depthwise convs,
     attention heads), each prunable or not with the reason."""
@@ -128,7 +133,8 @@ def recover(build: str | Path, data: str, *, eval_data: str | None = None, epoch
     return _recover(Path(build), RecoverOptions(data, eval_data, recipe), console)
 
 
-def latency(model: nn.Module | str, example_input: torch.Tensor | None = None, *, target: str = "cpu",
+def latency(model: nn.Module | str, example_input: torch.Tensor | tuple[int, ...] | None = None, *,
+            target: str = "cpu",
             measure: bool = False) -> Latency:
     """The model's predicted latency on ``target`` (this host's measured table where it runs the target,
     else the analytic model) and, with ``measure``, its latency measured here."""

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import hwprune
 from hwprune.frontends import state_digest
-from tests import ROOT
+from tests import DATA, ROOT
 from tests.recorded_tables import adopt
 
 PUBLIC = {"compile", "analyze", "apply", "recover", "latency", "bench", "Build", "Applied", "Latency", "Options",
@@ -84,6 +84,10 @@ def test_analyze_and_latency_take_a_module_and_errors_are_the_typed_ones():
     assert predicted.source == "analytic" and predicted.predicted_ms > 0 and predicted.measured_ms is None
     with pytest.raises(hwprune.ModelSpecError, match="needs an example input"):
         hwprune.analyze(model)
+    # a spec takes its input shape as the command line's --input-shape does: a tensor's, or the shape alone
+    spec = f"{DATA / 'small_models.py'}:tiny_cnn"
+    assert hwprune.analyze(spec, (2, 3, 8, 8)).capture.example_input.shape == (2, 3, 8, 8)
+    assert hwprune.analyze(spec, torch.zeros(1, 3, 12, 12)).capture.example_input.shape == (1, 3, 12, 12)
     with pytest.raises(hwprune.HwpruneError, match="exactly one budget"):
         hwprune.compile(model, example_input, out="unused", latency=0.5, speedup=2.0)
     with pytest.raises(hwprune.HwpruneError, match="--search"):
