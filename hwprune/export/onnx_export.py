@@ -44,13 +44,14 @@ class OnnxIO:
     def of(cls, path: str | Path) -> OnnxIO:
         import onnx
 
+        from hwprune.frontends.onnx_opset import default_opset
+
         model = onnx.load(str(path), load_external_data=False)
         weights = {t.name for t in model.graph.initializer}
         inputs = [i for i in model.graph.input if i.name not in weights]
         dims = inputs[0].type.tensor_type.shape.dim if inputs else []
         return cls(tuple(i.name for i in inputs), tuple(o.name for o in model.graph.output),
-                   bool(dims) and not dims[0].HasField("dim_value"),
-                   max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0))
+                   bool(dims) and not dims[0].HasField("dim_value"), default_opset(model))
 
 
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path, dynamic_batch: bool = False,

@@ -68,15 +68,15 @@ def prepare(loaded: LoadedModel, options: Options, stage: Path, step: Step, cons
     if options.unconstrained:
         runtime.require("--unconstrained needs a target this host can measure: the copy ops it adds are priced by "
                         "profiling them, and the analytic model has no copy costs")
-    fixed = loaded.source_onnx is not None and not OnnxIO.of(loaded.source_onnx).dynamic_batch
+    io = None if loaded.source_onnx is None else OnnxIO.of(loaded.source_onnx)  # the user's file's
     calibration = load_calibration(options.calib_data, loaded.example_input, model=loaded.name,  # bad data first
-                                   fixed_batch=fixed)
+                                   fixed_batch=io is not None and not io.dynamic_batch)
     digest = state_digest(loaded.module)
     with step("analyze and trial-prune"):
         analysis = analyzed(loaded, options, console)
     cost = cost_model(analysis, runtime, options, step, console)
     with step("export baseline"):
-        baseline = export_baseline(loaded, analysis, options, stage)
+        baseline = export_baseline(loaded, analysis, options, stage, io)
         console.print(f"  baseline: {baseline.source}")
     return Prepared(loaded, analysis, runtime, cost, baseline, calibration, digest, Realiser(analysis), started)
 
@@ -125,10 +125,12 @@ def cost_model(analysis: Analysis, runtime: Runtime, options: Options, step: Ste
     return CostModel(predictor, path)
 
 
-def export_baseline(loaded: LoadedModel, analysis: Analysis, options: Options, stage: Path) -> Baseline:
+def export_baseline(loaded: LoadedModel, analysis: Analysis, options: Options, stage: Path,
+                    io: OnnxIO | None) -> Baseline:
     """The ONNX file the pruned model is measured against, and what it is. For an ``onnx:`` model that
-    is the user's own file, once the conversion (which is what gets pruned) is checked to compute
-    what it does: speedup and fidelity are then against the model the user deploys today."""
+    is the user's own file (``io``: its inputs and outputs), once the conversion (which is what gets pruned)
+    is checked to compute what it does: speedup and fidelity are then against the model the user deploys
+    today."""
     path = stage / "baseline.onnx"
     if loaded.source_onnx is None:
         export_onnx(analysis.model, analysis.capture.example_input, path, options.dynamic_batch, slim_available())
@@ -138,7 +140,6 @@ def export_baseline(loaded: LoadedModel, analysis: Analysis, options: Options, s
     if not check.ok:
         raise HwpruneError(f"{loaded.source_onnx}: onnx2torch's conversion does not compute what the file does "
                            f"({check.worst}); cannot measure or prune against it")
-    io = OnnxIO.of(path)
     kept = (f"; the pruned file keeps its input and output names ({', '.join(io.inputs)} -> {', '.join(io.outputs)})"
             f" in opset {ONNX_OPSET}" + ("" if io.opset == ONNX_OPSET else f" (the file's is {io.opset})"))
     return Baseline(path, f"the user's ONNX file {loaded.source_onnx} (its onnx2torch conversion, which is pruned, "
