@@ -41,7 +41,7 @@ def fit(predictor: TablePredictor, rounds: Sequence[MeasuredRound]) -> Correctio
         return Correction(rounds=len(rounds))
     base = predictor.predict({}).total_ms
     predicted = np.array([predictor.with_depth(r.depth).predict(r.counts).total_ms for r in rounds])
-    x = np.array([[_saving(predictor, r, name) for name in names] for r in rounds])
+    x = np.array([[_saving(predictor, r, name, ms) for name in names] for r, ms in zip(rounds, predicted, strict=True)])
     errors = np.array([r.fraction for r in rounds]) * base - predicted
     shares = np.clip(np.linalg.pinv(x, rcond=1e-6) @ errors, -LIMIT, LIMIT)
     options_ms = {}
@@ -52,12 +52,12 @@ def fit(predictor: TablePredictor, rounds: Sequence[MeasuredRound]) -> Correctio
     return Correction(options_ms, len(rounds))
 
 
-def _saving(predictor: TablePredictor, measured: MeasuredRound, key: str) -> float:
-    """Option ``key``'s predicted saving in the round's model (0 where the round did not take it)."""
+def _saving(predictor: TablePredictor, measured: MeasuredRound, key: str, predicted_ms: float) -> float:
+    """Option ``key``'s predicted saving in the round's model, predicted at ``predicted_ms`` (0 where the round
+    did not take it)."""
     if key not in measured.depth:
         return 0.0
-    without = predictor.with_depth(measured.depth - {key}).predict(measured.counts).total_ms
-    return without - predictor.with_depth(measured.depth).predict(measured.counts).total_ms
+    return predictor.with_depth(measured.depth - {key}).predict(measured.counts).total_ms - predicted_ms
 
 
 
