@@ -25,6 +25,11 @@ from hwprune.targets import Target
 MODEL_CALLS = 30  # timed runs of a whole model (a table's ``models``: the predictor's anchors)
 
 
+def op_graph(sig: OpSignature) -> OpGraph:
+    """``sig`` as the graph a runtime times (here, remotely, or in the kit's folder), named by its key."""
+    return OpGraph(sig.key(), partial(single_op_model, sig), input_shape(sig))
+
+
 def profile(signatures: Iterable[OpSignature], table: LatencyTable, target: Target,
             progress: object | None = None, models: Iterable[OpGraph] = ()) -> int:
     """Measure every signature missing from ``table``, and the whole ``models`` (each named by its key in
@@ -45,7 +50,7 @@ def profile(signatures: Iterable[OpSignature], table: LatencyTable, target: Targ
         if task is not None:
             progress.advance(task)
 
-    graphs = [OpGraph(sig.key(), partial(single_op_model, sig), input_shape(sig)) for sig in missing]
+    graphs = [op_graph(sig) for sig in missing]
     if graphs or wholes:
         runtime.time_graphs(graphs + wholes, measured)
     return len(missing) + len(wholes)

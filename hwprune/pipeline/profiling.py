@@ -12,7 +12,6 @@ import copy
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,8 +20,7 @@ from torch import nn
 from hwprune.cost.layers import Layer, model_layers
 from hwprune.cost.lut import LatencyTable
 from hwprune.cost.model_latency import ANCHOR_FRACTIONS, anchor_counts, anchor_key, depth_choices, model_key
-from hwprune.cost.onnx_ops import input_shape, single_op_model
-from hwprune.cost.op_timing import MODEL_CALLS, profile, profile_pairs
+from hwprune.cost.op_timing import MODEL_CALLS, op_graph, profile, profile_pairs
 from hwprune.cost.signature import OpSignature
 from hwprune.cost.space import Sweep, profile_signatures, sweeps
 from hwprune.cost.sparse import SparsityMode, sparse_options
@@ -118,7 +116,7 @@ def export_ops(analysis: Analysis, target: Target, folder: Path, table: LatencyT
         which = "first" if missing or passes.models else "second"
         if which == "second":
             missing = [s for s in passes.second() if table.get(s) is None]
-        ops = [OpGraph(s.key(), partial(single_op_model, s), input_shape(s)) for s in missing]
+        ops = [op_graph(s) for s in missing]
         write_ops(folder, target.name, ops, passes.models, OpGraph("identity", identity_model, (1,), 200))
     return len(ops), len(passes.models), which
 
