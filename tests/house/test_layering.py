@@ -19,16 +19,18 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def imported(node: ast.AST) -> set[str]:
+    """What one statement imports (nothing, for any other statement): each module and ``module.name``."""
+    if isinstance(node, ast.Import):
+        return {alias.name for alias in node.names}
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        return {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+    return set()
+
+
 def imports(path: Path) -> set[str]:
     """Every module ``path`` imports, at module level or inside functions."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return found
+    return set().union(*(imported(node) for node in ast.walk(ast.parse(path.read_text()))))
 
 
 def module_level_imports(path: Path) -> set[str]:
@@ -44,11 +46,8 @@ def module_level_imports(path: Path) -> set[str]:
             pending.extend([*node.body, *node.orelse, *getattr(node, "handlers", []), *getattr(node, "finalbody", [])])
         elif isinstance(node, ast.ExceptHandler):
             pending.extend(node.body)
-        elif isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        else:
+            found |= imported(node)
     return found
 
 

@@ -24,6 +24,7 @@ from hwprune.runtime import pytorch, runtime_for
 from hwprune.runtime.pytorch import TorchRuntime, gpu_facts, tensors
 from hwprune.runtime.torch_onnx import OnnxProgram
 from hwprune.targets import load_target
+from tests.unit.runtime.test_targets import GOOD
 
 CPU = load_target("cpu-torch")
 
@@ -211,33 +212,8 @@ def test_torch_target_profiles_and_modes():
             load_target(name)
 
 
-TORCH_GOOD = """\
-name = "dev"
-description = "a test device"
-runtime = "torch"
-{settings}
-default_dtype = "fp16"
-default_batch = 1  # assumed: test
-channel_alignment = 8  # assumed: test
-
-[peak_tflops]
-fp32 = 10.0  # assumed: test
-fp16 = 40.0  # assumed: test
-int8 = 80.0  # assumed: test
-
-[memory]
-bandwidth_gbps = 500.0  # assumed: test
-
-[analytic]
-launch_overhead_us = 5.0  # assumed: test
-memory_efficiency = 0.75  # assumed: test
-
-[analytic.efficiency]
-conv = 0.6  # assumed: test
-pointwise = 0.5  # assumed: test
-depthwise = 0.25  # assumed: test
-linear = 0.6  # assumed: test
-"""
+# a valid profile (test_targets.GOOD) made a torch one, with the torch settings under test in its place
+TORCH_GOOD = GOOD.replace('runtime = "tensorrt"', 'runtime = "torch"\n{settings}')
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -249,7 +225,7 @@ linear = 0.6  # assumed: test
     ('device = "cuda"\nmode = "eager"\ngraph_optimization_level = "ORT_ENABLE_ALL"', "only apply to onnxruntime"),
 ])
 def test_broken_torch_profiles_name_the_problem(tmp_path, settings, message):
-    (tmp_path / "dev.toml").write_text(TORCH_GOOD.format(settings=settings))
+    (tmp_path / "dev.toml").write_text(TORCH_GOOD.format(name="dev", settings=settings))
     with pytest.raises(DeviceError, match=message):
         load_target("dev", directory=tmp_path)
 
