@@ -14,9 +14,9 @@ told apart from them):
 
 ``x_rk`` is option k's predicted saving in round r (the model with it minus without it, 0 where not
 taken); ``a_k``, clipped to [-1, 1], the share of its saving it does not deliver. The corrected predictor
-adds ``a_k x_k`` whenever k is taken (``TablePredictor.corrected``); the budget's rescaling then starts
-from the corrected predictions, so it fixes only what the correction does not explain (a round without
-depth options, an error beyond the clip).
+adds ``a_k x_k`` whenever k is taken (``TablePredictor.corrected``); the budget's rescaling then works on
+the rounds' budgets moved by what the correction changed in their predictions (``search.learn``), so it
+fixes only what the correction does not explain (a round without depth options, an error beyond the clip).
 
 Widths are not corrected per group: a width search moves every group a little each round, so with R
 rounds and a hundred groups a fit would explain R noisy measurements exactly and call the noise a
