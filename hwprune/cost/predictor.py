@@ -189,6 +189,10 @@ class TablePredictor:
             raise HwpruneError(f"layer {layer.name} ({sig.key()}) is not in the latency table; run hwprune profile")
         return outs, ins
 
+    def axes(self, layer: Layer) -> tuple[dict[int, float], dict[int, float]]:
+        """What the table measured along ``layer``'s output and input axes: count -> ms (a call's cost off)."""
+        return self._axes[layer.name]
+
     def channels(self, layer: Layer, keep: dict[str, int], reads: dict[str, int] | None = None) -> tuple[int, int]:
         """(c_in, c_out) with ``keep`` units per group; ``reads``: what dense readers of a group read
         when it differs from what its producers keep (unconstrained pruning)."""
