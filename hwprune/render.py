@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hwprune.report import BudgetSection, CandidateRow, DecodeSection, Report, Side
+from hwprune.report import BudgetSection, DecodeSection, Report, SearchSection, Side
 
 PLOTS = ("layer_latency.png", "channels_kept.png", "predicted_vs_measured.png")
 
@@ -138,7 +138,7 @@ def markdown(report: Report) -> str:
         *_sparsity_lines(report.sparsity),
         f"Search: importance {report.search.importance}, {report.search.groups} groups, allocation "
         f"{report.search.strategy}"
-        + (f" ({_candidates(report.search.candidates)})" if report.search.candidates else "")
+        + (f" ({_candidates(report.search)})" if report.search.candidates else "")
         + (", unconstrained (each reader of a segment keeps its own channels)" if report.search.unconstrained
            else "")
         + f", {len(report.search.attempts)} round(s) of search"
@@ -244,8 +244,10 @@ def _copies_line(copies: dict) -> str:
     return line + "."
 
 
-def _candidates(candidates: list[CandidateRow]) -> str:
-    return "scored on the calibration inputs: " + ", ".join(f"{c.strategy} {c.score:.4f}" for c in candidates)
+def _candidates(search: SearchSection) -> str:
+    later = " (later rounds searched with its winner)" if len(search.attempts) > 1 else ""
+    return (f"round {search.candidates_round + 1} scored on the calibration inputs: "
+            + ", ".join(f"{c.strategy} {c.score:.4f}" for c in search.candidates) + later)
 
 
 def _short(spec: str) -> str:

@@ -110,6 +110,7 @@ class SearchSection:
     unconstrained: bool
     segments: list[str]
     candidates: list[CandidateRow]
+    candidates_round: int | None  # the round whose strategies were scored (later rounds searched with its winner)
     min_keep: float
     groups: int
     baseline_predicted_ms: float
@@ -268,11 +269,13 @@ def build_report(loaded: LoadedModel, analysis: Analysis, options, predictor: Ta
     decision = chosen.decision
     verdict = measured.verdict
     scores = search.scores
+    scored = next((r for r in rounds if r.decision.candidates), None)
     search_section = SearchSection(
         scores.importance.method, scores.importance.fallbacks, options.allocation, decision.strategy,
         options.unconstrained, sorted(scores.reader_scores),
         [CandidateRow(c.strategy, c.search.predicted_ms, c.quality.cosine, c.quality.top1_agreement, c.score)
-         for c in decision.candidates],
+         for c in scored.decision.candidates] if scored else [],
+        rounds.index(scored) if scored else None,
         options.min_keep, len(plan.groups()), baseline_predicted, rounds.index(chosen),
         [AttemptRow(r.predicted_budget_ms, r.decision.plan.predicted_ms, r.fraction, r.decision.search.seconds,
                     r.decision.strategy, r.decision.search.rounds) for r in rounds])

@@ -61,6 +61,13 @@ def golden_analysis(name: str) -> Analysis:
 
 def first_round_plan(name: str, unconstrained: bool, table: LatencyTable, table_path: Path) -> Plan:
     """The plan the compile's first search round makes for ``name`` at its fraction of the predicted latency."""
+    search, budget = golden_problem(name, unconstrained, table, table_path)
+    return search(budget).plan
+
+
+def golden_problem(name: str, unconstrained: bool, table: LatencyTable, table_path: Path
+                   ) -> tuple[SearchProblem, float]:
+    """The compile's search problem for ``name`` (auto allocation) and its first round's predicted budget."""
     target = load_target("cpu")
     analysis = golden_analysis(name)
     x = analysis.capture.example_input
@@ -78,7 +85,7 @@ def first_round_plan(name: str, unconstrained: bool, table: LatencyTable, table_
     search = SearchProblem(analysis, predictor, Scores(importance, sensitivity, reader_scores=scores),
                            SearchSettings("width", "auto", target.channel_alignment, 0.1), provenance,
                            CalibrationBatches(calibration.batches, False), Realisation(copies_ms=copies))
-    return search(fraction * predictor.predict({}).total_ms).plan
+    return search, fraction * predictor.predict({}).total_ms
 
 
 def plan_text(plan: Plan) -> str:

@@ -1,7 +1,8 @@
 """One search round: a predicted budget in, a Plan out (``SearchProblem``). The search decides everything a plan holds.
 
-Per round: every allocation strategy proposes counts at the budget (``width``), the most faithful
-on the calibration inputs wins (``choose``; or the strategy the user named), and each group's
+In the first round every allocation strategy proposes counts at the budget (``width``) and the most
+faithful on the calibration inputs wins (``choose``; or the strategy the user named); later rounds of
+the same compile search with the winner alone (scoring is most of a round's search time). Each group's
 channels are picked by importance, or, for unconstrained segments, each reader's own
 (``readers``). Unconstrained masks cost more than their counts say (producers keep the union,
 readers pay copies), so their plan is priced with its copies and re-searched at a scaled budget
@@ -108,20 +109,25 @@ class SearchProblem:
     provenance: Provenance  # copied into every plan; its budget gains the round's predicted budget (ms)
     calibration: CalibrationBatches
     realisation: Realisation = field(default_factory=Realisation)
+    # The strategy the first scored round chose (``--allocation auto``): later rounds move the budget by a
+    # few percent, so they search with it alone instead of scoring every strategy again.
+    settled: str | None = None
 
     def __call__(self, predicted_budget: float, hold: frozenset[str] | None = None) -> Decision:
         """The decision at ``predicted_budget``; ``hold``: keep these depth options (a measured round's
         structure, :func:`structure`) and move only the widths, with the joint search."""
         strategies = self.strategies(hold)
         candidates = []
-        if self.settings.allocation == "auto":
+        if self.settings.allocation == "auto" and len(strategies) > 1 and self.settled not in strategies:
             candidates = choose(self.analysis, self.scores.importance,
                                 {name: partial(search, predicted_budget) for name, search in strategies.items()},
                                 self.calibration.batches[:CHOICE_BATCHES], self.calibration.real,
                                 self.calibration.recalibration, self._depth_view)
             strategy, result = candidates[0].strategy, candidates[0].search
-        else:  # a named allocation; with --search joint or depth, that search is the one strategy
-            strategy = self.settings.allocation if self.settings.allocation in strategies else next(iter(strategies))
+            self.settled = strategy
+        else:  # a named allocation, the one scoring chose before, or the one strategy there is
+            named = self.settled if self.settings.allocation == "auto" else self.settings.allocation
+            strategy = named if named in strategies else next(iter(strategies))
             result = strategies[strategy](predicted_budget)
         if self.scores.reader_scores:
             result, plan = self._fit_unconstrained(strategies[strategy], predicted_budget, result)
