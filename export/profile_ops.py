@@ -4,12 +4,12 @@
 
 OPS_DIR is written by ``hwprune profile MODEL --target T --export-ops OPS_DIR``: the single-op
 ONNX graphs the pruning search needs (``manifest.json`` names them) and the whole models the
-predictor is anchored on. Each is timed with the target's runtime (TensorRT engines timed with
-CUDA events; onnxruntime on CPU targets) into a table in the ``latency_models/`` schema
+predictor is anchored on. Each is timed with the target's runtime (TensorRT engines built and timed
+with Polygraphy; onnxruntime on CPU targets) into a table in the ``latency_models/`` schema
 (``hwprune-lut/1``) whose provenance names the device, runtime and version, and on a Jetson the
 L4T release, JetPack, power mode and clocks. The table is rewritten after every op, so a rerun
 skips what is done. Progress (count, elapsed, ETA) goes to stderr, a JSON summary to stdout.
-Torch-free: needs numpy, onnx and onnxruntime (or TensorRT and cuda-python).
+Torch-free: needs numpy, onnx and onnxruntime (or TensorRT, Polygraphy and cuda-python).
 """
 
 from __future__ import annotations

@@ -1,14 +1,17 @@
 """On-device kit: build a TensorRT engine from an hwprune ONNX file and time it, without torch.
 
-A Jetson has TensorRT and cuda-python but rarely a full Python ML stack, so this script uses
-only hwprune's torch-free runtime layer (``hwprune/runtime/trt.py``, the same code
-``hwprune compile`` runs where a GPU is present) and the device profiles. Run it from a
-checkout (or with ``pip install --no-deps hwprune``):
+A Jetson has TensorRT but rarely a full Python ML stack, so this script uses only hwprune's
+torch-free runtime layer (``hwprune/runtime/trt*.py``, the same code ``hwprune compile`` runs where
+a GPU is present: NVIDIA Polygraphy's loaders build the engine, its ``TrtRunner`` times it) and the
+device profiles. It needs TensorRT, Polygraphy and cuda-python there (``pip install polygraphy
+cuda-python`` beside JetPack's TensorRT). Run it from a checkout (or with ``pip install --no-deps
+hwprune``):
 
     python export/trt_build_and_time.py build/pruned.onnx --target jetson-orin-nano [--max-batch 8]
 
-Prints one JSON line: the engine path and its GPU compute time (median, p90, p99 ms). Exit 2
-with one line when TensorRT, cuda-python or a GPU is missing.
+Prints one JSON line: the engine path and its inference time (``TrtRunner.last_inference_time``,
+inputs on the GPU: median, p90, p99 ms). Exit 2 with one line when TensorRT, Polygraphy,
+cuda-python or a GPU is missing. Written, not yet run on a device.
 """
 
 from __future__ import annotations

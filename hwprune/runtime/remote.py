@@ -92,7 +92,8 @@ class RemoteSession:
             for there, here in self._local.items():
                 text = text.replace(there, here)
             if "No module named" in text:
-                text += f" (the device's {self.python} lacks it: install numpy, onnx and onnxruntime or TensorRT there)"
+                text += (f" (the device's {self.python} lacks it: install numpy, onnx and onnxruntime, or TensorRT, "
+                         "Polygraphy and cuda-python, there)")
             raise SshError(text) from None
         try:
             return json.loads(out.strip().splitlines()[-1])
