@@ -5,8 +5,12 @@ A sparse option replaces one conv or linear layer by the same layer with an N:M 
 (``OpSignature.sparsity``), sized by the same groups, so the width search prices it at every
 width like the merged convs of ``cost.structural``; it conflicts with any merge or drop that removes
 the layer. Prices come from where every other price comes from: a measured table (``cpu``: the
-profiler times N:M-zeroed single-op graphs; onnxruntime here runs them no faster) or the analytic
-model (TensorRT targets: the profile's derated ``[sparsity] layer_speedup``, labelled predicted).
+profiler times N:M-zeroed single-op graphs; onnxruntime here runs them no faster; ``cuda``: the torch
+runtime runs them on PyTorch's semi-structured sparse kernels) or the analytic model (TensorRT targets:
+the profile's derated ``[sparsity] layer_speedup``, labelled predicted). Where a table is measured, the
+runtime that times it says which layers it would run on dense kernels anyway
+(``Runtime.sparse_refusal``: PyTorch's kernels take linear layers of some shapes, on CUDA only); those are
+not offered, so no dense time is ever priced as a sparse one.
 
 Modes (``--sparsity``): ``off``; ``auto`` (2:4, only on targets whose profile has sparse tensor
 cores and predicts a gain, or whose measured table shows one); ``N:M`` (that pattern priced
@@ -23,6 +27,7 @@ from dataclasses import dataclass, replace
 from hwprune.cost.layers import Layer
 from hwprune.cost.structural import StructuralOption
 from hwprune.plan import NMLayer
+from hwprune.runtime import Runtime, runtime_for
 from hwprune.sparsity.masks import parse_pattern
 from hwprune.targets import Target
 
@@ -60,9 +65,13 @@ def sparse_key(layer: str) -> str:
 
 
 def not_offered(mode: SparsityMode | None, target: Target, measured: bool) -> str | None:
-    """Why no layer can take ``mode`` on ``target`` at all, before pricing anything; None if some may."""
+    """Why no layer can take ``mode`` on ``target`` at all, before pricing anything; None if some may.
+    ``measured``: priced by this host's runtime, which may refuse the pattern outright."""
     if mode is None:
         return "--sparsity off"
+    refused = runtime_for(target).sparse_refusal(mode.pattern) if measured else None
+    if refused is not None:
+        return f"target {target.name}: {refused}"
     if mode.explicit or measured and target.sparse_24:
         return None
     if not target.sparse_24:
@@ -75,22 +84,26 @@ def not_offered(mode: SparsityMode | None, target: Target, measured: bool) -> st
     return None
 
 
-def eligible(layer: Layer, mode: SparsityMode, target: Target) -> bool:
-    """A conv (not grouped) or linear layer whose input channels stay whole runs of M at every width."""
+def eligible(layer: Layer, mode: SparsityMode, target: Target, kernels: Runtime | None = None) -> bool:
+    """A conv (not grouped) or linear layer whose input channels stay whole runs of M at every width, and
+    (``kernels``: the runtime that measures the target here) one it runs on a sparse kernel at full width."""
     sig = layer.signature
     return (sig.op in ("conv2d", "linear") and sig.groups == 1 and not layer.depthwise and sig.sparsity == "dense"
             and sig.c_in % mode.m == 0 and target.channel_alignment % mode.m == 0
-            and not layer.name.startswith(("merge:", "sparse:")))
+            and not layer.name.startswith(("merge:", "sparse:"))
+            and (kernels is None or kernels.sparse_refusal(mode.pattern, sig.op, (sig.c_out, sig.c_in)) is None))
 
 
 def sparse_options(layers: list[Layer], target: Target, mode: SparsityMode | None, measured: bool
                    ) -> list[StructuralOption]:
-    """One option per eligible layer (none when :func:`not_offered` says why)."""
+    """One option per eligible layer (none when :func:`not_offered` says why); ``measured``: the layers this
+    host's runtime runs sparse."""
     if not_offered(mode, target, measured) is not None:
         return []
+    kernels = runtime_for(target) if measured else None
     options = []
     for layer in layers:
-        if eligible(layer, mode, target):
+        if eligible(layer, mode, target, kernels):
             sparse = replace(layer, name=sparse_key(layer.name),
                              signature=replace(layer.signature, sparsity=mode.pattern))
             options.append(StructuralOption(sparse_key(layer.name), frozenset({layer.name}), (sparse,),
@@ -125,7 +138,9 @@ def worthwhile(options: list[StructuralOption], dense_ms: dict[str, float], spar
     kept = [o for o in options if o.key in sparse_ms and ratios[o.name] <= 1 - MIN_SAVING]
     if reason is None and not kept:
         if not ratios:
-            reason = f"no layer can take {mode.pattern} (conv or linear, ungrouped, input channels in runs of {mode.m})"
+            reason = f"no layer can take {mode.pattern} (conv or linear, ungrouped, input channels in runs of {mode.m}"
+            refused = runtime_for(target).sparse_refusal(mode.pattern, "conv2d") if measured else None
+            reason += f"; {refused})" if refused else ")"
         else:
             values = sorted(ratios.values())
             reason = (f"{source} on {target.name}: {mode.pattern} layers run at {values[0]:.2f}-{values[-1]:.2f}x "

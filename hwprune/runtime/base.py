@@ -103,6 +103,12 @@ class Runtime(ABC):
         run on sparse kernels. Runtimes that run ONNX directly build none."""
         return None, f"target {self.target.name} runs {self.name}, which runs the ONNX file itself: no engine"
 
+    def sparse_refusal(self, pattern: str, op: str | None = None, shape: tuple[int, int] | None = None) -> str | None:
+        """Why this runtime would run ``pattern`` on dense kernels (for a layer: ``op`` and its (out, in)
+        weight ``shape``; neither: for every layer) while a table prices it as N:M; None where it may run it
+        sparse, or picks its kernels itself from the N:M-zeroed weights it is given (onnxruntime, TensorRT)."""
+        return None
+
     def sparse_layers(self, engine: Path) -> list[str] | None:
         """The layers of a built engine that run sparse kernels; None where no such engine was built
         (runtimes that run ONNX directly have no sparse kernels to report)."""

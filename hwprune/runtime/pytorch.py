@@ -6,7 +6,9 @@ Timing follows the other runtimes: medians of many runs, and A/B comparisons int
 the wall clock times each run, with ``torch.set_num_threads(target.threads)`` held while loading and
 timing (as onnxruntime's fixed intra-op threads); on a GPU CUDA events bracket each queued inference.
 Single-op table entries are timed eagerly (CPU) or as CUDA graph replays (GPU), never one
-``torch.compile`` per op: compiling is for the whole models. torch is imported inside the functions
+``torch.compile`` per op: compiling is for the whole models. Linear weights that are already 2:4 run on
+PyTorch's semi-structured sparse kernels where its rules allow (``runtime.torch_sparse``; CUDA only), and
+each runner records which did and why the others did not. torch is imported inside the functions
 only, so the runtime layer and the on-device kit that reaches it import without torch.
 """
 
@@ -25,6 +27,7 @@ from hwprune.errors import DeviceError, HwpruneError
 from hwprune.runtime.base import Runner, Runtime, host_fingerprint, package_version
 from hwprune.runtime.kit import _command
 from hwprune.runtime.timing import Comparison, Timer, Timing, interleave, time_runs, wall_ms
+from hwprune.runtime.torch_sparse import PATTERN, SemiStructured, capability, refusal, sparsify_module, sparsify_program
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -91,12 +94,15 @@ def tensors(output: object) -> list[Tensor]:
 class TorchRunner(Runner):
     """``forward`` on fixed inputs, on one device in one mode: ``enqueue()`` starts one inference (on a GPU
     it returns before it ends), ``run()`` waits for it too. Built (compiled, captured) and run once on
-    creation, so a first call's cost never lands in a timing."""
+    creation, so a first call's cost never lands in a timing. ``semi_structured`` says which 2:4 linear
+    weights it runs on sparse kernels."""
 
-    def __init__(self, forward: Callable, inputs: Sequence[Tensor], device: str, mode: str):
+    def __init__(self, forward: Callable, inputs: Sequence[Tensor], device: str, mode: str,
+                 semi_structured: SemiStructured | None = None):
         import torch
 
         self.device, self.mode = device, mode
+        self.semi_structured = semi_structured or SemiStructured()
         self.inputs = list(inputs)
         self.input_shapes = [tuple(x.shape) for x in self.inputs]
         self.forward = torch.compile(forward, fullgraph=True, dynamic=False) if mode == "compile" else forward
@@ -164,6 +170,7 @@ def _captured(forward: Callable, inputs: list[Tensor]):
 
 class TorchRuntime(Runtime):
     name = "PyTorch"
+    semi_structured = True  # False keeps 2:4 weights on dense kernels: the dense twin of an A/B comparison
 
     @property
     def method(self) -> dict:  # how a single-op table is measured (recorded in the table)
@@ -230,18 +237,31 @@ class TorchRuntime(Runtime):
     def _timer(self) -> Timer:
         return cuda_event_ms if self.target.device == "cuda" else wall_ms
 
-    def _runner(self, forward: Callable, inputs: Sequence[Tensor], mode: str | None = None) -> TorchRunner:
+    def sparse_refusal(self, pattern: str, op: str | None = None, shape: tuple[int, int] | None = None) -> str | None:
+        """Why ``pattern`` would run on dense kernels here (for a layer: ``op``, its (out, in) weight ``shape``):
+        PyTorch's semi-structured rules (``torch_sparse.refusal``) on the target's device and precision."""
+        gpu = capability() if self.target.device == "cuda" else None
+        return refusal(pattern, op, shape, torch_dtype(self.target.default_dtype), self.target.device or "cpu", gpu)
+
+    def _refuse(self, op: str, shape: tuple[int, int]) -> str | None:
+        if not self.semi_structured:
+            return "semi-structured kernels switched off (the dense twin)"
+        return self.sparse_refusal(PATTERN, op, shape)
+
+    def _runner(self, forward: Callable, inputs: Sequence[Tensor], mode: str | None = None,
+                semi_structured: SemiStructured | None = None) -> TorchRunner:
         self.require("load a model")
         dtype = torch_dtype(self.target.default_dtype)
         device = self.target.device or "cpu"
         moved = [x.to(device, dtype) if x.is_floating_point() else x.to(device) for x in inputs]
         with self._held():
-            return TorchRunner(forward, moved, device, mode or self.target.mode or "eager")
+            return TorchRunner(forward, moved, device, mode or self.target.mode or "eager", semi_structured)
 
     def load_model(self, module: nn.Module, inputs: tuple[Tensor, ...], onnx: Path | None = None) -> Runner:
-        """A copy of ``module`` on the target's device and precision (``module`` itself is left as it is)."""
+        """A copy of ``module`` on the target's device and precision, its 2:4 linear weights on sparse kernels
+        where PyTorch takes them (``module`` itself is left as it is)."""
         moved = copy.deepcopy(module).eval().to(self.target.device or "cpu", torch_dtype(self.target.default_dtype))
-        return self._runner(moved, inputs)
+        return self._runner(moved, inputs, semi_structured=sparsify_module(moved, self._refuse))
 
     def load(self, model: Path) -> Runner:
         """A ``.pt2`` program (its example inputs) or an ONNX file rebuilt as torch ops (random inputs of
@@ -261,10 +281,13 @@ class TorchRuntime(Runtime):
         from hwprune.runtime.torch_onnx import OnnxProgram
 
         program = OnnxProgram(model)
-        return self._runner(self._placed(program), _random_inputs(program.inputs))
+        return self._program_runner(program)
 
-    def _placed(self, program):
-        return program.to(self.target.device or "cpu", torch_dtype(self.target.default_dtype))
+    def _program_runner(self, program, mode: str | None = None) -> TorchRunner:
+        """``program`` on the target's device and precision (2:4 weights on sparse kernels where PyTorch takes
+        them), on random inputs of its shapes."""
+        placed = program.to(self.target.device or "cpu", torch_dtype(self.target.default_dtype))
+        return self._runner(placed, _random_inputs(program.inputs), mode, sparsify_program(placed, self._refuse))
 
     def time(self, runner: Runner, warmup: int = 3, min_runs: int = 10, min_seconds: float = 0.1) -> Timing:
         with self._held():
@@ -280,7 +303,7 @@ class TorchRuntime(Runtime):
         program = OnnxProgram(graph)
         if [s for s, _ in program.inputs] != [tuple(shape)]:
             raise HwpruneError(f"single-op graph takes inputs {[s for s, _ in program.inputs]}, not {tuple(shape)}")
-        runner = self._runner(self._placed(program), _random_inputs(program.inputs), self.table_mode)
+        runner = self._program_runner(program, self.table_mode)
         try:
             method = self.method
             return self.time(runner, method["warmup"], calls or method["min_runs"], method["min_seconds"])

@@ -24,7 +24,8 @@ CPUS = {"cpu", "x86-avx512", "arm-cortex-a78ae", "cpu-torch"}
 GPUS = {"jetson-orin-nano", "jetson-orin-agx", "jetson-xavier-nx", "t4", "a10", "a100", "l4", "h100",
         "rtx-4090", "rtx-2080ti", "rtx-2080ti-trt84-fp32", "cuda"}
 TORCH = {"cpu-torch", "cuda"}  # measured through PyTorch (tests/unit/runtime/test_torch_runtime.py)
-SPARSE_24 = {"jetson-orin-nano", "jetson-orin-agx", "a10", "a100", "l4", "h100", "rtx-4090"}  # Ampere and newer
+SPARSE_24 = {"jetson-orin-nano", "jetson-orin-agx", "a10", "a100", "l4", "h100", "rtx-4090",
+             "cuda"}  # Ampere and newer; cuda: whatever GPU torch sees, its capability checked when timed
 DEVICES = resources.files("hwprune.devices")
 NUMBER = r"[-+]?(?:\d[\d_]*)(?:\.[\d_]+)?(?:[eE][-+]?\d+)?"
 NUMERIC_LINE = re.compile(rf"^\s*[A-Za-z0-9_.\"-]+\s*=\s*{NUMBER}\s*(#.*)?$")

@@ -203,7 +203,7 @@ def test_torch_target_profiles_and_modes():
     cuda = load_target("cuda")
     assert (cuda.runtime, cuda.device, cuda.mode, cuda.default_dtype, cuda.threads) == ("torch", "cuda", "eager",
                                                                                         "fp16", None)
-    assert not cuda.sparse_24  # no 2:4 through PyTorch in this version
+    assert cuda.sparse_24  # 2:4 on PyTorch's semi-structured kernels, offered where measured faster
     assert (CPU.device, CPU.mode, CPU.threads, CPU.default_dtype) == ("cpu", "eager", 1, "fp32")
     assert load_target("cuda:cudagraph").mode == "cudagraph" and load_target("cuda:cudagraph").name == "cuda:cudagraph"
     for name, message in (("cpu-torch:cudagraph", "needs device cuda"), ("cpu:compile", "torch targets only"),
