@@ -346,6 +346,7 @@ def depth_section(original: nn.Module, pruned: nn.Module, predictor: TablePredic
             drops.append(row)
     dropped = {row["block"] for row in drops}
     stack = [{"block": name, "influence": score, "cost": costs.get(f"drop:{name}"), "dropped": name in dropped}
+             | ({"replace_cost": costs[f"replace:{name}"]} if f"replace:{name}" in costs else {})
              for name, score in sorted((influence or {}).items(), key=lambda item: item[1])]
     return {"layers_before": _timed_layers(original), "layers_after": _timed_layers(pruned), "merged": merges,
             "dropped": drops, "options_priced": len(predictor.options), "options_costed": len(costs),

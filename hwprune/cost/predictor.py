@@ -75,13 +75,7 @@ class TablePredictor:
         self._by_shape = _index_by_shape(table)
         self._axes = {layer.name: self._measured_axes(layer) for layer in layers}
         self.options: dict[str, StructuralOption] = {}
-        for option in options:
-            try:
-                axes = {layer.name: self._measured_axes(layer) for layer in option.adds}
-            except HwpruneError:
-                continue  # not in the table: a choice this latency model cannot price
-            self._axes.update(axes)
-            self.options[option.key] = option
+        self.offer(options)
         self.depth: frozenset[str] = frozenset()
         self.sparsity: SparsityCheck | None = None  # what pricing N:M found (``model_latency.priced_sparsity``)
         # Groups that keep one count together (``tie``): a key of ``keep`` may name a tie for all its groups.
@@ -91,6 +85,16 @@ class TablePredictor:
         self._index_groups()
         self.fixed_ms, self.layer_scale, self.rest_ms = self._fit(anchors)
         self._views: dict[frozenset[str], TablePredictor] = {frozenset(): self}
+
+    def offer(self, options: Sequence[StructuralOption]) -> None:
+        """Add the depth choices among ``options`` this table can price (before any ``with_depth`` view)."""
+        for option in options:
+            try:
+                axes = {layer.name: self._measured_axes(layer) for layer in option.adds}
+            except HwpruneError:
+                continue  # not in the table: a choice this latency model cannot price
+            self._axes.update(axes)
+            self.options[option.key] = option
 
     def _index_groups(self) -> None:
         self._touching: dict[str, list[Layer]] = {}

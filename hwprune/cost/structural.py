@@ -1,6 +1,8 @@
 """What a depth choice does to the timed layers: a merged span replaces its convolutions by one
 conv of the merged shape; a dropped block removes its branch's layers (a whole layer of a stack,
-every timed op under its path: its projections and its attention core).
+every timed op under its path: its projections and its attention core). A layer replaced by a
+linear map (ReplaceMe, ``transform.linear_map``) removes the same layers: the map is folded into a
+kept projection, which keeps its shape, so it costs what removing the layer costs.
 
 The merged conv is a new op signature (kernel, stride, padding of the span; the first conv's input
 and the last conv's output), sized by the same channel groups as the span's ends, so the width
@@ -26,7 +28,7 @@ class StructuralOption:
     """One span merged, one block dropped or one layer made N:M (``cost.sparse``): a structural
     option, as the latency model and the joint search see it."""
 
-    key: str  # "merge:<first>+...+<last>[ (with skip)]", "drop:<block>" or "sparse:<layer>"
+    key: str  # "merge:<first>+...+<last>[ (with skip)]", "drop:<block>", "replace:<layer>" or "sparse:<layer>"
     removes: frozenset[str]  # layers that no longer run as they were
     adds: tuple[Layer, ...]  # the merged conv, or the N:M layer (none for a drop)
     choice: MergedSpan | DroppedBlock | NMLayer  # the Plan's record of it (an N:M layer's is keyed by ``name``)
@@ -42,8 +44,8 @@ class StructuralOption:
 
 
 def stack_layers(options: Iterable[StructuralOption]) -> list[str]:
-    """The layers of a layer stack among ``options`` (drops of a whole module, ``graph.stack``)."""
-    return [o.choice.block for o in options if isinstance(o.choice, DroppedBlock) and o.choice.add is None]
+    """The layers of a layer stack among ``options`` (plain drops of a whole module, ``graph.stack``)."""
+    return [o.choice.block for o in options if o.kind == "drop" and o.choice.add is None]
 
 
 def merge_key(span: Span) -> str:
@@ -52,6 +54,15 @@ def merge_key(span: Span) -> str:
 
 def drop_key(block: Block) -> str:
     return f"drop:{block.name}"
+
+
+def replacements(options: Iterable[StructuralOption], folds: dict[str, str]) -> list[StructuralOption]:
+    """For each stack layer's drop among ``options`` that ``folds`` names a projection for, the same layers
+    replaced by a linear map folded there: the alternative the joint search weighs against the drop (the
+    two share their layers, so they are one unit's choices, at one time)."""
+    return [StructuralOption(f"replace:{o.choice.block}", o.removes, (),
+                             DroppedBlock(o.choice.block, None, folds[o.choice.block]))
+            for o in options if o.kind == "drop" and o.choice.block in folds]
 
 
 def depth_options(analysis: Analysis, found: DepthCandidates, layers: list[Layer]) -> list[StructuralOption]:

@@ -48,10 +48,11 @@ from hwprune.sparsity.masks import nm_mask
 @dataclass(frozen=True)
 class Taking:
     """What costing a depth option needs of the stages after it, passed in (importance never imports
-    the transform or recovery): the model with spans unmerged and blocks dropped (the transform's
-    ``unmerged``), and the distillation loss (recovery's)."""
+    the transform or recovery): the model with spans unmerged and blocks dropped, replaced runs' maps
+    fitted on the batches given (the transform's ``unmerged``), and the distillation loss (recovery's)."""
 
-    view: Callable[[nn.Module, torch.Tensor, Sequence[MergedSpan], Sequence[DroppedBlock]], nn.Module]
+    view: Callable[[nn.Module, torch.Tensor, Sequence[MergedSpan], Sequence[DroppedBlock], Sequence[torch.Tensor]],
+                   nn.Module]
     loss: Callable[..., torch.Tensor]
 
 
@@ -60,8 +61,9 @@ def depth_costs(model: nn.Module, example_input: torch.Tensor, options: Sequence
                 distil_steps: int = 0, training: Sequence[torch.Tensor] = (),
                 scales: dict[str, torch.Tensor] | None = None, *, taking: Taking) -> dict[str, float]:
     """Per option key, the output change when that option alone is taken (after ``distil_steps`` of
-    distillation on ``training`` batches, when given); N:M masks weigh magnitudes by ``scales``
-    (per layer, its input channels' activation norms) where given."""
+    distillation on ``training`` batches, when given); a layer replaced by a linear map has it fitted on
+    ``training``, never on ``batch``; N:M masks weigh magnitudes by ``scales`` (per layer, its input
+    channels' activation norms) where given."""
     model = model.eval()
     task = progress.add_task("depth importance", total=len(options)) if progress is not None and options else None
     costs = {}
@@ -89,7 +91,7 @@ def _cost(model: nn.Module, example_input: torch.Tensor, option: StructuralOptio
             return output_change(reference, model(batch))
     merge, depth = ([option.choice], []) if option.kind == "merge" else ([], [option.choice])
     student = copy.deepcopy(model) if distil_steps else model  # trained: never the model's own layers
-    changed = taking.view(student, example_input, merge, depth)
+    changed = taking.view(student, example_input, merge, depth, training)  # a map is fitted off the measured batch
     if recalibration:
         recalibrate_batchnorm(changed, recalibration)
     if distil_steps:

@@ -41,14 +41,16 @@ def apply_plan_file(plan: Plan, plan_name: str, loaded: LoadedModel, calib_data:
     check_model(plan, loaded, plan_name)
     x = loaded.example_input
     batches: list[torch.Tensor] = []
-    if plan.bn_recalibration:
+    fitted = any(entry.fold for entry in plan.depth)
+    if plan.bn_recalibration or fitted:
         if not calib_data:
-            raise PlanError(f"{plan_name}: the compile re-estimated BatchNorm statistics on calibration data; pass "
-                            "the same --calib-data to reproduce its model")
+            what = "fitted linear maps" if fitted else "re-estimated BatchNorm statistics"
+            raise PlanError(f"{plan_name}: the compile {what} on calibration data; pass the same --calib-data to "
+                            "reproduce its model")
         batches = load_calibration(calib_data, x, model=loaded.name).batches
     analysis = analyze(loaded.module, x, loaded.name, exclude=plan.provenance.exclude, strict=False)
     before = sum(p.numel() for p in analysis.model.parameters())
-    model = realise(plan, analysis, batches)
+    model = realise(plan, analysis, batches if plan.bn_recalibration else [], calibration=batches)
     with staged(out, ARTEFACTS) as stage:
         io = OnnxIO() if loaded.source_onnx is None else OnnxIO.of(loaded.source_onnx)  # a user's file's names
         export_onnx(model, x, stage / "pruned.onnx", dynamic_batch, slim_available(), io)

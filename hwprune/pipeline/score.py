@@ -69,7 +69,8 @@ def search_problem(prepared: Prepared, options: Options, recalibration: list[tor
         analysis, predictor, Scores(importance, sensitivity, costs, influence, readers),
         SearchSettings(options.search, options.allocation, options.target.channel_alignment, options.min_keep),
         provenance, CalibrationBatches(calibration.batches, not calibration.random, recalibration),
-        Realisation(copies, partial(_depth_view, analysis.capture.example_input), permutations))
+        Realisation(copies, partial(_depth_view, analysis.capture.example_input, prepared.realiser.calibration),
+                    permutations))
 
 
 def _scores(prepared: Prepared, options: Options, recalibration: list[torch.Tensor], provenance: Provenance,
@@ -120,10 +121,11 @@ def _depth_scores(prepared: Prepared, options: Options, recalibration: list[torc
     return costs, influence
 
 
-def _depth_view(example_input: torch.Tensor, model: nn.Module, plan: Plan) -> nn.Module:
-    """What a plan's depth and N:M decisions make of ``model`` (spans unmerged): the view the search
-    scores; N:M masks go on a copy, never on ``model``'s own weights."""
-    viewed = unmerged(model, example_input, plan.merge, plan.depth)
+def _depth_view(example_input: torch.Tensor, calibration: list[torch.Tensor], model: nn.Module, plan: Plan
+                ) -> nn.Module:
+    """What a plan's depth and N:M decisions make of ``model`` (spans unmerged, linear maps fitted on
+    ``calibration``): the view the search scores; N:M masks go on a copy, never on ``model``'s own weights."""
+    viewed = unmerged(model, example_input, plan.merge, plan.depth, calibration)
     if plan.sparsity.layers:
         viewed = copy.deepcopy(viewed)
         sparsify(viewed, plan.sparsity.layers)

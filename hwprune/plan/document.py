@@ -39,8 +39,11 @@ HEADS_SUFFIX = ":heads"  # the id of an attention-head group (graph.heads), whic
 
 
 def plan_json(plan: Plan) -> dict:
-    """The plan as a ``hwprune-plan/3`` document."""
-    return {"format": FORMAT, **asdict(plan)}
+    """The plan as a ``hwprune-plan/3`` document; a dropped layer's ``fold`` is written only where it has
+    one (ReplaceMe), so plans without it read and write as before."""
+    data = {"format": FORMAT, **asdict(plan)}
+    data["depth"] = [{k: v for k, v in entry.items() if k != "fold" or v is not None} for entry in data["depth"]]
+    return data
 
 
 def save_plan(plan: Plan, path: str | Path) -> None:
@@ -132,7 +135,7 @@ def _merged(e: dict) -> MergedSpan:
 
 
 def _dropped(e: dict) -> DroppedBlock:
-    return DroppedBlock(str(e["block"]), _str(e["add"]))
+    return DroppedBlock(str(e["block"]), _str(e["add"]), _str(e.get("fold")))
 
 
 def _nm(e: dict) -> NMLayer:

@@ -47,10 +47,16 @@ class MergedSpan:
 @dataclass(frozen=True)
 class DroppedBlock:
     """A residual branch removed (its add passes the skip through), or, with no ``add``, a whole layer
-    of a layer stack (a transformer's decoder layer)."""
+    of a layer stack (a transformer's decoder layer).
+
+    ``fold`` (ReplaceMe): the run of consecutive dropped layers this one belongs to is replaced by one
+    linear map, fitted by least squares on calibration activations and folded into ``fold``, the MLP
+    output projection of the last kept layer before the run; every layer of a run names the same one.
+    The map is data-dependent: re-applying the plan needs the same calibration data."""
 
     block: str
     add: str | None
+    fold: str | None = None
 
 
 @dataclass(frozen=True)

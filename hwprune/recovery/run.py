@@ -153,7 +153,10 @@ def _models(build: Path) -> tuple[Plan, nn.Module, nn.Module, torch.Tensor]:
                        strict=False)
     # Merged spans train apart (activations removed, padding moved) and merge at export: the compile
     # keeps that form's weights beside the merged ones.
-    student = realise_unmerged(plan, analysis) if plan.merge else realise(plan, analysis)
+    # The student's weights are loaded below, so a replaced run's map need not be fitted again: its
+    # structure is the plain removal's (the fold keeps the projection's shape).
+    shape = replace(plan, depth=tuple(replace(entry, fold=None) for entry in plan.depth))
+    student = realise_unmerged(shape, analysis) if plan.merge else realise(shape, analysis)
     weights = build / ("pruned_unmerged.pt" if plan.merge else "pruned.pt")
     if not weights.is_file():
         raise PlanError(f"{build}: no {weights.name} beside the plan")

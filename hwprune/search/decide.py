@@ -28,6 +28,7 @@ from hwprune.search.choose import Candidate, choose
 from hwprune.search.joint import search_joint
 from hwprune.search.permutations import Permutations, nm_entries
 from hwprune.search.readers import SegmentMask, reader_masks
+from hwprune.search.runs import as_runs
 from hwprune.search.width import SearchResult, search_widths, uniform_widths
 
 STRATEGIES = ("sensitivity", "structure", "uniform")
@@ -172,7 +173,7 @@ class SearchProblem:
     def _depth_entries(self, keys: frozenset[str]) -> tuple[tuple[MergedSpan, ...], tuple[DroppedBlock, ...]]:
         options = [self.predictor.options[k] for k in sorted(keys)]
         return (tuple(o.choice for o in options if o.kind == "merge"),
-                tuple(o.choice for o in options if o.kind == "drop"))
+                as_runs([o.choice for o in options if o.kind in ("drop", "replace")]))
 
     def _sparse(self, keys: frozenset[str]) -> list:
         return [self.predictor.options[k] for k in sorted(keys) if self.predictor.options[k].kind == "sparse"]

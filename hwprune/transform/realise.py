@@ -29,13 +29,15 @@ from hwprune.transform.select import SelectReaders
 from hwprune.transform.sparsify import PermuteForSparsity, check_layers, sparsify
 
 
-def apply_plan(plan: Plan, analysis: Analysis, reorder: bool = True, merge: bool = True) -> nn.Module:
+def apply_plan(plan: Plan, analysis: Analysis, reorder: bool = True, merge: bool = True,
+               calibration: Sequence[torch.Tensor] = ()) -> nn.Module:
     """Prune ``analysis``'s model in place as the plan says, after checking that it fits; unconstrained
     segments are reordered unless ``reorder`` is False (the naive export). ``analysis`` describes the
     unpruned model afterwards, so it must not be used for a second application. With depth or merge
     decisions the result is a new module (an fx ``GraphModule``), not ``analysis.model``; with
     ``merge`` False its spans are left unmerged (activations removed, padding moved), the form
-    BatchNorm re-estimation and training see, and ``transform.rewrite.merged`` finishes them."""
+    BatchNorm re-estimation and training see, and ``transform.rewrite.merged`` finishes them. Runs of
+    layers the plan replaces by a linear map have it fitted on ``calibration``, on the width-pruned model."""
     width = dict(plan.groups())  # the passes renumber decisions in this copy (frozen, replaced whole)
     found = {s.group: s for s in segments(analysis)} if any(d.readers for d in width.values()) else {}
     passes: list[Pass] = [ReorderSegments()] if reorder and found else []
@@ -51,22 +53,24 @@ def apply_plan(plan: Plan, analysis: Analysis, reorder: bool = True, merge: bool
         passes.append(PermuteForSparsity(permutations))
     run_passes([*passes, PruneChannels(), SelectReaders()], Surgery(analysis, width, found))
     example = analysis.capture.example_input
-    model = unmerged(analysis.model, example, plan.merge, plan.depth)
+    model = unmerged(analysis.model, example, plan.merge, plan.depth, calibration)
     sparsify(model, sparse)
     return merged(model, example, plan.merge) if merge else model
 
 
-def realise(plan: Plan, analysis: Analysis, recalibration: Sequence[torch.Tensor] = (), reorder: bool = True
-            ) -> nn.Module:
+def realise(plan: Plan, analysis: Analysis, recalibration: Sequence[torch.Tensor] = (), reorder: bool = True,
+            calibration: Sequence[torch.Tensor] = ()) -> nn.Module:
     """``plan`` applied to a fresh copy of the analysed model (which stays whole), in eval mode, with
-    BatchNorm statistics re-estimated on ``recalibration`` batches when given."""
-    return finish(plan, analysis, realise_unmerged(plan, analysis, reorder), recalibration)
+    BatchNorm statistics re-estimated on ``recalibration`` batches when given and linear maps fitted on
+    ``calibration``."""
+    return finish(plan, analysis, realise_unmerged(plan, analysis, reorder, calibration), recalibration)
 
 
-def realise_unmerged(plan: Plan, analysis: Analysis, reorder: bool = True) -> nn.Module:
+def realise_unmerged(plan: Plan, analysis: Analysis, reorder: bool = True,
+                     calibration: Sequence[torch.Tensor] = ()) -> nn.Module:
     """``plan`` applied to a fresh copy of the analysed model, its spans not yet merged."""
     fresh = analyze(copy.deepcopy(analysis.model), analysis.capture.example_input, analysis.name, strict=False)
-    return apply_plan(plan, fresh, reorder, merge=False).eval()
+    return apply_plan(plan, fresh, reorder, merge=False, calibration=calibration).eval()
 
 
 def finish(plan: Plan, analysis: Analysis, model: nn.Module, recalibration: Sequence[torch.Tensor] = ()

@@ -98,6 +98,8 @@ def resolve(plan_merge: Sequence[MergedSpan], plan_depth: Sequence[DroppedBlock]
         block = found.block(entry.block)
         if block is None:
             raise PlanError(f"the plan drops {entry.block!r}, which is not a droppable block of this model")
+        if entry.fold is not None and block.add is not None:
+            raise PlanError(f"the plan folds a linear map for {entry.block!r}, which is not a layer of a layer stack")
         blocks.append(block)
     used: dict[str, str] = {}
     for owner, layers in [*((s.key, s.convs) for s in spans), *((b.name, b.layers) for b in blocks)]:
@@ -118,19 +120,20 @@ def apply_depth(model: nn.Module, example_input: torch.Tensor, plan_merge: Seque
 
 
 def unmerged(model: nn.Module, example_input: torch.Tensor, plan_merge: Sequence[MergedSpan],
-             plan_depth: Sequence[DroppedBlock]) -> nn.Module:
+             plan_depth: Sequence[DroppedBlock], calibration: Sequence[torch.Tensor] = ()) -> nn.Module:
     """The plan's depth decisions in trainable form: blocks dropped, each span's activations removed
     and its padding moved, its convolutions and BatchNorms still apart (what recovery trains and
     BatchNorm re-estimation sees). It computes what ``merged`` of it computes. ``model``'s own
     layers are shared, never changed: moved convs are new modules. A model fx cannot trace can
-    only lose whole layers of its layer stacks (``transform.layers``: a copy)."""
+    only lose whole layers of its layer stacks (``transform.layers``: a copy), runs of them replaced by
+    linear maps fitted on ``calibration`` where the plan folds them."""
     if not plan_merge and not plan_depth:
         return model
     try:
         graph = trace(model)
     except Exception:  # fx raises many kinds: no graph, so only stack layers can go
         _, blocks = resolve(plan_merge, plan_depth, depth_candidates(model, example_input))
-        return drop_layers(model, blocks)
+        return drop_layers(model, blocks, plan_depth, calibration)
     spans, blocks = resolve(plan_merge, plan_depth, candidates_of(graph))
     rewrite = Rewrite(graph, example_input, spans, blocks)
     run_passes([DropBlocks(), RemoveActivations(), MovePadding()], rewrite)
