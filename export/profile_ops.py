@@ -58,12 +58,12 @@ def profile(folder: Path, target_name: str, out: Path, log=print) -> dict:
     started = time.perf_counter()
     overhead = manifest.get("call_overhead")
     if overhead and table["call_overhead_ms"] is None:
-        table["call_overhead_ms"] = runtime.time_graph((folder / overhead["file"]).read_bytes(),
+        table["call_overhead_ms"] = runtime.time_graph(folder / overhead["file"],
                                                        tuple(overhead["shape"]), overhead.get("calls")).median_ms
     log(f"profile_ops: {len(todo)} ops and {len(models)} models to time on {runtime.name}"
         + (f" ({skipped} done already)" if skipped else ""))
-    for i, op in enumerate(todo, 1):
-        timing = runtime.time_graph((folder / op["file"]).read_bytes(), tuple(op["shape"]), op.get("calls"))
+    for i, op in enumerate(todo, 1):  # by path: a large model's weights are beside it
+        timing = runtime.time_graph(folder / op["file"], tuple(op["shape"]), op.get("calls"))
         table["entries"][op["name"]] = {"median_ms": timing.median_ms, "p90_ms": timing.p90_ms,
                                         "samples": timing.samples, "p99_ms": timing.p99_ms, "spread": timing.spread}
         write_text_atomic(out, json.dumps(table, indent=1) + "\n")

@@ -10,7 +10,6 @@ moves them to external data for models over 2 GB, beyond what hwprune targets.
 from __future__ import annotations
 
 import importlib.util
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from hwprune.errors import HwpruneError
-from hwprune.io import publish
+from hwprune.runtime.onnx_files import copy_model, has_external_data
 
 # TensorRT 10.3 (JetPack 6) parses opsets up to 20; onnxruntime 1.18+ runs 17 everywhere.
 ONNX_OPSET = 17
@@ -69,20 +68,17 @@ def export_named(model: nn.Module, args: tuple[torch.Tensor, ...], path: str | P
     of several inputs and outputs (a decode step's token and cache tensors)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model.eval(), args, tmp, opset_version=ONNX_OPSET, dynamo=False,
-                              input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes)
-        if slim:
-            _slim(Path(tmp))
-        publish(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if not isinstance(exc, Exception):
-            raise
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as folder:
+            exported = Path(folder) / path.name  # over 2 GB, the exporter's per-tensor files land beside it
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model.eval(), args, str(exported), opset_version=ONNX_OPSET, dynamo=False,
+                                  input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes)
+            if slim and not has_external_data(exported):  # onnxslim saves one protobuf: 2 GB at most
+                _slim(exported)
+            copy_model(exported, path)
+    except Exception as exc:
         raise HwpruneError(f"ONNX export failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}") from exc
     return path
 

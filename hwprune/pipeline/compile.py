@@ -15,7 +15,6 @@ Artefacts are written to a staging folder inside ``out_dir`` and moved into plac
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -38,13 +37,15 @@ from hwprune.pipeline.steps import step as step_of
 from hwprune.plan import PlanBudget, Provenance, save_plan
 from hwprune.render import markdown, write_plots
 from hwprune.report import Report, build_report
+from hwprune.runtime.onnx_files import copy_model, data_file
 from hwprune.search.decide import Decision, SearchProblem, structure
 from hwprune.search.learn import Learner
 from hwprune.search.refine import Refinement, Round, pick, refine
 
+ONNX_FILES = ("baseline.onnx", "pruned.onnx", "recovered.onnx", *DECODE_FILES)
 ARTEFACTS = ("report.json", "report.md", "plan.json", "pruned.pt", "pruned_unmerged.pt", *NATIVE_FILES,
-             "baseline.onnx", "pruned.onnx", "plots", "build_engine.sh", "baseline.engine", "pruned.engine",
-             "timing.cache", "pruned.layers.json", "recovered.onnx", "recovered.pt", "recover", *DECODE_FILES)
+             *ONNX_FILES, *(str(data_file(Path(name))) for name in ONNX_FILES), "plots", "build_engine.sh",
+             "baseline.engine", "pruned.engine", "timing.cache", "pruned.layers.json", "recovered.pt", "recover")
 
 
 @dataclass
@@ -103,7 +104,7 @@ def compile_point(prepared: Prepared, options: Options, stage: Path, console: Co
     step = partial(step_of, console, record=stages)
     loaded, analysis, runtime, predictor = prepared.loaded, prepared.analysis, prepared.runtime, prepared.cost.predictor
     if prepared.baseline.onnx != stage / "baseline.onnx":
-        shutil.copyfile(prepared.baseline.onnx, stage / "baseline.onnx")
+        copy_model(prepared.baseline.onnx, stage / "baseline.onnx")
     measurer = Measurer.start(prepared.realiser, options, runtime, stage, stage / "baseline.onnx", prepared.calibration)
     baseline_predicted = predictor.predict({}).total_ms
     fraction = options.budget.fraction(measurer.baseline_ms if measurer.measurable else baseline_predicted)
@@ -116,9 +117,15 @@ def compile_point(prepared: Prepared, options: Options, stage: Path, console: Co
         prepared.problem = search_problem(prepared, options, measurer.recalibration, provenance, step, console)
     problem = replace(prepared.problem, provenance=provenance)
     settings = Refinement(options.tolerance, options.refine + 1 if measurer.measurable else 1, options.refine_seconds)
+    nearest: list[Round] = []
+
+    def on_round(done: Round) -> None:
+        _print_round(console, fraction, done)
+        _keep_model_of_nearest(nearest, done, fraction)
+
     rounds = refine(partial(_announced, problem, step), partial(_measured, measurer, step), fraction,
                     fraction * baseline_predicted, settings,
-                    partial(_print_round, console, fraction), structure if options.search == SearchKind.JOINT else None,
+                    on_round, structure if options.search == SearchKind.JOINT else None,
                     Learner(problem, predictor, partial(_print_correction, console)))
     chosen = pick(rounds, fraction)
     finish.keep_chosen(chosen, rounds, measurer, loaded, stage, console)
@@ -145,6 +152,20 @@ def _announced(problem: SearchProblem, step, predicted_budget: float, hold: froz
 def _measured(measurer: Measurer, step, decision: Decision) -> tuple[float | None, Realised]:
     with step(f"realise, export and measure (round {measurer.rounds})"):
         return measurer(decision)
+
+
+def _keep_model_of_nearest(nearest: list[Round], done: Round, fraction: float) -> None:
+    """Only the measured round nearest the request so far (``nearest``, what ``pick`` will choose) keeps its
+    pruned model in memory; the others keep their plans and ONNX files: a large model's rounds would otherwise
+    hold a copy each."""
+    if done.fraction is None:
+        return
+    if not nearest:
+        nearest.append(done)
+    elif abs(done.fraction - fraction) < abs(nearest[0].fraction - fraction):
+        nearest[0].realised.model, nearest[0] = None, done
+    else:
+        done.realised.model = None
 
 
 def _print_correction(console: Console, correction: Correction) -> None:

@@ -4,7 +4,6 @@ engines, count the exports' copy ops and the model's size. Each returns what the
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ from hwprune.pipeline.measure import Measurer, Realised
 from hwprune.pipeline.steps import Step
 from hwprune.report import Built, Checked, Measured
 from hwprune.runtime import Runtime, runtime_for
+from hwprune.runtime.onnx_files import move_model, remove_model
 from hwprune.search.decide import Decision
 from hwprune.search.refine import Round
 from hwprune.search.verdict import judge
@@ -37,9 +37,9 @@ def keep_chosen(chosen: Round[Decision, Realised], rounds: list[Round], measurer
                 stage: Path, console: Console) -> None:
     """``pruned.onnx`` and ``pruned.pt`` of the chosen round (the other rounds' exports removed), its spans
     apart in ``pruned_unmerged.pt`` where merged (what recovery trains), and the framework's format."""
-    os.replace(chosen.realised.onnx, stage / "pruned.onnx")
+    move_model(chosen.realised.onnx, stage / "pruned.onnx")
     for attempt in rounds:
-        attempt.realised.onnx.unlink(missing_ok=True)
+        remove_model(attempt.realised.onnx)
     chosen.realised.onnx = stage / "pruned.onnx"
     plan = chosen.decision.plan
     torch.save(chosen.realised.model.state_dict(), stage / "pruned.pt")

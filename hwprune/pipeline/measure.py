@@ -28,17 +28,23 @@ class Realiser:
     """``transform.realise.realise`` that keeps the last plan's pruned model: an unconstrained round
     prices the copy ops of the very plan it returns, and measuring that plan would otherwise
     apply it to a fresh copy again (10 s each time on densenet169); a deep copy of the kept model
-    is what both get, BatchNorm re-estimated on the copy where asked."""
+    is what both get, BatchNorm re-estimated on the copy where asked. Linear maps (ReplaceMe) are fitted
+    on ``calibration``, the user's calibration batches."""
 
-    def __init__(self, analysis: Analysis):
+    def __init__(self, analysis: Analysis, calibration: Sequence[torch.Tensor] = ()):
         self.analysis = analysis
+        self.calibration = calibration
         self._last: tuple[tuple, nn.Module] | None = None
+
+    def forget(self) -> None:
+        """Drop the kept model (a large model's copy held for nothing once its round is measured)."""
+        self._last = None
 
     def __call__(self, plan: Plan, recalibration: Sequence[torch.Tensor] = (), merge: bool = True) -> nn.Module:
         """The realised plan; with ``merge`` False its spans still apart (BatchNorm re-estimated alike)."""
         key = plan.decisions()
         if self._last is None or self._last[0] != key:
-            self._last = (key, realise_unmerged(plan, self.analysis))
+            self._last = (key, realise_unmerged(plan, self.analysis, calibration=self.calibration))
         model = copy.deepcopy(self._last[1])
         if not merge:
             if recalibration:
@@ -49,7 +55,7 @@ class Realiser:
 
 @dataclass
 class Realised:
-    model: nn.Module
+    model: nn.Module | None  # None once a round nearer the request is kept instead (``compile``)
     onnx: Path
     comparison: Comparison | None
 
@@ -96,6 +102,7 @@ class Measurer:
                            self.stage / f"pruned-round{self.rounds}.onnx", self.options.dynamic_batch, slim_available(),
                            self.io)
         self.rounds += 1
+        self.realise.forget()  # the next round realises another plan
         realised = Realised(model, path, None)
         if not self.measurable:
             return None, realised

@@ -3,7 +3,6 @@ target (profiled here where this host runs it, else analytic) and the baseline e
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from rich.progress import Progress
 from hwprune.config import Options
 from hwprune.cost.model_latency import offline_predictor, open_table, predictor_for
 from hwprune.cost.predictor import TablePredictor
-from hwprune.cost.structural import stack_layers
+from hwprune.cost.structural import replacements, stack_layers
 from hwprune.errors import HwpruneError, PlanError
 from hwprune.evaluate.calibration import Calibration, load_calibration
 from hwprune.export.onnx_export import ONNX_OPSET, OnnxIO, export_onnx, slim_available
@@ -23,12 +22,14 @@ from hwprune.export.verify import verify_onnx
 from hwprune.frontends import LoadedModel, state_digest
 from hwprune.frontends.hf.layout import heads_fixed
 from hwprune.frontends.hf.model import HFModel
+from hwprune.frontends.hf.replace import replacement_folds
 from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.stack import stack_ties
 from hwprune.pipeline.measure import Realiser
 from hwprune.pipeline.profiling import profile_model
 from hwprune.pipeline.steps import Step
 from hwprune.runtime import Runtime, runtime_for
+from hwprune.runtime.onnx_files import copy_model
 from hwprune.search.decide import SearchProblem
 from hwprune.transform.trial import prove_prunable
 
@@ -75,10 +76,13 @@ def prepare(loaded: LoadedModel, options: Options, stage: Path, step: Step, cons
     with step("analyze and trial-prune"):
         analysis = analyzed(loaded, options, console)
     cost = cost_model(analysis, runtime, options, step, console)
+    if not calibration.random:
+        offer_replacements(analysis, cost.predictor, console)
     with step("export baseline"):
         baseline = export_baseline(loaded, analysis, options, stage, io)
         console.print(f"  baseline: {baseline.source}")
-    return Prepared(loaded, analysis, runtime, cost, baseline, calibration, digest, Realiser(analysis), started)
+    realiser = Realiser(analysis, [] if calibration.random else calibration.batches)
+    return Prepared(loaded, analysis, runtime, cost, baseline, calibration, digest, realiser, started)
 
 
 def analyzed(loaded: LoadedModel, options: Options, console: Console) -> Analysis:
@@ -125,6 +129,18 @@ def cost_model(analysis: Analysis, runtime: Runtime, options: Options, step: Ste
     return CostModel(predictor, path)
 
 
+def offer_replacements(analysis: Analysis, predictor: TablePredictor, console: Console) -> None:
+    """Beside each stack layer's plain removal, the same layer replaced by a linear map (ReplaceMe) where
+    the model has a projection to fold it into; offered only with the user's calibration data, which the
+    map is fitted on (on random tokens it would fit noise)."""
+    folds = replacement_folds(analysis.model, stack_layers(predictor.options.values()))
+    offered = replacements(predictor.options.values(), folds)
+    predictor.offer(offered)
+    if offered:
+        console.print(f"  ReplaceMe: {len(offered)} layers offered replaced by a linear map folded into the layer "
+                      "before, beside their removal")
+
+
 def export_baseline(loaded: LoadedModel, analysis: Analysis, options: Options, stage: Path,
                     io: OnnxIO | None) -> Baseline:
     """The ONNX file the pruned model is measured against, and what it is. For an ``onnx:`` model that
@@ -135,7 +151,7 @@ def export_baseline(loaded: LoadedModel, analysis: Analysis, options: Options, s
     if loaded.source_onnx is None:
         export_onnx(analysis.model, analysis.capture.example_input, path, options.dynamic_batch, slim_available())
         return Baseline(path, "exported from the model")
-    shutil.copyfile(loaded.source_onnx, path)
+    copy_model(loaded.source_onnx, path)  # with its external weights, gathered beside it
     check = verify_onnx(analysis.model, path, [analysis.capture.example_input], options.atol, options.rtol)
     if not check.ok:
         raise HwpruneError(f"{loaded.source_onnx}: onnx2torch's conversion does not compute what the file does "

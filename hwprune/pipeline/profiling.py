@@ -8,7 +8,6 @@ compile call it.
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,12 +24,12 @@ from hwprune.cost.signature import OpSignature
 from hwprune.cost.space import Sweep, profile_signatures, sweeps
 from hwprune.cost.sparse import SparsityMode, sparse_options
 from hwprune.export.onnx_export import export_onnx
-from hwprune.graph.analyze import Analysis, analyze
+from hwprune.graph.analyze import Analysis
 from hwprune.runtime import runtime_for
 from hwprune.runtime.kit import OpGraph
 from hwprune.runtime.timing import Timing
 from hwprune.targets import Target
-from hwprune.transform.prune import leading_channels, prune
+from hwprune.transform.prune import leading_channels, pruned_copy
 
 
 def measure_model(model: nn.Module, example_input: torch.Tensor, target: Target, runs: int = 30) -> Timing:
@@ -58,7 +57,7 @@ def profile_model(analysis: Analysis, target: Target, table: LatencyTable, progr
     x = analysis.capture.example_input
     with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
         passes = _passes(analysis, target, table, sparsity, every_width, Path(tmp))
-        models = [OpGraph(name, path.read_bytes, tuple(x.shape), MODEL_CALLS) for name, path in passes.models]
+        models = [OpGraph(name, lambda path=path: path, tuple(x.shape), MODEL_CALLS) for name, path in passes.models]
         measured = profile(passes.first, table, target, progress, models)
     measured += profile(passes.second(), table, target, progress)
     return measured + profile_pairs(passes.paired, table, target)
@@ -145,5 +144,4 @@ def _axis_ms(table: LatencyTable, sweep: Sweep) -> dict[int, float]:
 def _leading(analysis: Analysis, counts: dict[str, int]) -> nn.Module:
     """A copy of the analysed model with the leading ``counts[group]`` channels of each group kept
     (which channels go does not change latency)."""
-    fresh = analyze(copy.deepcopy(analysis.model), analysis.capture.example_input, analysis.name, strict=False)
-    return prune(fresh, {gid: leading_channels(fresh.group(gid), n) for gid, n in counts.items()})
+    return pruned_copy(analysis, {gid: leading_channels(analysis.group(gid), n) for gid, n in counts.items()})

@@ -82,7 +82,7 @@ class Runtime(ABC):
         return None
 
     @abstractmethod
-    def time_graph(self, graph: bytes, shape: tuple[int, ...], calls: int | None = None) -> Timing:
+    def time_graph(self, graph: bytes | Path, shape: tuple[int, ...], calls: int | None = None) -> Timing:
         """One serialized single-op ONNX graph (input ``x`` of ``shape``) timed as a table entry."""
 
     def time_graphs(self, graphs: Sequence[OpGraph], done: Callable[[int, Timing], None] | None = None

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from hwprune.errors import DeviceError, HwpruneError
 from hwprune.io import write_text_atomic
+from hwprune.runtime.onnx_files import copy_model
 
 OPS_FORMAT = "hwprune-ops/1"
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (or site-packages) holding hwprune/
@@ -31,10 +32,11 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout (or site-packages) ho
 
 @dataclass(frozen=True)
 class OpGraph:
-    """One graph to time: ``make()`` serialises it (called once, when it is written)."""
+    """One graph to time: ``make()`` serialises it (called once, when it is written), or names its file (a
+    whole model over 2 GB, its weights beside it)."""
 
     name: str
-    make: Callable[[], bytes]
+    make: Callable[[], bytes | Path]
     shape: tuple[int, ...]
     calls: int | None = None
 
@@ -46,22 +48,30 @@ def write_ops(folder: Path, target: str, ops: Iterable[OpGraph], models: Iterabl
     entries = []
     for i, op in enumerate(ops):
         file = f"ops/{i:05d}.onnx"
-        (folder / file).write_bytes(op.make())
+        write_graph(op.make(), folder / file)
         entries.append({"name": op.name, "file": file, "shape": list(op.shape), "calls": op.calls})
     whole = []
     for i, (name, path) in enumerate(models):
         (folder / "models").mkdir(exist_ok=True)
         file = f"models/{i:03d}.onnx"
-        shutil.copyfile(path, folder / file)
+        copy_model(path, folder / file)  # over 2 GB, its weights beside it
         whole.append({"name": name, "file": file})
     overhead = None
     if call_overhead is not None:
-        (folder / "identity.onnx").write_bytes(call_overhead.make())
+        write_graph(call_overhead.make(), folder / "identity.onnx")
         overhead = {"file": "identity.onnx", "shape": list(call_overhead.shape), "calls": call_overhead.calls}
     manifest = {"format": OPS_FORMAT, "target": target, "count": len(entries), "ops": entries, "models": whole,
                 "call_overhead": overhead}
     write_text_atomic(folder / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def write_graph(graph: bytes | Path, path: Path) -> None:
+    """A graph as ``path``: its bytes, or its file copied with its weights."""
+    if isinstance(graph, Path):
+        copy_model(graph, path)
+    else:
+        path.write_bytes(graph)
 
 
 def read_manifest(folder: Path) -> dict:

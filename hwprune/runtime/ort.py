@@ -87,7 +87,7 @@ class OnnxRuntime(Runtime):
     def load(self, model: Path) -> Runner:
         return SessionRunner(self.session(model))
 
-    def time_graph(self, graph: bytes, shape: tuple[int, ...], calls: int | None = None) -> Timing:
+    def time_graph(self, graph: bytes | Path, shape: tuple[int, ...], calls: int | None = None) -> Timing:
         if self.target.default_dtype != "fp32":
             raise DeviceError(f"target {self.target.name}: onnxruntime CPU profiling times fp32, not "
                               f"{self.target.default_dtype}")

@@ -297,7 +297,7 @@ class TorchRuntime(Runtime):
         with self._held():
             return interleave([r.enqueue for r in runners], rounds, timer=self._timer())
 
-    def time_graph(self, graph: bytes, shape: tuple[int, ...], calls: int | None = None) -> Timing:
+    def time_graph(self, graph: bytes | Path, shape: tuple[int, ...], calls: int | None = None) -> Timing:
         from hwprune.runtime.torch_onnx import OnnxProgram
 
         program = OnnxProgram(graph)

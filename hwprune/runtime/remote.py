@@ -20,6 +20,7 @@ from pathlib import Path
 from hwprune.errors import DeviceError
 from hwprune.runtime.base import Runner, Runtime
 from hwprune.runtime.kit import OpGraph, kit_files, write_ops
+from hwprune.runtime.onnx_files import DATA_SUFFIX, copy_model, data_file
 from hwprune.runtime.ssh import Address, Connection, SshError
 from hwprune.runtime.timing import Comparison, Timing
 from hwprune.targets import Target
@@ -103,7 +104,12 @@ class RemoteSession:
     def upload(self, source: Path | bytes, suffix: str = ".onnx") -> str:
         self._files += 1
         name = f"m{self._files}{suffix}"
-        self.connection.put(self.folder, {name: source})
+        if isinstance(source, Path) and data_file(source).exists():  # its weights beside it, re-pointed at the name
+            with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
+                copied = copy_model(source, Path(tmp) / name)
+                self.connection.put(self.folder, {name: copied, data_file(Path(name)).name: data_file(copied)})
+        else:
+            self.connection.put(self.folder, {name: source})
         if isinstance(source, Path):
             self._local[self.path(name)] = str(source)
         return self.path(name)
@@ -193,7 +199,7 @@ class RemoteRuntime(Runtime):
                           [float(s) for s in out["ratio_spread"]],
                           [[float(r) for r in rounds] for rounds in out["round_ratios"]])
 
-    def time_graph(self, graph: bytes, shape: tuple[int, ...], calls: int | None = None) -> Timing:
+    def time_graph(self, graph: bytes | Path, shape: tuple[int, ...], calls: int | None = None) -> Timing:
         return self.time_graphs([OpGraph("graph", lambda: graph, shape, calls)])[0]
 
     def time_graphs(self, graphs: Sequence[OpGraph], done: Callable[[int, Timing], None] | None = None
@@ -203,6 +209,8 @@ class RemoteRuntime(Runtime):
             manifest = write_ops(Path(tmp), self.target.name, graphs)
             files = {"ops/manifest.json": Path(tmp) / "manifest.json"}
             files.update({f"ops/{op['file']}": Path(tmp) / op["file"] for op in manifest["ops"]})
+            files.update({f"ops/{op['file']}{DATA_SUFFIX}": data_file(Path(tmp) / op["file"])
+                          for op in manifest["ops"] if data_file(Path(tmp) / op["file"]).exists()})
             self.session.connection.run(f"rm -rf {shlex.quote(self.session.path('ops'))} && "
                                         f"mkdir -p {shlex.quote(self.session.path('ops'))}", what="making ops/")
             self.session.connection.put(self.session.folder, files)

@@ -84,10 +84,11 @@ class TensorRT(Runtime):
                                    timing_cache=self._cache())
             return EngineRunner(build_engine(config), shape)
 
-    def time_graph(self, graph: bytes, shape: tuple[int, ...], calls: int | None = None) -> Timing:
+    def time_graph(self, graph: bytes | Path, shape: tuple[int, ...], calls: int | None = None) -> Timing:
         with tempfile.TemporaryDirectory(prefix="hwprune-trt-") as tmp:
-            path = Path(tmp) / "op.onnx"
-            path.write_bytes(graph)
+            path = graph if isinstance(graph, Path) else Path(tmp) / "op.onnx"
+            if not isinstance(graph, Path):
+                path.write_bytes(graph)
             config = engine_config(self.target, path, Path(tmp) / "op.engine", shape, input_name="x",
                                    timing_cache=self._cache())
             return time_engine(build_engine(config), shape, self.method["warmup"], calls or self.method["runs"])

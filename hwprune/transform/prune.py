@@ -8,12 +8,13 @@ keep-set fails before any layer is touched, and removes attention heads itself.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 
 from torch import nn
 
 from hwprune.errors import PlanError
-from hwprune.graph.analyze import Analysis
+from hwprune.graph.analyze import Analysis, analyze
 from hwprune.graph.depgraph.index_maps import frozen_index_mapping, tolerant_index_mapping
 from hwprune.graph.groups import ChannelGroup
 from hwprune.graph.heads import group_heads
@@ -126,6 +127,16 @@ def prune(analysis: Analysis, keep: Mapping[str, Sequence[int]]) -> nn.Module:
             graph.get_pruning_group(root, pruner.prune_out_channels, dropped).prune()
     _retie(analysis.model, ties)
     return analysis.model
+
+
+def pruned_copy(analysis: Analysis, keep: Mapping[str, Sequence[int]]) -> nn.Module:
+    """A copy of the analysed model pruned to ``keep``, its tensors shared with the original where pruning
+    leaves them: pruning gives a module new, smaller tensors and never writes into the old ones, so the
+    original stays whole and a 2 GB model's trial or anchor costs its pruned tensors, not a second 2 GB.
+    Not for a copy that is trained or has statistics re-estimated: those write into shared tensors."""
+    model = analysis.model
+    shared = copy.deepcopy(model, memo={id(t): t for t in (*model.parameters(), *model.buffers())})
+    return prune(analyze(shared, analysis.capture.example_input, analysis.name, strict=False), keep)
 
 
 def _shared_parameters(model: nn.Module) -> list[list[tuple[nn.Module, str]]]:

@@ -7,20 +7,20 @@ code). Finding that mid-compile, after profiling and searching, is the worst tim
 prunable groups are trial-pruned together on a copy (about half of each group's channels) and
 the copy runs one forward on the example input; only when that fails are the groups bisected,
 each half on a fresh copy, down to the groups that fail alone. Those are refused with the error.
-Cost: one copy, analysis and forward when all is well; O(k log n) of them for k failing groups.
+Cost: one copy (sharing the weights pruning leaves), analysis and forward when all is well;
+O(k log n) of them for k failing groups.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
 
 from hwprune.errors import first_line
-from hwprune.graph.analyze import Analysis, analyze
+from hwprune.graph.analyze import Analysis
 from hwprune.graph.groups import ChannelGroup
-from hwprune.transform.prune import leading_channels, prune
+from hwprune.transform.prune import leading_channels, pruned_copy
 
 
 def prove_prunable(analysis: Analysis) -> dict[str, str]:
@@ -50,10 +50,9 @@ def _trial(analysis: Analysis, groups: Sequence[ChannelGroup]) -> str | None:
     """Prune ``groups`` to about half on a fresh copy and run it; the error in one line, or None."""
     x = analysis.capture.example_input
     try:
-        fresh = analyze(copy.deepcopy(analysis.model), x, analysis.name, strict=False)
-        keep = {g.id: leading_channels(g, _half(g)) for g in groups}
+        pruned = pruned_copy(analysis, {g.id: leading_channels(g, _half(g)) for g in groups})
         with torch.no_grad():
-            prune(fresh, keep)(x)
+            pruned(x)
     except Exception as exc:  # any failure of the pruned copy is the verdict, reported per group
         return first_line(exc, 200)
     return None

@@ -109,3 +109,17 @@ def test_refine_stops_when_a_later_search_finds_nothing_but_raises_in_the_first(
 def test_unmeasurable_rounds_end_after_one():
     done = refine(lambda b, hold: b, lambda b: (None, "engine script"), 0.5, 5.0, Refinement(rounds=3))
     assert len(done) == 1 and done[0].realised == "engine script"
+
+
+def test_only_the_round_pick_will_choose_keeps_its_model_in_memory():
+    """A large model's rounds must not hold a pruned copy each: the round nearest the request so far keeps
+    its model, and it is the one ``pick`` chooses."""
+    from hwprune.pipeline.compile import _keep_model_of_nearest
+    from hwprune.pipeline.measure import Realised
+
+    rounds = [Round(1.0, n, f, Realised(object(), None, None)) for n, f in enumerate((0.66, 0.59, 0.61, 0.58))]
+    nearest = []
+    for done in rounds:
+        _keep_model_of_nearest(nearest, done, 0.60)
+    kept = [r.decision for r in rounds if r.realised.model is not None]
+    assert kept == [pick(rounds, 0.60).decision] == [1]  # 0.59 and 0.61 tie: the earlier, as pick
