@@ -148,39 +148,61 @@ def fidelity(original: nn.Module, pruned: nn.Module, batches: list[torch.Tensor]
     of samples whose top-1 class agrees; for several outputs, also each one's cosine. For a model
     that returns logits (``returns_logits``), top-1 agreement and KL are taken at every position;
     for one that generates, on real ``text`` (token batches of the user's), both models' perplexity."""
+    logits = getattr(original, "returns_logits", False)
+    comparison, kl, agree, pruned_nll, positions, tokens = Comparison(), 0.0, 0.0, 0.0, 0, 0
     with torch.no_grad():
         references = [output_tensors(original(batch)) for batch in batches]
-        outputs = [output_tensors(pruned(batch)) for batch in batches]
-    quality = compare_all(references, outputs)
-    if getattr(original, "returns_logits", False):
-        first = [r[0] for r in references], [o[0] for o in outputs]
-        quality.kl = logits_kl(*first)
-        quality.top1_agreement = float(torch.cat([(a.argmax(-1) == b.argmax(-1)).double().flatten()
-                                                  for a, b in zip(*first, strict=True)]).mean())
+        for batch, reference in zip(batches, references, strict=True):  # one batch's outputs held at a time
+            output = output_tensors(pruned(batch))
+            comparison.add(reference, output)
+            if logits:
+                a, b = reference[0], output[0]
+                count = a.numel() // a.shape[-1]
+                kl, positions = kl + logits_kl([a], [b]) * count, positions + count
+                agree += float((a.argmax(-1) == b.argmax(-1)).double().sum())
+                if text:
+                    pruned_nll += math.log(perplexity([b], [batch])) * batch[:, 1:].numel()
+                    tokens += batch[:, 1:].numel()
+    quality = comparison.fidelity(references)
+    if logits:
+        quality.kl, quality.top1_agreement = kl / positions, agree / positions
         if text and getattr(original, "generates", False):
-            quality.perplexity = {"baseline": perplexity(first[0], batches), "pruned": perplexity(first[1], batches)}
+            quality.perplexity = {"baseline": perplexity([r[0] for r in references], batches),
+                                  "pruned": math.exp(pruned_nll / tokens)}
     return quality
+
+
+# The measures below go one sample at a time in float64: a language model's logits over a large vocabulary
+# are hundreds of MB a batch (8 x 128 positions x 151,936 tokens: 622 MB), and float64 copies of whole
+# batches, several at once, took more memory than the model.
 
 
 def perplexity(logits: list[torch.Tensor], tokens: list[torch.Tensor]) -> float:
     """exp of the mean cross-entropy of each next token under the logits at the position before it."""
     total, count = 0.0, 0
     for scores, ids in zip(logits, tokens, strict=True):
-        losses = nn.functional.cross_entropy(scores[:, :-1].reshape(-1, scores.shape[-1]).double(),
-                                             ids[:, 1:].reshape(-1), reduction="sum")
-        total, count = total + float(losses), count + ids[:, 1:].numel()
+        for sample, sample_ids in zip(scores, ids, strict=True):
+            total += float(nn.functional.cross_entropy(sample[:-1].double(), sample_ids[1:], reduction="sum"))
+        count += ids[:, 1:].numel()
     return math.exp(total / count)
 
 
 def logits_kl(references: list[torch.Tensor], outputs: list[torch.Tensor]) -> float:
     """Mean KL(softmax(reference) || softmax(output)) over every position (the last axis is the classes)."""
     total, positions = 0.0, 0
-    for a, b in zip(references, outputs, strict=True):
-        p_log = torch.log_softmax(a.double(), dim=-1)
-        q_log = torch.log_softmax(b.double(), dim=-1)
-        per_position = (p_log.exp() * (p_log - q_log)).sum(dim=-1)
-        total, positions = total + float(per_position.sum()), positions + per_position.numel()
+    for batch_a, batch_b in zip(references, outputs, strict=True):
+        for a, b in zip(batch_a, batch_b, strict=True):
+            p_log = torch.log_softmax(a.double(), dim=-1)
+            per_position = (p_log.exp() * (p_log - torch.log_softmax(b.double(), dim=-1))).sum(dim=-1)
+            total, positions = total + float(per_position.sum()), positions + per_position.numel()
     return total / positions
+
+
+def sample_cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Each sample's cosine between ``a`` and ``b`` (batch first), in float64 (``cosine_similarity`` row by
+    row: the same numbers as on the whole batch, without its float64 copies)."""
+    rows = zip(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1), strict=True)
+    return torch.cat([nn.functional.cosine_similarity(x.double()[None], y.double()[None], dim=1) for x, y in rows])
 
 
 def box_agreement(original: nn.Module, pruned: nn.Module, batches: list[torch.Tensor],
@@ -207,12 +229,36 @@ def box_agreement(original: nn.Module, pruned: nn.Module, batches: list[torch.Te
 
 def compare_all(references: list[list[torch.Tensor]], outputs: list[list[torch.Tensor]]) -> Fidelity:
     """``fidelity`` from every output already computed, per batch."""
-    quality = compare_outputs([r[0] for r in references], [o[0] for o in outputs])
-    heads = len(references[0])
-    if heads > 1:
-        quality.per_output = [compare_outputs([r[i] for r in references], [o[i] for o in outputs]).cosine
-                              for i in range(heads)]
-    return quality
+    comparison = Comparison()
+    for reference, output in zip(references, outputs, strict=True):
+        comparison.add(reference, output)
+    return comparison.fidelity(references)
+
+
+class Comparison:
+    """``compare_all`` built batch by batch, keeping per-sample numbers, not outputs: a caller can drop each
+    batch's outputs once added (an LM's logits are hundreds of MB a batch)."""
+
+    def __init__(self) -> None:
+        self.cosines: list[list[torch.Tensor]] = []  # per output, per batch: each sample's cosine
+        self.agreements: list[torch.Tensor] = []  # the first output's top-1 agreement, where it is (N, classes)
+
+    def add(self, reference: list[torch.Tensor], output: list[torch.Tensor]) -> None:
+        self.cosines = self.cosines or [[] for _ in reference]
+        for i, (a, b) in enumerate(zip(reference, output, strict=True)):
+            self.cosines[i].append(sample_cosines(a, b))
+            if i == 0 and a.dim() == 2:
+                self.agreements.append((a.argmax(dim=1) == b.argmax(dim=1)).double())
+
+    def fidelity(self, references: list[list[torch.Tensor]]) -> Fidelity:
+        """Mean cosine of the first output (and of each, where there are several), top-1 agreement, and
+        the caveat the first output of ``references`` (what was added against) calls for."""
+        first = torch.cat(self.cosines[0])
+        top1 = float(torch.cat(self.agreements).mean()) if self.agreements else None
+        quality = Fidelity(float(first.mean()), top1, int(first.numel()), _caveat([r[0] for r in references]))
+        if len(self.cosines) > 1:
+            quality.per_output = [float(torch.cat(cosines).mean()) for cosines in self.cosines]
+        return quality
 
 
 def output_tensors(output: object) -> list[torch.Tensor]:
@@ -224,26 +270,16 @@ def output_tensors(output: object) -> list[torch.Tensor]:
     return []
 
 
-def compare_outputs(references: list[torch.Tensor], outputs: list[torch.Tensor]) -> Fidelity:
-    """``fidelity`` from outputs already computed (when the pruned model is the original, masked)."""
-    cosines, agreements, flat_references = [], [], []
-    for a, b in zip(references, outputs, strict=True):
-        flat_a, flat_b = a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
-        cosines.append(nn.functional.cosine_similarity(flat_a, flat_b, dim=1))
-        flat_references.append(flat_a)
-        if a.dim() == 2:
-            agreements.append((a.argmax(dim=1) == b.argmax(dim=1)).double())
-    cosine = torch.cat(cosines)
-    top1 = float(torch.cat(agreements).mean()) if agreements else None
-    return Fidelity(float(cosine.mean()), top1, int(cosine.numel()), _caveat(torch.cat(flat_references)))
-
-
-def _caveat(outputs: torch.Tensor) -> str | None:
-    scale = float(outputs.abs().max())
+def _caveat(references: list[torch.Tensor]) -> str | None:
+    """Why the references' cosine and top-1 say little, if they do: vanishingly small, or hardly depending on
+    the input (every sample within 1e-3 of the scale from the samples' mean)."""
+    samples = [x for batch in references for x in batch.reshape(batch.shape[0], -1)]
+    scale = max(float(x.abs().max()) for x in samples)
     if scale < 1e-6:
         return f"the unpruned model's outputs are vanishingly small (max {scale:.2g}), so cosine and top-1 are noise"
-    variation = float((outputs - outputs.mean(dim=0)).abs().max()) / scale
-    if outputs.shape[0] > 1 and variation < 1e-3:
+    mean = sum(x.double() for x in samples) / len(samples)
+    variation = max(float((x.double() - mean).abs().max()) for x in samples) / scale
+    if len(samples) > 1 and variation < 1e-3:
         return "the unpruned model's outputs hardly depend on the input, so cosine and top-1 say little"
     return None
 

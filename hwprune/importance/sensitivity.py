@@ -11,9 +11,8 @@ search weighs each group's retained fraction by it.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from hwprune.evaluate.calibration import output_tensors
+from hwprune.evaluate.calibration import output_tensors, sample_cosines
 from hwprune.evaluate.mask import silenced
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.depgraph.index_maps import frozen_index_mapping
@@ -46,13 +45,13 @@ def group_sensitivity(analysis: Analysis, importance: Importance, batch: torch.T
 
 
 def flat_outputs(output: object) -> list[torch.Tensor]:
-    """Every output tensor as (batch, values), in float64."""
-    return [tensor.reshape(tensor.shape[0], -1).double() for tensor in output_tensors(output)]
+    """Every output tensor as (batch, values)."""
+    return [tensor.reshape(tensor.shape[0], -1) for tensor in output_tensors(output)]
 
 
 def output_change(reference: list[torch.Tensor], output: object) -> float:
-    """1 - the mean per-sample cosine to ``reference`` over every output (never below ``FLOOR``): the one
-    measure group sensitivity and depth costs share, so the joint search weighs them alike."""
+    """1 - the mean per-sample cosine (float64) to ``reference`` over every output (never below ``FLOOR``): the
+    one measure group sensitivity and depth costs share, so the joint search weighs them alike."""
     outputs = flat_outputs(output)
-    cosine = sum(nn.functional.cosine_similarity(r, o, dim=1).mean() for r, o in zip(reference, outputs, strict=True))
+    cosine = sum(sample_cosines(r, o).mean() for r, o in zip(reference, outputs, strict=True))
     return max(float(1 - cosine / len(reference)), FLOOR)

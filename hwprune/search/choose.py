@@ -20,7 +20,7 @@ from torch import nn
 
 from hwprune.errors import PlanError
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm, restored_batchnorm
-from hwprune.evaluate.calibration import Fidelity, compare_all, output_tensors
+from hwprune.evaluate.calibration import Comparison, Fidelity, output_tensors
 from hwprune.evaluate.mask import silenced
 from hwprune.graph.analyze import Analysis
 from hwprune.importance.scores import Importance, select
@@ -68,16 +68,19 @@ def choose(analysis: Analysis, importance: Importance, strategies: dict[str, Cal
             group = analysis.group(gid)
             kept = set(select(importance.scores[gid], count, group.repeat))
             dropped[gid] = [c for c in range(group.channels) if c not in kept]
+        comparison = Comparison()  # batch by batch: one batch's outputs held at a time
         if result.depth and depth_view is not None:
             with silenced(analysis, dropped) as masked, restored_batchnorm(masked), torch.no_grad():
                 viewed = depth_view(masked, result)
                 if recalibration:
                     recalibrate_batchnorm(viewed, recalibration)
-                outputs = [output_tensors(viewed(batch)) for batch in batches]
+                for batch, reference in zip(batches, references, strict=True):
+                    comparison.add(reference, output_tensors(viewed(batch)))
         else:
             with silenced(analysis, dropped, recalibration) as masked, torch.no_grad():
-                outputs = [output_tensors(masked(batch)) for batch in batches]
-        candidates.append(Candidate(strategy, result, compare_all(references, outputs), real_inputs))
+                for batch, reference in zip(batches, references, strict=True):
+                    comparison.add(reference, output_tensors(masked(batch)))
+        candidates.append(Candidate(strategy, result, comparison.fidelity(references), real_inputs))
     if not candidates:
         raise refused[-1] if len(refused) == 1 else PlanError(
             "; ".join(dict.fromkeys(str(e) for e in refused)))
