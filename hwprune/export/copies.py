@@ -14,12 +14,24 @@ import onnx
 from onnx import helper, shape_inference
 
 COPY_OPS = ("Gather", "Slice", "Concat")
+FLOATING = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+
+
+def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its floating-point initializers' values dropped (their shapes kept): shape inference
+    needs only shapes, and serialises the model it is given, which for one over 2 GB a protobuf cannot."""
+    for tensor in model.graph.initializer:
+        if tensor.data_type in FLOATING:
+            for field in ("raw_data", "float_data", "double_data", "int32_data", "external_data"):  # fp16: int32_data
+                tensor.ClearField(field)
+            tensor.ClearField("data_location")
+    return model
 
 
 def copy_ops(path: str | Path) -> dict[str, dict[str, int]]:
     """Per copy op type over floating-point tensors: ``{"count": ops, "bytes": bytes written per
     inference}``; an op whose output shape cannot be inferred counts with 0 bytes."""
-    model = shape_inference.infer_shapes(onnx.load(str(path)))
+    model = shape_inference.infer_shapes(_weightless(onnx.load(str(path), load_external_data=False)))
     sizes, floating = {}, set()
     for value in [*model.graph.value_info, *model.graph.output]:
         tensor = value.type.tensor_type

@@ -44,7 +44,7 @@ def keep_chosen(chosen: Round[Decision, Realised], rounds: list[Round], measurer
     plan = chosen.decision.plan
     torch.save(chosen.realised.model.state_dict(), stage / "pruned.pt")
     if plan.merge:
-        torch.save(measurer.realise(plan, measurer.recalibration, merge=False).state_dict(),
+        torch.save(measurer.realise(plan, measurer.recalibration, merge=False, keep=False).state_dict(),
                    stage / "pruned_unmerged.pt")
     try:
         native = save_native(chosen.realised.model, loaded.name, stage)

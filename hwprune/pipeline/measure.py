@@ -27,25 +27,27 @@ from hwprune.transform.realise import finish, realise_unmerged
 class Realiser:
     """``transform.realise.realise`` that keeps the last plan's pruned model: an unconstrained round
     prices the copy ops of the very plan it returns, and measuring that plan would otherwise
-    apply it to a fresh copy again (10 s each time on densenet169); a deep copy of the kept model
-    is what both get, BatchNorm re-estimated on the copy where asked. Linear maps (ReplaceMe) are fitted
-    on ``calibration``, the user's calibration batches."""
+    apply it to a fresh copy again (10 s each time on densenet169). A caller that looks (``keep``) gets
+    a deep copy of the kept model; the last caller takes the kept model itself, which is then dropped (a
+    large model's realisation is not held twice, nor kept once its round is measured). BatchNorm is
+    re-estimated on what is handed out, where asked. Linear maps (ReplaceMe) are fitted on
+    ``calibration``, the user's calibration batches."""
 
     def __init__(self, analysis: Analysis, calibration: Sequence[torch.Tensor] = ()):
         self.analysis = analysis
         self.calibration = calibration
         self._last: tuple[tuple, nn.Module] | None = None
 
-    def forget(self) -> None:
-        """Drop the kept model (a large model's copy held for nothing once its round is measured)."""
-        self._last = None
-
-    def __call__(self, plan: Plan, recalibration: Sequence[torch.Tensor] = (), merge: bool = True) -> nn.Module:
-        """The realised plan; with ``merge`` False its spans still apart (BatchNorm re-estimated alike)."""
+    def __call__(self, plan: Plan, recalibration: Sequence[torch.Tensor] = (), merge: bool = True,
+                 keep: bool = True) -> nn.Module:
+        """The realised plan; with ``merge`` False its spans still apart (BatchNorm re-estimated alike);
+        ``keep`` False: the kept model itself, no longer kept."""
         key = plan.decisions()
         if self._last is None or self._last[0] != key:
             self._last = (key, realise_unmerged(plan, self.analysis, calibration=self.calibration))
-        model = copy.deepcopy(self._last[1])
+        model = copy.deepcopy(self._last[1]) if keep else self._last[1]
+        if not keep:
+            self._last = None
         if not merge:
             if recalibration:
                 recalibrate_batchnorm(model, recalibration)
@@ -97,12 +99,11 @@ class Measurer:
         return self.baseline is not None
 
     def __call__(self, decision: Decision) -> tuple[float | None, Realised]:
-        model = self.realise(decision.plan, self.recalibration)
+        model = self.realise(decision.plan, self.recalibration, keep=False)
         path = export_onnx(model, self.realise.analysis.capture.example_input,
                            self.stage / f"pruned-round{self.rounds}.onnx", self.options.dynamic_batch, slim_available(),
                            self.io)
         self.rounds += 1
-        self.realise.forget()  # the next round realises another plan
         realised = Realised(model, path, None)
         if not self.measurable:
             return None, realised
