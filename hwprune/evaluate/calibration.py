@@ -149,6 +149,7 @@ def fidelity(original: nn.Module, pruned: nn.Module, batches: list[torch.Tensor]
     that returns logits (``returns_logits``), top-1 agreement and KL are taken at every position;
     for one that generates, on real ``text`` (token batches of the user's), both models' perplexity."""
     logits = getattr(original, "returns_logits", False)
+    perplexities = logits and text and getattr(original, "generates", False)
     comparison, kl, agree, pruned_nll, positions, tokens = Comparison(), 0.0, 0.0, 0.0, 0, 0
     with torch.no_grad():
         references = [output_tensors(original(batch)) for batch in batches]
@@ -160,13 +161,13 @@ def fidelity(original: nn.Module, pruned: nn.Module, batches: list[torch.Tensor]
                 count = a.numel() // a.shape[-1]
                 kl, positions = kl + logits_kl([a], [b]) * count, positions + count
                 agree += float((a.argmax(-1) == b.argmax(-1)).double().sum())
-                if text:
-                    pruned_nll += math.log(perplexity([b], [batch])) * batch[:, 1:].numel()
-                    tokens += batch[:, 1:].numel()
+                if perplexities:
+                    nll, count = next_token_nll(b, batch)
+                    pruned_nll, tokens = pruned_nll + nll, tokens + count
     quality = comparison.fidelity(references)
     if logits:
         quality.kl, quality.top1_agreement = kl / positions, agree / positions
-        if text and getattr(original, "generates", False):
+        if perplexities:
             quality.perplexity = {"baseline": perplexity([r[0] for r in references], batches),
                                   "pruned": math.exp(pruned_nll / tokens)}
     return quality
@@ -179,12 +180,15 @@ def fidelity(original: nn.Module, pruned: nn.Module, batches: list[torch.Tensor]
 
 def perplexity(logits: list[torch.Tensor], tokens: list[torch.Tensor]) -> float:
     """exp of the mean cross-entropy of each next token under the logits at the position before it."""
-    total, count = 0.0, 0
-    for scores, ids in zip(logits, tokens, strict=True):
-        for sample, sample_ids in zip(scores, ids, strict=True):
-            total += float(nn.functional.cross_entropy(sample[:-1].double(), sample_ids[1:], reduction="sum"))
-        count += ids[:, 1:].numel()
-    return math.exp(total / count)
+    sums = [next_token_nll(scores, ids) for scores, ids in zip(logits, tokens, strict=True)]
+    return math.exp(sum(total for total, _ in sums) / sum(count for _, count in sums))
+
+
+def next_token_nll(scores: torch.Tensor, ids: torch.Tensor) -> tuple[float, int]:
+    """One batch's summed cross-entropy of each next token under the logits before it, and how many tokens."""
+    total = sum(float(nn.functional.cross_entropy(sample[:-1].double(), sample_ids[1:], reduction="sum"))
+                for sample, sample_ids in zip(scores, ids, strict=True))
+    return total, ids[:, 1:].numel()
 
 
 def logits_kl(references: list[torch.Tensor], outputs: list[torch.Tensor]) -> float:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from hwprune.errors import HwpruneError
-from hwprune.runtime.onnx_files import copy_model, has_external_data
+from hwprune.runtime.onnx_files import copy_model
 
 # TensorRT 10.3 (JetPack 6) parses opsets up to 20; onnxruntime 1.18+ runs 17 everywhere.
 ONNX_OPSET = 17
@@ -75,7 +75,8 @@ def export_named(model: nn.Module, args: tuple[torch.Tensor, ...], path: str | P
                 warnings.simplefilter("ignore")
                 torch.onnx.export(model.eval(), args, str(exported), opset_version=ONNX_OPSET, dynamo=False,
                                   input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes)
-            if slim and not has_external_data(exported):  # onnxslim saves one protobuf: 2 GB at most
+            external = any(file != exported for file in Path(folder).iterdir())  # the exporter's weight files
+            if slim and not external:  # onnxslim saves one protobuf: 2 GB at most
                 _slim(exported)
             copy_model(exported, path)
     except Exception as exc:

@@ -117,11 +117,12 @@ def compile_point(prepared: Prepared, options: Options, stage: Path, console: Co
         prepared.problem = search_problem(prepared, options, measurer.recalibration, provenance, step, console)
     problem = replace(prepared.problem, provenance=provenance)
     settings = Refinement(options.tolerance, options.refine + 1 if measurer.measurable else 1, options.refine_seconds)
-    nearest: list[Round] = []
+    so_far: list[Round] = []
 
     def on_round(done: Round) -> None:
         _print_round(console, fraction, done)
-        _keep_model_of_nearest(nearest, done, fraction)
+        so_far.append(done)
+        _keep_only_the_pick(so_far, fraction)
 
     rounds = refine(partial(_announced, problem, step), partial(_measured, measurer, step), fraction,
                     fraction * baseline_predicted, settings,
@@ -154,18 +155,13 @@ def _measured(measurer: Measurer, step, decision: Decision) -> tuple[float | Non
         return measurer(decision)
 
 
-def _keep_model_of_nearest(nearest: list[Round], done: Round, fraction: float) -> None:
-    """Only the measured round nearest the request so far (``nearest``, what ``pick`` will choose) keeps its
-    pruned model in memory; the others keep their plans and ONNX files: a large model's rounds would otherwise
-    hold a copy each."""
-    if done.fraction is None:
-        return
-    if not nearest:
-        nearest.append(done)
-    elif abs(done.fraction - fraction) < abs(nearest[0].fraction - fraction):
-        nearest[0].realised.model, nearest[0] = None, done
-    else:
-        done.realised.model = None
+def _keep_only_the_pick(rounds: list[Round], fraction: float) -> None:
+    """Only the round ``pick`` would choose of ``rounds`` keeps its pruned model in memory; the others keep
+    their plans and ONNX files: a large model's rounds would otherwise hold a copy each."""
+    chosen = pick(rounds, fraction)
+    for done in rounds:
+        if done is not chosen:
+            done.realised.model = None
 
 
 def _print_correction(console: Console, correction: Correction) -> None:

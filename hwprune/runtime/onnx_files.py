@@ -15,11 +15,11 @@ the model, are published atomically: a reader never sees a model whose data is n
 from __future__ import annotations
 
 import os
-import tempfile
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from hwprune.io import publish
+from hwprune.io import write_atomic
 
 DATA_SUFFIX = ".data"
 CHUNK = 1 << 24  # bytes copied at a time
@@ -45,14 +45,14 @@ def copy_model(source: Path, target: Path) -> Path:
 
     proto = onnx.load(str(source), load_external_data=False)
     tensors = [t for t in _tensors(proto.graph) if _external(t)]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not tensors:
-        _publish_copy(source, target)
-        return target
     data = data_file(target)
-    fd, tmp_data = tempfile.mkstemp(dir=target.parent, prefix=f".{data.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
+    if not tensors:
+        write_atomic(target, lambda tmp: shutil.copyfile(source, tmp))
+        data.unlink(missing_ok=True)  # an older pair's weights
+        return target
+
+    def gather(tmp: Path) -> None:
+        with open(tmp, "wb") as out:
             for tensor in tensors:
                 info = {entry.key: entry.value for entry in tensor.external_data}
                 offset = out.tell()
@@ -62,10 +62,9 @@ def copy_model(source: Path, target: Path) -> Path:
                 for key, value in (("location", data.name), ("offset", str(offset)), ("length", str(length))):
                     entry = tensor.external_data.add()
                     entry.key, entry.value = key, value
-        _publish_bytes(proto.SerializeToString(), target, before=lambda: publish(tmp_data, data))
-    except BaseException:
-        Path(tmp_data).unlink(missing_ok=True)
-        raise
+
+    write_atomic(data, gather)  # the weights first: the model never names a data file not there
+    write_atomic(target, lambda tmp: tmp.write_bytes(proto.SerializeToString()))
     return target
 
 
@@ -119,28 +118,3 @@ def _copy_range(path: Path, offset: int, length: int | None, out) -> int:
             out.write(chunk)
             copied += len(chunk)
     return copied
-
-
-def _publish_copy(source: Path, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            _copy_range(source, 0, None, out)
-        publish(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    data_file(target).unlink(missing_ok=True)  # an older pair's weights
-
-
-def _publish_bytes(content: bytes, target: Path, before) -> None:
-    """``content`` as ``target``, atomically, after ``before()`` (publishing what it refers to)."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(content)
-        before()
-        publish(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

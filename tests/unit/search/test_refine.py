@@ -114,12 +114,11 @@ def test_unmeasurable_rounds_end_after_one():
 def test_only_the_round_pick_will_choose_keeps_its_model_in_memory():
     """A large model's rounds must not hold a pruned copy each: the round nearest the request so far keeps
     its model, and it is the one ``pick`` chooses."""
-    from hwprune.pipeline.compile import _keep_model_of_nearest
+    from hwprune.pipeline.compile import _keep_only_the_pick
     from hwprune.pipeline.measure import Realised
 
     rounds = [Round(1.0, n, f, Realised(object(), None, None)) for n, f in enumerate((0.66, 0.59, 0.61, 0.58))]
-    nearest = []
-    for done in rounds:
-        _keep_model_of_nearest(nearest, done, 0.60)
+    for done in range(1, len(rounds) + 1):
+        _keep_only_the_pick(rounds[:done], 0.60)
     kept = [r.decision for r in rounds if r.realised.model is not None]
     assert kept == [pick(rounds, 0.60).decision] == [1]  # 0.59 and 0.61 tie: the earlier, as pick
