@@ -5,7 +5,8 @@ Model, per op signature ``sig`` on ``target``::
     padded    = sig with c_in, c_out rounded UP to target.channel_alignment   (tile quantization)
     compute   = padded.flops() / (peak[dtype] * efficiency[kind])
     memory    = padded.bytes_moved() / (bandwidth * memory_efficiency)
-    latency   = max(compute, memory) + launch_overhead
+    epilogue  = padded.epilogue_bytes() / (bandwidth * memory_efficiency)   (0 for a conv2d: folded)
+    latency   = max(compute, memory) + epilogue + launch_overhead
 
 - ``kind`` is ``depthwise`` (groups == c_in == c_out > 1), ``pointwise`` (1x1 conv), ``conv``
   (any other conv, grouped convs included), ``linear`` or ``attention``; each but attention has its
@@ -28,6 +29,12 @@ Model, per op signature ``sig`` on ``target``::
   channel counts reach ``min_channels``; everywhere else (any other N:M too) it costs the same as
   dense. The speedup is derated to public end-to-end evidence (about 1.15 on datacenter GPUs, 1.0
   on Jetson Orin), not the datasheet's 2x peak. Memory traffic is not reduced for 2:4.
+- A layer's epilogue (per-channel constant Mul/Add ops after it, ``OpSignature.epilogue``) is costed as
+  those ops run on their own: memory bound, each reading and writing the layer's output, after the layer;
+  except a conv2d's, which is free: a per-channel scale and shift after a convolution is the convolution
+  with scaled weights and a shifted bias, and onnxruntime folds it so (measured, with a ConvTranspose's and
+  a MatMul's it does not fold: benchmarks/epilogue_pricing.py). A runtime that folds the others too runs
+  them for less than this predicts.
 - Everything is one op in isolation: no fusion, no caches, no concurrency between ops.
 
 Every number this module returns is a *prediction by the analytic model*; callers label it so
@@ -67,6 +74,9 @@ from dataclasses import replace
 from hwprune.cost.signature import ATTENTION, OpSignature
 from hwprune.errors import DeviceError
 from hwprune.targets import Target
+
+# Ops whose constant epilogue is folded into their weights, so it costs nothing (see the module docstring).
+FOLDED_EPILOGUES = ("conv2d",)
 
 __all__ = ["op_kind", "padded", "peak_tflops", "predict_ms", "scaled", "fit_efficiency"]
 
@@ -128,10 +138,18 @@ def memory_ms(sig: OpSignature, target: Target) -> float:
     return moved / (target.bandwidth_gbps * 1e9 * target.analytic.memory_efficiency) * 1e3
 
 
+def epilogue_ms(sig: OpSignature, target: Target) -> float:
+    """Bandwidth-bound time of the (padded) op's epilogue, ms (none without one, or where it is folded)."""
+    if sig.op in FOLDED_EPILOGUES:
+        return 0.0
+    moved = padded(sig, target.channel_alignment).epilogue_bytes()
+    return moved / (target.bandwidth_gbps * 1e9 * target.analytic.memory_efficiency) * 1e3
+
+
 def predict_ms(sig: OpSignature, target: Target) -> float:
-    """Roofline latency of one op on ``target`` in milliseconds (analytic, not measured)."""
+    """Roofline latency of one op and its epilogue on ``target`` in milliseconds (analytic, not measured)."""
     roofline = max(compute_ms(sig, target), memory_ms(sig, target))
-    return roofline + target.analytic.launch_overhead_us * 1e-3
+    return roofline + epilogue_ms(sig, target) + target.analytic.launch_overhead_us * 1e-3
 
 
 def scaled(target: Target, scale: float) -> Target:

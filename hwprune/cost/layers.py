@@ -9,11 +9,15 @@ A layer's input width is its unpruned width minus what each of those groups remo
 Each attention module's core (softmax(Q K^T) V, an ``attention`` signature) is timed too, as the
 layer ``<module>:core``, sized by the module's heads group: removing heads saves its time, and
 removing a whole layer, which takes every timed op under the layer's path, takes it with it.
+
+A layer whose output only per-channel constant Mul/Add ops read (``graph.epilogue``) is timed with them: its
+signature names them (``OpSignature.epilogue``), so the profiler times the layer and its epilogue together, as
+the runtime runs them in the model, fused or not.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import torch
@@ -22,6 +26,7 @@ from torch import nn
 from hwprune.cost.signature import ATTENTION, CONV_OPS, OpSignature
 from hwprune.errors import HwpruneError
 from hwprune.graph.analyze import Analysis
+from hwprune.graph.epilogue import epilogues
 from hwprune.graph.heads import HEADS_SUFFIX, Heads, group_heads
 from hwprune.graph.hooks import run_hooked
 
@@ -106,8 +111,10 @@ def _padding(conv: nn.Conv2d) -> int:
 
 
 def model_layers(analysis: Analysis, dtype: str = "fp32") -> list[Layer]:
-    """Every timed layer of the analysed (unpruned) model with the groups that size it."""
-    signatures = layer_signatures(analysis.model, analysis.capture.example_input, dtype)
+    """Every timed layer of the analysed (unpruned) model, with its epilogue, and the groups that size it."""
+    found = epilogues(analysis.capture)
+    signatures = {name: replace(sig, epilogue=found.get(name, ""))
+                  for name, sig in layer_signatures(analysis.model, analysis.capture.example_input, dtype).items()}
     out_group: dict[str, str] = {}
     out_scale: dict[str, Fraction] = {}
     reads: dict[str, list[GroupInput]] = {}

@@ -39,7 +39,8 @@ def single_op_model(sig: OpSignature) -> bytes:
     """A serialized ONNX model computing just ``sig`` (conv2d: Conv; conv_transpose2d: ConvTranspose;
     linear: MatMul + Add; gather:
     Gather of c_out channels spread over c_in; slice: Slice of the first c_out; attention: see
-    ``_attention_model``). An N:M signature's weights hold N non-zeros in every M input channels."""
+    ``_attention_model``), followed by its epilogue (``_epilogue``). An N:M signature's weights hold N
+    non-zeros in every M input channels."""
     rng = np.random.default_rng(0)
     if sig.op in COPY_OPS:
         return _copy_model(sig)
@@ -69,14 +70,32 @@ def single_op_model(sig: OpSignature) -> bytes:
     if sig.sparsity != "dense":
         weight = _nm_zeroed(weight, sig.sparsity, axis=0 if sig.op == "linear" else 1)
     bias = rng.standard_normal((sig.c_out,), dtype=np.float32)
+    epilogue, constants = _epilogue(sig, nodes[-1], rng)
     graph = helper.make_graph(
-        nodes, "op", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        nodes + epilogue, "op", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
-        initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+        initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b"), *constants])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def _epilogue(sig: OpSignature, last: onnx.NodeProto, rng: np.random.Generator
+              ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The epilogue's ops after ``last``, which is made to write their input, and their constants: each op a Mul
+    or Add of a constant laid along the output channels as an exporter writes it ((1, C, 1, 1) after a conv, (C,)
+    after a linear), the last writing ``y``; so the runtime may fold them into the layer here as in the model."""
+    ops = sig.epilogue_ops()
+    if not ops:
+        return [], []
+    shape = (sig.c_out,) if sig.op == "linear" else (1, sig.c_out, 1, 1)
+    names = [f"e{i}" for i in range(len(ops))] + [last.output[0]]
+    last.output[0] = names[0]
+    nodes = [helper.make_node(op.capitalize(), [names[i], f"c{i}"], [names[i + 1]]) for i, op in enumerate(ops)]
+    constants = [numpy_helper.from_array(rng.random(shape, dtype=np.float32) + np.float32(0.5), f"c{i}")
+                 for i in range(len(ops))]
+    return nodes, constants
 
 
 def _nm_zeroed(weight: np.ndarray, pattern: str, axis: int) -> np.ndarray:

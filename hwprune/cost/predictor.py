@@ -8,7 +8,8 @@ End-to-end latency = f + k * (sum over conv/linear layers of their table latency
 the layers as timed alone, scaled by k because a layer inside a model runs faster than alone (its
 input is warm in cache, the runtime fuses it with its BN and activation, and small layers'
 fixed costs shrink); the third term is the rest of the model (pooling, elementwise ops,
-attention matmuls, layout reorders), dominated by memory traffic over those activations; f is
+attention matmuls, layout reorders), dominated by memory traffic over those activations (a layer's
+per-channel constant epilogue is not in it but in the layer's own time, ``cost.layers``); f is
 what does not shrink with width (the session call, every node's dispatch, ops outside the
 prunable groups), and matters most at small widths, where a search likes to go.
 f, k and r are fitted per model to whole-model measurements at profile time ("anchors": the

@@ -30,6 +30,7 @@ writes it.
 from __future__ import annotations
 
 import statistics
+from dataclasses import replace
 from importlib import resources
 
 from hwprune.cost.analytic import op_kind, predict_ms
@@ -95,10 +96,16 @@ def anchored_ms(analytic_ms: float, scale: float, per_call_ms: float) -> float:
 
 def op_scales(table: LatencyTable, layers: list[Layer], target: Target) -> dict[str, float]:
     """Layer name -> (measured - per-call cost) / analytic time at full width, for the layers ``table`` measured
-    unpruned."""
+    unpruned; a layer with an epilogue by the entry of its bare layer (a shipped table times layers alone), so
+    its epilogue is filled in by the analytic model."""
     per_call = table.provenance["per_call_ms"]
-    return {layer.name: max(entry.median_ms - per_call, 0.0) / predict_ms(layer.signature, target)
-            for layer in layers if (entry := table.get(layer.signature)) is not None}
+    scales = {}
+    for layer in layers:
+        bare = replace(layer.signature, epilogue="")
+        entry = table.get(bare)
+        if entry is not None:
+            scales[layer.name] = max(entry.median_ms - per_call, 0.0) / predict_ms(bare, target)
+    return scales
 
 
 def anchored_table(shipped: LatencyTable, scales: dict[str, float], analysis: Analysis, target: Target,

@@ -13,7 +13,7 @@ BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 COPY_OPS = ("gather", "slice")
 ATTENTION = "attention"
 CONV_OPS = ("conv2d", "conv_transpose2d")
-LATER_FIELDS = ("output_padding", "causal")
+LATER_FIELDS = ("output_padding", "causal", "epilogue")
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,11 @@ class OpSignature:
     heads H (heads are its channels, each reading only its own, as a depthwise conv's do), h = the
     query length, w = the key length, kernel = D, the head width (fixed: only whole heads go), causal = 1
     when each query reads only the keys up to its own position (a decoder's mask: onnxruntime's softmax
-    over the masked scores measured 6x slower here than over unmasked ones of the same shape)."""
+    over the masked scores measured 6x slower here than over unmasked ones of the same shape).
+
+    ``epilogue`` (conv2d, conv_transpose2d, linear): the per-channel constant Mul/Add ops that alone read the
+    layer's output, in order, joined by ``_`` (``mul_add``: a BatchNorm a converter wrote as Mul then Add; ``mul``:
+    a layer scale). They shrink with the layer's output channels, so they are timed with the layer."""
 
     op: str
     batch: int
@@ -42,6 +46,7 @@ class OpSignature:
     sparsity: str = "dense"
     output_padding: int = 0  # conv_transpose2d only
     causal: int = 0  # attention only
+    epilogue: str = ""  # conv2d, conv_transpose2d, linear: e.g. "mul_add"
 
     def key(self) -> str:
         """Fields added after tables were first written are left out at their default, so those
@@ -94,6 +99,18 @@ class OpSignature:
         weights = self.c_out * (self.c_in // self.groups) * self.kernel * self.kernel
         elements = self.batch * self.c_in * self.h * self.w + weights + self.batch * self.c_out * oh * ow
         return elements * BYTES_PER_ELEMENT[self.dtype]
+
+    def epilogue_ops(self) -> tuple[str, ...]:
+        """The epilogue's ops in order (``mul``, ``add``: ``graph.epilogue``), none for a bare layer."""
+        return tuple(self.epilogue.split("_")) if self.epilogue else ()
+
+    def epilogue_bytes(self) -> int:
+        """The epilogue's memory traffic, each op run on its own: it reads and writes the layer's output and
+        reads its c_out constants (not in ``bytes_moved``: a runtime that folds the ops into the layer moves none
+        of it, and an unfused op's traffic does not overlap the layer's compute)."""
+        oh, ow = self.out_hw
+        per_op = 2 * self.batch * self.c_out * oh * ow + self.c_out
+        return len(self.epilogue_ops()) * per_op * BYTES_PER_ELEMENT[self.dtype]
 
     def with_channels(self, c_in: int, c_out: int) -> OpSignature:
         """The same op with other channel counts (a depthwise conv keeps groups == channels)."""

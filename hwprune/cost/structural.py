@@ -8,7 +8,8 @@ The merged conv is a new op signature (kernel, stride, padding of the span; the 
 and the last conv's output), sized by the same channel groups as the span's ends, so the width
 search prices it like any other layer: profiled on ``cpu`` (it joins the profile), predicted by
 the analytic model elsewhere. A conv inside a span keeps no width of its own once merged: the
-groups between the span's convs stop costing anything.
+groups between the span's convs stop costing anything. The last conv's epilogue (``OpSignature.epilogue``)
+follows the merged conv (a chain's convs other than its last have none: a constant Mul ends a chain).
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def depth_options(analysis: Analysis, found: DepthCandidates, layers: list[Layer
         first, last = by_name[span.convs[0]], by_name[span.convs[-1]]
         sig = first.signature
         merged_sig = OpSignature("conv2d", sig.batch, sig.c_in, last.signature.c_out, sig.h, sig.w, span.kernel[0],
-                                 span.stride[0], span.padding[0], 1, sig.c_in if span.depthwise else 1, sig.dtype)
+                                 span.stride[0], span.padding[0], 1, sig.c_in if span.depthwise else 1, sig.dtype,
+                                 epilogue=last.signature.epilogue)
         inputs = first.inputs
         if first.depthwise and not span.depthwise and first.out_group is not None:
             group = analysis.group(first.out_group)
