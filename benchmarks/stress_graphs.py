@@ -5,8 +5,8 @@ wrong (mismatch) or crashed; the last two must be zero.
     python benchmarks/stress_graphs.py [--graphs 1000] [--seed 0]
 
 Graphs: tests/random_dags.py with ``EXTRA_KINDS`` (per-channel buffers in an SE gate, bare
-parameters, ConvTranspose, a split along height, a chunk along channels), up to 7 ops, a global
-pooling head, 1x3x8x8 input; the property is tests/graph_property.py (the test suite runs it on
+parameters, a spatial map buffer, ConvTranspose, a split along height, a chunk along channels), up
+to 7 ops, a global pooling head, 1x3x8x8 input; the property is tests/graph_property.py (the test suite runs it on
 12 graphs). Hypothesis draws the graphs (no shrinking, no database), so a run is reproducible
 from its seed.
 """

@@ -34,6 +34,8 @@ add (the analyzer must prune them exactly or refuse them by name):
 * ``gate``: a squeeze-excitation gate ``t * sigmoid(mean_hw(t) * alpha + beta)`` whose per-channel
   ``alpha``/``beta`` are buffers outside any layer (as models converted from ONNX hold them);
 * ``scale``: ``t * s + b`` with bare per-channel parameters;
+* ``smap``: ``t * map`` with a ``(1, 1, H, W)`` buffer, one value per position for every channel: it
+  holds no channels, so pruning must leave it whole (never slice its width as if it were channels);
 * ``deconv``: a ConvTranspose2d 3x3 (stride 1), optionally with BN and ReLU;
 * ``hswap``: the tensor chunked in two along height and concatenated back swapped (dim 2);
 * ``cchunk``: a tensor with an even channel count chunked in two along channels and the halves
@@ -71,7 +73,7 @@ from torch import nn
 __all__ = ["EXTRA_KINDS", "OpSpec", "RandomDAGNet", "build_dag_model", "random_dag_models", "random_dag_specs"]
 
 INPUT_SHAPE = (1, 3, 8, 8)
-EXTRA_KINDS = ("gate", "scale", "deconv", "hswap", "cchunk", "csplit")
+EXTRA_KINDS = ("gate", "scale", "smap", "deconv", "hswap", "cchunk", "csplit")
 
 
 class BufferGate(nn.Module):
@@ -92,6 +94,15 @@ class BareScale(nn.Module):
 
     def forward(self, t):
         return t * self.s + self.b
+
+
+class SpatialMap(nn.Module):
+    def __init__(self, spatial: tuple[int, int]):
+        super().__init__()
+        self.register_buffer("map", torch.rand(1, 1, *spatial) + 0.5)
+
+    def forward(self, t):
+        return t * self.map
 
 
 @dataclass(frozen=True)
@@ -186,6 +197,8 @@ class RandomDAGNet(nn.Module):
                 layers.append(BufferGate(chans[s.inputs[0]]))
             elif s.kind == "scale":
                 layers.append(BareScale(chans[s.inputs[0]]))
+            elif s.kind == "smap":
+                layers.append(SpatialMap(tuple(spatial)))
             elif s.kind == "deconv":
                 mods = [nn.ConvTranspose2d(chans[s.inputs[0]], s.out_channels, 3, padding=1, bias=s.bias)]
                 mods += [nn.BatchNorm2d(s.out_channels)] if s.with_bn else []
@@ -217,7 +230,7 @@ class RandomDAGNet(nn.Module):
         ts = [x]
         for i, s in enumerate(self.specs):
             layer = self.layers[i]
-            if s.kind in ("conv", "bn", "relu", "gate", "scale", "deconv"):
+            if s.kind in ("conv", "bn", "relu", "gate", "scale", "smap", "deconv"):
                 y = layer(ts[s.inputs[0]])
             elif s.kind == "hswap":
                 top, bottom = ts[s.inputs[0]].chunk(2, dim=2)
@@ -302,7 +315,7 @@ def random_dag_specs(draw, min_ops=2, max_ops=7, max_channels=12, allow_depthwis
                 bias=draw(st.booleans()), with_bn=draw(st.booleans()),
                 with_relu=draw(st.booleans()),
             )
-        elif kind in ("bn", "relu", "gate", "scale", "hswap"):
+        elif kind in ("bn", "relu", "gate", "scale", "smap", "hswap"):
             src = draw(st.sampled_from(produced))
             spec = OpSpec(kind, (src,), chans[src])
         elif kind == "cchunk":

@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from hwprune.errors import CaptureError
 from hwprune.graph import depgraph as tp
 from hwprune.graph.attention import convert_multihead_attention
+from hwprune.graph.constants import channel_constants_as_parameters, constant_dims, leave_constants_alone
 from hwprune.graph.depgraph import OPTYPE
 from hwprune.graph.depgraph.index_maps import (
     identity_mapping,
@@ -59,19 +60,13 @@ def capture(model: nn.Module, example_input: torch.Tensor) -> Capture:
     with counter:
         shapes_in, shapes = _run_recording_shapes(model, example_input)
     flops, layer_flops = _flops_by_module(counter)
-    channel_constants_as_parameters(model)
-    traced_pieces: list[tuple[object, Piece]] = []
-    origins: dict[int, tuple[object, str]] = {}
-    try:
-        unmapped: dict[str, str] = {}
-        with traced_whole(model, shapes_in, shapes) as pruners, tolerant_index_mapping(unmapped), \
-                _visible_to_autograd(model), splits_as_slices(traced_pieces), recording_origins(model, origins):
-            # A tuple: given a bare tensor, torch-pruning first tries model(*tensor), which for a batch of
-            # one runs the model on an unbatched sample (and traces wrong shapes) without failing.
-            graph = tp.DependencyGraph().build_dependency(model, (example_input,), verbose=False,
-                                                          customized_pruners=as_customized(pruners))
-    except Exception as exc:  # torch-pruning raises many kinds; each means "cannot trace this model"
-        raise CaptureError(f"tracing channel dependencies failed: {type(exc).__name__}: {exc}") from exc
+    converted = channel_constants_as_parameters(model)
+    graph, traced_pieces, origins, unmapped = _trace(model, example_input, shapes_in, shapes)
+    dims = constant_dims(graph)
+    if dims:  # torch-pruning would slice a constant along a dim that does not carry its group's channels
+        hidden = leave_constants_alone(converted, [p for p, dim in dims.items() if dim is None])
+        graph, traced_pieces, origins, unmapped = _trace(
+            model, example_input, shapes_in, shapes, [(p, dim) for p, dim in dims.items() if dim is not None], hidden)
     graph.hwprune_origins = {node.name: origins[id(node.grad_fn)][1] for node in graph.module2node.values()
                              if id(node.grad_fn) in origins and origins[id(node.grad_fn)][0] is node.grad_fn}
     by_grad_fn = {id(grad_fn): piece for grad_fn, piece in traced_pieces}
@@ -95,37 +90,46 @@ def capture(model: nn.Module, example_input: torch.Tensor) -> Capture:
     return Capture(model, example_input, graph, _op_graph(graph, shapes, layer_flops), layer_flops, flops, params)
 
 
-def channel_constants_as_parameters(model: nn.Module) -> None:
-    """Turn floating buffers of two or more dims held outside normalisation layers (per-channel
-    scales, offsets, gates, positional tensors: what models converted from ONNX keep as constants)
-    into frozen parameters.
+def _trace(model: nn.Module, example_input: torch.Tensor, shapes_in: dict, shapes: dict,
+           unwrapped: list[tuple[nn.Parameter, int]] | None = None, hidden: tuple[nn.Parameter, ...] = ()
+           ) -> tuple[tp.DependencyGraph, list[tuple[object, Piece]], dict[int, tuple[object, str]], dict[str, str]]:
+    """torch-pruning's dependency graph of ``model``, with the pieces, origins and unmapped index maps
+    recorded on the way; ``unwrapped`` gives the dim to slice a bare parameter along (torch-pruning's
+    default: its last non-singleton dim), and ``hidden`` parameters stay out of the graph."""
+    traced_pieces: list[tuple[object, Piece]] = []
+    origins: dict[int, tuple[object, str]] = {}
+    unmapped: dict[str, str] = {}
+    try:
+        with traced_whole(model, shapes_in, shapes) as pruners, tolerant_index_mapping(unmapped), \
+                _visible_to_autograd(model, hidden), splits_as_slices(traced_pieces), recording_origins(model, origins):
+            # A tuple: given a bare tensor, torch-pruning first tries model(*tensor), which for a batch of
+            # one runs the model on an unbatched sample (and traces wrong shapes) without failing.
+            graph = tp.DependencyGraph().build_dependency(model, (example_input,), verbose=False,
+                                                          customized_pruners=as_customized(pruners),
+                                                          unwrapped_parameters=list(unwrapped or []))
+    except Exception as exc:  # torch-pruning raises many kinds; each means "cannot trace this model"
+        raise CaptureError(f"tracing channel dependencies failed: {type(exc).__name__}: {exc}") from exc
+    return graph, traced_pieces, origins, unmapped
 
-    torch-pruning follows unwrapped parameters (``x * scale + shift``) and prunes them with the
-    channels they meet, but cannot see buffers: a group would shrink and the buffer would not, and
-    the pruned model would fail to broadcast. As a parameter (``requires_grad`` False, the same
-    name in the state dict) it is traced, pruned and silenced with its group.
-    """
-    for owner in model.modules():
-        if isinstance(owner, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm):
-            continue
-        for name, buffer in list(owner._buffers.items()):
-            if buffer is None or not buffer.is_floating_point() or buffer.dim() < 2 or buffer.numel() < 2:
-                continue
-            del owner._buffers[name]
-            owner.register_parameter(name, nn.Parameter(buffer.detach().clone(), requires_grad=False))
 
-
+# Ops that broadcast a constant against a tensor, keeping the tensor's dims where they are.
 @contextlib.contextmanager
-def _visible_to_autograd(model: nn.Module) -> Iterator[None]:
-    """Frozen parameters take part in the trace (torch-pruning follows autograd) and are frozen again after."""
-    frozen = [p for p in model.parameters() if not p.requires_grad]
+def _visible_to_autograd(model: nn.Module, hidden: tuple[nn.Parameter, ...] = ()) -> Iterator[None]:
+    """Frozen parameters take part in the trace (torch-pruning follows autograd) and are frozen again
+    after; ``hidden`` ones are kept out of it."""
+    frozen = [p for p in model.parameters() if not p.requires_grad and all(p is not h for h in hidden)]
+    shown = [p for p in hidden if p.requires_grad]
     for parameter in frozen:
         parameter.requires_grad_(True)
+    for parameter in shown:
+        parameter.requires_grad_(False)
     try:
         yield
     finally:
         for parameter in frozen:
             parameter.requires_grad_(False)
+        for parameter in shown:
+            parameter.requires_grad_(True)
 
 
 def _one_tensor(example: object) -> torch.Tensor:

@@ -3,7 +3,7 @@
 A BatchNorm that a converter wrote as Mul then Add (paddle2onnx, tf2onnx), or a layer scale ``gamma * x``
 (ConvNeXt, CaiT), costs time in proportion to the layer's output channels, so the latency model times it
 with the layer (``OpSignature.epilogue``) instead of leaving it in the model's untimed rest. Pruning
-already slices such constants with the layer's channels (``graph.capture.channel_constants_as_parameters``
+already slices such constants with the layer's channels (``graph.constants.channel_constants_as_parameters``
 makes them parameters, which torch-pruning prunes with their group).
 """
 

@@ -112,6 +112,77 @@ def test_per_channel_buffers_outside_layers_are_pruned_with_their_group():
         assert max_abs_diff(reference, pruned(x)) <= 1e-5 * max(1.0, float(reference.abs().max()))
 
 
+class ConstantAfterLayer(nn.Module):
+    """A layer's output times a constant (a buffer, or a bare parameter), read by a second layer: ``conv``
+    (NCHW), ``conv1d`` (NCL, channels first at rank 3) or ``linear`` (NLC, channels last)."""
+
+    LAYERS = {"conv": lambda: (nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 1)),
+              "conv1d": lambda: (nn.Conv1d(3, 16, 3, padding=1), nn.Conv1d(16, 8, 1)),
+              "linear": lambda: (nn.Linear(3, 16), nn.Linear(16, 8))}
+
+    def __init__(self, kind: str, shape: tuple[int, ...], parameter: bool = False):
+        super().__init__()
+        self.a, self.b = self.LAYERS[kind]()
+        constant = torch.rand(shape) + 0.5
+        if parameter:
+            self.const = nn.Parameter(constant)
+        else:
+            self.register_buffer("const", constant)
+
+    def forward(self, x):
+        return self.b(self.a(x) * self.const)
+
+
+KEPT = [0, 2, 3, 5, 8, 9, 11, 12, 13, 15]  # 10 of the 16 channels of layer a
+
+
+@pytest.mark.parametrize("kind, size, shape, pruned_shape", [
+    ("conv", (8, 6), (1, 1, 8, 6), None),  # a spatial map: every channel meets it whole
+    ("conv", (8, 16), (1, 1, 8, 16), None),  # ... its width equal to the channel count
+    ("conv", (8, 6), (1, 1, 1, 1), None),  # one value for all
+    ("conv", (8, 6), (1, 16, 1, 1), (1, 10, 1, 1)),  # per channel
+    ("conv", (8, 6), (16, 1, 1), (10, 1, 1)),
+    ("conv", (8, 6), (1, 16, 8, 6), (1, 10, 8, 6)),  # per channel and position: sliced along channels only
+    ("conv1d", (16,), (1, 1, 16), None),  # per position, its length equal to the channel count
+    ("conv1d", (10,), (1, 16, 10), (1, 10, 10)),
+    ("linear", (10,), (1, 10, 1), None),  # per token
+    ("linear", (16,), (16, 1), None),  # per token, as many tokens as channels
+    ("linear", (10,), (10, 16), (10, 10)),  # a positional table
+], ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
+def test_a_constant_is_sliced_only_along_the_channel_axis_of_the_output_it_meets(kind, size, shape, pruned_shape):
+    """A constant broadcast into a layer's output is pruned with the layer's channels along the axis that
+    holds them (1 after a conv, the last after a linear) and only there; one with size 1 on that axis holds
+    no channels and stays a buffer that pruning leaves whole. Either way the group prunes exactly."""
+    torch.manual_seed(0)
+    model = ConstantAfterLayer(kind, shape).eval()
+    x = torch.randn(1, *size, 3) if kind == "linear" else torch.randn(1, 3, *size)
+    analysis = analyze(model, x, strict=False)
+    assert analysis.group("a").prunable, analysis.group("a").reason
+    assert ("const" in dict(model.named_buffers())) is (pruned_shape is None)
+    dropped = {"a": sorted(set(range(16)) - set(KEPT))}
+    with silenced(analysis, dropped) as masked, torch.no_grad():
+        reference = masked(x).clone()
+    assert max_abs_diff(reference, model(x)) > 1e-4
+    pruned = prune(analysis, {"a": KEPT})
+    assert tuple(pruned.const.shape) == (pruned_shape or shape)
+    with torch.no_grad():
+        assert max_abs_diff(reference, pruned(x)) <= 1e-5 * max(1.0, float(reference.abs().max()))
+
+
+def test_a_bare_spatial_parameter_is_left_out_of_the_group_and_stays_trainable():
+    """A learnt spatial map held as a bare parameter (no channels in it) is neither sliced nor frozen."""
+    torch.manual_seed(0)
+    model, x = ConstantAfterLayer("conv", (1, 1, 8, 16), parameter=True).eval(), torch.randn(1, 3, 8, 16)
+    analysis = analyze(model, x, strict=False)
+    assert analysis.group("a").prunable and model.const.requires_grad
+    with silenced(analysis, {"a": sorted(set(range(16)) - set(KEPT))}) as masked, torch.no_grad():
+        reference = masked(x).clone()
+    pruned = prune(analysis, {"a": KEPT})
+    assert pruned.const.shape == (1, 1, 8, 16) and isinstance(pruned.const, nn.Parameter)
+    with torch.no_grad():
+        assert max_abs_diff(reference, pruned(x)) <= 1e-5 * max(1.0, float(reference.abs().max()))
+
+
 @pytest.mark.parametrize("cls, prunable", [(ChannelMeanGate, False), (SpatialMean, True), (InPlace, True),
                                            (TransposedPlusConv, True), (BareParameters, True),
                                            (SpatialSplitConcat, True)])

@@ -1,5 +1,6 @@
 """The stress benchmark's property on a few random graphs with the couplings real models add
-(per-channel buffers, bare parameters, ConvTranspose, splits along height and along channels):
+(per-channel buffers, bare parameters, a spatial map buffer, ConvTranspose, splits along height and
+along channels):
 every graph is pruned exactly and exported, or refused by name; never a crash, never a silent
 mismatch. benchmarks/stress_graphs.py runs 1,000."""
 
@@ -48,6 +49,18 @@ def test_a_height_swap_feeding_a_channel_concat_keeps_the_concat_offsets_right()
              OpSpec("cchunk", (3,), 6)]
     model, x = build_dag_model(specs)
     assert [check_graph(model, x, seed).kind for seed in range(3)] == ["ok"] * 3
+
+
+def test_a_spatial_map_buffer_is_left_whole_and_its_group_prunes_exactly():
+    """A ``(1, 1, 8, 8)`` map multiplied into 8 channels holds no channels, but torch-pruning took its width
+    for them and sliced it with the group (trial pruning then refused the group): both groups must prune."""
+    from tests.random_dags import OpSpec, build_dag_model
+
+    specs = [OpSpec("conv", (0,), 8, kernel=3, bias=True), OpSpec("smap", (1,), 8),
+             OpSpec("conv", (2,), 6, kernel=3, with_relu=True)]
+    model, x = build_dag_model(specs)
+    outcomes = [check_graph(model, x, seed) for seed in range(3)]
+    assert [(o.kind, o.groups) for o in outcomes] == [("ok", 2)] * 3, outcomes
 
 
 def test_a_split_at_sizes_written_in_the_code_is_refused_by_name():
