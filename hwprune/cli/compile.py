@@ -172,6 +172,7 @@ def _compile_summary(report: Report) -> str:
             f"{report.pruned.params / 1e6:.2f}M; verify max abs err {report.verify.max_abs_err:.2g}; "
             f"fidelity cosine {fid.cosine:.4f}, top-1 agreement {top1}"
             + ("" if fid.kl is None else f", KL {fid.kl:.3g} nats")
+            + ("" if fid.box_agreement is None else f", box agreement {fid.box_agreement:.3f}")
             + ("" if not fid.perplexity else f", perplexity {fid.perplexity['baseline']:.4g} -> "
                f"{fid.perplexity['pruned']:.4g}")
             + ("" if report.decode is None else f"; {decode_summary(report.decode)}"))

@@ -129,7 +129,8 @@ class Fidelity:
     # output order; ``cosine`` is the first one's. None for a single output.
     per_output: list[float] | None = None
     # Detectors, on the user's images: the share of boxes both models find (same class, IoU >= 0.5),
-    # as F1 over all images; None where the model has no detections() or neither model detects anything.
+    # as F1 over all images (``boxes.box_f1``); None where the model has no box decode or neither model
+    # detects anything.
     box_agreement: float | None = None
     # Models whose first output is logits (``returns_logits``: a transformers model with a head): the mean
     # KL divergence, in nats, from the unpruned model's distribution to the pruned one's at each position.
@@ -207,28 +208,6 @@ def sample_cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     row: the same numbers as on the whole batch, without its float64 copies)."""
     rows = zip(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1), strict=True)
     return torch.cat([nn.functional.cosine_similarity(x.double()[None], y.double()[None], dim=1) for x, y in rows])
-
-
-def box_agreement(original: nn.Module, pruned: nn.Module, batches: list[torch.Tensor],
-                  iou: float = 0.5) -> float | None:
-    """F1 of the pruned model's boxes against the original's (see ``Fidelity.box_agreement``): each
-    original box, by descending score, takes the best unmatched pruned box of its class at IoU >= ``iou``."""
-    from torchvision.ops import box_iou
-
-    matched = found = expected = 0
-    for batch in batches:
-        for reference, boxes in zip(original.detections(batch), pruned.detections(batch), strict=True):
-            expected, found = expected + len(reference), found + len(boxes)
-            if not len(reference) or not len(boxes):
-                continue
-            overlap = box_iou(reference[:, :4], boxes[:, :4]) * (reference[:, 5:6] == boxes[:, 5].unsqueeze(0))
-            for index in reference[:, 4].argsort(descending=True):
-                row = overlap[index]  # a view: columns taken by earlier rows are zero here
-                best = int(row.argmax())
-                if row[best] >= iou:
-                    matched += 1
-                    overlap[:, best] = 0
-    return None if expected + found == 0 else 2 * matched / (expected + found)
 
 
 def compare_all(references: list[list[torch.Tensor]], outputs: list[list[torch.Tensor]]) -> Fidelity:

@@ -74,16 +74,17 @@ def _onnx(spec: str, shape, weights, seed, trust_pickle) -> Made:
     from hwprune.frontends.onnx import _load_onnx
 
     path = Path(spec.split(":", 1)[1])
-    module, example = _load_onnx(path, shape)
-    return Made(module, example, weights=f"the ONNX file {path}", shaped=True, source_onnx=path)
+    module, example, capabilities = _load_onnx(path, shape)
+    return Made(module, example, weights=f"the ONNX file {path}", shaped=True, source_onnx=path,
+                capabilities=capabilities)
 
 
 def _ultralytics(spec: str, shape, weights, seed, trust_pickle) -> Made:
-    from hwprune.frontends.ultralytics import _load_ultralytics
+    from hwprune.frontends.ultralytics import _load_ultralytics, box_decode
 
     module, default, checkpoint = _load_ultralytics(spec.split(":", 1)[1], weights, trust_pickle, shape)
     return Made(module, None, default, None if checkpoint is None else f"the Ultralytics checkpoint {checkpoint}",
-                capabilities=Capabilities(detections=True, native_format=ULTRALYTICS_FILE))
+                capabilities=Capabilities(detections=box_decode(module), native_format=ULTRALYTICS_FILE))
 
 
 def _hf(spec: str, shape, weights, seed, trust_pickle) -> Made:

@@ -19,6 +19,8 @@ from torch import nn
 from hwprune.errors import ModelSpecError, PlanError
 from hwprune.plan import Plan
 
+# a detector's outputs and its input's shape to boxes per image, (n, 6) rows of x1, y1, x2, y2, score, class
+Decode = Callable[[list[torch.Tensor], tuple[int, ...]], list[torch.Tensor]]
 DEFAULT_IMAGE_SHAPE = (1, 3, 224, 224)
 DEFAULT_SEED = 0
 HUB_WEIGHTS = "weights from the torch hub cache"
@@ -43,7 +45,8 @@ class Capabilities:
     # a decoder with a KV cache (compile also measures its decode step): builds the step of the model as loaded
     # or pruned, at a batch and a past length
     decode_step: Callable[[nn.Module, int, int], StepModule] | None = None
-    detections: bool = False  # a detector: box agreement is measured on the user's images
+    detections: Decode | None = None  # a box decode (``frontends.decodes``): box agreement on the user's images
+    boxes_unmeasured: str | None = None  # why a model whose outputs look like a detector's has no box decode
     native_format: str | None = None  # the framework's own format the pruned model is saved in, if any
 
 

@@ -8,12 +8,13 @@ import torch
 from torch import nn
 
 from hwprune.errors import ModelSpecError
-from hwprune.frontends.base import _one_line
+from hwprune.frontends.base import Capabilities, _one_line
 
 
-def _load_onnx(path: Path, input_shape: tuple[int, ...] | None) -> tuple[nn.Module, torch.Tensor]:
-    """The ONNX file as an nn.Module (through onnx2torch) and an example for its one input: the graph's
-    static dims (a symbolic batch dim becomes 1) and dtype, or ``input_shape``."""
+def _load_onnx(path: Path, input_shape: tuple[int, ...] | None) -> tuple[nn.Module, torch.Tensor, Capabilities]:
+    """The ONNX file as an nn.Module (through onnx2torch), an example for its one input (the graph's static
+    dims, a symbolic batch dim becoming 1, and dtype, or ``input_shape``) and, for a detector whose box decode
+    the file tells (``onnx_boxes``), that decode."""
     if not path.is_file():
         raise ModelSpecError(f"{path}: file not found")
     try:
@@ -42,6 +43,9 @@ def _load_onnx(path: Path, input_shape: tuple[int, ...] | None) -> tuple[nn.Modu
                              f"({onnx.TensorProto.DataType.Name(tensor_type.elem_type)})") from None
     if input_shape is None:
         input_shape = _onnx_static_shape(path, inputs[0].name, tensor_type)
+    from hwprune.frontends.onnx_boxes import box_decode
+
+    decode, unmeasured = box_decode(proto, input_shape)
     proto = _for_onnx2torch(proto, f"onnx:{path}")
     try:
         module = onnx2torch.convert(proto)
@@ -53,9 +57,10 @@ def _load_onnx(path: Path, input_shape: tuple[int, ...] | None) -> tuple[nn.Modu
     # what refusals name (graph.origins): each module's ONNX node, as the user's file spells it
     module.onnx_nodes = {name: (node.proto.name, node.proto.op_type)
                          for name, node in OnnxGraph(proto.graph).nodes.items()}
+    capabilities = Capabilities(detections=decode, boxes_unmeasured=unmeasured)
     if dtype.is_floating_point:
-        return module, torch.randn(input_shape, dtype=dtype)
-    return module, torch.zeros(input_shape, dtype=dtype)  # integer inputs are often indices: 0 is always valid
+        return module, torch.randn(input_shape, dtype=dtype), capabilities
+    return module, torch.zeros(input_shape, dtype=dtype), capabilities  # integer inputs are often indices: 0 is valid
 
 
 def _for_onnx2torch(proto, where: str):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from hwprune.errors import ModelSpecError
-from hwprune.frontends.base import _one_line, state_digest
+from hwprune.frontends.base import Decode, _one_line, state_digest
 from hwprune.io import write_atomic
 
 ULTRALYTICS_IMAGE_SHAPE = (1, 3, 640, 640)  # the size Ultralytics' detectors are trained and exported at
@@ -49,14 +49,21 @@ class UltralyticsDetector(nn.Module):
         raw = head.forward_head(features, **head.one2many)
         return raw["boxes"], raw["scores"]
 
-    def detections(self, x: torch.Tensor, conf: float = 0.25, iou: float = 0.7) -> list[torch.Tensor]:
-        """Boxes per image after Ultralytics' own decode and NMS at its predict defaults: (n, 6) rows of
-        x1, y1, x2, y2, score, class (what box agreement compares)."""
-        from ultralytics.utils.nms import non_max_suppression
 
-        with torch.no_grad():
-            decoded = self.detector.eval()(x)[0]
-        return non_max_suppression(decoded, conf, iou)
+def box_decode(detector: UltralyticsDetector) -> Decode:
+    """The detector's ``(boxes, scores)`` outputs to boxes as its predict gives them: the Detect head's own
+    decode (DFL, anchor grid, strides, sigmoid; no weights a plan prunes), then ``frontends.decodes.ultralytics_boxes``
+    (the predict defaults). The head's strides and layout are the same in every pruned copy."""
+    from hwprune.frontends.decodes import ultralytics_boxes
+
+    head = detector.detector.model[-1]
+
+    def decode(outputs: list[torch.Tensor], shape: tuple[int, ...]) -> list[torch.Tensor]:
+        boxes, scores = outputs
+        levels = [boxes.new_empty(shape[0], 0, shape[2] // s, shape[3] // s) for s in head.stride.int().tolist()]
+        return ultralytics_boxes(head._inference({"boxes": boxes, "scores": scores, "feats": levels}))
+
+    return decode
 
 
 def _import_ultralytics(spec: str) -> ModuleType:

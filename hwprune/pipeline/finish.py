@@ -14,7 +14,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hwprune.config import Options
 from hwprune.errors import HwpruneError, ModelSpecError
-from hwprune.evaluate.calibration import Calibration, box_agreement, fidelity
+from hwprune.evaluate.boxes import box_agreement
+from hwprune.evaluate.calibration import Calibration, fidelity
 from hwprune.export.copies import copy_ops
 from hwprune.export.nm_check import nm_weights
 from hwprune.export.onnx_export import ONNX_OPSET, export_onnx, slim_available
@@ -72,8 +73,11 @@ def check(loaded: LoadedModel, analysis: Analysis, chosen: Round[Decision, Reali
                 raise HwpruneError(f"the pruned model as the target runs it does not match it: {line}")
             console.print(f"  {line}")
         quality = fidelity(analysis.model, model, calibration.batches, text=not calibration.random)
-        if loaded.capabilities.detections and not calibration.random:  # boxes on the user's images
-            quality.box_agreement = box_agreement(analysis.model, model, calibration.batches)
+        detector = loaded.capabilities
+        if detector.detections and not calibration.random:  # boxes on the user's images
+            quality.box_agreement = box_agreement(analysis.model, model, calibration.batches, detector.detections)
+        elif detector.boxes_unmeasured and not calibration.random:
+            console.print(f"  box agreement not measured: {escape(detector.boxes_unmeasured)}")
         if quality.caveat:
             console.print(f"  [yellow]warning:[/yellow] fidelity: {quality.caveat} (random weights?)")
         onnx_nm = nm_weights(stage / "pruned.onnx", chosen.decision.plan.sparsity.layers, model)

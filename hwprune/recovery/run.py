@@ -27,11 +27,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from hwprune.errors import HwpruneError, PlanError
+from hwprune.evaluate.boxes import box_f1
 from hwprune.evaluate.calibration import compare_all, logits_kl, output_tensors
 from hwprune.export.nm_check import nm_weights
 from hwprune.export.onnx_export import OnnxIO, export_onnx, slim_available
 from hwprune.export.verify import verify_onnx
 from hwprune.frontends import NATIVE_FILES, check_model, load_model, save_native, weights_named
+from hwprune.frontends.base import Decode
 from hwprune.graph.analyze import analyze
 from hwprune.io import staged, write_atomic, write_text_atomic
 from hwprune.plan import Plan, Recovery, load_plan, save_plan
@@ -70,7 +72,7 @@ def recover(build: Path, options: RecoverOptions, console: Console | None = None
 
 
 def _recover(build: Path, options: RecoverOptions, console: Console, world: World) -> dict:
-    plan, teacher, student, x = _models(build)
+    plan, teacher, student, x, decode = _models(build)
     recipe = options.recipe
     torch.manual_seed(recipe.seed)
     mean, std = spec_normalisation(plan.provenance.model, int(x.shape[1]) if x.dim() > 1 else 1)
@@ -84,7 +86,7 @@ def _recover(build: Path, options: RecoverOptions, console: Console, world: Worl
         f"global batch {recipe.batch_size}, {recipe.epochs} epochs")
     teacher.to(world.device)
     student.to(world.device)
-    before = _evaluate(teacher, student, evaluation, world.device)
+    before = _evaluate(teacher, student, evaluation, world.device, decode)
     checkpoint_path = build / "recover" / "checkpoint.pt"
     identity = _plan_identity(plan)
     progress, state = Trained(), None
@@ -104,7 +106,7 @@ def _recover(build: Path, options: RecoverOptions, console: Console, world: Worl
         distil(teacher, student, data, recipe, world, progress, state, _feature_layers(plan, student),
                constraints=[lambda model: sparsify(model, masks)] if masks else (),
                on_batch=on_batch, on_epoch=on_epoch)
-    after = _evaluate(teacher, student, evaluation, world.device)
+    after = _evaluate(teacher, student, evaluation, world.device, decode)
     section = {"data": options.data, "eval_data": options.eval_data or options.data, "samples": data.samples,
                "processes": world.size, "device": str(world.device), "recipe": asdict(recipe),
                "loss": progress.losses, "samples_per_second": progress.throughput,
@@ -138,8 +140,9 @@ def _progress_bar(console: Console, world: World, total: int, done: int) -> Iter
         yield advance
 
 
-def _models(build: Path) -> tuple[Plan, nn.Module, nn.Module, torch.Tensor]:
-    """The plan, the unpruned teacher (digest checked) and the compiled student, from ``build``."""
+def _models(build: Path) -> tuple[Plan, nn.Module, nn.Module, torch.Tensor, Decode | None]:
+    """The plan, the unpruned teacher (digest checked), the compiled student, from ``build``, the example input
+    and, for a detector, its box decode."""
     plan_path = build / "plan.json"
     if not plan_path.is_file():
         raise PlanError(f"{build}: no plan.json (run hwprune compile --out {build} first)")
@@ -165,12 +168,14 @@ def _models(build: Path) -> tuple[Plan, nn.Module, nn.Module, torch.Tensor]:
     except RuntimeError as exc:
         raise PlanError(f"{weights}: not the weights of the model {plan_path} describes "
                         f"({str(exc).splitlines()[0]})") from exc
-    return plan, teacher, student.eval(), loaded.example_input
+    return plan, teacher, student.eval(), loaded.example_input, loaded.capabilities.detections
 
 
-def _evaluate(teacher: nn.Module, student: nn.Module, data: TrainingData, device: torch.device) -> dict:
-    """Fidelity of the student to the teacher and, with labels, both models' accuracy."""
-    references, outputs, correct = [], [], {"teacher": 0, "student": 0}
+def _evaluate(teacher: nn.Module, student: nn.Module, data: TrainingData, device: torch.device,
+              decode: Decode | None) -> dict:
+    """Fidelity of the student to the teacher, with labels both models' accuracy, and for a detector (its box
+    ``decode``) box agreement, as compile measures it."""
+    references, outputs, shapes, correct = [], [], [], {"teacher": 0, "student": 0}
     counted = 0
     with torch.no_grad():
         for index, batch in enumerate(data.epoch(0)):
@@ -179,6 +184,7 @@ def _evaluate(teacher: nn.Module, student: nn.Module, data: TrainingData, device
             inputs = batch.inputs.to(device)
             references.append([t.cpu() for t in output_tensors(teacher(inputs))])
             outputs.append([t.cpu() for t in output_tensors(student(inputs))])
+            shapes.append(tuple(inputs.shape))
             if batch.targets is not None and references[-1][0].dim() == 2:
                 correct["teacher"] += int((references[-1][0].argmax(1) == batch.targets).sum())
                 correct["student"] += int((outputs[-1][0].argmax(1) == batch.targets).sum())
@@ -187,6 +193,9 @@ def _evaluate(teacher: nn.Module, student: nn.Module, data: TrainingData, device
     found = {"cosine": quality.overall_cosine, "top1_agreement": quality.top1_agreement, "samples": quality.samples}
     if getattr(teacher, "returns_logits", False):  # a language model: KL per position, as compile reports it
         found["kl"] = logits_kl([r[0] for r in references], [o[0] for o in outputs])
+    if decode is not None:
+        found["box_agreement"] = box_f1((decode(r, shape), decode(o, shape))
+                                        for r, o, shape in zip(references, outputs, shapes, strict=True))
     if counted:
         found["accuracy"] = correct["student"] / counted
         found["teacher_accuracy"] = correct["teacher"] / counted
@@ -270,7 +279,9 @@ def _publish(build: Path, plan: Plan, student: nn.Module, x: torch.Tensor, secti
     accuracy = (f", accuracy {100 * before['accuracy']:.1f}% -> {100 * after['accuracy']:.1f}% (unpruned "
                 f"{100 * after['teacher_accuracy']:.1f}%)" if "accuracy" in after else "")
     kl = f", KL {before['kl']:.3g} -> {after['kl']:.3g} nats" if "kl" in after else ""
-    console.print(f"  recovered: cosine {before['cosine']:.4f} -> {after['cosine']:.4f}{kl}{accuracy}")
+    boxes = (f", box agreement {_f1(before['box_agreement'])} -> {_f1(after['box_agreement'])}"
+             if "box_agreement" in after else "")
+    console.print(f"  recovered: cosine {before['cosine']:.4f} -> {after['cosine']:.4f}{kl}{accuracy}{boxes}")
     return found
 
 
@@ -317,6 +328,9 @@ def recovery_markdown(section: dict) -> str:
              f"| output cosine to the unpruned model | {before['cosine']:.4f} | {after['cosine']:.4f} |"]
     if "kl" in after:
         lines.append(f"| KL divergence per position (nats) | {before['kl']:.4g} | {after['kl']:.4g} |")
+    if "box_agreement" in after:
+        lines.append(f"| box agreement (F1, same class at IoU >= 0.5) | {_f1(before['box_agreement'])} | "
+                     f"{_f1(after['box_agreement'])} |")
     if "accuracy" in after:
         lines.append(f"| accuracy (unpruned: {100 * after['teacher_accuracy']:.1f}%) | "
                      f"{100 * before['accuracy']:.1f}% | {100 * after['accuracy']:.1f}% |")
@@ -327,6 +341,10 @@ def recovery_markdown(section: dict) -> str:
               f"{'not measured here' if speed is None else f'{speed:.2f}x'} (the structure is the pruned model's).",
               "", "![loss](plots/recovery.png)", ""]
     return "\n".join(lines)
+
+
+def _f1(value: float | None) -> str:
+    return "no boxes" if value is None else f"{value:.3f}"
 
 
 def _plot(section: dict, path: Path) -> None:

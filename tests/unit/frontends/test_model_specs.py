@@ -290,29 +290,21 @@ def test_onnx_compile_measures_against_the_users_own_file(tmp_path, capsys, monk
 
 
 @needs_ultralytics
-def test_box_agreement_of_a_detector(tmp_path):
-    """Boxes after Ultralytics' decode and NMS: a detector agrees with itself completely; one that finds
-    nothing gives no number rather than a perfect one; boxes match by class and IoU >= 0.5."""
-    from hwprune.evaluate.calibration import box_agreement
+def test_box_agreement_of_a_detector():
+    """A native detector's boxes are its predict's (Ultralytics' decode and NMS at the predict defaults); it
+    agrees with itself completely, and one that finds nothing gives no number rather than a perfect one."""
+    from ultralytics.utils.nms import non_max_suppression
+
+    from hwprune.evaluate.boxes import box_agreement
     loaded = load_model("ultralytics:yolov8n.yaml", input_shape=SMALL)
-    images = [torch.rand(2, 3, 64, 64)]
-    assert box_agreement(loaded.module, loaded.module, images) is None  # random init: no box passes 0.25
+    decode, images = loaded.capabilities.detections, [torch.rand(2, 3, 64, 64)]
+    assert box_agreement(loaded.module, loaded.module, images, decode) is None  # random init: no box passes 0.25
     with torch.no_grad():
         for branch in loaded.module.detector.model[-1].cv3:
             branch[-1].bias.add_(20.0)  # confident classes everywhere (the init is about -10): many boxes
-    assert all(len(d) > 0 for d in loaded.module.detections(images[0]))
-    assert box_agreement(loaded.module, loaded.module, images) == 1.0
-
-    class Fixed(nn.Module):  # known boxes, to check the matching itself
-        def __init__(self, rows):
-            super().__init__()
-            self.rows = torch.tensor(rows, dtype=torch.float32)
-
-        def detections(self, x):
-            return [self.rows] * len(x)
-
-    reference = Fixed([[0, 0, 10, 10, 0.9, 1], [20, 20, 30, 30, 0.8, 2], [40, 40, 50, 50, 0.7, 2]])
-    other = Fixed([[1, 1, 10, 10, 0.5, 1],  # IoU 0.81, same class: agrees
-                   [20, 20, 30, 30, 0.9, 3],  # same place, another class: no
-                   [45, 45, 55, 55, 0.6, 2]])  # same class, IoU 0.14: no
-    assert box_agreement(reference, other, [torch.zeros(2, 1)]) == pytest.approx(2 * 2 / 12)
+        found = decode(list(loaded.module(images[0])), tuple(images[0].shape))
+        predicted = non_max_suppression(loaded.module.detector.eval()(images[0])[0], 0.25, 0.7)
+    for ours, theirs in zip(found, predicted, strict=True):
+        assert len(ours) > 0
+        torch.testing.assert_close(ours[ours[:, 4].argsort()], theirs[theirs[:, 4].argsort()])
+    assert box_agreement(loaded.module, loaded.module, images, decode) == 1.0
