@@ -17,7 +17,7 @@ from torch import nn
 from hwprune.errors import ModelSpecError, PlanError
 from hwprune.evaluate.calibration import load_calibration
 from hwprune.export.nm_check import nm_weights
-from hwprune.export.onnx_export import OnnxIO, export_onnx, slim_available
+from hwprune.export.onnx_export import OnnxIO, export_onnx, slim_for
 from hwprune.export.verify import Verification, verified
 from hwprune.frontends import NATIVE_FILES, LoadedModel, check_model, save_native
 from hwprune.graph.analyze import analyze
@@ -53,7 +53,7 @@ def apply_plan_file(plan: Plan, plan_name: str, loaded: LoadedModel, calib_data:
     model = realise(plan, analysis, batches if plan.bn_recalibration else [], calibration=batches)
     with staged(out, ARTEFACTS) as stage:
         io = OnnxIO() if loaded.source_onnx is None else OnnxIO.of(loaded.source_onnx)  # a user's file's names
-        export_onnx(model, x, stage / "pruned.onnx", dynamic_batch, slim_available(), io)
+        export_onnx(model, x, stage / "pruned.onnx", dynamic_batch, slim_for(analysis.model), io)
         verification = verified(model, stage / "pruned.onnx", x, dynamic_batch, atol, rtol)
         wrong = [name for name, found in nm_weights(stage / "pruned.onnx", plan.sparsity.layers, model).items()
                  if not found["nm"]]

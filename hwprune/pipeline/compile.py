@@ -41,6 +41,7 @@ from hwprune.runtime.onnx_files import copy_model, data_file
 from hwprune.search.decide import Decision, SearchProblem, structure
 from hwprune.search.learn import Learner
 from hwprune.search.refine import Refinement, Round, pick, refine
+from hwprune.transform.prune import unshared
 
 ONNX_FILES = ("baseline.onnx", "pruned.onnx", "recovered.onnx", *DECODE_FILES)
 ARTEFACTS = ("report.json", "report.md", "plan.json", "pruned.pt", "pruned_unmerged.pt", *NATIVE_FILES,
@@ -141,7 +142,7 @@ def compile_point(prepared: Prepared, options: Options, stage: Path, console: Co
         write_plots(report, stage / "plots")
         write_text_atomic(stage / "report.md", markdown(report))
     write_text_atomic(stage / "report.json", json.dumps(report.to_json(), indent=1) + "\n")
-    return Compiled(report, chosen.realised.model)
+    return Compiled(report, unshared(chosen.realised.model, analysis.model))
 
 
 def _announced(problem: SearchProblem, step, predicted_budget: float, hold: frozenset[str] | None) -> Decision:

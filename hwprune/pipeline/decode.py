@@ -18,6 +18,7 @@ from torch import nn
 from hwprune.errors import first_line
 from hwprune.export.kv_step import DecodeExport, export_decode
 from hwprune.frontends.base import StepModule
+from hwprune.pipeline.memory import release
 from hwprune.report import DecodeSection, LatencyStats
 from hwprune.runtime import Runtime
 from hwprune.runtime.timing import Comparison, Timing
@@ -41,6 +42,7 @@ def decode_section(make_step: Callable[[nn.Module, int, int], StepModule], basel
         except Exception as exc:  # an unforeseen model is a line in the report, never a failed compile
             section.reason = f"the {name} model's decode step was not exported and verified: {first_line(exc, 300)}"
             return section
+        release()  # the exporter's copies of the weights, before the next export or the timing sessions
         section.past_shapes[name] = [list(shape) for shape in exports[name].past]
         section.verify[name] = exports[name].verification.to_json()
         section.files.append(file)

@@ -18,12 +18,13 @@ from hwprune.evaluate.boxes import box_agreement
 from hwprune.evaluate.calibration import Calibration, fidelity
 from hwprune.export.copies import copy_ops
 from hwprune.export.nm_check import nm_weights
-from hwprune.export.onnx_export import ONNX_OPSET, export_onnx, slim_available
+from hwprune.export.onnx_export import ONNX_OPSET, export_onnx, slim_for
 from hwprune.export.verify import check_inputs, verified
 from hwprune.frontends import LoadedModel, save_native
 from hwprune.graph.analyze import Analysis
 from hwprune.pipeline.decode import decode_section, decode_summary
 from hwprune.pipeline.measure import Measurer, Realised
+from hwprune.pipeline.memory import release
 from hwprune.pipeline.steps import Step
 from hwprune.report import Built, Checked, Measured
 from hwprune.runtime import Runtime, runtime_for
@@ -54,6 +55,7 @@ def keep_chosen(chosen: Round[Decision, Realised], rounds: list[Round], measurer
         console.print(f"  [yellow]note:[/yellow] not saved in its framework's format: {exc}")
     if native:
         console.print(f"  {native}: the pruned model in its framework's format")
+    release()  # what saving copied, before verification loads the export
 
 
 def check(loaded: LoadedModel, analysis: Analysis, chosen: Round[Decision, Realised], calibration: Calibration,
@@ -64,6 +66,7 @@ def check(loaded: LoadedModel, analysis: Analysis, chosen: Round[Decision, Reali
     model, x = chosen.realised.model, analysis.capture.example_input
     with step("verify"):
         verification = verified(model, stage / "pruned.onnx", x, options.dynamic_batch, options.atol, options.rtol)
+        release()  # the session that checked the export, before fidelity runs both models
         runs = runtime_for(options.target).check_module(model, check_inputs(x), options.atol, options.rtol)
         if runs is not None:
             line = (f"{runs['runtime']} {runs['mode']} on {runs['device']} at {runs['precision']} against the fp32 "
@@ -98,7 +101,7 @@ def measure(measurer: Measurer, loaded: LoadedModel, analysis: Analysis, realise
     if loaded.capabilities.decode_step:  # an hf: decoder: its per-token latency, after prefill's
         with step("decode step with a KV cache: export, verify, measure (interleaved)"):
             decode = decode_section(loaded.capabilities.decode_step, analysis.model, model, runtime, stage,
-                                    x.shape[0], x.shape[1], slim_available(), options.atol, options.rtol)
+                                    x.shape[0], x.shape[1], slim_for(analysis.model), options.atol, options.rtol)
             console.print(f"  {escape(decode_summary(decode))}")
     method = None if final is None else {**runtime.measurement(), "rounds": 30}
     pairs = [] if final is None else [*realised.comparison.round_ratios[1], *final.round_ratios[1]]
@@ -124,7 +127,7 @@ def build(runtime: Runtime, chosen: Round[Decision, Realised], analysis: Analysi
         path.unlink()
     return Built(engine_path, engine_note, runtime.sparse_layers(stage / "pruned.engine"), copies,
                  count_flops(model, x), sum(p.numel() for p in model.parameters()), baseline_source, ONNX_OPSET,
-                 slim_available())
+                 slim_for(analysis.model))
 
 
 def count_flops(model: nn.Module, x: torch.Tensor) -> int:

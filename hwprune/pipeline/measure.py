@@ -15,8 +15,9 @@ from torch import nn
 from hwprune.config import Options, Recalibrate
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm
 from hwprune.evaluate.calibration import Calibration
-from hwprune.export.onnx_export import OnnxIO, export_onnx, slim_available
+from hwprune.export.onnx_export import OnnxIO, export_onnx, slim_for
 from hwprune.graph.analyze import Analysis
+from hwprune.pipeline.memory import release
 from hwprune.plan import Plan
 from hwprune.runtime import Runner, Runtime
 from hwprune.runtime.timing import Comparison
@@ -29,7 +30,8 @@ class Realiser:
     prices the copy ops of the very plan it returns, and measuring that plan would otherwise
     apply it to a fresh copy again (10 s each time on densenet169). A caller that looks (``keep``) gets
     a deep copy of the kept model; the last caller takes the kept model itself, which is then dropped (a
-    large model's realisation is not held twice, nor kept once its round is measured). BatchNorm is
+    large model's realisation is not held twice, nor kept once its round is measured). What it hands out
+    shares the weights pruning left alone with the analysed model (``realise_unmerged``'s ``share``). BatchNorm is
     re-estimated on what is handed out, where asked. Linear maps (ReplaceMe) are fitted on
     ``calibration``, the user's calibration batches."""
 
@@ -44,7 +46,7 @@ class Realiser:
         ``keep`` False: the kept model itself, no longer kept."""
         key = plan.decisions()
         if self._last is None or self._last[0] != key:
-            self._last = (key, realise_unmerged(plan, self.analysis, calibration=self.calibration))
+            self._last = (key, realise_unmerged(plan, self.analysis, calibration=self.calibration, share=True))
         model = copy.deepcopy(self._last[1]) if keep else self._last[1]
         if not keep:
             self._last = None
@@ -72,7 +74,7 @@ class Measurer:
     runtime: Runtime
     stage: Path
     recalibration: list[torch.Tensor]  # empty: BatchNorm statistics stay as trained
-    baseline: Runner | None  # None where this host cannot run the target's runtime
+    baseline: Runner | None  # None where this host cannot run the target's runtime; suspended between uses
     baseline_ms: float
     rounds: int = 0
 
@@ -87,6 +89,7 @@ class Measurer:
         baseline = runtime.load_model(realiser.analysis.model, (realiser.analysis.capture.example_input,),
                                       baseline_onnx)
         baseline_ms = runtime.time(baseline, 3, 10, 0.5).median_ms
+        baseline.suspend()
         return cls(realiser, options, runtime, stage, batches, baseline, baseline_ms)
 
     @cached_property
@@ -94,16 +97,23 @@ class Measurer:
         """The baseline file's input and output names, kept by every round's export (a user's ONNX file's)."""
         return OnnxIO.of(self.stage / "baseline.onnx")
 
+    @cached_property
+    def slim(self) -> bool:
+        """Whether round exports are slimmed: decided on the unpruned model, as the baseline's was."""
+        return slim_for(self.realise.analysis.model)
+
     @property
     def measurable(self) -> bool:
         return self.baseline is not None
 
     def __call__(self, decision: Decision) -> tuple[float | None, Realised]:
         model = self.realise(decision.plan, self.recalibration, keep=False)
+        release()  # what realising freed, before the exporter's copies of the weights
         path = export_onnx(model, self.realise.analysis.capture.example_input,
-                           self.stage / f"pruned-round{self.rounds}.onnx", self.options.dynamic_batch, slim_available(),
+                           self.stage / f"pruned-round{self.rounds}.onnx", self.options.dynamic_batch, self.slim,
                            self.io)
         self.rounds += 1
+        release()  # and those copies, before the sessions load
         realised = Realised(model, path, None)
         if not self.measurable:
             return None, realised
@@ -126,3 +136,4 @@ class Measurer:
             return self.runtime.interleaved([self.baseline, pruned], rounds=rounds)
         finally:
             pruned.close()
+            self.baseline.suspend()  # a large baseline is not held through the next round's realisation

@@ -17,7 +17,7 @@ from hwprune.cost.predictor import TablePredictor
 from hwprune.cost.structural import replacements, stack_layers
 from hwprune.errors import HwpruneError, PlanError
 from hwprune.evaluate.calibration import Calibration, load_calibration
-from hwprune.export.onnx_export import ONNX_OPSET, OnnxIO, export_onnx, slim_available
+from hwprune.export.onnx_export import ONNX_OPSET, OnnxIO, export_onnx, slim_for
 from hwprune.export.verify import verify_onnx
 from hwprune.frontends import LoadedModel, state_digest
 from hwprune.frontends.hf.layout import heads_fixed
@@ -149,7 +149,8 @@ def export_baseline(loaded: LoadedModel, analysis: Analysis, options: Options, s
     today."""
     path = stage / "baseline.onnx"
     if loaded.source_onnx is None:
-        export_onnx(analysis.model, analysis.capture.example_input, path, options.dynamic_batch, slim_available())
+        export_onnx(analysis.model, analysis.capture.example_input, path, options.dynamic_batch,
+                    slim_for(analysis.model))
         return Baseline(path, "exported from the model")
     copy_model(loaded.source_onnx, path)  # with its external weights, gathered beside it
     check = verify_onnx(analysis.model, path, [analysis.capture.example_input], options.atol, options.rtol)

@@ -9,6 +9,7 @@ from contextlib import AbstractContextManager, contextmanager
 from rich.console import Console
 
 from hwprune.errors import HwpruneError, first_line
+from hwprune.pipeline.memory import release
 
 Step = Callable[[str], AbstractContextManager[None]]  # ``partial(step, console)``
 
@@ -28,6 +29,7 @@ def step(console: Console, name: str, record: dict[str, float] | None = None) ->
     except Exception as exc:  # a bug or an unforeseen model: say where, in one line
         raise HwpruneError(f"step '{name}' failed unexpectedly: {first_line(exc, 300)} "
                            "(rerun with --debug for the traceback)") from exc
+    release()  # what the step freed goes back to the system, not into the next step's peak
     seconds = time.perf_counter() - started
     console.print(f"  done in {seconds:.1f} s")
     if record is not None:

@@ -30,10 +30,10 @@ from hwprune.errors import HwpruneError, PlanError
 from hwprune.evaluate.boxes import box_f1
 from hwprune.evaluate.calibration import compare_all, logits_kl, output_tensors
 from hwprune.export.nm_check import nm_weights
-from hwprune.export.onnx_export import OnnxIO, export_onnx, slim_available
+from hwprune.export.onnx_export import OnnxIO, export_onnx, slim_for
 from hwprune.export.verify import verify_onnx
 from hwprune.frontends import NATIVE_FILES, check_model, load_model, save_native, weights_named
-from hwprune.frontends.base import Decode
+from hwprune.frontends.base import Capabilities, Decode
 from hwprune.graph.analyze import analyze
 from hwprune.io import staged, write_atomic, write_text_atomic
 from hwprune.plan import Plan, Recovery, load_plan, save_plan
@@ -251,7 +251,8 @@ def _publish(build: Path, plan: Plan, student: nn.Module, x: torch.Tensor, secti
     dynamic = bool(report and report.get("export", {}).get("dynamic_batch"))
     with staged(build, ("recovered.onnx", "recovered.pt", *RECOVERED_NATIVE.values())) as stage:
         io = OnnxIO.of(build / "pruned.onnx") if (build / "pruned.onnx").is_file() else OnnxIO()
-        onnx = export_onnx(student, x, stage / "recovered.onnx", dynamic, slim_available(), io)
+        slim = report["export"].get("slimmed", False) if report and "export" in report else slim_for(student)
+        onnx = export_onnx(student, x, stage / "recovered.onnx", dynamic, slim, io)
         verification = verify_onnx(student, onnx, [x])
         if not verification.ok:
             raise HwpruneError(f"recovered.onnx does not match the recovered model: {verification.worst}")

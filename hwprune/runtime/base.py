@@ -28,6 +28,10 @@ class Runner(ABC):
     @abstractmethod
     def run(self) -> None: ...
 
+    def suspend(self) -> None:  # noqa: B027  (most runners keep what they hold)
+        """Free what the runner can rebuild before its next run, where holding it costs more than rebuilding
+        (an onnxruntime session of a 2 GB model); it still runs afterwards, after a warm-up."""
+
     def close(self) -> None:  # noqa: B027  (most runners hold nothing to free)
         """Free what the runner holds (device buffers); it cannot run afterwards."""
 

@@ -64,7 +64,7 @@ def permute_group(analysis: Analysis, group_id: str, order: Sequence[int]) -> No
         where = torch.tensor(positions, dtype=torch.long)  # [channel, occurrence] -> index along dim
         source = torch.arange(tensor.shape[dim])
         source[where] = where[new_to_old]
-        tensor.copy_(tensor.index_select(dim, source.to(tensor.device)))
+        tensor.data = tensor.index_select(dim, source.to(tensor.device))  # rebound: a shared original stays
 
 
 def _checked_order(group: ChannelGroup, order: Sequence[int]) -> list[int]:

@@ -130,13 +130,32 @@ def prune(analysis: Analysis, keep: Mapping[str, Sequence[int]]) -> nn.Module:
 
 
 def pruned_copy(analysis: Analysis, keep: Mapping[str, Sequence[int]]) -> nn.Module:
-    """A copy of the analysed model pruned to ``keep``, its tensors shared with the original where pruning
-    leaves them: pruning gives a module new, smaller tensors and never writes into the old ones, so the
-    original stays whole and a 2 GB model's trial or anchor costs its pruned tensors, not a second 2 GB.
-    Not for a copy that is trained or has statistics re-estimated: those write into shared tensors."""
-    model = analysis.model
-    shared = copy.deepcopy(model, memo={id(t): t for t in (*model.parameters(), *model.buffers())})
-    return prune(analyze(shared, analysis.capture.example_input, analysis.name, strict=False), keep)
+    """A copy of the analysed model pruned to ``keep``, its weights shared with the original where pruning
+    leaves them (:func:`sharing_copy`): a 2 GB model's trial or anchor costs its pruned tensors, not a second
+    2 GB."""
+    return prune(analyze(sharing_copy(analysis.model), analysis.capture.example_input, analysis.name,
+                         strict=False), keep)
+
+
+def sharing_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters are new ``Parameter`` objects over the original's storage, and
+    whose buffers (BatchNorm statistics, small) are copied. Pruning gives a module new, smaller tensors and
+    the transform passes rebind a parameter's data rather than write into it, so the original stays whole;
+    what is trained or handed to a user goes through :func:`unshared` first."""
+    memo: dict[int, object] = {}
+    for param in model.parameters():  # ties stay ties: one new Parameter per original
+        memo[id(param)] = nn.Parameter(param.detach(), requires_grad=param.requires_grad)
+    return copy.deepcopy(model, memo=memo)
+
+
+def unshared(model: nn.Module, original: nn.Module) -> nn.Module:
+    """``model`` with every tensor it still shares with ``original`` (:func:`sharing_copy`) copied, in place:
+    training it or handing it to a user then never writes into the original."""
+    storages = {t.untyped_storage().data_ptr() for t in (*original.parameters(), *original.buffers())}
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.untyped_storage().data_ptr() in storages:
+            tensor.data = tensor.data.clone()
+    return model
 
 
 def _shared_parameters(model: nn.Module) -> list[list[tuple[nn.Module, str]]]:

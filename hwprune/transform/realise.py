@@ -22,7 +22,7 @@ from hwprune.graph.segments import segments
 from hwprune.graph.spans import depth_candidates
 from hwprune.plan import Plan
 from hwprune.transform.passes import Pass, Surgery, run_passes
-from hwprune.transform.prune import PruneChannels
+from hwprune.transform.prune import PruneChannels, sharing_copy
 from hwprune.transform.reorder import ReorderSegments
 from hwprune.transform.rewrite import merged, resolve, unmerged
 from hwprune.transform.select import SelectReaders
@@ -67,9 +67,13 @@ def realise(plan: Plan, analysis: Analysis, recalibration: Sequence[torch.Tensor
 
 
 def realise_unmerged(plan: Plan, analysis: Analysis, reorder: bool = True,
-                     calibration: Sequence[torch.Tensor] = ()) -> nn.Module:
-    """``plan`` applied to a fresh copy of the analysed model, its spans not yet merged."""
-    fresh = analyze(copy.deepcopy(analysis.model), analysis.capture.example_input, analysis.name, strict=False)
+                     calibration: Sequence[torch.Tensor] = (), share: bool = False) -> nn.Module:
+    """``plan`` applied to a fresh copy of the analysed model, its spans not yet merged. With ``share`` the
+    copy shares the weights pruning leaves alone (:func:`~hwprune.transform.prune.sharing_copy`: a 2 GB
+    model's realisation costs its pruned tensors, not a second 2 GB); such a model is read, exported and
+    timed, and goes through :func:`~hwprune.transform.prune.unshared` before it is trained or handed out."""
+    copied = sharing_copy(analysis.model) if share else copy.deepcopy(analysis.model)
+    fresh = analyze(copied, analysis.capture.example_input, analysis.name, strict=False)
     return apply_plan(plan, fresh, reorder, merge=False, calibration=calibration).eval()
 
 

@@ -97,6 +97,6 @@ def sparsify(model: nn.Module, layers: Mapping[str, NMLayer]) -> None:
             raise PlanError(f"sparsity: {name} reads {weight.shape[1]} input channels; its activation scale has "
                             f"{len(scale)}")
         scale = None if scale is None else torch.tensor(scale, dtype=torch.float32)
-        weight.mul_(nm_mask(weight, n, m, scale).to(weight.dtype))
+        weight.data = weight * nm_mask(weight, n, m, scale).to(weight.dtype)  # rebound: a shared original stays
         if not is_nm(weight, n, m):
             raise TransformError(f"{name}: weights are not {n}:{m} after masking")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from hwprune.export.onnx_export import export_onnx, slim_available
+from hwprune.export.onnx_export import export_onnx, slim_available, slim_for
 from hwprune.export.verify import verify_onnx
 
 
@@ -46,3 +46,9 @@ def test_verification_reports_the_worst_element_of_a_mismatch(tmp_path):
         model[-1].bias += 1.0  # the module now differs from what was exported
     result = verify_onnx(model, path, [x])
     assert not result.ok and np.isclose(result.max_abs_err, 1.0, atol=1e-5) and "input 0, output 0" in result.worst
+
+
+def test_a_model_over_a_gibibyte_of_weights_is_not_slimmed():
+    big = nn.Linear(20_000, 15_000, device="meta")  # 1.2 GB of fp32 weights, none allocated
+    assert not slim_for(big)
+    assert slim_for(small_model()) == slim_available()
