@@ -80,11 +80,12 @@ def _onnx(spec: str, shape, weights, seed, trust_pickle) -> Made:
 
 
 def _ultralytics(spec: str, shape, weights, seed, trust_pickle) -> Made:
-    from hwprune.frontends.ultralytics import _load_ultralytics, box_decode
+    from hwprune.frontends.ultralytics import RAW_ROLES, _load_ultralytics, box_decode
 
     module, default, checkpoint = _load_ultralytics(spec.split(":", 1)[1], weights, trust_pickle, shape)
     return Made(module, None, default, None if checkpoint is None else f"the Ultralytics checkpoint {checkpoint}",
-                capabilities=Capabilities(detections=box_decode(module), native_format=ULTRALYTICS_FILE))
+                capabilities=Capabilities(detections=box_decode(module), detection_roles=RAW_ROLES,
+                                          native_format=ULTRALYTICS_FILE))
 
 
 def _hf(spec: str, shape, weights, seed, trust_pickle) -> Made:

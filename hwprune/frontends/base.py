@@ -8,7 +8,7 @@ import hashlib
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -24,6 +24,30 @@ Decode = Callable[[list[torch.Tensor], tuple[int, ...]], list[torch.Tensor]]
 DEFAULT_IMAGE_SHAPE = (1, 3, 224, 224)
 DEFAULT_SEED = 0
 HUB_WEIGHTS = "weights from the torch hub cache"
+
+
+@dataclass(frozen=True)
+class Role:
+    """One kind of quantity a detector's decode reads from its outputs (``boxes``, ``objectness``, ``classes``):
+    output ``output``'s features ``start`` to ``stop`` (None: the last) along ``axis``; ``kind``: ``value`` (a
+    real number: box offsets, sizes, coordinates), ``probability`` (a score after its sigmoid) or ``logit`` (a
+    score before it). A frontend names its format's roles beside its decode (``Capabilities.detection_roles``),
+    and recover distils each feature by the divergence its kind calls for."""
+
+    name: str
+    output: int
+    axis: int
+    start: int = 0
+    stop: int | None = None
+    kind: str = "value"
+
+    def of(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """This role's features of the model's ``outputs``, moved to the last axis: (batch, ..., features)."""
+        return self.features(outputs[self.output])
+
+    def features(self, output: torch.Tensor) -> torch.Tensor:
+        """This role's features of its output (or of a tensor shaped like it), moved to the last axis."""
+        return output.movedim(self.axis, -1)[..., self.start:self.stop]
 
 
 @dataclass(frozen=True)
@@ -46,6 +70,8 @@ class Capabilities:
     # or pruned, at a batch and a past length
     decode_step: Callable[[nn.Module, int, int], StepModule] | None = None
     detections: Decode | None = None  # a box decode (``frontends.decodes``): box agreement on the user's images
+    # which features of the detector's outputs the decode reads as boxes, objectness, class scores (recover's loss)
+    detection_roles: tuple[Role, ...] | None = None
     boxes_unmeasured: str | None = None  # why a model whose outputs look like a detector's has no box decode
     native_format: str | None = None  # the framework's own format the pruned model is saved in, if any
 

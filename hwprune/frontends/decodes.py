@@ -2,14 +2,22 @@
 
 The decode has no weights, so pruning leaves it as it was: a frontend names the one for the format it
 loaded (``Capabilities.detections``), and box agreement (``evaluate.boxes``) runs both models through it.
-Every decode gives, per image, (n, 6) rows of x1, y1, x2, y2 (input pixels), score, class.
+Every decode gives, per image, (n, 6) rows of x1, y1, x2, y2 (input pixels), score, class. Beside each, the
+roles of its output's features (which are boxes, objectness, class scores), that recover distils by kind.
 """
 
 from __future__ import annotations
 
 import torch
 
+from hwprune.frontends.base import Role
+
 YOLOX_STRIDES = (8, 16, 32)
+# (B, 4 + classes, anchors): cx, cy, w, h in pixels, then class scores (after their sigmoid)
+ULTRALYTICS_ROLES = (Role("boxes", 0, 1, 0, 4), Role("classes", 0, 1, 4, kind="probability"))
+# (B, anchors, 5 + classes): offsets and log-sizes, objectness, class scores (after their sigmoid)
+YOLOX_ROLES = (Role("boxes", 0, -1, 0, 4), Role("objectness", 0, -1, 4, 5, "probability"),
+               Role("classes", 0, -1, 5, kind="probability"))
 
 
 def ultralytics_boxes(predictions: torch.Tensor, conf: float = 0.25, iou: float = 0.7, max_det: int = 300

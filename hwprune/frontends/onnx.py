@@ -43,7 +43,7 @@ def _load_onnx(path: Path, input_shape: tuple[int, ...] | None) -> tuple[nn.Modu
                              f"({onnx.TensorProto.DataType.Name(tensor_type.elem_type)})") from None
     if input_shape is None:
         input_shape = _onnx_static_shape(path, inputs[0].name, tensor_type)
-    from hwprune.frontends.onnx_boxes import box_decode
+    from hwprune.frontends.onnx_boxes import box_decode, roles_of
 
     decode, unmeasured = box_decode(proto, input_shape)
     proto = _for_onnx2torch(proto, f"onnx:{path}")
@@ -57,7 +57,7 @@ def _load_onnx(path: Path, input_shape: tuple[int, ...] | None) -> tuple[nn.Modu
     # what refusals name (graph.origins): each module's ONNX node, as the user's file spells it
     module.onnx_nodes = {name: (node.proto.name, node.proto.op_type)
                          for name, node in OnnxGraph(proto.graph).nodes.items()}
-    capabilities = Capabilities(detections=decode, boxes_unmeasured=unmeasured)
+    capabilities = Capabilities(detections=decode, detection_roles=roles_of(decode), boxes_unmeasured=unmeasured)
     if dtype.is_floating_point:
         return module, torch.randn(input_shape, dtype=dtype), capabilities
     return module, torch.zeros(input_shape, dtype=dtype), capabilities  # integer inputs are often indices: 0 is valid

@@ -9,13 +9,20 @@ import ast
 
 import torch
 
-from hwprune.frontends.base import Decode
-from hwprune.frontends.decodes import YOLOX_STRIDES, ultralytics_boxes, yolox_anchors, yolox_boxes
+from hwprune.frontends.base import Decode, Role
+from hwprune.frontends.decodes import (
+    ULTRALYTICS_ROLES,
+    YOLOX_ROLES,
+    YOLOX_STRIDES,
+    ultralytics_boxes,
+    yolox_anchors,
+    yolox_boxes,
+)
 
 
 def box_decode(proto, input_shape: tuple[int, ...]) -> tuple[Decode | None, str | None]:
     """The decode for ``proto``'s outputs on inputs of ``input_shape``, or why there is none (None, None: the
-    outputs are not a detector's)."""
+    outputs are not a detector's); ``roles_of`` names its features."""
     metadata = {prop.key: prop.value for prop in proto.metadata_props}
     shapes = [_dims(output) for output in proto.graph.output]
     if "task" in metadata and "stride" in metadata:  # Ultralytics' exporter writes both
@@ -46,6 +53,11 @@ def _ultralytics(metadata: dict[str, str], shape: tuple[int | str, ...]) -> tupl
         return None, (f"an Ultralytics detect export whose output0 is ({', '.join(map(str, shape))}), not (batch, "
                       f"4 + {classes} classes, anchors)")
     return _ultralytics_export, None
+
+
+def roles_of(decode: Decode | None) -> tuple[Role, ...] | None:
+    """Which features of the file's output ``decode`` reads as boxes, objectness and class scores."""
+    return {_ultralytics_export: ULTRALYTICS_ROLES, _yolox: YOLOX_ROLES}.get(decode)
 
 
 def _ultralytics_export(outputs: list[torch.Tensor], shape: tuple[int, ...]) -> list[torch.Tensor]:

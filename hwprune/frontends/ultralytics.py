@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from hwprune.errors import ModelSpecError
-from hwprune.frontends.base import Decode, _one_line, state_digest
+from hwprune.frontends.base import Decode, Role, _one_line, state_digest
 from hwprune.io import write_atomic
 
 ULTRALYTICS_IMAGE_SHAPE = (1, 3, 640, 640)  # the size Ultralytics' detectors are trained and exported at
@@ -48,6 +48,10 @@ class UltralyticsDetector(nn.Module):
         features = [x if j == -1 else saved[j] for j in head.f]
         raw = head.forward_head(features, **head.one2many)
         return raw["boxes"], raw["scores"]
+
+
+# the raw (boxes, scores): box-distribution logits and class logits, features along axis 1
+RAW_ROLES = (Role("boxes", 0, 1), Role("classes", 1, 1, kind="logit"))
 
 
 def box_decode(detector: UltralyticsDetector) -> Decode:

@@ -38,7 +38,7 @@ from hwprune.graph.analyze import analyze
 from hwprune.io import staged, write_atomic, write_text_atomic
 from hwprune.plan import Plan, Recovery, load_plan, save_plan
 from hwprune.recovery.data import TrainingData, open_data, spec_normalisation
-from hwprune.recovery.distill import Recipe, Trained, distil
+from hwprune.recovery.distill import Recipe, Trained, detector_scales, distil
 from hwprune.recovery.world import World, join
 from hwprune.runtime import runtime_for
 from hwprune.targets import load_target
@@ -72,7 +72,8 @@ def recover(build: Path, options: RecoverOptions, console: Console | None = None
 
 
 def _recover(build: Path, options: RecoverOptions, console: Console, world: World) -> dict:
-    plan, teacher, student, x, decode = _models(build)
+    plan, teacher, student, x, capabilities = _models(build)
+    decode = capabilities.detections
     recipe = options.recipe
     torch.manual_seed(recipe.seed)
     mean, std = spec_normalisation(plan.provenance.model, int(x.shape[1]) if x.dim() > 1 else 1)
@@ -87,6 +88,8 @@ def _recover(build: Path, options: RecoverOptions, console: Console, world: Worl
     teacher.to(world.device)
     student.to(world.device)
     before = _evaluate(teacher, student, evaluation, world.device, decode)
+    roles = capabilities.detection_roles
+    detector = detector_scales(teacher, data, roles, world) if roles else None
     checkpoint_path = build / "recover" / "checkpoint.pt"
     identity = _plan_identity(plan)
     progress, state = Trained(), None
@@ -105,13 +108,15 @@ def _recover(build: Path, options: RecoverOptions, console: Console, world: Worl
         masks = plan.sparsity.layers  # N:M masks hold after every step
         distil(teacher, student, data, recipe, world, progress, state, _feature_layers(plan, student),
                constraints=[lambda model: sparsify(model, masks)] if masks else (),
-               on_batch=on_batch, on_epoch=on_epoch)
+               on_batch=on_batch, on_epoch=on_epoch, detector=detector)
     after = _evaluate(teacher, student, evaluation, world.device, decode)
     section = {"data": options.data, "eval_data": options.eval_data or options.data, "samples": data.samples,
                "processes": world.size, "device": str(world.device), "recipe": asdict(recipe),
                "loss": progress.losses, "samples_per_second": progress.throughput,
                "batchnorm": "trained with the student (batch statistics; running statistics updated)",
                "before": before, "after": after}
+    if detector is not None:  # the detector's roles: its values' variances, the divergence its scores take
+        section["detector_loss"] = detector.to_json()
     if world.main:
         student = merged(student.cpu().eval(), x, plan.merge)
         section.update(_publish(build, plan, student, x, section, console))
@@ -140,9 +145,9 @@ def _progress_bar(console: Console, world: World, total: int, done: int) -> Iter
         yield advance
 
 
-def _models(build: Path) -> tuple[Plan, nn.Module, nn.Module, torch.Tensor, Decode | None]:
+def _models(build: Path) -> tuple[Plan, nn.Module, nn.Module, torch.Tensor, Capabilities]:
     """The plan, the unpruned teacher (digest checked), the compiled student, from ``build``, the example input
-    and, for a detector, its box decode."""
+    and the model's capabilities (for a detector, its box decode and its outputs' roles)."""
     plan_path = build / "plan.json"
     if not plan_path.is_file():
         raise PlanError(f"{build}: no plan.json (run hwprune compile --out {build} first)")
@@ -168,7 +173,7 @@ def _models(build: Path) -> tuple[Plan, nn.Module, nn.Module, torch.Tensor, Deco
     except RuntimeError as exc:
         raise PlanError(f"{weights}: not the weights of the model {plan_path} describes "
                         f"({str(exc).splitlines()[0]})") from exc
-    return plan, teacher, student.eval(), loaded.example_input, loaded.capabilities.detections
+    return plan, teacher, student.eval(), loaded.example_input, loaded.capabilities
 
 
 def _evaluate(teacher: nn.Module, student: nn.Module, data: TrainingData, device: torch.device,
@@ -324,7 +329,8 @@ def recovery_markdown(section: dict) -> str:
              f"Distilled from the unpruned model for {recipe['epochs']} epochs on {section['samples']} samples of "
              f"`{section['data']}` ({section['processes']} process(es), global batch {recipe['batch_size']}, AdamW "
              f"lr {recipe['lr']:g} with a cosine schedule, temperature {recipe['temperature']:g}"
-             f"{', feature loss' if recipe['feature_loss'] else ''}); BatchNorm {section['batchnorm']}.", "",
+             f"{', feature loss' if recipe['feature_loss'] else ''}); BatchNorm {section['batchnorm']}."
+             f"{_roles_line(section.get('detector_loss'))}", "",
              "| | before recovery | after |", "|---|---:|---:|",
              f"| output cosine to the unpruned model | {before['cosine']:.4f} | {after['cosine']:.4f} |"]
     if "kl" in after:
@@ -342,6 +348,16 @@ def recovery_markdown(section: dict) -> str:
               f"{'not measured here' if speed is None else f'{speed:.2f}x'} (the structure is the pruned model's).",
               "", "![loss](plots/recovery.png)", ""]
     return "\n".join(lines)
+
+
+def _roles_line(variances: dict[str, list[float] | str] | None) -> str:
+    """How a detector's outputs were distilled: the KL per feature, a value's spread the teacher's own."""
+    if not variances:
+        return ""
+    roles = "; ".join(f"{name} {', '.join(f'{v:.3g}' for v in value)}" if isinstance(value, list) else
+                      f"{name} {value}" for name, value in variances.items())
+    return (f" The detector's outputs: the KL divergence per feature, scores as Bernoulli, values as Gaussian with "
+            f"the teacher's variance across the training inputs ({roles}).")
 
 
 def _f1(value: float | None) -> str:

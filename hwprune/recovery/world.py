@@ -47,6 +47,12 @@ class World:
         torch.distributed.all_reduce(tensor)
         return float(tensor.item())
 
+    def sum_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over the processes (in place)."""
+        if self.distributed:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
     def barrier(self) -> None:
         if self.distributed:
             torch.distributed.barrier()

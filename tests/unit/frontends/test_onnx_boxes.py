@@ -157,3 +157,49 @@ def test_compile_reports_box_agreement_or_says_why_not(tmp_path, capsys, monkeyp
     else:
         assert agreement is None
         assert "box agreement not measured: an Ultralytics segment export: box agreement is measured on detect" in err
+
+
+def test_the_file_names_its_outputs_roles_for_recovery(tmp_path):
+    """A detector's frontend names which features its decode reads as boxes, objectness and class scores."""
+    from hwprune.frontends.decodes import ULTRALYTICS_ROLES, YOLOX_ROLES
+
+    yolox = load_model(export(TinyDetector(), tmp_path / "yolox.onnx")).capabilities
+    ultralytics = load_model(export(TinyDetector(ultralytics=True), tmp_path / "yolo.onnx", ULTRALYTICS_METADATA))
+    assert yolox.detection_roles == YOLOX_ROLES
+    assert ultralytics.capabilities.detection_roles == ULTRALYTICS_ROLES
+    assert load_model(export(TinyDetector(ultralytics=True), tmp_path / "other.onnx")).capabilities.detection_roles \
+        is None
+    output = torch.arange(2 * 84 * 6.0).reshape(2, 84, 6)  # YOLOX: (B, anchors, 5 + classes)
+    assert [tuple(role.of([output]).shape) for role in YOLOX_ROLES] == [(2, 84, 4), (2, 84, 1), (2, 84, 1)]
+    assert torch.equal(YOLOX_ROLES[1].of([output])[..., 0], output[..., 4])
+    boxes, classes = (role.of([output.transpose(1, 2)]) for role in ULTRALYTICS_ROLES)  # (B, 4 + classes, anchors)
+    assert torch.equal(boxes, output[..., :4]) and torch.equal(classes, output[..., 4:])
+
+
+def test_distillation_with_the_roles_brings_moved_boxes_back(tmp_path):
+    """recover's loss on a YOLOX file, its roles and their scales from the frontend: a student whose boxes are
+    half a cell off (and whose objectness is lower) is distilled back to the teacher's boxes."""
+    import copy
+
+    from hwprune.recovery.data import Batch, TrainingData
+    from hwprune.recovery.distill import Recipe, Trained, detector_scales, distil
+    from hwprune.recovery.world import World
+
+    teacher = load_model(export(TinyDetector(), tmp_path / "yolox.onnx"))
+    student = copy.deepcopy(load_model(export(TinyDetector(shift=0.5), tmp_path / "moved.onnx")).module)
+    with torch.no_grad():  # less sure of every box: objectness lower
+        for parameter in student.parameters():
+            if parameter.dim() == 1 and parameter.shape[0] == 6:
+                parameter[4] -= 2.0
+    generator = torch.Generator().manual_seed(0)
+    data = TrainingData("images", 4, False,
+                        _batches=[Batch(torch.rand(SHAPE, generator=generator), None) for _ in range(4)])
+    images = [batch.inputs for batch in data.epoch(0)]
+    world, decode = World(0, 1, torch.device("cpu")), teacher.capabilities.detections
+    detector = detector_scales(teacher.module, data, teacher.capabilities.detection_roles, world)
+    assert set(detector.to_json()) == {"boxes", "objectness", "classes"}
+    assert box_agreement(teacher.module, student, images, decode) < 0.5
+    progress = distil(teacher.module, student, data, Recipe(epochs=15, lr=1e-2, batch_size=1), world, Trained(),
+                      detector=detector)
+    assert progress.losses[-1] < 0.1 * progress.losses[0]
+    assert box_agreement(teacher.module, student, images, decode) > 0.9
