@@ -3,9 +3,8 @@
 With ``dynamic_batch`` the first axis of input and output is symbolic (TensorRT then needs an
 optimisation profile, which the engine config adds). With onnxslim installed (``hwprune[slim]``)
 the graph of a model under 1 GiB of weights is cleaned up (constant folding, dead nodes) after
-export (``slim_for``), and the exporter folds constants below the same size (``FOLD_LIMIT_BYTES``); the
-compile verifies the file that is finally written. The TorchScript exporter moves the weights of a model
-over 2 GB to external data (``runtime.onnx_files``).
+export (``slim_for``); the compile verifies the file that is finally written. The TorchScript
+exporter moves the weights of a model over 2 GB to external data (``runtime.onnx_files``).
 """
 
 from __future__ import annotations
@@ -28,18 +27,10 @@ ONNX_OPSET = 17
 
 
 SLIM_LIMIT_BYTES = 1 << 30
-# Above this, the exporter does not fold constants: folding keeps the folded copies (a tied embedding's
-# transpose: 0.54 GB of a 0.5B decoder) beside the originals and grows the protobuf it holds twice by them
-# (the export of a 1.35 GB model peaked 1.6 GB higher); onnxruntime and TensorRT fold at load anyway.
-FOLD_LIMIT_BYTES = 1 << 30
 
 
 def slim_available() -> bool:
     return importlib.util.find_spec("onnxslim") is not None
-
-
-def _weight_bytes(model: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
 
 def slim_for(model: nn.Module) -> bool:
@@ -47,7 +38,8 @@ def slim_for(model: nn.Module) -> bool:
     ``model``'s weights are under 1 GiB. onnxslim holds several copies of the weights while it works (measured
     here: 8.5 GB above a 1.35 GB model), and onnxruntime and TensorRT fold and fuse the graph at load anyway;
     deciding on the unpruned model keeps a baseline and its pruned models exported alike."""
-    return slim_available() and _weight_bytes(model) < SLIM_LIMIT_BYTES
+    size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    return slim_available() and size < SLIM_LIMIT_BYTES
 
 
 @dataclass(frozen=True)
@@ -95,8 +87,7 @@ def export_named(model: nn.Module, args: tuple[torch.Tensor, ...], path: str | P
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(model.eval(), args, str(exported), opset_version=ONNX_OPSET, dynamo=False,
-                                  input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
-                                  do_constant_folding=_weight_bytes(model) < FOLD_LIMIT_BYTES)
+                                  input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes)
             external = any(file != exported for file in Path(folder).iterdir())  # the exporter's weight files
             if external:
                 copy_model(exported, path)  # the exporter's weight files gathered into one
