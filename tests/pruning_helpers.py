@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import random
 
-from hwprune.evaluate.mask import silence_channels
+import torch
+from torch import nn
+
+from hwprune.evaluate.mask import silence_channels, silenced
 from hwprune.graph.analyze import Analysis
 from hwprune.graph.groups import ChannelGroup
+from hwprune.transform.prune import prune
 
 
 def random_keep(group: ChannelGroup, rng: random.Random, ratio: float = 0.5) -> list[int]:
@@ -62,3 +66,19 @@ def plan_of(analysis: Analysis, keep: dict[str, list[int]], masks: dict | None =
     provenance = Provenance("test", "test", None, (), (), None, "cpu", PlanBudget("latency", 1.0, 1.0),
                             LatencyModelInfo("analytic", None, None, None, None, 1.0, 0.0), "test")
     return Plan(provenance, 0.0, 0.0, {g: d for g, d in width.items() if g not in heads}, heads)
+
+
+def pruned_exactly(analysis: Analysis, x: torch.Tensor) -> nn.Module:
+    """``analysis``'s model pruned at random keep sets of every prunable group, checked against the same
+    channels silenced (which must change the output, or the check could not see a fault); returns it."""
+    model = analysis.model
+    rng = random.Random(0)
+    keep = {g.id: random_keep(g, rng) for g in analysis.prunable()}
+    dropped = {gid: sorted(set(range(analysis.group(gid).channels)) - set(kept)) for gid, kept in keep.items()}
+    with silenced(analysis, dropped) as masked, torch.no_grad():
+        reference = masked(x).clone()
+    assert max_abs_diff(reference, model(x)) > 1e-4, "silencing changed nothing: the test would not see a fault"
+    pruned = prune(analysis, keep)
+    with torch.no_grad():
+        assert max_abs_diff(reference, pruned(x)) <= 1e-4 * max(1.0, float(reference.abs().max()))
+    return pruned

@@ -4,8 +4,6 @@ the layer's channels: zeroed-then-removed channels leave the output unchanged.""
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import onnx
 import pytest
@@ -13,12 +11,10 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from hwprune.evaluate.mask import silenced
 from hwprune.frontends import load_model
 from hwprune.graph.analyze import analyze
 from hwprune.graph.epilogue import epilogues, per_channel
-from hwprune.transform.prune import prune
-from tests.pruning_helpers import max_abs_diff, random_keep
+from tests.pruning_helpers import pruned_exactly
 
 
 class Epilogues(nn.Module):
@@ -97,16 +93,7 @@ def _exact_removal(model: nn.Module, x: torch.Tensor) -> nn.Module:
     """``model`` pruned at random keep sets, checked against the same channels silenced; returns it."""
     analysis = analyze(model, x, strict=False)
     assert analysis.prunable()
-    rng = random.Random(0)
-    keep = {g.id: random_keep(g, rng) for g in analysis.prunable()}
-    dropped = {gid: sorted(set(range(analysis.group(gid).channels)) - set(kept)) for gid, kept in keep.items()}
-    with silenced(analysis, dropped) as masked, torch.no_grad():
-        reference = masked(x).clone()
-    assert max_abs_diff(reference, model(x)) > 1e-4, "silencing changed nothing: the test would not see a fault"
-    pruned = prune(analysis, keep)
-    with torch.no_grad():
-        assert max_abs_diff(reference, pruned(x)) <= 1e-4 * max(1.0, float(reference.abs().max()))
-    return pruned
+    return pruned_exactly(analysis, x)
 
 
 def test_epilogue_constants_are_pruned_with_their_layers_channels():
