@@ -232,7 +232,7 @@ class Measured:
 @dataclass
 class Built:
     """What else the pipeline made: engines (and which layers run sparse), the exports' copy ops, the pruned
-    model's size, what the baseline is and whether the exports were slimmed."""
+    model's size, what the baseline is and how the models were exported."""
 
     engine_path: str | None
     engine_note: str
@@ -241,6 +241,7 @@ class Built:
     flops: int
     params: int
     baseline_source: str
+    exporter: str  # torch's exporter that wrote the ONNX files: "torchscript" or "dynamo"
     opset: int
     slimmed: bool
 
@@ -300,7 +301,8 @@ def build_report(loaded: LoadedModel, analysis: Analysis, options, predictor: Ta
          "host": table.get("host"), "layer_scale": predictor.layer_scale, "rest_ms": predictor.rest_ms},
         _layer_rows(predictor, decision.search.counts, decision.search.depth),
         [GroupRow(gid, d.keep, d.of, scores.sensitivity.get(gid)) for gid, d in plan.groups().items()],
-        {"opset": built.opset, "dynamic_batch": options.dynamic_batch, "slimmed": built.slimmed,
+        {"exporter": built.exporter, "opset": built.opset, "dynamic_batch": options.dynamic_batch,
+         "slimmed": built.slimmed,
          "baseline": built.baseline_source},
         Engine(built.engine_path, built.engine_note), measured.fingerprint, seconds, built.copies,
         depth_section(analysis.model, chosen.realised.model, predictor, decision.search, scores.depth_costs,

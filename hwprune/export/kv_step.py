@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from hwprune.errors import HwpruneError
-from hwprune.export.onnx_export import export_named
+from hwprune.export.onnx_export import ExportStyle, export_named
 from hwprune.export.verify import Verification, verify_onnx
 
 VERIFY_INPUTS = 3  # seeded random tokens and caches the exported step is checked on
@@ -43,13 +43,13 @@ def output_names(layers: int) -> list[str]:
     return ["logits", *(f"present_{kind}_{i}" for i in range(layers) for kind in ("key", "value"))]
 
 
-def export_decode(step: nn.Module, shapes: list[tuple[int, ...]], vocab: int, path: str | Path, slim: bool,
+def export_decode(step: nn.Module, shapes: list[tuple[int, ...]], vocab: int, path: str | Path, style: ExportStyle,
                   atol: float, rtol: float) -> DecodeExport:
     """Export a decode ``step`` whose cached layers' past keys (and values) have ``shapes`` to ``path`` and check
     it against PyTorch on :data:`VERIFY_INPUTS` seeded random tokens below ``vocab`` and caches; a mismatch is an
     error, as for the prefill export."""
     path = export_named(step, decode_inputs(shapes, vocab, 0), path, input_names(len(shapes)),
-                        output_names(len(shapes)), slim=slim)
+                        output_names(len(shapes)), style=style)
     verification = verify_onnx(step, path, [decode_inputs(shapes, vocab, seed) for seed in range(VERIFY_INPUTS)],
                                atol, rtol)
     if not verification.ok:

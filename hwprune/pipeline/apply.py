@@ -17,15 +17,16 @@ from torch import nn
 from hwprune.errors import ModelSpecError, PlanError
 from hwprune.evaluate.calibration import load_calibration
 from hwprune.export.nm_check import nm_weights
-from hwprune.export.onnx_export import OnnxIO, export_onnx, slim_for
+from hwprune.export.onnx_export import ExportStyle, OnnxIO, export_onnx
 from hwprune.export.verify import Verification, verified
 from hwprune.frontends import NATIVE_FILES, LoadedModel, check_model, save_native
 from hwprune.graph.analyze import analyze
 from hwprune.io import staged
 from hwprune.plan import Plan
+from hwprune.runtime.onnx_files import data_file
 from hwprune.transform.realise import realise
 
-ARTEFACTS = ("pruned.onnx", "pruned.pt", *NATIVE_FILES)
+ARTEFACTS = ("pruned.onnx", data_file(Path("pruned.onnx")).name, "pruned.pt", *NATIVE_FILES)
 
 
 @dataclass
@@ -53,7 +54,7 @@ def apply_plan_file(plan: Plan, plan_name: str, loaded: LoadedModel, calib_data:
     model = realise(plan, analysis, batches if plan.bn_recalibration else [], calibration=batches)
     with staged(out, ARTEFACTS) as stage:
         io = OnnxIO() if loaded.source_onnx is None else OnnxIO.of(loaded.source_onnx)  # a user's file's names
-        export_onnx(model, x, stage / "pruned.onnx", dynamic_batch, slim_for(analysis.model), io)
+        export_onnx(model, x, stage / "pruned.onnx", dynamic_batch, ExportStyle.of(analysis.model), io)
         verification = verified(model, stage / "pruned.onnx", x, dynamic_batch, atol, rtol)
         wrong = [name for name, found in nm_weights(stage / "pruned.onnx", plan.sparsity.layers, model).items()
                  if not found["nm"]]

@@ -17,6 +17,7 @@ from torch import nn
 
 from hwprune.errors import first_line
 from hwprune.export.kv_step import DecodeExport, export_decode
+from hwprune.export.onnx_export import ExportStyle
 from hwprune.frontends.base import StepModule
 from hwprune.pipeline.memory import release
 from hwprune.report import DecodeSection, LatencyStats
@@ -28,7 +29,7 @@ ROUNDS = 30  # as the prefill's final measurement
 
 
 def decode_section(make_step: Callable[[nn.Module, int, int], StepModule], baseline: nn.Module, pruned: nn.Module,
-                   runtime: Runtime, stage: Path, batch: int, past_length: int, slim: bool, atol: float,
+                   runtime: Runtime, stage: Path, batch: int, past_length: int, style: ExportStyle, atol: float,
                    rtol: float) -> DecodeSection:
     """Export, verify and time (interleaved, :data:`ROUNDS` rounds) the decode steps ``make_step`` (the
     frontend's capability) builds of ``baseline`` and ``pruned`` with a cache of ``past_length`` positions at
@@ -38,7 +39,7 @@ def decode_section(make_step: Callable[[nn.Module, int, int], StepModule], basel
     for (name, model), file in zip((("baseline", baseline), ("pruned", pruned)), DECODE_FILES, strict=True):
         try:
             step = make_step(model, batch, past_length)
-            exports[name] = export_decode(step.module, step.past, step.vocab, stage / file, slim, atol, rtol)
+            exports[name] = export_decode(step.module, step.past, step.vocab, stage / file, style, atol, rtol)
         except Exception as exc:  # an unforeseen model is a line in the report, never a failed compile
             section.reason = f"the {name} model's decode step was not exported and verified: {first_line(exc, 300)}"
             return section

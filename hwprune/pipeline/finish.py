@@ -18,7 +18,7 @@ from hwprune.evaluate.boxes import box_agreement
 from hwprune.evaluate.calibration import Calibration, fidelity
 from hwprune.export.copies import copy_ops
 from hwprune.export.nm_check import nm_weights
-from hwprune.export.onnx_export import ONNX_OPSET, export_onnx, slim_for
+from hwprune.export.onnx_export import ExportStyle, export_onnx
 from hwprune.export.verify import check_inputs, verified
 from hwprune.frontends import LoadedModel, save_native
 from hwprune.graph.analyze import Analysis
@@ -101,7 +101,7 @@ def measure(measurer: Measurer, loaded: LoadedModel, analysis: Analysis, realise
     if loaded.capabilities.decode_step:  # an hf: decoder: its per-token latency, after prefill's
         with step("decode step with a KV cache: export, verify, measure (interleaved)"):
             decode = decode_section(loaded.capabilities.decode_step, analysis.model, model, runtime, stage,
-                                    x.shape[0], x.shape[1], slim_for(analysis.model), options.atol, options.rtol)
+                                    x.shape[0], x.shape[1], ExportStyle.of(analysis.model), options.atol, options.rtol)
             console.print(f"  {escape(decode_summary(decode))}")
     method = None if final is None else {**runtime.measurement(), "rounds": 30}
     pairs = [] if final is None else [*realised.comparison.round_ratios[1], *final.round_ratios[1]]
@@ -113,6 +113,7 @@ def build(runtime: Runtime, chosen: Round[Decision, Realised], analysis: Analysi
           baseline_source: str, stage: Path, step: Step) -> Built:
     """Engines where the runtime builds them, the copy ops of the exports, and the pruned model's size."""
     x, plan, model = analysis.capture.example_input, chosen.decision.plan, chosen.realised.model
+    style = ExportStyle.of(analysis.model)
     sparse = bool(plan.sparsity.layers)
     with step("engines"):
         engine_path, engine_note = runtime.engines(stage, ("baseline", "pruned"), tuple(x.shape),
@@ -122,12 +123,12 @@ def build(runtime: Runtime, chosen: Round[Decision, Realised], analysis: Analysi
               "pruned_without_reordering": None}
     if any(d.readers is not None for d in plan.groups().values()):  # the export reordering improves on
         path = export_onnx(realise(plan, analysis, reorder=False), x, stage / "naive-order.onnx",
-                           options.dynamic_batch)
+                           options.dynamic_batch, style)
         copies["pruned_without_reordering"] = copy_ops(path)
-        path.unlink()
+        remove_model(path)
     return Built(engine_path, engine_note, runtime.sparse_layers(stage / "pruned.engine"), copies,
-                 count_flops(model, x), sum(p.numel() for p in model.parameters()), baseline_source, ONNX_OPSET,
-                 slim_for(analysis.model))
+                 count_flops(model, x), sum(p.numel() for p in model.parameters()), baseline_source, style.exporter,
+                 style.opset, style.slim)
 
 
 def count_flops(model: nn.Module, x: torch.Tensor) -> int:

@@ -15,7 +15,7 @@ from torch import nn
 from hwprune.config import Options, Recalibrate
 from hwprune.evaluate.batchnorm import recalibrate_batchnorm
 from hwprune.evaluate.calibration import Calibration
-from hwprune.export.onnx_export import OnnxIO, export_onnx, slim_for
+from hwprune.export.onnx_export import ExportStyle, OnnxIO, export_onnx
 from hwprune.graph.analyze import Analysis
 from hwprune.pipeline.memory import release
 from hwprune.plan import Plan
@@ -98,9 +98,9 @@ class Measurer:
         return OnnxIO.of(self.stage / "baseline.onnx")
 
     @cached_property
-    def slim(self) -> bool:
-        """Whether round exports are slimmed: decided on the unpruned model, as the baseline's was."""
-        return slim_for(self.realise.analysis.model)
+    def style(self) -> ExportStyle:
+        """How rounds are exported: decided on the unpruned model, as the baseline's was."""
+        return ExportStyle.of(self.realise.analysis.model)
 
     @property
     def measurable(self) -> bool:
@@ -110,7 +110,7 @@ class Measurer:
         model = self.realise(decision.plan, self.recalibration, keep=False)
         release()  # what realising freed, before the exporter's copies of the weights
         path = export_onnx(model, self.realise.analysis.capture.example_input,
-                           self.stage / f"pruned-round{self.rounds}.onnx", self.options.dynamic_batch, self.slim,
+                           self.stage / f"pruned-round{self.rounds}.onnx", self.options.dynamic_batch, self.style,
                            self.io)
         self.rounds += 1
         release()  # and those copies, before the sessions load

@@ -17,7 +17,7 @@ from hwprune.cost.predictor import TablePredictor
 from hwprune.cost.structural import replacements, stack_layers
 from hwprune.errors import HwpruneError, PlanError
 from hwprune.evaluate.calibration import Calibration, load_calibration
-from hwprune.export.onnx_export import ONNX_OPSET, OnnxIO, export_onnx, slim_for
+from hwprune.export.onnx_export import ExportStyle, OnnxIO, export_onnx
 from hwprune.export.verify import verify_onnx
 from hwprune.frontends import LoadedModel, state_digest
 from hwprune.frontends.hf.layout import heads_fixed
@@ -150,14 +150,15 @@ def export_baseline(loaded: LoadedModel, analysis: Analysis, options: Options, s
     path = stage / "baseline.onnx"
     if loaded.source_onnx is None:
         export_onnx(analysis.model, analysis.capture.example_input, path, options.dynamic_batch,
-                    slim_for(analysis.model))
+                    ExportStyle.of(analysis.model))
         return Baseline(path, "exported from the model")
     copy_model(loaded.source_onnx, path)  # with its external weights, gathered beside it
     check = verify_onnx(analysis.model, path, [analysis.capture.example_input], options.atol, options.rtol)
     if not check.ok:
         raise HwpruneError(f"{loaded.source_onnx}: onnx2torch's conversion does not compute what the file does "
                            f"({check.worst}); cannot measure or prune against it")
+    opset = ExportStyle.of(analysis.model).opset
     kept = (f"; the pruned file keeps its input and output names ({', '.join(io.inputs)} -> {', '.join(io.outputs)})"
-            f" in opset {ONNX_OPSET}" + ("" if io.opset == ONNX_OPSET else f" (the file's is {io.opset})"))
+            f" in opset {opset}" + ("" if io.opset == opset else f" (the file's is {io.opset})"))
     return Baseline(path, f"the user's ONNX file {loaded.source_onnx} (its onnx2torch conversion, which is pruned, "
                           f"matches it: max abs err {check.max_abs_err:.2g}){kept}")

@@ -23,7 +23,7 @@ from hwprune.cost.op_timing import MODEL_CALLS, op_graph, profile, profile_pairs
 from hwprune.cost.signature import OpSignature
 from hwprune.cost.space import Sweep, profile_signatures, sweeps
 from hwprune.cost.sparse import SparsityMode, sparse_options
-from hwprune.export.onnx_export import export_onnx
+from hwprune.export.onnx_export import ExportStyle, export_onnx
 from hwprune.graph.analyze import Analysis
 from hwprune.runtime import runtime_for
 from hwprune.runtime.kit import OpGraph
@@ -91,12 +91,12 @@ def _passes(analysis: Analysis, target: Target, table: LatencyTable, sparsity: S
     x = analysis.capture.example_input
     key = model_key(analysis.name, tuple(x.shape))
     wanted = [(key, None)] + [(anchor_key(key, f), anchor_counts(analysis, alignment, f)) for f in ANCHOR_FRACTIONS]
-    models = []
+    models, style = [], ExportStyle.of(analysis.model)  # exported as the compile's baseline will be
     for i, (name, counts) in enumerate(wanted):
         if name in table.models or counts == {}:
             continue
         model = analysis.model if counts is None else _leading(analysis, counts)
-        models.append((name, export_onnx(model, x, folder / f"model-{i}.onnx")))
+        models.append((name, export_onnx(model, x, folder / f"model-{i}.onnx", style=style)))
     return Passes(_unique(first, timed_in_pairs), second, paired, models)
 
 

@@ -30,7 +30,7 @@ from hwprune.errors import HwpruneError, PlanError
 from hwprune.evaluate.boxes import box_f1
 from hwprune.evaluate.calibration import compare_all, logits_kl, output_tensors
 from hwprune.export.nm_check import nm_weights
-from hwprune.export.onnx_export import OnnxIO, export_onnx, slim_for
+from hwprune.export.onnx_export import ExportStyle, OnnxIO, export_onnx
 from hwprune.export.verify import verify_onnx
 from hwprune.frontends import NATIVE_FILES, check_model, load_model, save_native, weights_named
 from hwprune.frontends.base import Capabilities, Decode
@@ -41,6 +41,7 @@ from hwprune.recovery.data import TrainingData, open_data, spec_normalisation
 from hwprune.recovery.distill import Recipe, Trained, detector_scales, distil
 from hwprune.recovery.world import World, join
 from hwprune.runtime import runtime_for
+from hwprune.runtime.onnx_files import data_file
 from hwprune.targets import load_target
 from hwprune.transform.realise import realise, realise_unmerged
 from hwprune.transform.rewrite import merged
@@ -254,10 +255,13 @@ def _publish(build: Path, plan: Plan, student: nn.Module, x: torch.Tensor, secti
     report_path = build / "report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
     dynamic = bool(report and report.get("export", {}).get("dynamic_batch"))
-    with staged(build, ("recovered.onnx", "recovered.pt", *RECOVERED_NATIVE.values())) as stage:
+    with staged(build, ("recovered.onnx", data_file(Path("recovered.onnx")).name, "recovered.pt",
+                        *RECOVERED_NATIVE.values())) as stage:
         io = OnnxIO.of(build / "pruned.onnx") if (build / "pruned.onnx").is_file() else OnnxIO()
-        slim = report["export"].get("slimmed", False) if report and "export" in report else slim_for(student)
-        onnx = export_onnx(student, x, stage / "recovered.onnx", dynamic, slim, io)
+        exported = report.get("export") if report else None  # as the compile exported its models
+        style = (ExportStyle(exported.get("slimmed", False), exported.get("exporter") == "dynamo") if exported
+                 else ExportStyle.of(student))
+        onnx = export_onnx(student, x, stage / "recovered.onnx", dynamic, style, io)
         verification = verify_onnx(student, onnx, [x])
         if not verification.ok:
             raise HwpruneError(f"recovered.onnx does not match the recovered model: {verification.worst}")

@@ -10,6 +10,7 @@ import torch
 from hwprune.cli import main
 from hwprune.errors import HwpruneError
 from hwprune.export.kv_step import export_decode
+from hwprune.export.onnx_export import STREAMED_OPSET, ExportStyle
 from hwprune.frontends import load_model
 from hwprune.frontends.hf.decode import cache_keyword, decode_step
 from hwprune.graph.heads import head_modules
@@ -31,10 +32,11 @@ def llama_dir(tmp_path_factory):
     return folder
 
 
-def _export(model, path):
-    """``model``'s decode step at batch 1 and a cache of PAST positions, exported and checked."""
+def _export(model, path, style=None):
+    """``model``'s decode step at batch 1 and a cache of PAST positions, exported (the TorchScript exporter
+    unless ``style`` says) and checked."""
     step = decode_step(model, 1, PAST)
-    return export_decode(step.module, step.past, step.vocab, path, False, 1e-4, 1e-3)
+    return export_decode(step.module, step.past, step.vocab, path, style or ExportStyle(), 1e-4, 1e-3)
 
 
 def _prefill(model, tokens):
@@ -51,9 +53,10 @@ def _run(path, tokens, past):
     return names, session.run(None, dict(zip(names, (t.numpy() for t in (tokens, *past)), strict=True)))
 
 
-def test_decode_step_onnx_is_the_models_own_decode(llama_dir, tmp_path):
+@pytest.mark.parametrize("style", [ExportStyle(), ExportStyle(streamed=True)], ids=["torchscript", "dynamo"])
+def test_decode_step_onnx_is_the_models_own_decode(llama_dir, tmp_path, style):
     model = load_model(f"hf:{llama_dir}", (1, PAST)).module.model
-    exported = _export(model, tmp_path / "decode.onnx")
+    exported = _export(model, tmp_path / "decode.onnx", style)
     assert exported.verification.ok and exported.verification.inputs == 3
     assert exported.past == [(1, 2, PAST, 16)] * 2
 
@@ -141,3 +144,24 @@ def test_a_failed_decode_export_is_one_line_and_the_compile_succeeds(llama_dir, 
     assert report["measured"] and report["speedup"]["measured"] > 0  # prefill, unaffected
     assert "not measured (the baseline model's decode step" in report["measurement"]["phase"]
     assert not (out / "baseline_decode.onnx").exists()
+
+
+def test_a_model_over_a_gibibyte_is_compiled_with_streamed_exports(llama_dir, tmp_path, monkeypatch, capsys):
+    """The path of a decoder of 1 GiB of weights or more (docs/transformers.md), on the tiny one: the baseline,
+    every round, the decode steps and the final model exported by the dynamo exporter as model and data file,
+    each verified against PyTorch, timed, and reported as such; ``apply`` of its plan alike."""
+    monkeypatch.setenv("HWPRUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("hwprune.export.onnx_export.LARGE_BYTES", 0)
+    out = tmp_path / "build"
+    assert _compile(llama_dir, out, "--refine", "0") == 0, capsys.readouterr().err.strip().splitlines()[-1]
+    report = json.loads((out / "report.json").read_text())
+    assert (report["export"]["exporter"], report["export"]["opset"], report["export"]["slimmed"]) == (
+        "dynamo", STREAMED_OPSET, False)
+    for name in ("baseline", "pruned", "baseline_decode", "pruned_decode"):
+        assert (out / f"{name}.onnx.data").is_file(), name
+    assert report["verify"]["ok"] and all(v["ok"] for v in report["decode"]["verify"].values())
+    assert report["measured"] and report["decode"]["measured"]
+    assert not list(out.glob(".*"))  # no export's folder left behind
+    again = tmp_path / "applied"  # apply writes the pair too, and moves both out of its staging folder
+    assert main(["apply", str(out / "plan.json"), f"hf:{llama_dir}", "--input-shape", "1,64", "--out", str(again)]) == 0
+    assert (again / "pruned.onnx.data").is_file() and not list(again.glob(".*"))
