@@ -151,10 +151,12 @@ def fidelity(original: nn.Module, pruned: nn.Module, batches: list[torch.Tensor]
     for one that generates, on real ``text`` (token batches of the user's), both models' perplexity."""
     logits = getattr(original, "returns_logits", False)
     perplexities = logits and text and getattr(original, "generates", False)
-    comparison, kl, agree, pruned_nll, positions, tokens = Comparison(), 0.0, 0.0, 0.0, 0, 0
+    comparison, kl, agree, positions = Comparison(), 0.0, 0.0, 0
+    nll = {"baseline": 0.0, "pruned": 0.0}
+    tokens = 0
     with torch.no_grad():
-        references = [output_tensors(original(batch)) for batch in batches]
-        for batch, reference in zip(batches, references, strict=True):  # one batch's outputs held at a time
+        for batch in batches:  # one batch's outputs held at a time (an LM's logits: 622 MB a batch at 0.5B)
+            reference = output_tensors(original(batch))
             output = output_tensors(pruned(batch))
             comparison.add(reference, output)
             if logits:
@@ -163,26 +165,22 @@ def fidelity(original: nn.Module, pruned: nn.Module, batches: list[torch.Tensor]
                 kl, positions = kl + logits_kl([a], [b]) * count, positions + count
                 agree += float((a.argmax(-1) == b.argmax(-1)).double().sum())
                 if perplexities:
-                    nll, count = next_token_nll(b, batch)
-                    pruned_nll, tokens = pruned_nll + nll, tokens + count
-    quality = comparison.fidelity(references)
+                    for name, scores in (("baseline", a), ("pruned", b)):
+                        total, count = next_token_nll(scores, batch)
+                        nll[name] += total
+                    tokens += count
+            del reference, output
+    quality = comparison.fidelity()
     if logits:
         quality.kl, quality.top1_agreement = kl / positions, agree / positions
         if perplexities:
-            quality.perplexity = {"baseline": perplexity([r[0] for r in references], batches),
-                                  "pruned": math.exp(pruned_nll / tokens)}
+            quality.perplexity = {name: math.exp(total / tokens) for name, total in nll.items()}
     return quality
 
 
 # The measures below go one sample at a time in float64: a language model's logits over a large vocabulary
 # are hundreds of MB a batch (8 x 128 positions x 151,936 tokens: 622 MB), and float64 copies of whole
 # batches, several at once, took more memory than the model.
-
-
-def perplexity(logits: list[torch.Tensor], tokens: list[torch.Tensor]) -> float:
-    """exp of the mean cross-entropy of each next token under the logits at the position before it."""
-    sums = [next_token_nll(scores, ids) for scores, ids in zip(logits, tokens, strict=True)]
-    return math.exp(sum(total for total, _ in sums) / sum(count for _, count in sums))
 
 
 def next_token_nll(scores: torch.Tensor, ids: torch.Tensor) -> tuple[float, int]:
@@ -215,7 +213,7 @@ def compare_all(references: list[list[torch.Tensor]], outputs: list[list[torch.T
     comparison = Comparison()
     for reference, output in zip(references, outputs, strict=True):
         comparison.add(reference, output)
-    return comparison.fidelity(references)
+    return comparison.fidelity()
 
 
 class Comparison:
@@ -225,20 +223,22 @@ class Comparison:
     def __init__(self) -> None:
         self.cosines: list[list[torch.Tensor]] = []  # per output, per batch: each sample's cosine
         self.agreements: list[torch.Tensor] = []  # the first output's top-1 agreement, where it is (N, classes)
+        self.spread = Spread()  # of the references' first output, for the caveat
 
     def add(self, reference: list[torch.Tensor], output: list[torch.Tensor]) -> None:
         self.cosines = self.cosines or [[] for _ in reference]
+        self.spread.add(reference[0])
         for i, (a, b) in enumerate(zip(reference, output, strict=True)):
             self.cosines[i].append(sample_cosines(a, b))
             if i == 0 and a.dim() == 2:
                 self.agreements.append((a.argmax(dim=1) == b.argmax(dim=1)).double())
 
-    def fidelity(self, references: list[list[torch.Tensor]]) -> Fidelity:
+    def fidelity(self) -> Fidelity:
         """Mean cosine of the first output (and of each, where there are several), top-1 agreement, and
-        the caveat the first output of ``references`` (what was added against) calls for."""
+        the caveat the references' first output calls for."""
         first = torch.cat(self.cosines[0])
         top1 = float(torch.cat(self.agreements).mean()) if self.agreements else None
-        quality = Fidelity(float(first.mean()), top1, int(first.numel()), _caveat([r[0] for r in references]))
+        quality = Fidelity(float(first.mean()), top1, int(first.numel()), self.spread.caveat())
         if len(self.cosines) > 1:
             quality.per_output = [float(torch.cat(cosines).mean()) for cosines in self.cosines]
         return quality
@@ -253,18 +253,30 @@ def output_tensors(output: object) -> list[torch.Tensor]:
     return []
 
 
-def _caveat(references: list[torch.Tensor]) -> str | None:
-    """Why the references' cosine and top-1 say little, if they do: vanishingly small, or hardly depending on
-    the input (every sample within 1e-3 of the scale from the samples' mean)."""
-    samples = [x for batch in references for x in batch.reshape(batch.shape[0], -1)]
-    scale = max(float(x.abs().max()) for x in samples)
-    if scale < 1e-6:
-        return f"the unpruned model's outputs are vanishingly small (max {scale:.2g}), so cosine and top-1 are noise"
-    mean = sum(x.double() for x in samples) / len(samples)
-    variation = max(float((x.double() - mean).abs().max()) for x in samples) / scale
-    if len(samples) > 1 and variation < 1e-3:
-        return "the unpruned model's outputs hardly depend on the input, so cosine and top-1 say little"
-    return None
+class Spread:
+    """How large the unpruned model's outputs are and how much they vary from sample to sample, gathered batch by
+    batch: the largest magnitude and the largest difference from the first sample."""
+
+    def __init__(self) -> None:
+        self.scale, self.deviation, self.samples = 0.0, 0.0, 0
+        self.first: torch.Tensor | None = None
+
+    def add(self, batch: torch.Tensor) -> None:
+        for x in batch.reshape(batch.shape[0], -1):
+            self.first = x.double() if self.first is None else self.first
+            self.scale = max(self.scale, float(x.abs().max()))
+            self.deviation = max(self.deviation, float((x.double() - self.first).abs().max()))
+            self.samples += 1
+
+    def caveat(self) -> str | None:
+        """Why cosine and top-1 against these outputs say little, if they do: vanishingly small, or hardly depending
+        on the input (every sample within 1e-3 of the scale from the first)."""
+        if self.scale < 1e-6:
+            return (f"the unpruned model's outputs are vanishingly small (max {self.scale:.2g}), so cosine and top-1 "
+                    "are noise")
+        if self.samples > 1 and self.deviation / self.scale < 1e-3:
+            return "the unpruned model's outputs hardly depend on the input, so cosine and top-1 say little"
+        return None
 
 
 def first_output(output: object) -> torch.Tensor:

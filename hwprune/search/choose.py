@@ -80,7 +80,7 @@ def choose(analysis: Analysis, importance: Importance, strategies: dict[str, Cal
             with silenced(analysis, dropped, recalibration) as masked, torch.no_grad():
                 for batch, reference in zip(batches, references, strict=True):
                     comparison.add(reference, output_tensors(masked(batch)))
-        candidates.append(Candidate(strategy, result, comparison.fidelity(references), real_inputs))
+        candidates.append(Candidate(strategy, result, comparison.fidelity(), real_inputs))
     if not candidates:
         raise refused[-1] if len(refused) == 1 else PlanError(
             "; ".join(dict.fromkeys(str(e) for e in refused)))
