@@ -1,12 +1,14 @@
 """ONNX files whose weights live beside them: one ``NAME.onnx.data`` per ``NAME.onnx``.
 
-A protobuf cannot exceed 2 GB, so a larger model's weights must be external data. The TorchScript
+A protobuf cannot exceed 2 GB, so a larger model's weights must be external data. torch's dynamo exporter
+(``export.onnx_export`` uses it from 1 GiB of weights) writes them as one ``NAME.onnx.data``; the TorchScript
 exporter writes them one file per tensor, named after the tensor, into the folder of the model: a
 build folder would fill with hundreds of files, two exports in one folder would overwrite each
 other's, and moving the model alone would break it. So every export is written in a folder of its own
-and copied out as the model and one data file named after it, and the files of a build are copied,
-moved and removed as pairs (:func:`copy_model`, :func:`move_model`, :func:`remove_model`). onnxruntime
-and onnx read such a pair by the model's path, as any ONNX file with external data.
+and copied out (the dynamo exporter's pair: renamed) as the model and one data file named after it, and
+the files of a build are copied, moved and removed as pairs (:func:`copy_model`, :func:`move_model`,
+:func:`remove_model`). onnxruntime and onnx read such a pair by the model's path, as any ONNX file with
+external data.
 
 Weights are streamed tensor by tensor (never the whole model in memory), and the data file, then
 the model, are published atomically: a reader never sees a model whose data is not there.
