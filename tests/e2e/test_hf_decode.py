@@ -149,7 +149,7 @@ def test_a_failed_decode_export_is_one_line_and_the_compile_succeeds(llama_dir, 
 def test_a_model_over_a_gibibyte_is_compiled_with_streamed_exports(llama_dir, tmp_path, monkeypatch, capsys):
     """The path of a decoder of 1 GiB of weights or more (docs/transformers.md), on the tiny one: the baseline,
     every round, the decode steps and the final model exported by the dynamo exporter as model and data file,
-    each verified against PyTorch, timed, and reported as such; ``apply`` of its plan alike."""
+    each verified against PyTorch, timed, and reported as such; ``apply`` of its plan and ``recover`` alike."""
     monkeypatch.setenv("HWPRUNE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("hwprune.export.onnx_export.LARGE_BYTES", 0)
     out = tmp_path / "build"
@@ -165,3 +165,8 @@ def test_a_model_over_a_gibibyte_is_compiled_with_streamed_exports(llama_dir, tm
     again = tmp_path / "applied"  # apply writes the pair too, and moves both out of its staging folder
     assert main(["apply", str(out / "plan.json"), f"hf:{llama_dir}", "--input-shape", "1,64", "--out", str(again)]) == 0
     assert (again / "pruned.onnx.data").is_file() and not list(again.glob(".*"))
+    (tmp_path / "tokens.py").write_text("import torch\n\ndef batches():\n    g = torch.Generator().manual_seed(1)\n"
+                                        "    return [torch.randint(0, 500, (2, 64), generator=g) for _ in range(4)]\n")
+    assert main(["recover", str(out), "--data", f"{tmp_path / 'tokens.py'}:batches", "--epochs", "1"]) == 0
+    assert json.loads((out / "report.json").read_text())["recovery"]["verify"]["ok"]
+    assert (out / "recovered.onnx.data").is_file() and not list(out.glob(".*"))  # recover: the pair, as compile
