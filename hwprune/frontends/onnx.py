@@ -11,6 +11,23 @@ from hwprune.errors import ModelSpecError
 from hwprune.frontends.base import Capabilities, _one_line
 
 
+def _opset_lookup() -> None:
+    """onnx2torch's modules that export through a symbolic of their own (Shape, Squeeze, the Reduce ops, ScatterND,
+    NonMaxSuppression) read the export's opset from ``torch.onnx.symbolic_helper.GLOBALS``. In torch 2.14 that name
+    is the exporter's module until something imports torch's public ``symbolic_helper``, a shim without
+    ``GLOBALS`` (an ``hf:`` compile does); onnx2torch, imported after, then falls back to an attribute torch no
+    longer has, and every export of such a model fails. Its lookup is pointed back at the exporter's module."""
+    from onnx2torch.utils import common
+
+    if hasattr(common.symbolic_helper, "GLOBALS"):
+        return
+    try:
+        from torch.onnx._internal.torchscript_exporter import symbolic_helper
+    except ImportError:  # a torch whose public module is the exporter's own
+        return
+    common.symbolic_helper = symbolic_helper
+
+
 def _load_onnx(path: Path, input_shape: tuple[int, ...] | None) -> tuple[nn.Module, torch.Tensor, Capabilities]:
     """The ONNX file as an nn.Module (through onnx2torch), an example for its one input (the graph's static
     dims, a symbolic batch dim becoming 1, and dtype, or ``input_shape``) and, for a detector whose box decode
@@ -21,6 +38,7 @@ def _load_onnx(path: Path, input_shape: tuple[int, ...] | None) -> tuple[nn.Modu
         import onnx2torch
     except ImportError:
         raise ModelSpecError(f"onnx:{path}: onnx2torch is not installed (pip install 'hwprune[onnx]')") from None
+    _opset_lookup()
     import numpy
     import onnx
     from google.protobuf.message import DecodeError

@@ -115,6 +115,31 @@ def test_onnx_weights_behind_identity_and_constant_nodes(tmp_path):
 
 
 @needs_onnx2torch
+def test_a_converted_shape_op_exports_whichever_symbolic_helper_onnx2torch_bound(tmp_path, monkeypatch):
+    """onnx2torch binds ``torch.onnx.symbolic_helper`` when first imported: after an ``hf:`` compile in the same
+    process that is torch's public shim, without ``GLOBALS`` (stood in for here by an empty module), and the Shape
+    op's export failed. Loading an ``onnx:`` file points onnx2torch back at the exporter's module."""
+    import types
+
+    import onnx2torch.utils.common as common
+
+    from hwprune.export.onnx_export import export_onnx
+    from hwprune.export.verify import verify_onnx
+
+    class Flatten(nn.Module):
+        def forward(self, x):
+            return x.reshape(x.shape[0], -1)  # a Shape node in the exported file
+
+    path = tmp_path / "shape.onnx"
+    torch.onnx.export(Flatten(), (torch.randn(2, 3, 4),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    monkeypatch.setattr(common, "symbolic_helper", types.ModuleType("public_symbolic_helper"))
+    loaded = load_model(f"onnx:{path}")
+    exported = export_onnx(loaded.module, loaded.example_input, tmp_path / "again.onnx", dynamic_batch=True)
+    assert verify_onnx(loaded.module, exported, [loaded.example_input, torch.randn(3, 3, 4)]).ok
+
+
+@needs_onnx2torch
 def test_onnx_bad_inputs_are_one_line(tmp_path, block_onnx, monkeypatch):
     import onnx
     from onnx import TensorProto, helper
