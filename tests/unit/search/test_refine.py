@@ -55,6 +55,22 @@ def test_rounds_are_budgeted_by_time_not_only_by_count():
     assert len(done) == 6 and [r.seconds for r in done] == [10.0] + [4.0] * 5
 
 
+@pytest.mark.parametrize(("first", "rounds"), [(0.9, 2), (0.52, 1)], ids=["missed", "inside-the-band"])
+def test_a_first_round_outside_the_band_is_corrected_whatever_its_time(first, rounds):
+    """Rounds of 100 s against 20 s for the rest: a first round measured outside the band (+-5% of 0.5) gets one
+    correction; one inside the band but off the inner aim (0.52) does not."""
+    now = [0.0]
+
+    def search(budget, hold):
+        now[0] += 100.0
+        return budget
+
+    fractions = iter([first, 0.7, 0.6])
+    done = refine(search, lambda b: (next(fractions), None), 0.5, 5.0, Refinement(rounds=10, seconds=20.0),
+                  clock=lambda: now[0])
+    assert len(done) == rounds
+
+
 def test_refine_bisects_once_rounds_bracket_the_request():
     """Coarse choices (whole layers): a budget below 9 takes three layers away (0.36), one from 9 to 12
     two (0.6), above 12 none (1.04); rescaling alone jumps from 13.7 back below 9, the bracket does not."""
