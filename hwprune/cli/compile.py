@@ -48,8 +48,8 @@ def add(subparsers: Subparsers) -> None:
                         help="at most N measured re-searches after the first round, while the measured latency is "
                              "more than 2/5 of --tolerance off the request (default: 9)")
     parser.add_argument("--refine-time", type=float, default=60.0, metavar="SECONDS",
-                        help="time for those re-searches: one starts only if it should end within it, except that a first "
-                             "round outside --tolerance is always corrected once (default: 60)")
+                        help="time for those re-searches: one starts only if it should end within it, except that "
+                             "a first round outside --tolerance is always corrected once (default: 60)")
     parser.add_argument("--tolerance", type=float, default=0.05, metavar="F",
                         help="the budget's band, relative to the request: met when the 95%% interval of the "
                              "measured latency fraction lies within it (default: 0.05)")

@@ -125,11 +125,19 @@ def compile_point(prepared: Prepared, options: Options, stage: Path, console: Co
         so_far.append(done)
         _keep_only_the_pick(so_far, fraction)
 
-    rounds = refine(partial(_announced, problem, step), partial(_measured, measurer, step), fraction,
+    def measured(decision: Decision) -> tuple[float | None, Realised]:
+        for done in so_far:  # one pruned model in memory at a time: the nearest so far is realised again if chosen
+            done.realised.model = None
+        return _measured(measurer, step, decision)
+
+    rounds = refine(partial(_announced, problem, step), measured, fraction,
                     fraction * baseline_predicted, settings,
                     on_round, structure if options.search == SearchKind.JOINT else None,
                     Learner(problem, predictor, partial(_print_correction, console)))
     chosen = pick(rounds, fraction)
+    if chosen.realised.model is None:  # a later round displaced it: its plan realises the same model again
+        with step(f"realise the chosen round ({rounds.index(chosen)}) again"):
+            chosen.realised.model = measurer.realise(chosen.decision.plan, measurer.recalibration, keep=False)
     finish.keep_chosen(chosen, rounds, measurer, loaded, stage, console)
     checked = finish.check(loaded, analysis, chosen, prepared.calibration, options, stage, step, console)
     measured = finish.measure(measurer, loaded, analysis, chosen.realised, runtime, options, fraction, stage, step,

@@ -306,3 +306,20 @@ def test_a_missed_budget_is_missed_in_the_console_report_json_report_md_and_the_
     assert "Budget: missed" in console.out + console.err
     assert "**Budget: missed**" in (out / "report.md").read_text()
     assert "predicted vs measured: budget missed" in titles
+
+
+def test_a_displaced_round_chosen_at_the_end_is_realised_again(tmp_path, monkeypatch, capsys):
+    """Each round drops the models of the rounds before it (one pruned model in memory at a time); where the
+    round chosen is not the last, its plan is realised again, and the file its round exported verifies
+    against that model."""
+    from hwprune.pipeline import compile as pipeline
+
+    monkeypatch.setenv("HWPRUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(pipeline, "pick", lambda rounds, requested: rounds[0])
+    out = tmp_path / "build"
+    assert main(["compile", "--refine", "1", "--refine-time", "600", "--tolerance", "0.0001", MODEL,
+                 "--target", "cpu", "--latency", "0.6", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["search"]["attempts"]) == 2 and report["search"]["chosen"] == 0
+    printed = capsys.readouterr()
+    assert report["verify"]["ok"] and "realise the chosen round (0) again" in printed.out + printed.err
