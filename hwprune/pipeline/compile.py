@@ -125,12 +125,12 @@ def compile_point(prepared: Prepared, options: Options, stage: Path, console: Co
         so_far.append(done)
         _keep_only_the_pick(so_far, fraction)
 
-    def measured(decision: Decision) -> tuple[float | None, Realised]:
+    def measure_round(decision: Decision) -> tuple[float | None, Realised]:
         for done in so_far:  # one pruned model in memory at a time: the nearest so far is realised again if chosen
             done.realised.model = None
         return _measured(measurer, step, decision)
 
-    rounds = refine(partial(_announced, problem, step), measured, fraction,
+    rounds = refine(partial(_announced, problem, step), measure_round, fraction,
                     fraction * baseline_predicted, settings,
                     on_round, structure if options.search == SearchKind.JOINT else None,
                     Learner(problem, predictor, partial(_print_correction, console)))

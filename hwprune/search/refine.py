@@ -62,11 +62,11 @@ class Refinement:
     seconds: float = SECONDS
 
     def close_enough(self, fraction: float, requested: float) -> bool:
-        return abs(fraction - requested) <= INNER * self.tolerance * requested * (1 + 1e-9)
+        return self.inside(fraction, requested, INNER)
 
-    def inside(self, fraction: float, requested: float) -> bool:
-        """Whether ``fraction`` is inside the verdict's band."""
-        return abs(fraction - requested) <= self.tolerance * requested * (1 + 1e-9)
+    def inside(self, fraction: float, requested: float, share: float = 1.0) -> bool:
+        """Whether ``fraction`` is inside ``share`` of the verdict's band (all of it by default)."""
+        return abs(fraction - requested) <= share * self.tolerance * requested * (1 + 1e-9)
 
 
 def refine(search: Callable[[float, Hashable | None], D], realise: Callable[[D], tuple[float | None, R]],
